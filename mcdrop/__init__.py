@@ -1,0 +1,27 @@
+"""mcdrop: honest uncertainty for any trained PyTorch model through Monte Carlo dropout.
+
+>>> import mcdrop
+>>> result = mcdrop.predict_with_uncertainty(model, inputs, n_samples=100)  # doctest: +SKIP
+>>> result.mean, result.mutual_information  # doctest: +SKIP
+"""
+
+from mcdrop.dropout import DropoutSite, Scope, dropout_enabled, dropout_sites
+from mcdrop.results import ClassificationResult, RegressionResult, load_result
+from mcdrop.sampling import MCDropout, predict_with_uncertainty
+from mcdrop.uncertainty import summarize_samples
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ClassificationResult",
+    "DropoutSite",
+    "MCDropout",
+    "RegressionResult",
+    "Scope",
+    "__version__",
+    "dropout_enabled",
+    "dropout_sites",
+    "load_result",
+    "predict_with_uncertainty",
+    "summarize_samples",
+]

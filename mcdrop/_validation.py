@@ -1,0 +1,70 @@
+"""Argument checks shared by the whole package.
+
+Every message follows one template: it names the argument, says what was expected and shows the
+value that was received, e.g. ``"Expected `n_samples` to be an integer >= 1, but got 0."``
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable
+from typing import Any
+
+__all__: list[str] = []
+
+
+def _describe(value: Any) -> str:
+    """Short, readable rendering of a received value for an error message."""
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{text} (type {type(value).__name__})"
+
+
+def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
+    """Return ``value`` as an ``int`` or raise a ``TypeError``/``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        bound = f" >= {minimum}" if minimum is not None else ""
+        raise TypeError(f"Expected `{name}` to be an integer{bound}, but got {_describe(value)}.")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"Expected `{name}` to be an integer >= {minimum}, but got {value}.")
+    return value
+
+
+def check_float(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+) -> float:
+    """Return ``value`` as a finite ``float`` inside the given bounds, or raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"Expected `{name}` to be a real number, but got {_describe(value)}.")
+    value = float(value)
+    lo = "[" if low_inclusive else "("
+    hi = "]" if high_inclusive else ")"
+    interval = f"{lo}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi}"
+    bad = not math.isfinite(value)
+    if low is not None:
+        bad = bad or (value < low if low_inclusive else value <= low)
+    if high is not None:
+        bad = bad or (value > high if high_inclusive else value >= high)
+    if bad:
+        raise ValueError(f"Expected `{name}` to be a number in {interval}, but got {value}.")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
+    """Return ``value`` if it is one of ``choices`` (strings or ``str`` enums), else raise."""
+    options = list(choices)
+    if not isinstance(value, str):
+        raise TypeError(f"Expected `{name}` to be one of {options}, but got {_describe(value)}.")
+    text = str(value.value) if hasattr(value, "value") else str(value)
+    if text not in options:
+        raise ValueError(f"Expected `{name}` to be one of {options}, but got {text!r}.")
+    return text

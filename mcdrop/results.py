@@ -1,0 +1,394 @@
+"""Result objects returned by :func:`mcdrop.predict_with_uncertainty`.
+
+One frozen dataclass per task; the type never depends on a flag. Every tensor lives on the CPU
+(unless ``device=`` asked otherwise), statistics are ``float64``. Shapes use
+
+* ``T`` – number of Monte Carlo samples,
+* ``N`` – number of examples,
+* ``C`` – number of classes (classification), at ``class_dim`` of the model output,
+* ``*S`` – any further dimensions of the model output (pixels of a segmentation map, tokens,
+  regression targets, ...).
+
+Results are saved with :meth:`ClassificationResult.save` / :meth:`RegressionResult.save` to a
+NumPy ``.npz`` archive whose metadata is JSON; :func:`load_result` reads it back with
+``allow_pickle=False``, so loading a file can never execute code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from scipy.stats import norm
+
+from mcdrop._validation import check_float
+
+__all__ = ["ClassificationResult", "RegressionResult", "load_result"]
+
+_FORMAT_VERSION = 1
+
+
+def _tensor_to_numpy(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return value
+
+
+def _standard_error(variance: torch.Tensor, n_samples: int) -> torch.Tensor:
+    """``sqrt(variance / (T - 1))``: the standard error of a mean of ``T`` draws (``ddof=0`` in)."""
+    if n_samples < 2:
+        return torch.full_like(variance, math.inf)
+    return (variance / (n_samples - 1)).sqrt()
+
+
+class _ResultMixin:
+    """Shared conversion and persistence for the result dataclasses."""
+
+    task: ClassVar[str]
+    _derived: ClassVar[tuple[str, ...]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every stored field and every derived quantity, by name.
+
+        Returns
+        -------
+        dict
+            Tensors stay tensors; ``n_samples`` and the other scalars stay Python numbers.
+        """
+        out: dict[str, Any] = {"task": self.task}
+        for field in dataclasses.fields(self):  # type: ignore[arg-type]
+            out[field.name] = getattr(self, field.name)
+        for name in self._derived:
+            out[name] = getattr(self, name)
+        return out
+
+    def to_numpy(self) -> dict[str, Any]:
+        """Like :meth:`to_dict`, with every tensor converted to a :class:`numpy.ndarray`."""
+        return {key: _tensor_to_numpy(value) for key, value in self.to_dict().items()}
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the result to ``path`` as an ``.npz`` archive (no pickle).
+
+        Parameters
+        ----------
+        path : str or path-like
+            Destination file. NumPy appends ``.npz`` when the name has no such suffix.
+        """
+        arrays: dict[str, np.ndarray] = {}
+        meta: dict[str, Any] = {"format": "mcdrop-result", "version": _FORMAT_VERSION}
+        meta["task"] = self.task
+        for field in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, field.name)
+            if isinstance(value, torch.Tensor):
+                arrays[field.name] = value.detach().cpu().numpy()
+            else:
+                meta[field.name] = value
+        arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+        np.savez(path, **arrays)  # type: ignore[arg-type]
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Any:
+        """Read a result written by :meth:`save`; checks that the file holds this task."""
+        result = load_result(path)
+        if not isinstance(result, cls):
+            raise ValueError(
+                f"Expected `path` to hold a {cls.__name__}, but it holds a "
+                f"{type(result).__name__}: {os.fspath(path)!r}."
+            )
+        return result
+
+    def _check_common(self, leading: torch.Tensor) -> None:
+        if self.n_samples < 1:  # type: ignore[attr-defined]
+            raise ValueError(f"Expected `n_samples` >= 1, but got {self.n_samples}.")  # type: ignore[attr-defined]
+        targets = self.targets  # type: ignore[attr-defined]
+        if targets is not None and targets.shape[0] != leading.shape[0]:
+            raise ValueError(
+                f"Expected `targets` to have {leading.shape[0]} rows, but got shape "
+                f"{tuple(targets.shape)}."
+            )
+        samples = self.samples  # type: ignore[attr-defined]
+        if samples is not None and tuple(samples.shape[1:]) != tuple(leading.shape):
+            raise ValueError(
+                f"Expected `samples` of shape (T, {', '.join(map(str, leading.shape))}), but "
+                f"got {tuple(samples.shape)}."
+            )
+
+
+@dataclass(frozen=True, eq=False)
+class ClassificationResult(_ResultMixin):
+    """Monte Carlo dropout predictive distribution of a classifier.
+
+    Stored fields are aggregated over the ``T`` stochastic passes as a stream; derived quantities
+    (properties) are computed from them on access.
+
+    Parameters
+    ----------
+    mean : Tensor of shape (N, C, *S)
+        Predictive probabilities, the average of the ``T`` sampled softmax outputs.
+    variance : Tensor of shape (N, C, *S)
+        Per-class variance of the sampled probabilities across the ``T`` passes (``ddof=0``).
+    predictive_entropy : Tensor of shape (N, *S)
+        Entropy of ``mean`` in nats: total uncertainty, ``H[E_t p_t]``.
+    expected_entropy : Tensor of shape (N, *S)
+        Average entropy of the sampled distributions in nats: aleatoric part, ``E_t H[p_t]``.
+    variation_ratio : Tensor of shape (N, *S)
+        ``1 - (count of the modal sampled class) / T``.
+    n_samples : int
+        Number of Monte Carlo samples ``T`` behind the statistics.
+    class_dim : int, default=1
+        Position of the class dimension in ``mean`` and ``variance``.
+    targets : Tensor of shape (N, *S) or None, default=None
+        Integer labels, kept when the inputs were ``(inputs, targets)`` batches.
+    samples : Tensor of shape (T, N, C, *S) or None, default=None
+        Every sampled probability vector, only with ``keep_samples=True``.
+    standard_error : Tensor of shape (N, C, *S) or None, default=None
+        Monte Carlo standard error of ``mean``, ``sqrt(s^2 / T)`` with the unbiased sample
+        variance ``s^2 = variance * T / (T - 1)`` (``inf`` when ``T == 1``). Computed from
+        ``variance`` and ``n_samples`` when not given; with adaptive sampling each example's own
+        number of samples is used.
+    standard_error_reached : float or None, default=None
+        Largest Monte Carlo standard error of ``mean`` when sampling stopped (adaptive
+        ``n_samples``); ``None`` for a fixed ``n_samples``.
+
+    Notes
+    -----
+    The decomposition ``predictive_entropy = expected_entropy + mutual_information`` holds
+    exactly; ``mutual_information`` (BALD, Houlsby et al. 2011) is the epistemic part.
+    """
+
+    task: ClassVar[str] = "classification"
+    _derived: ClassVar[tuple[str, ...]] = (
+        "mutual_information",
+        "predicted_class",
+        "confidence",
+        "margin",
+        "std",
+    )
+
+    mean: torch.Tensor
+    variance: torch.Tensor
+    predictive_entropy: torch.Tensor
+    expected_entropy: torch.Tensor
+    variation_ratio: torch.Tensor
+    n_samples: int
+    class_dim: int = 1
+    targets: torch.Tensor | None = None
+    samples: torch.Tensor | None = None
+    standard_error: torch.Tensor | None = None
+    standard_error_reached: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("variance", "standard_error"):
+            value = getattr(self, name)
+            if value is not None and value.shape != self.mean.shape:
+                raise ValueError(
+                    f"Expected `{name}` to match `mean` of shape {tuple(self.mean.shape)}, but "
+                    f"got {tuple(value.shape)}."
+                )
+        self._check_common(self.mean)
+        if self.standard_error is None:
+            object.__setattr__(
+                self, "standard_error", _standard_error(self.variance, self.n_samples)
+            )
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes ``C``."""
+        return int(self.mean.shape[self.class_dim])
+
+    @property
+    def mutual_information(self) -> torch.Tensor:
+        """Tensor of shape (N, *S): epistemic uncertainty, ``H[E p] - E H[p]`` (BALD), >= 0."""
+        return (self.predictive_entropy - self.expected_entropy).clamp_min(0.0)
+
+    @property
+    def predicted_class(self) -> torch.Tensor:
+        """Tensor of shape (N, *S): ``argmax`` of the predictive probabilities."""
+        return self.mean.argmax(dim=self.class_dim)
+
+    @property
+    def confidence(self) -> torch.Tensor:
+        """Tensor of shape (N, *S): the largest predictive probability."""
+        return self.mean.amax(dim=self.class_dim)
+
+    @property
+    def margin(self) -> torch.Tensor:
+        """Tensor of shape (N, *S): largest minus second-largest predictive probability.
+
+        Equals the largest probability when there is a single class.
+        """
+        if self.num_classes < 2:
+            return self.mean.select(self.class_dim, 0)
+        top2 = self.mean.topk(2, dim=self.class_dim).values
+        return top2.select(self.class_dim, 0) - top2.select(self.class_dim, 1)
+
+    @property
+    def std(self) -> torch.Tensor:
+        """Tensor of shape (N, C, *S): per-class standard deviation of the sampled probabilities."""
+        return self.variance.sqrt()
+
+
+@dataclass(frozen=True, eq=False)
+class RegressionResult(_ResultMixin):
+    """Monte Carlo dropout predictive distribution of a regressor.
+
+    Parameters
+    ----------
+    mean : Tensor of shape (N, *S)
+        Predictive mean, the average of the ``T`` sampled outputs (or sampled means of a
+        heteroscedastic head).
+    epistemic_variance : Tensor of shape (N, *S)
+        Variance of the sampled means across the ``T`` passes (``ddof=0``, as in Gal 2016).
+    aleatoric_variance : Tensor of shape (N, *S)
+        Noise variance: the average of ``exp(log_variance)`` of a heteroscedastic head
+        (Kendall & Gal 2017), or ``1 / tau`` for a given model precision ``tau`` (Gal 2016), or
+        zeros when neither was given.
+    n_samples : int
+        Number of Monte Carlo samples ``T``.
+    tau : float or None, default=None
+        Model precision used for ``aleatoric_variance``, if one was given.
+    targets : Tensor of shape (N, *S) or None, default=None
+        Regression targets, kept when the inputs were ``(inputs, targets)`` batches.
+    samples : Tensor of shape (T, N, *S) or None, default=None
+        Every sampled mean, only with ``keep_samples=True``.
+    standard_error : Tensor of shape (N, *S) or None, default=None
+        Monte Carlo standard error of ``mean`` (``inf`` when ``T == 1``); computed from
+        ``epistemic_variance`` and ``n_samples`` when not given.
+    standard_error_reached : float or None, default=None
+        Largest Monte Carlo standard error of ``mean`` when adaptive sampling stopped.
+    """
+
+    task: ClassVar[str] = "regression"
+    _derived: ClassVar[tuple[str, ...]] = ("variance", "std")
+
+    mean: torch.Tensor
+    epistemic_variance: torch.Tensor
+    aleatoric_variance: torch.Tensor
+    n_samples: int
+    tau: float | None = None
+    targets: torch.Tensor | None = None
+    samples: torch.Tensor | None = None
+    standard_error: torch.Tensor | None = None
+    standard_error_reached: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.standard_error is None:
+            se = _standard_error(self.epistemic_variance, self.n_samples)
+            object.__setattr__(self, "standard_error", se)
+        for name in ("epistemic_variance", "aleatoric_variance", "standard_error"):
+            value = getattr(self, name)
+            if value.shape != self.mean.shape:
+                raise ValueError(
+                    f"Expected `{name}` to match `mean` of shape {tuple(self.mean.shape)}, but "
+                    f"got {tuple(value.shape)}."
+                )
+        self._check_common(self.mean)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        """Tensor of shape (N, *S): total predictive variance, epistemic + aleatoric."""
+        return self.epistemic_variance + self.aleatoric_variance
+
+    @property
+    def std(self) -> torch.Tensor:
+        """Tensor of shape (N, *S): total predictive standard deviation."""
+        return self.variance.sqrt()
+
+    def interval(
+        self, level: float = 0.95, *, kind: str = "total"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Central predictive interval under a Gaussian approximation.
+
+        Parameters
+        ----------
+        level : float, default=0.95
+            Coverage in (0, 1).
+        kind : {"total", "epistemic"}, default="total"
+            Which variance to use: total predictive, or epistemic only (the spread of the mean).
+
+        Returns
+        -------
+        lower, upper : Tensor of shape (N, *S)
+            ``mean -/+ z * std`` with ``z`` the ``(1 + level) / 2`` normal quantile.
+        """
+        level = check_float(
+            "level", level, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False
+        )
+        if kind == "total":
+            std = self.std
+        elif kind == "epistemic":
+            std = self.epistemic_variance.sqrt()
+        else:
+            raise ValueError(
+                f"Expected `kind` to be one of ['total', 'epistemic'], but got {kind!r}."
+            )
+        z = float(norm.ppf(0.5 + level / 2.0))
+        return self.mean - z * std, self.mean + z * std
+
+
+_RESULT_TYPES: dict[str, type[_ResultMixin]] = {
+    "classification": ClassificationResult,
+    "regression": RegressionResult,
+}
+
+
+def load_result(path: str | os.PathLike[str]) -> ClassificationResult | RegressionResult:
+    """Read a result saved with ``result.save(path)``.
+
+    Parameters
+    ----------
+    path : str or path-like
+        An ``.npz`` file written by :meth:`ClassificationResult.save` or
+        :meth:`RegressionResult.save`.
+
+    Returns
+    -------
+    ClassificationResult or RegressionResult
+        The task stored in the file decides the type.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``path`` does not exist.
+    ValueError
+        When the file is not an mcdrop result (or needs pickle to load).
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path) and os.path.exists(path + ".npz"):
+        path = path + ".npz"
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # zipfile.BadZipFile, ValueError on object arrays, ...
+        raise ValueError(
+            f"Expected `path` to be an mcdrop result file (.npz), but could not read "
+            f"{path!r}: {error}"
+        ) from None
+    if "__meta__" not in arrays:
+        raise ValueError(
+            f"Expected `path` to be an mcdrop result file, but {path!r} has no metadata."
+        )
+    meta = json.loads(arrays.pop("__meta__").tobytes().decode("utf-8"))
+    if meta.get("format") != "mcdrop-result" or meta.get("task") not in _RESULT_TYPES:
+        raise ValueError(f"Expected `path` to be an mcdrop result file, but {path!r} is not one.")
+    if meta.get("version", 0) > _FORMAT_VERSION:
+        raise ValueError(
+            f"Expected a result file of format version <= {_FORMAT_VERSION}, but {path!r} has "
+            f"version {meta['version']}; upgrade mcdrop to read it."
+        )
+    cls = _RESULT_TYPES[meta["task"]]
+    kwargs: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if field.name in arrays:
+            kwargs[field.name] = torch.from_numpy(arrays[field.name])
+        elif field.name in meta:
+            kwargs[field.name] = meta[field.name]
+    return cls(**kwargs)  # type: ignore[return-value]

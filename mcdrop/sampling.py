@@ -1,0 +1,824 @@
+"""Monte Carlo dropout inference: :func:`predict_with_uncertainty` and :class:`MCDropout`.
+
+The ``T`` stochastic passes run as a few large batched passes on the model's device:
+
+``"replicate"``
+    Repeat each batch ``k`` times along the batch dimension and run one pass of ``k * B`` rows.
+``"vmap"``
+    ``torch.func.vmap(..., randomness="different")`` over a dummy sample axis of size ``k``.
+    Everything computed before the first dropout is not batched by vmap, so it runs once for all
+    ``k`` samples (prefix sharing): a network with dropout only in its head costs about one pass.
+    Some models cannot be vmapped (in-place randomness on an unbatched tensor, data-dependent
+    control flow); ``"auto"`` then falls back.
+``"loop"``
+    ``k`` separate passes: the reference, and the lowest memory.
+``"auto"`` (default)
+    Probes the valid candidates once per model and input signature on the first batch, times
+    them, and caches the fastest. Every strategy draws independent masks for every sample and
+    every example, so the choice never changes the distribution of the results.
+
+Statistics are aggregated as a stream (see :mod:`mcdrop.uncertainty`): memory stays
+``O(N x C)`` whatever ``T`` unless ``keep_samples=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from mcdrop._inputs import _Batch, _leading_size, extract_outputs, iter_batches
+from mcdrop._validation import check_choice, check_float, check_int
+from mcdrop.dropout import (
+    DropoutSite,
+    ModuleFilter,
+    _check_sites,
+    _switched,
+    _warn_if_training,
+    dropout_sites,
+)
+from mcdrop.results import ClassificationResult, RegressionResult
+from mcdrop.uncertainty import (
+    _OUTPUT_KINDS,
+    _ClassificationAccumulator,
+    _concat_states,
+    _normalise_class_dim,
+    _RegressionAccumulator,
+)
+
+__all__ = ["MCDropout", "predict_with_uncertainty"]
+
+logger = logging.getLogger("mcdrop")
+
+STRATEGIES = ("auto", "replicate", "vmap", "loop")
+_DEFAULT_CPU_BUDGET = 1024
+_DEFAULT_CUDA_BUDGET = 8192
+_AMP_DTYPES = {
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
+
+# model -> {(signature, k, amp, sites) -> strategy}: the auto decision, probed once.
+_STRATEGY_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[Any, str]] = weakref.WeakKeyDictionary()
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+class _Engine:
+    """Runs chunks of stochastic passes of one model on one batch; shared by every entry point."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        n_outputs: int,
+        output_transform: Callable[[Any], Any] | None,
+        strategy: str,
+        batch_budget: int | None,
+        amp: Any,
+        device: torch.device,
+    ) -> None:
+        self.model = model
+        self.n_outputs = n_outputs
+        self.output_transform = output_transform
+        self.strategy = strategy
+        self.device = device
+        if batch_budget is None:
+            batch_budget = _DEFAULT_CUDA_BUDGET if device.type == "cuda" else _DEFAULT_CPU_BUDGET
+        self.batch_budget = batch_budget
+        self.amp_dtype = _resolve_amp(amp)
+        self.sample_cap: int | None = None  # lowered after an out-of-memory error
+        self.chosen: str | None = None if strategy == "auto" else strategy
+
+    # -- one forward ---------------------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def _call(self, batch: _Batch) -> tuple[torch.Tensor, ...]:
+        output = self.model(*batch.args, **batch.kwargs)
+        return extract_outputs(output, n_outputs=self.n_outputs, transform=self.output_transform)
+
+    # -- strategies ----------------------------------------------------------------------------
+    def _loop(self, batch: _Batch, k: int) -> tuple[torch.Tensor, ...]:
+        outs = [self._call(batch) for _ in range(k)]
+        return tuple(torch.stack(parts) for parts in zip(*outs, strict=True))
+
+    def _replicate(self, batch: _Batch, k: int) -> tuple[torch.Tensor, ...]:
+        if k == 1:
+            return tuple(o.unsqueeze(0) for o in self._call(batch))
+        big = batch.map_batched(lambda t: t.repeat(k, *([1] * (t.ndim - 1))))
+        outs = self._call(big)
+        result = []
+        for out in outs:
+            if out.ndim == 0 or out.shape[0] != k * batch.size:
+                raise RuntimeError(
+                    f"replicated a batch of {batch.size} examples {k} times but the model "
+                    f"returned leading dimension {tuple(out.shape)[:1]}; the output must keep the "
+                    "batch dimension first"
+                )
+            result.append(out.reshape(k, batch.size, *out.shape[1:]))
+        return tuple(result)
+
+    def _vmap(self, batch: _Batch, k: int) -> tuple[torch.Tensor, ...]:
+        def one(_: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return self._call(batch)
+
+        dummy = torch.empty(k, device=self.device)
+        outs = torch.func.vmap(one, randomness="different")(dummy)
+        return tuple(outs)
+
+    def _run(self, name: str, batch: _Batch, k: int) -> tuple[torch.Tensor, ...]:
+        with self._autocast():
+            if name == "vmap":
+                return self._vmap(batch, k)
+            if name == "loop":
+                return self._loop(batch, k)
+            return self._replicate(batch, k)
+
+    # -- chunking ------------------------------------------------------------------------------
+    def samples_per_pass(self, batch_size: int, remaining: int) -> int:
+        k = max(1, self.batch_budget // max(batch_size, 1))
+        if self.sample_cap is not None:
+            k = min(k, self.sample_cap)
+        return max(1, min(k, remaining))
+
+    def choose(self, batch: _Batch, k: int, key: Any) -> str:
+        """Pick the strategy for ``batch`` (cached per model and input signature)."""
+        if self.chosen is not None:
+            return self.chosen
+        cache = _STRATEGY_CACHE.setdefault(self.model, {})
+        if key in cache:
+            self.chosen = cache[key]
+            return self.chosen
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            self.chosen = _probe_strategies(self, batch, k)
+        cache[key] = self.chosen
+        return self.chosen
+
+    def run_chunk(self, batch: _Batch, k: int) -> tuple[int, tuple[torch.Tensor, ...]]:
+        """Run up to ``k`` samples, halving ``k`` on CUDA out-of-memory; returns (k used, outputs)."""
+        assert self.chosen is not None
+        while True:
+            try:
+                return k, self._run(self.chosen, batch, k)
+            except torch.OutOfMemoryError:
+                if k == 1:
+                    raise
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                k = max(1, k // 2)
+                self.sample_cap = k
+                logger.warning(
+                    "mcdrop: out of memory with %d samples per pass of %d examples; retrying "
+                    "with %d samples per pass (%d rows).",
+                    2 * k,
+                    batch.size,
+                    k,
+                    k * batch.size,
+                )
+
+
+def _resolve_amp(amp: Any) -> torch.dtype | None:
+    if amp is None or amp is False:
+        return None
+    if isinstance(amp, torch.dtype) and amp in (torch.bfloat16, torch.float16):
+        return amp
+    if isinstance(amp, str) and amp in _AMP_DTYPES:
+        return _AMP_DTYPES[amp]
+    if amp is True:
+        return torch.bfloat16
+    raise ValueError(
+        f"Expected `amp` to be None, True, 'bf16', 'fp16', torch.bfloat16 or torch.float16, but "
+        f"got {amp!r}."
+    )
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _varies(outputs: tuple[torch.Tensor, ...]) -> bool:
+    first = outputs[0]
+    return first.shape[0] > 1 and bool((first != first[:1]).any())
+
+
+def _probe_strategies(engine: _Engine, batch: _Batch, k: int) -> str:
+    """Time the valid candidates on ``batch`` and return the fastest (the ``auto`` decision)."""
+    candidates = ["replicate"] if k == 1 else ["vmap", "replicate"]
+    timings: dict[str, float] = {}
+    reference_varies: bool | None = None
+    for name in reversed(candidates):  # replicate first: it always works and sets the reference
+        try:
+            outs = engine._run(name, batch, k)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as error:  # vmap refuses many models; that is what the probe is for
+            if name == "replicate":
+                raise
+            logger.info(
+                "mcdrop: strategy %r does not work for %s (%s); not using it.",
+                name,
+                type(engine.model).__name__,
+                error,
+            )
+            continue
+        if name == "replicate":
+            reference_varies = _varies(outs)
+        elif reference_varies and not _varies(outs):
+            logger.info("mcdrop: strategy %r drew identical samples; not using it.", name)
+            continue
+        _sync(engine.device)
+        start = time.perf_counter()
+        engine._run(name, batch, k)
+        _sync(engine.device)
+        timings[name] = time.perf_counter() - start
+    best = min(timings, key=timings.__getitem__)
+    logger.info(
+        "mcdrop: strategy timings %s; using %r.",
+        {n: f"{t * 1e3:.2f} ms" for n, t in timings.items()},
+        best,
+    )
+    return best
+
+
+class _Progress:
+    def __init__(self, enabled: bool | None, total: int | None) -> None:
+        disable = (not sys.stderr.isatty()) if enabled is None else not enabled
+        self.bar = tqdm(total=total, unit="pass", desc="MC dropout", disable=disable, leave=False)
+
+    def update(self, n: int) -> None:
+        self.bar.update(n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _check_finite(outputs: tuple[torch.Tensor, ...], index: int, batch: _Batch, start: int) -> None:
+    for out in outputs:
+        if not bool(torch.isfinite(out).all()):
+            raise ValueError(
+                f"The model returned NaN or Inf in batch {index} (examples {start} to "
+                f"{start + batch.size - 1}) while sampling with dropout on; check the inputs of "
+                "that batch, or use a lower `amp` precision."
+            )
+
+
+def _seed_from(seed: int | None, generator: torch.Generator | None) -> int | None:
+    if seed is not None and generator is not None:
+        raise ValueError("Expected at most one of `seed` and `generator`, but got both.")
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"Expected `generator` to be a torch.Generator, but got {generator!r}.")
+        return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    if seed is not None:
+        return check_int("seed", seed, minimum=0)
+    return None
+
+
+@contextlib.contextmanager
+def _rng(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Seeded randomness that leaves the caller's global RNG state exactly as it was."""
+    if seed is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
+        torch.manual_seed(seed)
+        yield
+
+
+class _Options:
+    """Validated options shared by :func:`predict_with_uncertainty` and :class:`MCDropout`."""
+
+    def __init__(
+        self,
+        *,
+        n_samples: int | str,
+        task: str,
+        outputs: str,
+        class_dim: int,
+        tau: float | None,
+        heteroscedastic: bool,
+        output_transform: Callable[[Any], Any] | None,
+        scope: str,
+        include: ModuleFilter,
+        exclude: ModuleFilter,
+        detect_silent: bool,
+        strategy: str,
+        batch_size: int | None,
+        batch_budget: int | None,
+        amp: Any,
+        keep_samples: bool,
+        tolerance: float,
+        max_samples: int,
+        device: torch.device | str | None,
+    ) -> None:
+        self.task = check_choice("task", task, ["classification", "regression"])
+        self.adaptive = isinstance(n_samples, str)
+        if self.adaptive:
+            if n_samples != "auto":
+                raise ValueError(
+                    f"Expected `n_samples` to be an integer >= 1 or 'auto', but got {n_samples!r}."
+                )
+            self.n_samples = check_int("max_samples", max_samples, minimum=2)
+        else:
+            self.n_samples = check_int("n_samples", n_samples, minimum=1)
+        self.tolerance = check_float("tolerance", tolerance, low=0.0, low_inclusive=False)
+        self.outputs = check_choice("outputs", outputs, _OUTPUT_KINDS)
+        self.class_dim = check_int("class_dim", class_dim)
+        if tau is not None:
+            tau = check_float("tau", tau, low=0.0, low_inclusive=False)
+        if self.task == "classification" and (tau is not None or heteroscedastic):
+            raise ValueError("Expected `tau` and `heteroscedastic` only with task='regression'.")
+        if tau is not None and heteroscedastic:
+            raise ValueError(
+                "Expected either `tau` (a fixed model precision) or `heteroscedastic=True` (a "
+                "learned noise head), but got both."
+            )
+        self.tau = tau
+        self.heteroscedastic = bool(heteroscedastic)
+        if output_transform is not None and not callable(output_transform):
+            raise TypeError(
+                f"Expected `output_transform` to be callable, but got {output_transform!r}."
+            )
+        self.output_transform = output_transform
+        self.scope = scope
+        self.include = include
+        self.exclude = exclude
+        self.detect_silent = bool(detect_silent)
+        self.strategy = check_choice("strategy", strategy, STRATEGIES)
+        self.batch_budget = (
+            None if batch_budget is None else check_int("batch_budget", batch_budget, minimum=1)
+        )
+        self.batch_size = (
+            None if batch_size is None else check_int("batch_size", batch_size, minimum=1)
+        )
+        _resolve_amp(amp)
+        self.amp = amp
+        self.keep_samples = bool(keep_samples)
+        self.device = None if device is None else torch.device(device)
+
+    def engine(self, model: nn.Module) -> _Engine:
+        return _Engine(
+            model,
+            n_outputs=2 if self.heteroscedastic else 1,
+            output_transform=self.output_transform,
+            strategy=self.strategy,
+            batch_budget=self.batch_budget,
+            amp=self.amp,
+            device=self.device or _model_device(model),
+        )
+
+    def accumulator(self, out_ndim: int) -> _ClassificationAccumulator | _RegressionAccumulator:
+        if self.task == "classification":
+            cd = _normalise_class_dim(self.class_dim, out_ndim)
+            return _ClassificationAccumulator(
+                outputs=self.outputs, class_dim=cd, keep_samples=self.keep_samples
+            )
+        return _RegressionAccumulator(
+            tau=self.tau, heteroscedastic=self.heteroscedastic, keep_samples=self.keep_samples
+        )
+
+    def sites(self, model: nn.Module, batch: _Batch | None) -> list[DropoutSite]:
+        example = None
+        if batch is not None and self.detect_silent:
+            small = batch.map_batched(lambda t: t[:2])
+            example = small.kwargs if small.kwargs else small.args
+            if small.kwargs and small.args:
+                example = None  # mixed positional and keyword inputs: static scan only
+        found = dropout_sites(
+            model,
+            scope=self.scope,
+            include=self.include,
+            exclude=self.exclude,
+            example_inputs=example,
+        )
+        _check_sites(model, found, str(getattr(self.scope, "value", self.scope)))
+        return found
+
+
+def _sample_batch(
+    engine: _Engine,
+    options: _Options,
+    batch: _Batch,
+    index: int,
+    start: int,
+    key: Any,
+    progress: _Progress,
+) -> _ClassificationAccumulator | _RegressionAccumulator:
+    """All samples of one batch, aggregated as a stream."""
+    acc: _ClassificationAccumulator | _RegressionAccumulator | None = None
+    done = 0
+    first: torch.Tensor | None = None
+    varied = False
+    check_variation = index == 0
+    minimum = min(options.n_samples, 16) if options.adaptive else options.n_samples
+    while done < options.n_samples:
+        k = engine.samples_per_pass(batch.size, options.n_samples - done)
+        engine.choose(batch, k, key)
+        k, outs = engine.run_chunk(batch, k)
+        _check_finite(outs, index, batch, start)
+        if acc is None:
+            acc = options.accumulator(outs[0].ndim - 1)
+        if isinstance(acc, _RegressionAccumulator):
+            acc.update(outs[0], outs[1] if len(outs) > 1 else None)
+        else:
+            acc.update(outs[0])
+        if check_variation and not varied:
+            if first is None:
+                first = outs[0][:1]
+            varied = bool((outs[0] != first).any())
+        done += k
+        progress.update(k)
+        if options.adaptive and done >= minimum and acc.max_standard_error() <= options.tolerance:
+            break
+    if check_variation and done > 1 and not varied:
+        raise ValueError(
+            f"The dropout sites of `{type(engine.model).__name__}` did not change the output: all "
+            f"{done} passes of the first batch are identical, so Monte Carlo dropout would report "
+            "zero uncertainty. The model may apply dropout where mcdrop cannot switch it (e.g. "
+            "custom `if self.training` code): try `scope='train_except_norm'` or `include=`."
+        )
+    assert acc is not None
+    return acc
+
+
+def _check_consistent(
+    shape: tuple[int, ...] | None, out: torch.Tensor, index: int
+) -> tuple[int, ...]:
+    current = tuple(out.shape[2:])
+    if shape is not None and current != shape:
+        raise ValueError(
+            f"Expected every batch to give outputs of shape (N, {', '.join(map(str, shape))}), but "
+            f"batch {index} gave (N, {', '.join(map(str, current))})."
+        )
+    return current
+
+
+def _predict(
+    model: nn.Module,
+    inputs: Any,
+    targets: Any,
+    options: _Options,
+    seed: int | None,
+    progress: bool | None,
+    result_device: torch.device,
+) -> ClassificationResult | RegressionResult:
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"Expected `model` to be a torch.nn.Module, but got {type(model).__name__}."
+        )
+    engine = options.engine(model)
+    budget = options.batch_size or engine.batch_budget
+    batches, n_batches, _ = iter_batches(inputs, batch_size=budget, targets=targets)
+    total = None if n_batches is None else n_batches * options.n_samples
+    bar = _Progress(progress, total)
+    states: list[dict[str, torch.Tensor]] = []
+    target_parts: list[torch.Tensor] = []
+    missing_targets = False
+    out_shape: tuple[int, ...] | None = None
+    max_count = 0
+    worst_se = 0.0
+    start = 0
+    with _rng(seed, engine.device), torch.inference_mode():
+        iterator = iter(batches)
+        first = next(iterator, None)
+        if first is None:
+            raise ValueError("Expected `inputs` to hold at least one example, but it was empty.")
+        first = first.to(engine.device)
+        sites = options.sites(model, first)
+        _warn_if_training(model)
+        key = (first.signature(), options.amp, tuple(site.name for site in sites), options.strategy)
+        try:
+            with _switched(model, {site.name: site for site in sites}):
+                batch: _Batch | None = first
+                index = 0
+                while batch is not None:
+                    if index > 0:
+                        batch = batch.to(engine.device)
+                    acc = _sample_batch(engine, options, batch, index, start, key, bar)
+                    state = acc.state()
+                    probe = state.get("samples")
+                    if probe is not None:
+                        out_shape = _check_consistent(out_shape, probe, index)
+                    else:
+                        mean = state["mean"]
+                        out_shape = _check_consistent(out_shape, mean.unsqueeze(0), index)
+                    states.append({k: v.to(result_device) for k, v in state.items()})
+                    max_count = max(max_count, acc.count)
+                    worst_se = max(worst_se, acc.max_standard_error())
+                    if batch.targets is None:
+                        missing_targets = True
+                    else:
+                        target_parts.append(batch.targets)
+                    start += batch.size
+                    index += 1
+                    nxt = next(iterator, None)
+                    batch = nxt
+        finally:
+            bar.close()
+    merged = _concat_states(states, result_device)
+    target_tensor = None if missing_targets or not target_parts else torch.cat(target_parts)
+    extra: dict[str, Any] = {
+        "n_samples": max_count,
+        "targets": target_tensor,
+        "standard_error_reached": worst_se if options.adaptive else None,
+    }
+    if options.task == "classification":
+        cd = _normalise_class_dim(options.class_dim, merged["mean"].ndim)
+        return ClassificationResult(class_dim=cd, **merged, **extra)
+    return RegressionResult(tau=options.tau, **merged, **extra)
+
+
+def predict_with_uncertainty(
+    model: nn.Module,
+    inputs: Any,
+    *,
+    n_samples: int | str = 100,
+    task: str = "classification",
+    outputs: str = "logits",
+    class_dim: int = 1,
+    targets: Any = None,
+    tau: float | None = None,
+    heteroscedastic: bool = False,
+    output_transform: Callable[[Any], Any] | None = None,
+    scope: str = "dropout",
+    include: ModuleFilter = None,
+    exclude: ModuleFilter = None,
+    detect_silent: bool = True,
+    strategy: str = "auto",
+    batch_size: int | None = None,
+    batch_budget: int | None = None,
+    amp: Any = None,
+    keep_samples: bool = False,
+    tolerance: float = 1e-2,
+    max_samples: int = 1000,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    result_device: torch.device | str = "cpu",
+    progress: bool | None = None,
+) -> ClassificationResult | RegressionResult:
+    """Monte Carlo dropout predictive distribution of ``model`` on ``inputs``.
+
+    Only the dropout sites sample (see :func:`mcdrop.dropout_sites`); normalisation layers stay in
+    eval mode, no parameter or buffer changes, and every module's ``training`` flag is restored on
+    return, also when the model raises.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A trained model containing dropout.
+    inputs : Tensor, tuple, dict or iterable of batches
+        ``Tensor`` of shape (N, ...); ``tuple`` of positional arguments; ``dict`` of keyword
+        arguments (e.g. ``input_ids`` and ``attention_mask``); or a ``DataLoader`` / any iterable
+        whose items are such batches or ``(inputs, targets)`` pairs (targets are kept on the
+        result). Tensors whose leading dimension is not the batch size are passed unchanged.
+    n_samples : int or "auto", default=100
+        Number of stochastic passes ``T``. ``"auto"`` samples until the largest Monte Carlo
+        standard error of the predictive mean in each batch is at most ``tolerance`` (at least
+        16 passes, at most ``max_samples``).
+    task : {"classification", "regression"}, default="classification"
+        Decides the result type: :class:`ClassificationResult` or :class:`RegressionResult`.
+    outputs : {"logits", "probs", "log_probs"}, default="logits"
+        What a classifier returns; never guessed from the values.
+    class_dim : int, default=1
+        Class dimension of the model output (N, C, ...): ``1`` for ``(N, C)`` and segmentation
+        ``(N, C, H, W)`` (per-pixel uncertainty maps), ``-1`` for ``(N, L, C)`` token outputs.
+    targets : array-like of shape (N, ...), optional
+        Targets for tensor inputs, stored on the result.
+    tau : float, optional
+        Regression model precision (Gal 2016): aleatoric variance ``1 / tau``.
+    heteroscedastic : bool, default=False
+        Regression model returns ``(mean, log_variance)`` (Kendall & Gal 2017).
+    output_transform : callable, optional
+        Applied to the raw model output first, e.g. ``lambda out: out["scores"]``.
+    scope : {"dropout", "train_except_norm"}, default="dropout"
+        Which modules sample, see :class:`mcdrop.Scope`.
+    include, exclude : str, list of str or callable, optional
+        Extra modules to switch on / modules to keep off, by name pattern or predicate.
+    detect_silent : bool, default=True
+        Probe the first batch for dropout that is registered but never called (fused attention)
+        or called functionally with ``training=False``, and switch on its gating module.
+    strategy : {"auto", "replicate", "vmap", "loop"}, default="auto"
+        How the ``T`` passes are batched (module docstring). All give the same distribution.
+    batch_size : int, optional
+        Examples per batch when ``inputs`` is a tensor, tuple or dict (default: ``batch_budget``).
+    batch_budget : int, optional
+        Rows per forward pass, samples x examples (default 1024 on CPU, 8192 on CUDA). On CUDA
+        out-of-memory the number of samples per pass is halved and retried.
+    amp : {None, "bf16", "fp16"} or torch.dtype, default=None
+        Autocast precision for the passes; statistics are still accumulated in float64.
+    keep_samples : bool, default=False
+        Also return every sample (``result.samples``, shape (T, N, ...)); memory grows with T.
+    tolerance : float, default=0.01
+        Target standard error for ``n_samples="auto"`` (probability units for classification,
+        output units for regression).
+    max_samples : int, default=1000
+        Upper bound on ``T`` for ``n_samples="auto"``.
+    seed : int, optional
+        Seed for reproducible results; the caller's global RNG state is left as it was.
+    generator : torch.Generator, optional
+        Alternative to ``seed``: one seed is drawn from it.
+    device : torch.device or str, optional
+        Where to run; defaults to the device of the model's parameters. Inputs are moved there.
+    result_device : torch.device or str, default="cpu"
+        Where the result's tensors are returned.
+    progress : bool, optional
+        tqdm progress bar over batches x samples. Default: shown when stderr is a terminal.
+
+    Returns
+    -------
+    ClassificationResult or RegressionResult
+        Statistics of the ``T`` samples, see :mod:`mcdrop.results` for the shapes.
+
+    Raises
+    ------
+    ValueError
+        No dropout in the model, every rate 0, dropout that does not change the output, NaN/Inf
+        outputs, empty inputs, invalid options; ``TypeError`` for wrong types.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> import mcdrop
+    >>> model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
+    >>> _ = model.eval()
+    >>> result = mcdrop.predict_with_uncertainty(model, torch.randn(8, 4), n_samples=50, seed=0)
+    >>> result.mean.shape, result.mutual_information.shape
+    (torch.Size([8, 3]), torch.Size([8]))
+    """
+    options = _Options(
+        n_samples=n_samples,
+        task=task,
+        outputs=outputs,
+        class_dim=class_dim,
+        tau=tau,
+        heteroscedastic=heteroscedastic,
+        output_transform=output_transform,
+        scope=scope,
+        include=include,
+        exclude=exclude,
+        detect_silent=detect_silent,
+        strategy=strategy,
+        batch_size=batch_size,
+        batch_budget=batch_budget,
+        amp=amp,
+        keep_samples=keep_samples,
+        tolerance=tolerance,
+        max_samples=max_samples,
+        device=device,
+    )
+    return _predict(
+        model,
+        inputs,
+        targets,
+        options,
+        _seed_from(seed, generator),
+        progress,
+        torch.device(result_device),
+    )
+
+
+class MCDropout(nn.Module):
+    """``nn.Module`` wrapper whose forward returns ``T`` stacked Monte Carlo dropout samples.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The trained model; registered as the submodule ``model`` (its ``state_dict`` keys gain
+        the prefix ``model.``).
+    n_samples : int, default=100
+        Samples per call ``T``.
+    **options
+        Any keyword option of :func:`predict_with_uncertainty` (``task``, ``outputs``,
+        ``strategy``, ``scope``, ``batch_budget``, ``amp``, ``seed``, ...).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> import mcdrop
+    >>> net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3)).eval()
+    >>> mc = mcdrop.MCDropout(net, n_samples=20)
+    >>> mc(torch.randn(5, 4)).shape
+    torch.Size([20, 5, 3])
+    >>> mc.predict_with_uncertainty(torch.randn(5, 4)).mean.shape
+    torch.Size([5, 3])
+    """
+
+    def __init__(self, model: nn.Module, n_samples: int = 100, **options: Any) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"Expected `model` to be a torch.nn.Module, but got {type(model).__name__}."
+            )
+        self.model = model
+        self.n_samples = check_int("n_samples", n_samples, minimum=1)
+        unknown = set(options) - set(_OPTION_DEFAULTS)
+        if unknown:
+            raise TypeError(
+                f"Expected options of predict_with_uncertainty, but got unknown {sorted(unknown)}."
+            )
+        self.options = options
+        self._options(self.options)  # validate now, not at the first call
+
+    def _options(self, overrides: dict[str, Any]) -> _Options:
+        kwargs = {**_OPTION_DEFAULTS, "n_samples": self.n_samples, **self.options, **overrides}
+        for name in ("seed", "generator", "progress", "result_device", "targets"):
+            kwargs.pop(name, None)
+        return _Options(**kwargs)
+
+    def forward(
+        self, *args: Any, **kwargs: Any
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Stacked samples of the model output, shape (T, B, ...), for one batch.
+
+        Returns the extracted output (logits, probabilities or regression means as the model
+        gives them); a heteroscedastic regressor gives ``(means, log_variances)``.
+        """
+        options = self._options({})
+        engine = options.engine(self.model)
+        size = _leading_size(args, kwargs, "inputs")
+        batch = _Batch(args, dict(kwargs), None, size).to(engine.device)
+        seed = _seed_from(self.options.get("seed"), self.options.get("generator"))
+        chunks: list[tuple[torch.Tensor, ...]] = []
+        with _rng(seed, engine.device), torch.inference_mode():
+            sites = options.sites(self.model, batch)
+            key = (batch.signature(), options.amp, tuple(s.name for s in sites), options.strategy)
+            with _switched(self.model, {s.name: s for s in sites}):
+                done = 0
+                while done < self.n_samples:
+                    k = engine.samples_per_pass(batch.size, self.n_samples - done)
+                    engine.choose(batch, k, key)
+                    k, outs = engine.run_chunk(batch, k)
+                    chunks.append(outs)
+                    done += k
+        stacked = tuple(torch.cat(parts) for parts in zip(*chunks, strict=True))
+        return stacked[0] if len(stacked) == 1 else (stacked[0], stacked[1])
+
+    def predict_with_uncertainty(
+        self, inputs: Any, **overrides: Any
+    ) -> ClassificationResult | RegressionResult:
+        """Aggregated result over ``inputs``, as :func:`mcdrop.predict_with_uncertainty`."""
+        kwargs = {**self.options, **overrides}
+        kwargs.setdefault("n_samples", self.n_samples)
+        return predict_with_uncertainty(self.model, inputs, **kwargs)
+
+    def sites(self, example_inputs: Any = None) -> list[DropoutSite]:
+        """The dropout sites this wrapper switches on (see :func:`mcdrop.dropout_sites`)."""
+        o = self._options({})
+        return dropout_sites(
+            self.model,
+            scope=o.scope,
+            include=o.include,
+            exclude=o.exclude,
+            example_inputs=example_inputs,
+        )
+
+
+_OPTION_DEFAULTS: dict[str, Any] = {
+    "n_samples": 100,
+    "task": "classification",
+    "outputs": "logits",
+    "class_dim": 1,
+    "tau": None,
+    "heteroscedastic": False,
+    "output_transform": None,
+    "scope": "dropout",
+    "include": None,
+    "exclude": None,
+    "detect_silent": True,
+    "strategy": "auto",
+    "batch_size": None,
+    "batch_budget": None,
+    "amp": None,
+    "keep_samples": False,
+    "tolerance": 1e-2,
+    "max_samples": 1000,
+    "device": None,
+    # accepted by MCDropout but not by _Options:
+    "seed": None,
+    "generator": None,
+    "progress": None,
+    "result_device": "cpu",
+    "targets": None,
+}

@@ -1,0 +1,310 @@
+"""Uncertainty measures, aggregated as a stream over Monte Carlo samples.
+
+The accumulators take chunks of samples of shape ``(k, B, ...)`` one after another and keep only
+``O(B x C)`` state, whatever the number of samples ``T``. Means and variances are merged with
+Chan et al.'s parallel update in ``float64`` (no catastrophic cancellation of ``E[x^2] - E[x]^2``).
+
+:func:`summarize_samples` runs the same accumulators over samples that are already stacked,
+e.g. the members of a deep ensemble.
+
+Definitions (natural logarithms, ``p_t`` the sampled class probabilities, ``p = mean_t p_t``):
+
+* predictive entropy ``H[p] = -sum_c p_c log p_c`` (total uncertainty);
+* expected entropy ``E_t H[p_t]`` (aleatoric);
+* mutual information ``H[p] - E_t H[p_t]`` (epistemic; BALD, Houlsby et al. 2011);
+* variation ratio ``1 - f_mode / T`` with ``f_mode`` the count of the most sampled class
+  (Freeman 1965);
+* regression: epistemic variance ``Var_t[mu_t]`` (``ddof=0``), aleatoric variance
+  ``E_t[sigma_t^2]`` or ``1 / tau`` (Gal 2016, eq. 3.16; Kendall & Gal 2017).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from mcdrop._validation import check_choice, check_float, check_int
+from mcdrop.results import ClassificationResult, RegressionResult
+
+__all__ = ["summarize_samples"]
+
+_OUTPUT_KINDS = ("logits", "probs", "log_probs")
+
+
+def _stat_dtype(device: torch.device) -> torch.dtype:
+    # MPS has no float64; everything else accumulates in double precision.
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+class _Moments:
+    """Streaming mean and sum of squared deviations (Chan et al. 1979), per element."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean: torch.Tensor | None = None
+        self.m2: torch.Tensor | None = None
+
+    def update(self, chunk: torch.Tensor) -> None:
+        k = chunk.shape[0]
+        chunk_mean = chunk.mean(0)
+        chunk_m2 = (chunk - chunk_mean).square().sum(0)
+        if self.mean is None or self.m2 is None:
+            self.count, self.mean, self.m2 = k, chunk_mean, chunk_m2
+            return
+        total = self.count + k
+        delta = chunk_mean - self.mean
+        self.mean = self.mean + delta * (k / total)
+        self.m2 = self.m2 + chunk_m2 + delta.square() * (self.count * k / total)
+        self.count = total
+
+    @property
+    def variance(self) -> torch.Tensor:
+        assert self.m2 is not None
+        return self.m2 / self.count
+
+    def max_standard_error(self) -> float:
+        if self.count < 2 or self.m2 is None:
+            return math.inf
+        return float((self.m2 / (self.count * (self.count - 1))).max().sqrt())
+
+
+class _ClassificationAccumulator:
+    """Streaming statistics of sampled class probabilities for one batch."""
+
+    def __init__(self, *, outputs: str, class_dim: int, keep_samples: bool, atol: float = 1e-3):
+        self.outputs = outputs
+        self.class_dim = class_dim  # of one sample (B, C, *S)
+        self.keep_samples = keep_samples
+        self.atol = atol
+        self.moments = _Moments()
+        self.entropy_sum: torch.Tensor | None = None
+        self.mode_counts: torch.Tensor | None = None
+        self.samples: list[torch.Tensor] = []
+
+    def _probs(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dim = self.class_dim + 1
+        raw = raw.float()
+        if self.outputs == "logits":
+            log_p = F.log_softmax(raw, dim=dim)
+            return log_p.exp(), log_p
+        if self.outputs == "log_probs":
+            probs = raw.exp()
+        else:
+            probs = raw
+            if bool(((probs < -self.atol) | (probs > 1 + self.atol)).any()):
+                raise ValueError(
+                    "Expected `outputs='probs'` model outputs in [0, 1], but got values from "
+                    f"{float(probs.min()):g} to {float(probs.max()):g}; pass `outputs='logits'` "
+                    "if the model returns logits."
+                )
+        sums = probs.sum(dim)
+        if not bool(torch.allclose(sums, torch.ones_like(sums), atol=self.atol)):
+            worst = float((sums - 1).abs().max())
+            raise ValueError(
+                f"Expected `outputs={self.outputs!r}` rows that sum to 1 along class_dim="
+                f"{self.class_dim}, but a row is off by {worst:g}; pass `outputs='logits'` if the "
+                "model returns logits, or the right `class_dim`."
+            )
+        return probs, torch.log(probs)
+
+    def update(self, raw: torch.Tensor) -> None:
+        probs, log_p = self._probs(raw)
+        dim = self.class_dim + 1
+        dtype = _stat_dtype(probs.device)
+        entropy = -torch.where(probs > 0, probs * log_p, torch.zeros_like(probs)).sum(dim)
+        entropy_sum = entropy.to(dtype).sum(0)
+        self.entropy_sum = (
+            entropy_sum if self.entropy_sum is None else self.entropy_sum + entropy_sum
+        )
+        num_classes = probs.shape[dim]
+        votes = F.one_hot(probs.argmax(dim), num_classes).sum(0)  # (B, *S, C)
+        votes = votes.movedim(-1, self.class_dim)
+        self.mode_counts = votes if self.mode_counts is None else self.mode_counts + votes
+        self.moments.update(probs.to(dtype))
+        if self.keep_samples:
+            self.samples.append(probs.cpu())
+
+    @property
+    def count(self) -> int:
+        return self.moments.count
+
+    def max_standard_error(self) -> float:
+        return self.moments.max_standard_error()
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """Per-example statistics of the batch, on the accumulation device."""
+        assert self.moments.mean is not None and self.entropy_sum is not None
+        assert self.mode_counts is not None
+        mean = self.moments.mean
+        variance = self.moments.variance
+        count = self.count
+        predictive_entropy = -torch.special.xlogy(mean, mean).sum(self.class_dim)
+        expected_entropy = self.entropy_sum / count
+        variation_ratio = 1.0 - self.mode_counts.amax(self.class_dim).to(mean.dtype) / count
+        if count > 1:
+            standard_error = (variance / (count - 1)).sqrt()
+        else:
+            standard_error = torch.full_like(variance, math.inf)
+        out = {
+            "mean": mean,
+            "variance": variance,
+            "standard_error": standard_error,
+            "predictive_entropy": predictive_entropy,
+            "expected_entropy": expected_entropy,
+            "variation_ratio": variation_ratio,
+        }
+        if self.keep_samples:
+            out["samples"] = torch.cat(self.samples, 0)
+        return out
+
+
+class _RegressionAccumulator:
+    """Streaming statistics of sampled regression outputs for one batch."""
+
+    def __init__(self, *, tau: float | None, heteroscedastic: bool, keep_samples: bool):
+        self.tau = tau
+        self.heteroscedastic = heteroscedastic
+        self.keep_samples = keep_samples
+        self.moments = _Moments()
+        self.noise_sum: torch.Tensor | None = None
+        self.samples: list[torch.Tensor] = []
+
+    def update(self, raw: torch.Tensor, log_var: torch.Tensor | None = None) -> None:
+        dtype = _stat_dtype(raw.device)
+        mean = raw.to(dtype)
+        self.moments.update(mean)
+        if self.heteroscedastic:
+            assert log_var is not None
+            if log_var.shape != raw.shape:
+                raise ValueError(
+                    f"Expected the log-variance output to match the mean of shape "
+                    f"{tuple(raw.shape[1:])}, but got {tuple(log_var.shape[1:])}."
+                )
+            noise = log_var.to(dtype).exp().sum(0)
+            self.noise_sum = noise if self.noise_sum is None else self.noise_sum + noise
+        if self.keep_samples:
+            self.samples.append(raw.float().cpu())
+
+    @property
+    def count(self) -> int:
+        return self.moments.count
+
+    def max_standard_error(self) -> float:
+        return self.moments.max_standard_error()
+
+    def state(self) -> dict[str, torch.Tensor]:
+        assert self.moments.mean is not None
+        mean = self.moments.mean
+        epistemic = self.moments.variance
+        if self.noise_sum is not None:
+            aleatoric = self.noise_sum / self.count
+        elif self.tau is not None:
+            aleatoric = torch.full_like(mean, 1.0 / self.tau)
+        else:
+            aleatoric = torch.zeros_like(mean)
+        if self.count > 1:
+            standard_error = (epistemic / (self.count - 1)).sqrt()
+        else:
+            standard_error = torch.full_like(epistemic, math.inf)
+        out = {
+            "mean": mean,
+            "epistemic_variance": epistemic,
+            "aleatoric_variance": aleatoric,
+            "standard_error": standard_error,
+        }
+        if self.keep_samples:
+            out["samples"] = torch.cat(self.samples, 0)
+        return out
+
+
+def _concat_states(states: list[dict[str, torch.Tensor]], device: torch.device) -> dict[str, Any]:
+    """Join per-batch statistics along the example dimension (dim 1 for samples)."""
+    return {
+        key: torch.cat([s[key].to(device) for s in states], 1 if key == "samples" else 0)
+        for key in states[0]
+    }
+
+
+def summarize_samples(
+    samples: torch.Tensor,
+    *,
+    task: str = "classification",
+    outputs: str = "logits",
+    class_dim: int = 1,
+    tau: float | None = None,
+    log_variance: torch.Tensor | None = None,
+    targets: torch.Tensor | None = None,
+    chunk_size: int = 64,
+) -> ClassificationResult | RegressionResult:
+    """Uncertainty of stacked samples, e.g. from a deep ensemble or your own MC loop.
+
+    Parameters
+    ----------
+    samples : Tensor of shape (T, N, ...)
+        Samples first. Classification: ``(T, N, C, *S)`` logits, probabilities or
+        log-probabilities (``outputs``). Regression: ``(T, N, *S)`` sampled means.
+    task : {"classification", "regression"}, default="classification"
+    outputs : {"logits", "probs", "log_probs"}, default="logits"
+        What ``samples`` hold (classification); never guessed from the values.
+    class_dim : int, default=1
+        Class dimension of one sample ``(N, C, *S)``.
+    tau : float, optional
+        Model precision for the aleatoric variance of a regression (``1 / tau``).
+    log_variance : Tensor of shape (T, N, *S), optional
+        Sampled log-variances of a heteroscedastic regression head.
+    targets : Tensor of shape (N, ...), optional
+        Stored on the result.
+    chunk_size : int, default=64
+        Samples aggregated at a time.
+
+    Returns
+    -------
+    ClassificationResult or RegressionResult
+    """
+    task = check_choice("task", task, ["classification", "regression"])
+    chunk_size = check_int("chunk_size", chunk_size, minimum=1)
+    if not isinstance(samples, torch.Tensor) or samples.ndim < 2 or samples.shape[0] == 0:
+        shape = (
+            tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
+        )
+        raise ValueError(
+            f"Expected `samples` to be a Tensor of shape (T, N, ...), but got {shape}."
+        )
+    acc: _ClassificationAccumulator | _RegressionAccumulator
+    if task == "classification":
+        outputs = check_choice("outputs", outputs, _OUTPUT_KINDS)
+        cd = _normalise_class_dim(class_dim, samples.ndim - 1)
+        acc = _ClassificationAccumulator(outputs=outputs, class_dim=cd, keep_samples=False)
+        for start in range(0, samples.shape[0], chunk_size):
+            acc.update(samples[start : start + chunk_size])
+        state: dict[str, Any] = dict(acc.state())
+        return ClassificationResult(n_samples=acc.count, class_dim=cd, targets=targets, **state)
+    if tau is not None:
+        tau = check_float("tau", tau, low=0.0, low_inclusive=False)
+    acc = _RegressionAccumulator(
+        tau=tau, heteroscedastic=log_variance is not None, keep_samples=False
+    )
+    for start in range(0, samples.shape[0], chunk_size):
+        lv = None if log_variance is None else log_variance[start : start + chunk_size]
+        acc.update(samples[start : start + chunk_size], lv)
+    reg_state: dict[str, Any] = dict(acc.state())
+    return RegressionResult(n_samples=acc.count, tau=tau, targets=targets, **reg_state)
+
+
+def _normalise_class_dim(class_dim: int, ndim: int) -> int:
+    class_dim = check_int("class_dim", class_dim)
+    if not -ndim <= class_dim < ndim or ndim < 2:
+        raise ValueError(
+            f"Expected `class_dim` to index a dimension of the model output with {ndim} "
+            f"dimensions (batch first), but got {class_dim}."
+        )
+    cd = class_dim % ndim
+    if cd == 0:
+        raise ValueError(
+            "Expected `class_dim` to point past the batch dimension (the output is (N, C, ...)), "
+            f"but got {class_dim}."
+        )
+    return cd
