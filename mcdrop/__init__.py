@@ -5,6 +5,8 @@
 >>> result.mean, result.mutual_information  # doctest: +SKIP
 """
 
+from mcdrop import calibration, metrics, plot
+from mcdrop.calibration import StdScaling, TemperatureScaling
 from mcdrop.dropout import DropoutSite, Scope, dropout_enabled, dropout_sites
 from mcdrop.results import ClassificationResult, RegressionResult, load_result
 from mcdrop.sampling import MCDropout, predict_with_uncertainty
@@ -18,10 +20,15 @@ __all__ = [
     "MCDropout",
     "RegressionResult",
     "Scope",
+    "StdScaling",
+    "TemperatureScaling",
     "__version__",
+    "calibration",
     "dropout_enabled",
     "dropout_sites",
     "load_result",
+    "metrics",
+    "plot",
     "predict_with_uncertainty",
     "summarize_samples",
 ]

@@ -119,10 +119,11 @@ class _ClassificationAccumulator:
         self.entropy_sum = (
             entropy_sum if self.entropy_sum is None else self.entropy_sum + entropy_sum
         )
-        num_classes = probs.shape[dim]
-        votes = F.one_hot(probs.argmax(dim), num_classes).sum(0)  # (B, *S, C)
-        votes = votes.movedim(-1, self.class_dim)
-        self.mode_counts = votes if self.mode_counts is None else self.mode_counts + votes
+        if self.mode_counts is None:  # votes per class, class dimension last: (B, *S, C)
+            shape = (*probs.shape[1:dim], *probs.shape[dim + 1 :], probs.shape[dim])
+            self.mode_counts = torch.zeros(shape, dtype=torch.int64, device=probs.device)
+        winners = probs.argmax(dim).movedim(0, -1)  # (B, *S, k)
+        self.mode_counts.scatter_add_(-1, winners, torch.ones_like(winners))
         self.moments.update(probs.to(dtype))
         if self.keep_samples:
             self.samples.append(probs.cpu())
@@ -143,7 +144,7 @@ class _ClassificationAccumulator:
         count = self.count
         predictive_entropy = -torch.special.xlogy(mean, mean).sum(self.class_dim)
         expected_entropy = self.entropy_sum / count
-        variation_ratio = 1.0 - self.mode_counts.amax(self.class_dim).to(mean.dtype) / count
+        variation_ratio = 1.0 - self.mode_counts.amax(-1).to(mean.dtype) / count
         if count > 1:
             standard_error = (variance / (count - 1)).sqrt()
         else:

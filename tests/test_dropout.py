@@ -1,0 +1,128 @@
+"""Dropout-site discovery and the ``dropout_enabled`` context manager."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import MLP, FunctionalDropout, FusedClassifier
+from torch import nn
+
+import mcdrop
+from mcdrop.dropout import Scope
+
+
+def _flags(model: nn.Module) -> dict[str, bool]:
+    return {name: module.training for name, module in model.named_modules()}
+
+
+def test_only_dropout_modules_train_and_flags_restored():
+    model = MLP().eval()
+    model.head.train()  # an unusual but legal mixed state must come back exactly
+    before = _flags(model)
+    with pytest.warns(UserWarning, match="training mode"):
+        with mcdrop.dropout_enabled(model) as sites:
+            assert [s.name for s in sites] == ["drop"]
+            assert model.drop.training
+            assert not model.body[1].training  # BatchNorm stays in eval
+            assert not model.head.training  # was on, is off while sampling
+    assert _flags(model) == before
+
+
+def test_flags_restored_when_body_raises():
+    model = MLP().eval()
+    before = _flags(model)
+    with pytest.raises(RuntimeError, match="boom"):
+        with mcdrop.dropout_enabled(model):
+            raise RuntimeError("boom")
+    assert _flags(model) == before
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout],
+)
+def test_every_torch_dropout_type_is_a_site(cls):
+    model = nn.Sequential(nn.Identity(), cls(0.2)).eval()
+    sites = mcdrop.dropout_sites(model)
+    assert [(s.name, s.type, s.rate) for s in sites] == [("1", cls.__name__, 0.2)]
+
+
+def test_transformer_layers_and_attention_are_sites():
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.1, batch_first=True)
+    model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+    sites = {s.name: s for s in mcdrop.dropout_sites(model)}
+    assert "layers.0" in sites and "layers.0.self_attn" in sites
+    assert "fast path" in sites["layers.0"].reason
+    assert sites["layers.1.self_attn"].rate == pytest.approx(0.1)
+
+
+def test_fused_attention_child_is_detected_with_example_inputs():
+    model = FusedClassifier().eval()
+    x = torch.randn(3, 5, 16)
+    static = {s.name for s in mcdrop.dropout_sites(model)}
+    assert static == {"attn.attn_drop"}  # registered, but never called
+    probed = {s.name: s for s in mcdrop.dropout_sites(model, example_inputs=x)}
+    assert "attn" in probed
+    assert "never called" in probed["attn"].reason
+    assert probed["attn"].rate == pytest.approx(0.4)
+
+
+def test_functional_dropout_is_detected_with_example_inputs():
+    model = FunctionalDropout().eval()
+    with pytest.raises(ValueError, match="FunctionalDropout.*scope="):
+        with mcdrop.dropout_enabled(model):
+            pass
+    sites = mcdrop.dropout_sites(model, example_inputs=torch.randn(2, 6))
+    assert [s.name for s in sites] == [""]
+    assert "F.dropout" in sites[0].reason and sites[0].rate == 0.5
+
+
+def test_train_except_norm_scope_keeps_norm_layers_in_eval():
+    model = nn.Sequential(
+        nn.Linear(3, 4),
+        nn.BatchNorm1d(4),
+        nn.InstanceNorm1d(4, track_running_stats=True),
+        nn.ReLU(),
+    ).eval()
+    with mcdrop.dropout_enabled(model, scope="train_except_norm") as sites:
+        names = {s.name for s in sites}
+        assert {"", "0", "3"} <= names
+        assert not model[1].training and not model[2].training
+        assert model[0].training
+    assert not any(m.training for m in model.modules())
+    assert Scope("train_except_norm") is Scope.TRAIN_EXCEPT_NORM
+
+
+def test_include_and_exclude_by_pattern_and_predicate():
+    model = MLP().eval()
+    with mcdrop.dropout_enabled(model, include="body.0") as sites:
+        assert {s.name for s in sites} == {"drop", "body.0"}
+        assert model.body[0].training
+    keep_head = mcdrop.dropout_sites(model, include=lambda name, m: isinstance(m, nn.Linear))
+    assert {s.name for s in keep_head} == {"drop", "body.0", "head"}
+    with pytest.raises(ValueError, match="no dropout"):
+        with mcdrop.dropout_enabled(model, exclude=["dr*"]):
+            pass
+
+
+def test_no_dropout_and_zero_rate_errors_name_the_model():
+    with pytest.raises(ValueError, match="Found no dropout in the model `Sequential`.*scope="):
+        with mcdrop.dropout_enabled(nn.Sequential(nn.Linear(2, 2))):
+            pass
+    with pytest.raises(ValueError, match="rate 0"):
+        with mcdrop.dropout_enabled(nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.0))):
+            pass
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="`scope`.*'everything'"):
+        mcdrop.dropout_sites(MLP(), scope="everything")
+    with pytest.raises(TypeError, match="`include`"):
+        mcdrop.dropout_sites(MLP(), include=3)
+    with pytest.raises(TypeError, match="`model`"):
+        mcdrop.dropout_sites("not a model")
+
+
+def test_site_str_is_readable():
+    site = mcdrop.dropout_sites(MLP())[0]
+    assert str(site) == "drop (Dropout, p=0.3): dropout module"
