@@ -1,0 +1,111 @@
+"""Uncertainty measures and their streaming aggregation, against numpy/scipy references."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from scipy.special import softmax
+from scipy.stats import entropy
+
+import mcdrop
+from mcdrop.uncertainty import _Moments
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    logits=arrays(
+        np.float64,
+        st.tuples(st.integers(1, 12), st.integers(1, 5), st.integers(1, 6)),
+        elements=st.floats(-30, 30),
+    ),
+    chunk=st.integers(1, 7),
+)
+def test_information_decomposition_bounds(logits, chunk):
+    C = logits.shape[-1]
+    result = mcdrop.summarize_samples(torch.from_numpy(logits), chunk_size=chunk)
+    pe, ee, mi = result.predictive_entropy, result.expected_entropy, result.mutual_information
+    tol = 1e-6
+    assert (mi >= 0).all()
+    assert (mi <= pe + tol).all()
+    assert (pe <= math.log(C) + tol).all()
+    assert (ee >= -tol).all()
+    # against scipy: entropy of the mean and mean entropy of float32 softmax samples
+    probs = softmax(logits.astype(np.float32).astype(np.float64), axis=-1)
+    np.testing.assert_allclose(pe, entropy(probs.mean(0), axis=-1), atol=1e-5)
+    np.testing.assert_allclose(ee, entropy(probs, axis=-1).mean(0), atol=1e-5)
+    assert (
+        0 <= float(result.variation_ratio.min())
+        and float(result.variation_ratio.max()) <= 1 - 1 / C + 1e-12
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    values=arrays(
+        np.float64, st.tuples(st.integers(1, 40), st.integers(1, 3)), elements=st.floats(-1e3, 1e3)
+    ),
+    offset=st.sampled_from([0.0, 1e6, -1e8]),
+    sizes=st.lists(st.integers(1, 9), min_size=1, max_size=12),
+)
+def test_chan_merge_equals_numpy(values, offset, sizes):
+    data = torch.from_numpy(values + offset)
+    moments = _Moments()
+    start = 0
+    while start < data.shape[0]:
+        step = sizes[start % len(sizes)]
+        moments.update(data[start : start + step])
+        start += step
+    np.testing.assert_allclose(moments.mean, (values + offset).mean(0), rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(moments.variance, values.var(0), rtol=1e-6, atol=1e-6)
+
+
+def test_probability_and_log_probability_samples():
+    rng = np.random.default_rng(0)
+    logits = torch.from_numpy(rng.normal(size=(9, 4, 3)))
+    ref = mcdrop.summarize_samples(logits)
+    probs = mcdrop.summarize_samples(torch.softmax(logits, -1), outputs="probs")
+    logp = mcdrop.summarize_samples(torch.log_softmax(logits, -1), outputs="log_probs")
+    for other in (probs, logp):
+        np.testing.assert_allclose(other.mean, ref.mean, atol=1e-6)
+        np.testing.assert_allclose(other.mutual_information, ref.mutual_information, atol=1e-6)
+    # exact zeros in probabilities are fine (0 log 0 = 0)
+    one_hot = torch.eye(3)[torch.tensor([[0, 1], [0, 2]])]  # (T=2, N=2, C=3)
+    res = mcdrop.summarize_samples(one_hot, outputs="probs")
+    np.testing.assert_allclose(res.expected_entropy, 0.0)
+    np.testing.assert_allclose(res.predictive_entropy, [0.0, math.log(2)], atol=1e-12)
+    np.testing.assert_allclose(res.mutual_information, [0.0, math.log(2)], atol=1e-12)
+    np.testing.assert_allclose(res.variation_ratio, [0.0, 0.5])
+
+
+def test_regression_summary():
+    rng = np.random.default_rng(1)
+    samples = torch.from_numpy(rng.normal(2.0, 3.0, size=(500, 6, 2)))
+    log_var = torch.from_numpy(rng.normal(size=(500, 6, 2)))
+    res = mcdrop.summarize_samples(samples, task="regression", log_variance=log_var)
+    np.testing.assert_allclose(res.mean, samples.mean(0), atol=1e-12)
+    np.testing.assert_allclose(res.epistemic_variance, samples.var(0, unbiased=False), rtol=1e-6)
+    np.testing.assert_allclose(res.aleatoric_variance, log_var.exp().mean(0), rtol=1e-12)
+    np.testing.assert_allclose(res.standard_error, samples.std(0) / math.sqrt(500), rtol=1e-6)
+    tau = mcdrop.summarize_samples(samples, task="regression", tau=0.5)
+    np.testing.assert_allclose(tau.aleatoric_variance, 2.0)
+
+
+def test_summarize_bad_input():
+    with pytest.raises(ValueError, match="`samples`"):
+        mcdrop.summarize_samples(torch.zeros(0, 3, 2))
+    with pytest.raises(ValueError, match="`class_dim`"):
+        mcdrop.summarize_samples(torch.zeros(2, 3, 2), class_dim=0)
+    with pytest.raises(ValueError, match="`class_dim`"):
+        mcdrop.summarize_samples(torch.zeros(2, 3, 2), class_dim=4)
+    with pytest.raises(ValueError, match="outputs='probs'.*sum to 1"):
+        mcdrop.summarize_samples(torch.full((2, 3, 2), 0.2), outputs="probs")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        mcdrop.summarize_samples(torch.full((2, 3, 2), 3.0), outputs="probs")
+    with pytest.raises(ValueError, match="`task`"):
+        mcdrop.summarize_samples(torch.zeros(2, 3, 2), task="ranking")
