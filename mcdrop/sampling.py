@@ -13,9 +13,16 @@ The ``T`` stochastic passes run as a few large batched passes on the model's dev
 ``"loop"``
     ``k`` separate passes: the reference, and the lowest memory.
 ``"auto"`` (default)
-    Probes the valid candidates once per model and input signature on the first batch, times
-    them, and caches the fastest. Every strategy draws independent masks for every sample and
-    every example, so the choice never changes the distribution of the results.
+    Probes the candidates once per model, input signature and pass size on the first batch
+    (under ``fork_rng``: the caller's random stream is not consumed): each must run, give the
+    loop's shapes and vary like the loop on two samples, else it is dropped with the reason logged
+    on the ``"mcdrop"`` logger; the valid ones are timed (best of up to three runs) and the
+    fastest is cached. With fewer than four samples per pass nothing is timed (replicate when
+    valid). Every strategy draws independent masks for every sample and every example, so the
+    choice never changes the distribution of the results.
+
+Python-level randomness (``random.random()`` in ``forward``) is drawn once per pass, so it is
+shared by the samples of a replicate or vmap pass: use ``strategy="loop"`` for such models.
 
 Statistics are aggregated as a stream (see :mod:`mcdrop.uncertainty`): memory stays
 ``O(N x C)`` whatever ``T`` unless ``keep_samples=True``.
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import sys
 import time
 import weakref
@@ -61,6 +69,9 @@ logger = logging.getLogger("mcdrop")
 STRATEGIES = ("auto", "replicate", "vmap", "loop")
 _DEFAULT_CPU_BUDGET = 1024
 _DEFAULT_CUDA_BUDGET = 8192
+_MEMORY_FRACTION = 0.7  # of free CUDA memory, for rows per pass without a batch_budget
+_MAX_MEMORY_ROWS = 1 << 16  # larger passes gain nothing and stall the streaming statistics
+_PROBE_MIN_SAMPLES = 4  # below this many samples per pass "auto" does not time strategies
 _AMP_DTYPES = {
     "bf16": torch.bfloat16,
     "bfloat16": torch.bfloat16,
@@ -68,7 +79,8 @@ _AMP_DTYPES = {
     "float16": torch.float16,
 }
 
-# model -> {(signature, k, amp, sites) -> strategy}: the auto decision, probed once.
+# model -> {(signature, sites, options, device, amp, compile, pass size) -> strategy}: the auto
+# decision, probed once.
 _STRATEGY_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[Any, str]] = weakref.WeakKeyDictionary()
 
 
@@ -79,7 +91,13 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 class _Engine:
-    """Runs chunks of stochastic passes of one model on one batch; shared by every entry point."""
+    """Runs chunks of stochastic passes of one model on one batch; shared by every entry point.
+
+    Chunk size: ``batch_budget`` rows (samples x examples) per pass; on CUDA without a budget it
+    is sized from free device memory (one small measured pass). On ``torch.OutOfMemoryError`` the
+    samples per pass are halved, then the examples per pass, and the smaller size is kept for
+    the rest of the call (``last_samples_per_pass``).
+    """
 
     def __init__(
         self,
@@ -91,18 +109,31 @@ class _Engine:
         batch_budget: int | None,
         amp: Any,
         device: torch.device,
+        compile: bool | dict[str, Any] = False,
     ) -> None:
         self.model = model
         self.n_outputs = n_outputs
         self.output_transform = output_transform
         self.strategy = strategy
         self.device = device
+        # On CUDA without an explicit budget the rows per pass come from free memory.
+        self.memory_sized = batch_budget is None and device.type == "cuda"
         if batch_budget is None:
             batch_budget = _DEFAULT_CUDA_BUDGET if device.type == "cuda" else _DEFAULT_CPU_BUDGET
         self.batch_budget = batch_budget
         self.amp_dtype = _resolve_amp(amp)
+        self.compile_options = _resolve_compile(compile)
+        self.module: Callable[..., Any] = model
+        if self.compile_options is not None:
+            # Cheap: compiled graphs live in dynamo's cache on the forward's code object, guarded
+            # on this model and its training flags, so a new wrapper per call reuses them.
+            self.module = torch.compile(model, **self.compile_options)
+        self.row_cap: int | None = None  # rows per pass that fit in memory (CUDA, measured)
         self.sample_cap: int | None = None  # lowered after an out-of-memory error
+        self.example_cap: int | None = None  # examples per pass, lowered when k = 1 runs out
         self.chosen: str | None = None if strategy == "auto" else strategy
+        self.last_samples_per_pass: int | None = None
+        self._reported = False
 
     # -- one forward ---------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -111,7 +142,7 @@ class _Engine:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def _call(self, batch: _Batch) -> tuple[torch.Tensor, ...]:
-        output = self.model(*batch.args, **batch.kwargs)
+        output = self.module(*batch.args, **batch.kwargs)
         return extract_outputs(output, n_outputs=self.n_outputs, transform=self.output_transform)
 
     # -- strategies ----------------------------------------------------------------------------
@@ -151,47 +182,157 @@ class _Engine:
                 return self._loop(batch, k)
             return self._replicate(batch, k)
 
+    def _run_split(self, name: str, batch: _Batch, k: int) -> tuple[torch.Tensor, ...]:
+        """``_run``, in slices of at most ``example_cap`` examples (joined along dim 1)."""
+        cap = self.example_cap
+        if cap is None or batch.size <= cap:
+            return self._run(name, batch, k)
+        parts = [
+            self._run(name, _slice(batch, lo, min(lo + cap, batch.size)), k)
+            for lo in range(0, batch.size, cap)
+        ]
+        return tuple(torch.cat(outs, 1) for outs in zip(*parts, strict=True))
+
     # -- chunking ------------------------------------------------------------------------------
-    def samples_per_pass(self, batch_size: int, remaining: int) -> int:
-        k = max(1, self.batch_budget // max(batch_size, 1))
+    def samples_per_pass(self, batch_size: int, remaining: int, batch: _Batch | None = None) -> int:
+        """Samples ``k`` of the next pass: ``k x batch_size`` rows fit the budget (or memory)."""
+        rows = self.batch_budget
+        if self.memory_sized and batch is not None:
+            if self.row_cap is None:
+                self.row_cap = self._rows_that_fit(batch)
+            rows = self.row_cap
+            if rows < batch_size:
+                self.example_cap = max(1, rows) if self.example_cap is None else self.example_cap
+        k = max(1, rows // max(batch_size, 1))
         if self.sample_cap is not None:
             k = min(k, self.sample_cap)
         return max(1, min(k, remaining))
 
+    def _rows_that_fit(self, batch: _Batch) -> int:
+        """Rows per pass that fit ``_MEMORY_FRACTION`` of free CUDA memory (one measured pass)."""
+        dev = self.device
+        torch.cuda.synchronize(dev)
+        free, _ = torch.cuda.mem_get_info(dev)
+        free += torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
+        base = torch.cuda.memory_allocated(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        k = 2
+        try:
+            # replicate needs the most memory per sample (vmap shares the prefix): a safe bound.
+            with torch.random.fork_rng(devices=[dev]):
+                outs = self._run("replicate", batch, k)
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            return max(1, batch.size // 2)
+        except Exception:  # replicate does not work for this model: measure one plain pass
+            k = 1
+            with torch.random.fork_rng(devices=[dev]):
+                outs = self._run("loop", batch, k)
+        torch.cuda.synchronize(dev)
+        peak = max(1, torch.cuda.max_memory_allocated(dev) - base)
+        # float64 statistics of the outputs: about four temporaries of 8 bytes per element.
+        out_bytes = sum(int(o[0, :1].numel()) for o in outs) * 8 * 4
+        per_row = peak / (k * batch.size) + out_bytes
+        rows = int(_MEMORY_FRACTION * free / per_row)
+        rows = max(1, min(rows, _MAX_MEMORY_ROWS))
+        logger.info(
+            "mcdrop: %.1f MiB per row measured, %.0f MiB free: up to %d rows per pass.",
+            per_row / 2**20,
+            free / 2**20,
+            rows,
+        )
+        return rows
+
     def choose(self, batch: _Batch, k: int, key: Any) -> str:
-        """Pick the strategy for ``batch`` (cached per model and input signature)."""
+        """Pick the strategy for ``batch`` (cached per model, input signature and pass size)."""
         if self.chosen is not None:
             return self.chosen
+        if self.sample_cap is not None:
+            k = min(k, self.sample_cap)
+        full_key = (
+            key,
+            self.device.type,
+            self.amp_dtype,
+            None if self.compile_options is None else tuple(sorted(self.compile_options.items())),
+            (k * batch.size).bit_length(),  # pass size, in powers of two
+        )
         cache = _STRATEGY_CACHE.setdefault(self.model, {})
-        if key in cache:
-            self.chosen = cache[key]
+        if full_key in cache:
+            self.chosen = cache[full_key]
             return self.chosen
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            self.chosen = _probe_strategies(self, batch, k)
-        cache[key] = self.chosen
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # the probe must not shift the caller's draws
+            while True:
+                try:
+                    self.chosen = _probe_strategies(self, batch, k)
+                    break
+                except torch.OutOfMemoryError:
+                    if k == 1:
+                        raise
+                    k = self._halve(batch, k)
+        cache[full_key] = self.chosen
         return self.chosen
 
+    def _halve(self, batch: _Batch, k: int) -> int:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        new = max(1, k // 2)
+        self.sample_cap = new
+        logger.warning(
+            "mcdrop: out of memory with %d samples per pass of %d examples; retrying with %d "
+            "samples per pass (%d rows).",
+            k,
+            batch.size,
+            new,
+            new * batch.size,
+        )
+        return new
+
     def run_chunk(self, batch: _Batch, k: int) -> tuple[int, tuple[torch.Tensor, ...]]:
-        """Run up to ``k`` samples, halving ``k`` on CUDA out-of-memory; returns (k used, outputs)."""
+        """Run up to ``k`` samples, halving on CUDA out-of-memory; returns (k used, outputs).
+
+        Only ``torch.OutOfMemoryError`` is retried: first with fewer samples per pass, then, at
+        one sample per pass, with fewer examples per pass. Any other error propagates.
+        """
         assert self.chosen is not None
+        if self.sample_cap is not None:
+            k = min(k, self.sample_cap)
         while True:
             try:
-                return k, self._run(self.chosen, batch, k)
+                outs = self._run_split(self.chosen, batch, k)
             except torch.OutOfMemoryError:
-                if k == 1:
+                if k > 1:
+                    k = self._halve(batch, k)
+                    continue
+                examples = min(self.example_cap or batch.size, batch.size)
+                if examples == 1:
                     raise
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
-                k = max(1, k // 2)
-                self.sample_cap = k
+                self.example_cap = examples // 2
                 logger.warning(
-                    "mcdrop: out of memory with %d samples per pass of %d examples; retrying "
-                    "with %d samples per pass (%d rows).",
-                    2 * k,
-                    batch.size,
-                    k,
-                    k * batch.size,
+                    "mcdrop: out of memory with 1 sample per pass of %d examples; retrying with "
+                    "%d examples per pass.",
+                    examples,
+                    self.example_cap,
                 )
+                continue
+            if not self._reported or k != self.last_samples_per_pass:
+                self._reported = True
+                logger.info(
+                    "mcdrop: strategy %r, %d samples per pass of %d examples.",
+                    self.chosen,
+                    k,
+                    min(batch.size, self.example_cap or batch.size),
+                )
+            self.last_samples_per_pass = k
+            return k, outs
+
+
+def _slice(batch: _Batch, lo: int, hi: int) -> _Batch:
+    part = batch.map_batched(lambda t: t[lo:hi])
+    part.size = hi - lo
+    return part
 
 
 def _resolve_amp(amp: Any) -> torch.dtype | None:
@@ -209,6 +350,19 @@ def _resolve_amp(amp: Any) -> torch.dtype | None:
     )
 
 
+def _resolve_compile(compile: Any) -> dict[str, Any] | None:
+    """``compile=`` option: False/None (eager), True (``torch.compile`` defaults) or its kwargs."""
+    if compile is None or compile is False:
+        return None
+    if compile is True:
+        return {}
+    if isinstance(compile, dict) and all(isinstance(key, str) for key in compile):
+        return dict(compile)
+    raise TypeError(
+        f"Expected `compile` to be a bool or a dict of torch.compile options, but got {compile!r}."
+    )
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -219,39 +373,78 @@ def _varies(outputs: tuple[torch.Tensor, ...]) -> bool:
     return first.shape[0] > 1 and bool((first != first[:1]).any())
 
 
+def _time(engine: _Engine, name: str, batch: _Batch, k: int) -> float:
+    _sync(engine.device)
+    start = time.perf_counter()
+    engine._run(name, batch, k)
+    _sync(engine.device)
+    return time.perf_counter() - start
+
+
 def _probe_strategies(engine: _Engine, batch: _Batch, k: int) -> str:
-    """Time the valid candidates on ``batch`` and return the fastest (the ``auto`` decision)."""
-    candidates = ["replicate"] if k == 1 else ["vmap", "replicate"]
-    timings: dict[str, float] = {}
-    reference_varies: bool | None = None
-    for name in reversed(candidates):  # replicate first: it always works and sets the reference
+    """Check and time the candidates on ``batch`` and return the fastest (the ``auto`` decision).
+
+    Every candidate first runs two samples: it must not raise, must give the loop's output shapes
+    and must draw different samples when the loop does (else it is dropped, with the reason
+    logged). Below ``_PROBE_MIN_SAMPLES`` samples per pass nothing is timed: replicate is taken
+    when valid. Otherwise each candidate is timed at ``k`` samples (the loop on a few passes,
+    scaled: its cost is linear in ``k``), best of up to three rounds, stopping early once one is
+    clearly fastest.
+    """
+    name_of = type(engine.model).__name__
+    small = min(k, 2)
+    reference = engine._run("loop", batch, small)  # the reference: always valid
+    shapes = [tuple(o.shape) for o in reference]
+    reference_varies = _varies(reference)
+    candidates = ["loop", "replicate", "vmap"][
+        : 1 if k == 1 else 2 if k < _PROBE_MIN_SAMPLES else 3
+    ]
+    valid = ["loop"]
+    for name in candidates[1:]:
         try:
-            outs = engine._run(name, batch, k)
+            outs = engine._run(name, batch, small)
         except torch.OutOfMemoryError:
             raise
         except Exception as error:  # vmap refuses many models; that is what the probe is for
-            if name == "replicate":
-                raise
-            logger.info(
-                "mcdrop: strategy %r does not work for %s (%s); not using it.",
-                name,
-                type(engine.model).__name__,
-                error,
-            )
-            continue
-        if name == "replicate":
-            reference_varies = _varies(outs)
-        elif reference_varies and not _varies(outs):
-            logger.info("mcdrop: strategy %r drew identical samples; not using it.", name)
-            continue
-        _sync(engine.device)
-        start = time.perf_counter()
-        engine._run(name, batch, k)
-        _sync(engine.device)
-        timings[name] = time.perf_counter() - start
+            reason = f"{type(error).__name__}: {error}"
+        else:
+            if [tuple(o.shape) for o in outs] != shapes:
+                reason = f"output shapes {[tuple(o.shape) for o in outs]} instead of {shapes}"
+            elif reference_varies and not _varies(outs):
+                reason = "it drew identical samples where the loop did not"
+            else:
+                valid.append(name)
+                continue
+        logger.info(
+            "mcdrop: strategy %r does not work for %s (%s); falling back.", name, name_of, reason
+        )
+    if k < _PROBE_MIN_SAMPLES or len(valid) == 1:
+        best = "replicate" if "replicate" in valid else valid[0]
+        logger.info("mcdrop: %d samples per pass, not timed; using %r.", k, best)
+        return best
+    loop_k = min(k, 4)
+    if engine.compile_options is not None:  # compile for the timed shapes first
+        for name in valid:
+            engine._run(name, batch, loop_k if name == "loop" else k)
+    timings: dict[str, float] = {}
+    for _ in range(3):
+        for name in valid:
+            if name == "loop":
+                elapsed = _time(engine, name, batch, loop_k) * (k / loop_k)
+            else:
+                elapsed = _time(engine, name, batch, k)
+            timings[name] = min(elapsed, timings.get(name, math.inf))
+        ranked = sorted(valid, key=timings.__getitem__)
+        if timings[ranked[0]] < 0.7 * timings[ranked[1]]:
+            break
+        valid = [n for n in valid if timings[n] < 2.0 * timings[ranked[0]]]
+        if len(valid) == 1:
+            break
     best = min(timings, key=timings.__getitem__)
     logger.info(
-        "mcdrop: strategy timings %s; using %r.",
+        "mcdrop: strategy timings for %d samples x %d examples %s; using %r.",
+        k,
+        batch.size,
         {n: f"{t * 1e3:.2f} ms" for n, t in timings.items()},
         best,
     )
@@ -270,14 +463,21 @@ class _Progress:
         self.bar.close()
 
 
-def _check_finite(outputs: tuple[torch.Tensor, ...], index: int, batch: _Batch, start: int) -> None:
-    for out in outputs:
-        if not bool(torch.isfinite(out).all()):
-            raise ValueError(
-                f"The model returned NaN or Inf in batch {index} (examples {start} to "
-                f"{start + batch.size - 1}) while sampling with dropout on; check the inputs of "
-                "that batch, or use a lower `amp` precision."
-            )
+def _finite_flag(outputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Device-side "all outputs finite" flag: no host sync until it is read."""
+    flag = torch.isfinite(outputs[0]).all()
+    for out in outputs[1:]:
+        flag = flag & torch.isfinite(out).all()
+    return flag
+
+
+def _check_finite(flag: torch.Tensor, index: int, batch: _Batch, start: int) -> None:
+    if not bool(flag):
+        raise ValueError(
+            f"The model returned NaN or Inf in batch {index} (examples {start} to "
+            f"{start + batch.size - 1}) while sampling with dropout on; check the inputs of "
+            "that batch, or use a lower `amp` precision."
+        )
 
 
 def _seed_from(seed: int | None, generator: torch.Generator | None) -> int | None:
@@ -329,6 +529,7 @@ class _Options:
         tolerance: float,
         max_samples: int,
         device: torch.device | str | None,
+        compile: bool | dict[str, Any] = False,
     ) -> None:
         self.task = check_choice("task", task, ["classification", "regression"])
         self.adaptive = isinstance(n_samples, str)
@@ -373,6 +574,8 @@ class _Options:
         _resolve_amp(amp)
         self.amp = amp
         self.keep_samples = bool(keep_samples)
+        _resolve_compile(compile)
+        self.compile = compile
         self.device = None if device is None else torch.device(device)
 
     def engine(self, model: nn.Module) -> _Engine:
@@ -384,6 +587,7 @@ class _Options:
             batch_budget=self.batch_budget,
             amp=self.amp,
             device=self.device or _model_device(model),
+            compile=self.compile,
         )
 
     def accumulator(self, out_ndim: int) -> _ClassificationAccumulator | _RegressionAccumulator:
@@ -423,40 +627,64 @@ def _sample_batch(
     key: Any,
     progress: _Progress,
 ) -> _ClassificationAccumulator | _RegressionAccumulator:
-    """All samples of one batch, aggregated as a stream."""
+    """All samples of one batch, aggregated as a stream.
+
+    The hot path does not wait for the device: the NaN/Inf and "dropout changed something" checks
+    are kept as device-side flags and read once per batch (per chunk when the statistics are read
+    anyway: adaptive ``n_samples``, or probabilities that are validated on the host).
+    """
     acc: _ClassificationAccumulator | _RegressionAccumulator | None = None
     done = 0
     first: torch.Tensor | None = None
-    varied = False
+    varied: torch.Tensor | None = None
+    finite: torch.Tensor | None = None
     check_variation = index == 0
+    eager_checks = options.adaptive or (
+        options.task == "classification" and options.outputs != "logits"
+    )
     minimum = min(options.n_samples, 16) if options.adaptive else options.n_samples
+    target = minimum  # adaptive: samples expected to reach the tolerance, updated per chunk
     while done < options.n_samples:
-        k = engine.samples_per_pass(batch.size, options.n_samples - done)
+        k = engine.samples_per_pass(batch.size, options.n_samples - done, batch)
+        if options.adaptive:
+            k = min(k, max(target - done, 1))
         engine.choose(batch, k, key)
         k, outs = engine.run_chunk(batch, k)
-        _check_finite(outs, index, batch, start)
+        flag = _finite_flag(outs)
+        finite = flag if finite is None else finite & flag
+        if eager_checks:
+            _check_finite(finite, index, batch, start)
         if acc is None:
             acc = options.accumulator(outs[0].ndim - 1)
         if isinstance(acc, _RegressionAccumulator):
             acc.update(outs[0], outs[1] if len(outs) > 1 else None)
         else:
             acc.update(outs[0])
-        if check_variation and not varied:
+        if check_variation:
             if first is None:
                 first = outs[0][:1]
-            varied = bool((outs[0] != first).any())
+            changed = (outs[0] != first).any()
+            varied = changed if varied is None else varied | changed
         done += k
         progress.update(k)
-        if options.adaptive and done >= minimum and acc.max_standard_error() <= options.tolerance:
-            break
-    if check_variation and done > 1 and not varied:
+        if options.adaptive and done >= minimum:
+            error = acc.max_standard_error()
+            if error <= options.tolerance:
+                break
+            # MC error falls as 1 / sqrt(T): aim for the T that reaches the tolerance (+10 %).
+            needed = (
+                done * (error / options.tolerance) ** 2 * 1.1 if math.isfinite(error) else 2 * done
+            )
+            target = min(options.n_samples, max(done + 1, math.ceil(needed)))
+    assert finite is not None and acc is not None
+    _check_finite(finite, index, batch, start)
+    if check_variation and done > 1 and not (varied is not None and bool(varied)):
         raise ValueError(
             f"The dropout sites of `{type(engine.model).__name__}` did not change the output: all "
             f"{done} passes of the first batch are identical, so Monte Carlo dropout would report "
             "zero uncertainty. The model may apply dropout where mcdrop cannot switch it (e.g. "
             "custom `if self.training` code): try `scope='train_except_norm'` or `include=`."
         )
-    assert acc is not None
     return acc
 
 
@@ -567,6 +795,7 @@ def predict_with_uncertainty(
     batch_size: int | None = None,
     batch_budget: int | None = None,
     amp: Any = None,
+    compile: bool | dict[str, Any] = False,
     keep_samples: bool = False,
     tolerance: float = 1e-2,
     max_samples: int = 1000,
@@ -575,6 +804,8 @@ def predict_with_uncertainty(
     device: torch.device | str | None = None,
     result_device: torch.device | str = "cpu",
     progress: bool | None = None,
+    distributed: bool = False,
+    rank0_only: bool = False,
 ) -> ClassificationResult | RegressionResult:
     """Monte Carlo dropout predictive distribution of ``model`` on ``inputs``.
 
@@ -622,10 +853,16 @@ def predict_with_uncertainty(
     batch_size : int, optional
         Examples per batch when ``inputs`` is a tensor, tuple or dict (default: ``batch_budget``).
     batch_budget : int, optional
-        Rows per forward pass, samples x examples (default 1024 on CPU, 8192 on CUDA). On CUDA
-        out-of-memory the number of samples per pass is halved and retried.
+        Rows per forward pass, samples x examples. Default: 1024 on CPU; on CUDA sized from free
+        memory (one measured pass, about 70 % of what is free). On CUDA out-of-memory the samples
+        per pass are halved and retried (then the examples per pass); the size used is logged on
+        the ``"mcdrop"`` logger. Other errors are not retried.
     amp : {None, "bf16", "fp16"} or torch.dtype, default=None
         Autocast precision for the passes; statistics are still accumulated in float64.
+    compile : bool or dict, default=False
+        Run the model through ``torch.compile`` (``True``) or ``torch.compile(model, **compile)``
+        (a dict of its options, e.g. ``{"mode": "max-autotune"}``). The first call compiles
+        (seconds to minutes); pays for large ``T`` x ``N`` on GPU, see the performance page.
     keep_samples : bool, default=False
         Also return every sample (``result.samples``, shape (T, N, ...)); memory grows with T.
     tolerance : float, default=0.01
@@ -643,11 +880,20 @@ def predict_with_uncertainty(
         Where the result's tensors are returned.
     progress : bool, optional
         tqdm progress bar over batches x samples. Default: shown when stderr is a terminal.
+    distributed : bool, default=False
+        Inside an initialised ``torch.distributed`` process group (``torchrun``): each rank
+        samples its share of the examples and every rank gets the full result, in the original
+        order (see :mod:`mcdrop.distributed`). ``inputs`` may then also be a map-style
+        ``Dataset`` (batched by ``batch_size``, default 64); an iterable that is not a
+        ``DataLoader`` over a map-style dataset cannot be sharded.
+    rank0_only : bool, default=False
+        With ``distributed=True``: gather the result on rank 0 only; other ranks get ``None``.
 
     Returns
     -------
     ClassificationResult or RegressionResult
-        Statistics of the ``T`` samples, see :mod:`mcdrop.results` for the shapes.
+        Statistics of the ``T`` samples, see :mod:`mcdrop.results` for the shapes (``None`` on
+        ranks other than 0 with ``rank0_only=True``).
 
     Raises
     ------
@@ -686,7 +932,25 @@ def predict_with_uncertainty(
         tolerance=tolerance,
         max_samples=max_samples,
         device=device,
+        compile=compile,
     )
+    if not isinstance(distributed, bool) or not isinstance(rank0_only, bool):
+        raise TypeError("Expected `distributed` and `rank0_only` to be bools.")
+    if rank0_only and not distributed:
+        raise ValueError("Expected `rank0_only=True` only with `distributed=True`.")
+    if distributed:
+        from mcdrop.distributed import _predict_distributed
+
+        return _predict_distributed(  # type: ignore[return-value]  # None off rank 0, rank0_only
+            model,
+            inputs,
+            targets,
+            options,
+            _seed_from(seed, generator),
+            progress,
+            torch.device(result_device),
+            rank0_only=rank0_only,
+        )
     return _predict(
         model,
         inputs,
@@ -711,6 +975,13 @@ class MCDropout(nn.Module):
     **options
         Any keyword option of :func:`predict_with_uncertainty` (``task``, ``outputs``,
         ``strategy``, ``scope``, ``batch_budget``, ``amp``, ``seed``, ...).
+
+    Attributes
+    ----------
+    last_strategy : str or None
+        Strategy the last :meth:`forward` used (what ``strategy="auto"`` chose).
+    last_samples_per_pass : int or None
+        Samples per forward pass in the last :meth:`forward` (lower after out-of-memory).
 
     Examples
     --------
@@ -740,6 +1011,8 @@ class MCDropout(nn.Module):
             )
         self.options = options
         self._options(self.options)  # validate now, not at the first call
+        self.last_strategy: str | None = None  # what the last forward used (auto decision)
+        self.last_samples_per_pass: int | None = None  # after out-of-memory back-off
 
     def _options(self, overrides: dict[str, Any]) -> _Options:
         kwargs = {**_OPTION_DEFAULTS, "n_samples": self.n_samples, **self.options, **overrides}
@@ -767,11 +1040,13 @@ class MCDropout(nn.Module):
             with _switched(self.model, {s.name: s for s in sites}):
                 done = 0
                 while done < self.n_samples:
-                    k = engine.samples_per_pass(batch.size, self.n_samples - done)
+                    k = engine.samples_per_pass(batch.size, self.n_samples - done, batch)
                     engine.choose(batch, k, key)
                     k, outs = engine.run_chunk(batch, k)
                     chunks.append(outs)
                     done += k
+        self.last_strategy = engine.chosen
+        self.last_samples_per_pass = engine.last_samples_per_pass
         stacked = tuple(torch.cat(parts) for parts in zip(*chunks, strict=True))
         return stacked[0] if len(stacked) == 1 else (stacked[0], stacked[1])
 
@@ -815,6 +1090,7 @@ _OPTION_DEFAULTS: dict[str, Any] = {
     "tolerance": 1e-2,
     "max_samples": 1000,
     "device": None,
+    "compile": False,
     # accepted by MCDropout but not by _Options:
     "seed": None,
     "generator": None,
