@@ -274,6 +274,18 @@ def dropout_sites(
     list of DropoutSite
         In ``model.named_modules()`` order.
     """
+    call = None if example_inputs is None else _as_call(example_inputs)
+    return _find_sites(model, scope, include, exclude, call)
+
+
+def _find_sites(
+    model: nn.Module,
+    scope: str,
+    include: ModuleFilter,
+    exclude: ModuleFilter,
+    call: tuple[tuple[Any, ...], dict[str, Any]] | None,
+) -> list[DropoutSite]:
+    """:func:`dropout_sites` with the probe inputs given as ``(args, kwargs)``."""
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"Expected `model` to be a torch.nn.Module, but got {type(model).__name__}."
@@ -282,8 +294,8 @@ def dropout_sites(
     _check_selector("include", include)
     _check_selector("exclude", exclude)
     sites = _static_sites(model, scope, include, exclude)
-    if example_inputs is not None and scope == Scope.DROPOUT.value:
-        args, kwargs = _as_call(example_inputs)
+    if call is not None and scope == Scope.DROPOUT.value:
+        args, kwargs = call
         for _ in range(4):  # a gating module found in one round can hide another behind it
             extra = _probe_silent_sites(model, lambda: model(*args, **kwargs), sites)
             extra = {n: s for n, s in extra.items() if not _matches(exclude, n, _get(model, n))}
@@ -292,6 +304,19 @@ def dropout_sites(
             sites.update(extra)
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     return sorted(sites.values(), key=lambda site: order[site.name])
+
+
+def _fingerprint(model: nn.Module) -> tuple[Any, ...]:
+    """What the list of sites depends on in the model itself: its modules and their rates."""
+    return tuple((name, type(m), _rate(m)) for name, m in model.named_modules())
+
+
+def _selector_key(selector: ModuleFilter) -> Any:
+    if selector is None or isinstance(selector, str):
+        return selector
+    if callable(selector):
+        return ("callable", id(selector))
+    return tuple(selector)
 
 
 def _cuda_devices(model: nn.Module) -> list[torch.device]:

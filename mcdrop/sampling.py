@@ -8,6 +8,8 @@ The ``T`` stochastic passes run as a few large batched passes on the model's dev
     ``torch.func.vmap(..., randomness="different")`` over a dummy sample axis of size ``k``.
     Everything computed before the first dropout is not batched by vmap, so it runs once for all
     ``k`` samples (prefix sharing): a network with dropout only in its head costs about one pass.
+    When ``"auto"`` picks vmap because it is ``g`` times faster than replicate, a vmap pass may
+    hold up to ``min(g, 16)`` times the ``batch_budget`` rows (fewer passes, fewer prefixes).
     Some models cannot be vmapped (in-place randomness on an unbatched tensor, data-dependent
     control flow); ``"auto"`` then falls back.
 ``"loop"``
@@ -49,6 +51,9 @@ from mcdrop.dropout import (
     DropoutSite,
     ModuleFilter,
     _check_sites,
+    _find_sites,
+    _fingerprint,
+    _selector_key,
     _switched,
     _warn_if_training,
     dropout_sites,
@@ -72,6 +77,7 @@ _DEFAULT_CUDA_BUDGET = 8192
 _MEMORY_FRACTION = 0.7  # of free CUDA memory, for rows per pass without a batch_budget
 _MAX_MEMORY_ROWS = 1 << 16  # larger passes gain nothing and stall the streaming statistics
 _PROBE_MIN_SAMPLES = 4  # below this many samples per pass "auto" does not time strategies
+_MAX_VMAP_SCALE = 16  # vmap passes may hold up to this many times the budget's rows
 _AMP_DTYPES = {
     "bf16": torch.bfloat16,
     "bfloat16": torch.bfloat16,
@@ -81,7 +87,14 @@ _AMP_DTYPES = {
 
 # model -> {(signature, sites, options, device, amp, compile, pass size) -> strategy}: the auto
 # decision, probed once.
-_STRATEGY_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[Any, str]] = weakref.WeakKeyDictionary()
+# The value is (strategy, vmap_scale): how many more rows a vmap pass may hold than the budget.
+# model -> {(input signature, scope, include, exclude, structure) -> sites}: probed once.
+_SITES_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[Any, list[DropoutSite]]] = (
+    weakref.WeakKeyDictionary()
+)
+_STRATEGY_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[Any, tuple[str, int]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -132,8 +145,10 @@ class _Engine:
         self.sample_cap: int | None = None  # lowered after an out-of-memory error
         self.example_cap: int | None = None  # examples per pass, lowered when k = 1 runs out
         self.chosen: str | None = None if strategy == "auto" else strategy
+        # auto + vmap: the probe measured that a vmap sample costs 1/gain of a replicated one (the
+        # prefix is shared), so its pass may hold more samples: fewer passes, fewer prefixes.
+        self.vmap_scale = 1
         self.last_samples_per_pass: int | None = None
-        self._reported = False
 
     # -- one forward ---------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -203,6 +218,8 @@ class _Engine:
             rows = self.row_cap
             if rows < batch_size:
                 self.example_cap = max(1, rows) if self.example_cap is None else self.example_cap
+        if self.chosen == "vmap":
+            rows *= self.vmap_scale
         k = max(1, rows // max(batch_size, 1))
         if self.sample_cap is not None:
             k = min(k, self.sample_cap)
@@ -258,7 +275,7 @@ class _Engine:
         )
         cache = _STRATEGY_CACHE.setdefault(self.model, {})
         if full_key in cache:
-            self.chosen = cache[full_key]
+            self.chosen, self.vmap_scale = cache[full_key]
             return self.chosen
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # the probe must not shift the caller's draws
@@ -270,7 +287,7 @@ class _Engine:
                     if k == 1:
                         raise
                     k = self._halve(batch, k)
-        cache[full_key] = self.chosen
+        cache[full_key] = (self.chosen, self.vmap_scale)
         return self.chosen
 
     def _halve(self, batch: _Batch, k: int) -> int:
@@ -278,6 +295,7 @@ class _Engine:
             torch.cuda.empty_cache()
         new = max(1, k // 2)
         self.sample_cap = new
+        self.last_samples_per_pass = None
         logger.warning(
             "mcdrop: out of memory with %d samples per pass of %d examples; retrying with %d "
             "samples per pass (%d rows).",
@@ -317,15 +335,14 @@ class _Engine:
                     self.example_cap,
                 )
                 continue
-            if not self._reported or k != self.last_samples_per_pass:
-                self._reported = True
+            if self.last_samples_per_pass is None or k > self.last_samples_per_pass:
+                self.last_samples_per_pass = k  # the largest pass since the last back-off
                 logger.info(
                     "mcdrop: strategy %r, %d samples per pass of %d examples.",
                     self.chosen,
                     k,
                     min(batch.size, self.example_cap or batch.size),
                 )
-            self.last_samples_per_pass = k
             return k, outs
 
 
@@ -391,14 +408,14 @@ def _probe_strategies(engine: _Engine, batch: _Batch, k: int) -> str:
     scaled: its cost is linear in ``k``), best of up to three rounds, stopping early once one is
     clearly fastest.
     """
+    if k == 1:
+        return "replicate"  # one plain pass: every strategy is the same call
     name_of = type(engine.model).__name__
-    small = min(k, 2)
+    small = 2
     reference = engine._run("loop", batch, small)  # the reference: always valid
     shapes = [tuple(o.shape) for o in reference]
     reference_varies = _varies(reference)
-    candidates = ["loop", "replicate", "vmap"][
-        : 1 if k == 1 else 2 if k < _PROBE_MIN_SAMPLES else 3
-    ]
+    candidates = ["loop", "replicate", "vmap"][: 2 if k < _PROBE_MIN_SAMPLES else 3]
     valid = ["loop"]
     for name in candidates[1:]:
         try:
@@ -441,6 +458,9 @@ def _probe_strategies(engine: _Engine, batch: _Batch, k: int) -> str:
         if len(valid) == 1:
             break
     best = min(timings, key=timings.__getitem__)
+    if best == "vmap" and "replicate" in timings:
+        gain = timings["replicate"] / timings["vmap"]
+        engine.vmap_scale = int(min(_MAX_VMAP_SCALE, max(1.0, gain)))
     logger.info(
         "mcdrop: strategy timings for %d samples x %d examples %s; using %r.",
         k,
@@ -601,21 +621,28 @@ class _Options:
         )
 
     def sites(self, model: nn.Module, batch: _Batch | None) -> list[DropoutSite]:
-        example = None
+        """The sites to switch on; probed once per model, structure and input signature."""
+        call = None
+        signature = None
         if batch is not None and self.detect_silent:
             small = batch.map_batched(lambda t: t[:2])
-            example = small.kwargs if small.kwargs else small.args
-            if small.kwargs and small.args:
-                example = None  # mixed positional and keyword inputs: static scan only
-        found = dropout_sites(
-            model,
-            scope=self.scope,
-            include=self.include,
-            exclude=self.exclude,
-            example_inputs=example,
+            call = (small.args, small.kwargs)
+            signature = batch.signature()
+        scope = str(getattr(self.scope, "value", self.scope))
+        key = (
+            signature,
+            scope,
+            _selector_key(self.include),
+            _selector_key(self.exclude),
+            _fingerprint(model),
         )
-        _check_sites(model, found, str(getattr(self.scope, "value", self.scope)))
-        return found
+        cache = _SITES_CACHE.setdefault(model, {})
+        found = cache.get(key)
+        if found is None:
+            found = _find_sites(model, scope, self.include, self.exclude, call)
+            cache[key] = found
+        _check_sites(model, found, scope)
+        return list(found)
 
 
 def _sample_batch(
@@ -648,7 +675,11 @@ def _sample_batch(
         k = engine.samples_per_pass(batch.size, options.n_samples - done, batch)
         if options.adaptive:
             k = min(k, max(target - done, 1))
-        engine.choose(batch, k, key)
+        if engine.chosen is None:
+            engine.choose(batch, k, key)
+            k = engine.samples_per_pass(batch.size, options.n_samples - done, batch)
+            if options.adaptive:
+                k = min(k, max(target - done, 1))
         k, outs = engine.run_chunk(batch, k)
         flag = _finite_flag(outs)
         finite = flag if finite is None else finite & flag
@@ -1016,7 +1047,15 @@ class MCDropout(nn.Module):
 
     def _options(self, overrides: dict[str, Any]) -> _Options:
         kwargs = {**_OPTION_DEFAULTS, "n_samples": self.n_samples, **self.options, **overrides}
-        for name in ("seed", "generator", "progress", "result_device", "targets"):
+        for name in (
+            "seed",
+            "generator",
+            "progress",
+            "result_device",
+            "targets",
+            "distributed",
+            "rank0_only",
+        ):
             kwargs.pop(name, None)
         return _Options(**kwargs)
 
@@ -1041,7 +1080,9 @@ class MCDropout(nn.Module):
                 done = 0
                 while done < self.n_samples:
                     k = engine.samples_per_pass(batch.size, self.n_samples - done, batch)
-                    engine.choose(batch, k, key)
+                    if engine.chosen is None:
+                        engine.choose(batch, k, key)
+                        k = engine.samples_per_pass(batch.size, self.n_samples - done, batch)
                     k, outs = engine.run_chunk(batch, k)
                     chunks.append(outs)
                     done += k
@@ -1097,4 +1138,6 @@ _OPTION_DEFAULTS: dict[str, Any] = {
     "progress": None,
     "result_device": "cpu",
     "targets": None,
+    "distributed": False,
+    "rank0_only": False,
 }

@@ -27,7 +27,7 @@ import torch
 from torch.nn import functional as F
 
 from mcdrop._validation import check_choice, check_float, check_int
-from mcdrop.results import ClassificationResult, RegressionResult
+from mcdrop.results import ClassificationResult, RegressionResult, _standard_error
 
 __all__ = ["summarize_samples"]
 
@@ -145,10 +145,7 @@ class _ClassificationAccumulator:
         predictive_entropy = -torch.special.xlogy(mean, mean).sum(self.class_dim)
         expected_entropy = self.entropy_sum / count
         variation_ratio = 1.0 - self.mode_counts.amax(-1).to(mean.dtype) / count
-        if count > 1:
-            standard_error = (variance / (count - 1)).sqrt()
-        else:
-            standard_error = torch.full_like(variance, math.inf)
+        standard_error = _standard_error(variance, count)
         out = {
             "mean": mean,
             "variance": variance,
@@ -206,10 +203,7 @@ class _RegressionAccumulator:
             aleatoric = torch.full_like(mean, 1.0 / self.tau)
         else:
             aleatoric = torch.zeros_like(mean)
-        if self.count > 1:
-            standard_error = (epistemic / (self.count - 1)).sqrt()
-        else:
-            standard_error = torch.full_like(epistemic, math.inf)
+        standard_error = _standard_error(epistemic, self.count)
         out = {
             "mean": mean,
             "epistemic_variance": epistemic,

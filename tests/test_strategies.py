@@ -1,0 +1,505 @@
+"""Sampling strategies, the ``auto`` probe, out-of-memory back-off, adaptive T and compile.
+
+Every strategy must give the distribution of a plain Python loop of ``T`` passes; the checks
+are two-sample z-scores within Monte Carlo error (fixed seeds, 5 sigma: they cannot flake).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import mcdrop
+from mcdrop import sampling
+from mcdrop._inputs import _Batch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class DeepDropoutMLP(nn.Module):
+    """Dropout after every hidden layer: no deterministic prefix to share."""
+
+    def __init__(self, p: float = 0.2):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(6, 32),
+            nn.ReLU(),
+            nn.Dropout(p),
+            nn.Linear(32, 32),
+            nn.ReLU(),
+            nn.Dropout(p),
+            nn.Linear(32, 4),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class TinyTransformer(nn.Module):
+    """Encoder classifier with attention and feed-forward dropout (vmap cannot run it)."""
+
+    def __init__(self, d: int = 16, p: float = 0.2):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(d, 2, 32, dropout=p, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x).mean(1))
+
+
+class HeadDropout(nn.Module):
+    """A heavy deterministic body and dropout only in the head: prefix sharing pays."""
+
+    def __init__(self, width: int = 512):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Linear(16, width),
+            nn.ReLU(),
+            nn.Linear(width, width),
+            nn.ReLU(),
+            nn.Linear(width, width),
+            nn.ReLU(),
+        )
+        self.drop = nn.Dropout(0.5)
+        self.head = nn.Linear(width, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.drop(self.body(x)))
+
+
+class InplaceDropout(nn.Module):
+    """In-place dropout on an activation that vmap leaves unbatched: vmap refuses it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(6, 32)
+        self.drop = nn.Dropout(0.3, inplace=True)
+        self.fc2 = nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.drop(torch.relu(self.fc1(x))))
+
+
+class DotDropout(nn.Module):
+    """y = w . dropout(x): mean w.x, variance p/(1-p) sum w_i^2 x_i^2."""
+
+    def __init__(self, w: torch.Tensor, p: float):
+        super().__init__()
+        self.drop = nn.Dropout(p)
+        self.w = nn.Parameter(w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(x) @ self.w.unsqueeze(1)
+
+
+def _naive_probs(model: nn.Module, x: torch.Tensor, T: int, seed: int) -> torch.Tensor:
+    """What a user writes by hand: dropout modules on, a Python loop of T passes."""
+    model.eval()
+    for module in model.modules():
+        if isinstance(module, (nn.Dropout, nn.MultiheadAttention, nn.TransformerEncoderLayer)):
+            module.train()
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        probs = torch.stack([torch.softmax(model(x), -1) for _ in range(T)]).double()
+    model.eval()
+    return probs
+
+
+def _assert_same_distribution(a: torch.Tensor, b: torch.Tensor, sigmas: float = 5.0) -> None:
+    """Two-sample z-scores of the mean and the variance of samples (T, ...) along dim 0."""
+    a, b = a.double(), b.double()
+    ta, tb = a.shape[0], b.shape[0]
+    floor = 1e-12
+    z_mean = (a.mean(0) - b.mean(0)) / (a.var(0) / ta + b.var(0) / tb + floor).sqrt()
+    assert z_mean.abs().max() < sigmas, f"means differ: max |z| = {z_mean.abs().max():.2f}"
+
+    def var_and_se(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        sq = (s - s.mean(0)) ** 2
+        return sq.mean(0), sq.std(0) / math.sqrt(s.shape[0])
+
+    va, sa = var_and_se(a)
+    vb, sb = var_and_se(b)
+    z_var = (va - vb) / (sa**2 + sb**2 + floor).sqrt()
+    assert z_var.abs().max() < sigmas, f"variances differ: max |z| = {z_var.abs().max():.2f}"
+
+
+def _mcdrop_probs(model: nn.Module, x: torch.Tensor, T: int, strategy: str, **kw) -> torch.Tensor:
+    result = mcdrop.predict_with_uncertainty(
+        model, x, n_samples=T, strategy=strategy, keep_samples=True, progress=False, **kw
+    )
+    assert result.n_samples == T
+    return result.samples
+
+
+# -- each strategy against a naive loop -------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["loop", "replicate", "vmap", "auto"])
+def test_strategy_matches_naive_loop_dropout_everywhere(strategy):
+    model = DeepDropoutMLP().eval()
+    x = torch.randn(6, 6)
+    T = 400
+    reference = _naive_probs(model, x, T, seed=11)
+    # a small budget: several chunks with an uneven last one
+    samples = _mcdrop_probs(model, x, T, strategy, seed=12, batch_budget=6 * 48)
+    _assert_same_distribution(samples, reference)
+
+
+@pytest.mark.parametrize("strategy", ["loop", "replicate", "auto"])
+def test_strategy_matches_naive_loop_transformer(strategy):
+    model = TinyTransformer().eval()
+    x = torch.randn(4, 5, 16)
+    T = 200
+    reference = _naive_probs(model, x, T, seed=21)
+    samples = _mcdrop_probs(model, x, T, strategy, seed=22)
+    _assert_same_distribution(samples, reference)
+
+
+def test_strategy_matches_naive_loop_head_dropout():
+    model = HeadDropout(width=32).eval()
+    x = torch.randn(6, 16)
+    reference = _naive_probs(model, x, 400, seed=31)
+    for strategy in ("vmap", "replicate", "auto"):
+        _assert_same_distribution(_mcdrop_probs(model, x, 400, strategy, seed=32), reference)
+
+
+@pytest.mark.parametrize("strategy", ["auto", "loop", "replicate", "vmap"])
+def test_closed_form_through_mcdropout_forward(strategy):
+    """MCDropout.forward with several chunks per call (batch_budget) for every strategy."""
+    p = 0.3
+    w = torch.tensor([0.5, -1.0, 2.0, 0.25], dtype=torch.float64)
+    x = torch.tensor([[1.0, 2.0, -1.0, 4.0], [0.5, 0.0, 3.0, -2.0]], dtype=torch.float64)
+    T = 6000
+    mc = mcdrop.MCDropout(
+        DotDropout(w, p).eval(), n_samples=T, strategy=strategy, batch_budget=2 * 700, seed=4
+    )
+    samples = mc(x).squeeze(-1)  # (T, 2)
+    assert samples.shape == (T, 2)
+    mean_true = x @ w
+    var_true = p / (1 - p) * (w**2 * x**2).sum(1)
+    z_mean = (samples.mean(0) - mean_true) / (var_true / T).sqrt()
+    assert z_mean.abs().max() < 5
+    sq = (samples - samples.mean(0)) ** 2
+    z_var = (sq.mean(0) - var_true) / (sq.std(0) / math.sqrt(T))
+    assert z_var.abs().max() < 5
+    if mc.last_strategy != "vmap":  # auto may let a vmap pass hold more (shared prefix)
+        assert mc.last_samples_per_pass == 700
+    if strategy != "auto":
+        assert mc.last_strategy == strategy
+
+
+# -- auto ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model_cls", [InplaceDropout, TinyTransformer])
+def test_auto_falls_back_when_vmap_cannot_run_the_model(model_cls, caplog):
+    model = model_cls().eval()
+    x = torch.randn(5, 6) if model_cls is InplaceDropout else torch.randn(5, 7, 16)
+    with pytest.raises(RuntimeError):  # explicitly asked: the error is the user's to see
+        mcdrop.predict_with_uncertainty(model, x, n_samples=8, strategy="vmap")
+    assert not any(m.training for m in model.modules())
+    with caplog.at_level(logging.INFO, logger="mcdrop"):
+        mc = mcdrop.MCDropout(model, n_samples=300, seed=1)
+        samples = torch.softmax(mc(x), -1)
+    assert mc.last_strategy in ("replicate", "loop")
+    fallback = [r.getMessage() for r in caplog.records if "does not work" in r.getMessage()]
+    assert fallback and "'vmap'" in fallback[0] and "falling back" in fallback[0]
+    assert "randomness" in fallback[0] or "vmap" in fallback[0].split("(", 1)[1]
+    _assert_same_distribution(samples, _naive_probs(model, x, 300, seed=2))
+
+
+def test_auto_picks_vmap_for_head_dropout_and_caches_the_decision(caplog):
+    model = HeadDropout().eval()
+    x = torch.randn(32, 16)
+    with caplog.at_level(logging.INFO, logger="mcdrop"):
+        mc = mcdrop.MCDropout(model, n_samples=64, seed=0)
+        mc(x)
+    assert mc.last_strategy == "vmap"
+    assert any("strategy timings" in r.getMessage() for r in caplog.records)
+    assert [name for name, _ in sampling._STRATEGY_CACHE[model].values()] == ["vmap"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mcdrop"):
+        mc(x)  # same signature and pass size: no new probe
+    assert mc.last_strategy == "vmap"
+    assert not any("strategy timings" in r.getMessage() for r in caplog.records)
+
+
+def test_auto_probe_does_not_consume_the_callers_random_stream():
+    model = DeepDropoutMLP().eval()
+    x = torch.randn(8, 6)
+    torch.manual_seed(5)
+    mc = mcdrop.MCDropout(model, n_samples=32)
+    probed = mc(x)  # fresh model: probes under fork_rng, then samples
+    chosen = mc.last_strategy
+    assert chosen is not None
+    torch.manual_seed(5)
+    direct = mcdrop.MCDropout(model, n_samples=32, strategy=chosen)(x)
+    torch.testing.assert_close(probed, direct)
+
+
+def test_auto_does_not_time_tiny_sample_counts(caplog):
+    model = HeadDropout(width=32).eval()
+    with caplog.at_level(logging.INFO, logger="mcdrop"):
+        mc = mcdrop.MCDropout(model, n_samples=3, seed=0)
+        assert mc(torch.randn(4, 16)).shape == (3, 4, 4)
+    assert mc.last_strategy == "replicate"
+    assert not any("strategy timings" in r.getMessage() for r in caplog.records)
+
+
+# -- out of memory --------------------------------------------------------------------------------
+
+
+def _fail_first_calls(monkeypatch, error: BaseException, n_failures: int = 1):
+    calls: list[tuple[str, int, int]] = []
+    original = sampling._Engine._run
+
+    def run(self, name, batch, k):
+        calls.append((name, k, batch.size))
+        if len(calls) <= n_failures:
+            raise error
+        return original(self, name, batch, k)
+
+    monkeypatch.setattr(sampling._Engine, "_run", run)
+    return calls
+
+
+@pytest.mark.parametrize("strategy", ["replicate", "vmap", "loop"])
+def test_out_of_memory_on_first_chunk_halves_and_retries(monkeypatch, caplog, strategy):
+    calls = _fail_first_calls(monkeypatch, torch.OutOfMemoryError("CUDA out of memory"))
+    model = DotDropout(torch.tensor([1.0, -2.0, 0.5]), 0.4).eval()
+    x = torch.randn(8, 3)
+    with caplog.at_level(logging.INFO, logger="mcdrop"):
+        mc = mcdrop.MCDropout(
+            model, n_samples=100, strategy=strategy, batch_budget=8 * 64, task="regression"
+        )
+        samples = mc(x)
+    assert samples.shape == (100, 8, 1)
+    assert calls[0][1] == 64 and calls[1][1] == 32  # halved once, then kept
+    assert all(k <= 32 for _, k, _ in calls[1:])
+    assert mc.last_samples_per_pass == 32
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        "out of memory with 64 samples" in m and "32 samples per pass" in m for m in warnings
+    )
+    assert not any(m.training for m in model.modules())
+
+
+def test_out_of_memory_during_auto_probe_is_retried(monkeypatch):
+    calls = _fail_first_calls(monkeypatch, torch.OutOfMemoryError("CUDA out of memory"))
+    result = mcdrop.predict_with_uncertainty(
+        DeepDropoutMLP().eval(), torch.randn(8, 6), n_samples=40, batch_budget=8 * 16, seed=0
+    )
+    assert result.n_samples == 40 and torch.isfinite(result.mean).all()
+    assert calls[0][1] == 2  # the probe's first (2-sample) pass failed ...
+    assert max(k for _, k, _ in calls[1:]) <= 8  # ... and the pass size was halved
+
+
+def test_out_of_memory_at_one_sample_splits_the_examples(monkeypatch, caplog):
+    original = sampling._Engine._run
+    sizes: list[tuple[int, int]] = []
+
+    def run(self, name, batch, k):  # "memory" for at most 3 rows per pass
+        sizes.append((k, batch.size))
+        if k * batch.size > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return original(self, name, batch, k)
+
+    monkeypatch.setattr(sampling._Engine, "_run", run)
+    model = DeepDropoutMLP().eval()
+    x = torch.randn(10, 6)
+    with caplog.at_level(logging.WARNING, logger="mcdrop"):
+        result = mcdrop.predict_with_uncertainty(
+            model, x, n_samples=6, strategy="replicate", keep_samples=True, seed=0
+        )
+    assert result.samples.shape == (6, 10, 4)
+    assert torch.isfinite(result.mean).all() and (result.variance > 0).any()
+    assert any("examples per pass" in r.getMessage() for r in caplog.records)
+    assert all(k * b <= 3 for k, b in sizes[sizes.index((1, 2)) :])
+
+
+def test_out_of_memory_with_one_example_and_one_sample_raises(monkeypatch):
+    _fail_first_calls(monkeypatch, torch.OutOfMemoryError("CUDA out of memory"), n_failures=99)
+    with pytest.raises(torch.OutOfMemoryError):
+        mcdrop.predict_with_uncertainty(
+            DeepDropoutMLP().eval(), torch.randn(1, 6), n_samples=4, strategy="loop"
+        )
+
+
+def test_other_runtime_errors_are_not_retried(monkeypatch, caplog):
+    calls = _fail_first_calls(
+        monkeypatch, RuntimeError("CUDA error: an illegal memory access was encountered")
+    )
+    model = DeepDropoutMLP().eval()
+    with (
+        caplog.at_level(logging.WARNING, logger="mcdrop"),
+        pytest.raises(RuntimeError, match="illegal memory access"),
+    ):
+        mcdrop.predict_with_uncertainty(model, torch.randn(4, 6), n_samples=8, strategy="replicate")
+    assert len(calls) == 1
+    assert not any("out of memory" in r.getMessage() for r in caplog.records)
+    assert not any(m.training for m in model.modules())
+
+
+# -- adaptive T -----------------------------------------------------------------------------------
+
+
+def test_adaptive_samples_stop_within_tolerance():
+    model = DeepDropoutMLP().eval()
+    x = torch.randn(5, 6)
+    tol = 0.01
+    result = mcdrop.predict_with_uncertainty(
+        model, x, n_samples="auto", tolerance=tol, max_samples=5000, keep_samples=True, seed=0
+    )
+    T = result.n_samples
+    assert 16 <= T < 5000
+    assert result.samples.shape[0] == T
+    assert result.standard_error_reached is not None and result.standard_error_reached <= tol
+    # independent estimate from the kept samples: sqrt(var / (T - 1)), var with ddof=0
+    probs = result.samples.double()
+    independent = (probs.var(0, unbiased=False) / (T - 1)).sqrt()
+    assert independent.max().item() == pytest.approx(result.standard_error_reached, rel=1e-6)
+    torch.testing.assert_close(result.standard_error, independent)
+    # it did not oversample much: the first T at which the error fell below tol
+    running = [
+        (probs[:t].var(0, unbiased=False) / (t - 1)).sqrt().max().item() for t in range(16, T + 1)
+    ]
+    first = 16 + next(i for i, se in enumerate(running) if se <= tol)
+    assert T <= 1.5 * first + 16
+
+
+def test_adaptive_samples_stop_at_max_samples():
+    result = mcdrop.predict_with_uncertainty(
+        DeepDropoutMLP().eval(), torch.randn(4, 6), n_samples="auto", tolerance=1e-6, max_samples=64
+    )
+    assert result.n_samples == 64
+    assert result.standard_error_reached is not None and result.standard_error_reached > 1e-6
+
+
+# -- amp and compile ------------------------------------------------------------------------------
+
+
+def test_bf16_autocast_on_cpu_accumulates_in_float64():
+    model = DeepDropoutMLP().eval()
+    x = torch.randn(6, 6)
+    result = mcdrop.predict_with_uncertainty(
+        model, x, n_samples=400, amp="bf16", keep_samples=True, seed=3
+    )
+    assert result.mean.dtype == torch.float64 and result.variance.dtype == torch.float64
+    reference = _naive_probs(model, x, 400, seed=4)
+    # bf16 rounds the logits (~3 significant digits): compare within MC error plus that
+    diff = (result.mean - reference.mean(0)).abs()
+    assert diff.max() < 5 * (reference.var(0) / 200).sqrt().max() + 0.02
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_compile_option_samples_like_eager(backend):
+    model = DeepDropoutMLP().eval()
+    x = torch.randn(6, 6)
+    samples = _mcdrop_probs(
+        model, x, 300, "replicate", seed=5, compile={"backend": backend, "fullgraph": True}
+    )
+    _assert_same_distribution(samples, _naive_probs(model, x, 300, seed=6))
+    # flags restored, and the model still evaluates deterministically outside mcdrop
+    assert not any(m.training for m in model.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model(x))
+    # a second call reuses the compiled graph (a fresh wrapper, dynamo's cache) and still samples
+    again = _mcdrop_probs(model, x, 50, "auto", seed=7, compile={"backend": backend})
+    assert again.var(0).max() > 0
+
+
+def test_bad_compile_option():
+    with pytest.raises(TypeError, match="compile"):
+        mcdrop.predict_with_uncertainty(
+            DeepDropoutMLP().eval(), torch.randn(2, 6), n_samples=2, compile="yes"
+        )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("gcc") is None and shutil.which("cc") is None, reason="no C compiler"
+)
+@pytest.mark.skipif(
+    os.environ.get("MCDROP_TEST_INDUCTOR") != "1",
+    reason="inductor compiles for ~1 minute on a small CPU; set MCDROP_TEST_INDUCTOR=1",
+)
+def test_compile_true_with_inductor():
+    model = DeepDropoutMLP().eval()
+    x = torch.randn(6, 6)
+    samples = _mcdrop_probs(model, x, 300, "replicate", seed=8, compile=True)
+    _assert_same_distribution(samples, _naive_probs(model, x, 300, seed=9))
+
+
+# -- GPU ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_memory_sized_chunks_and_bf16():
+    model = DeepDropoutMLP().cuda().eval()
+    x = torch.randn(64, 6)
+    engine = sampling._Engine(
+        model,
+        n_outputs=1,
+        output_transform=None,
+        strategy="auto",
+        batch_budget=None,
+        amp=None,
+        device=torch.device("cuda"),
+    )
+    assert engine.memory_sized
+    with torch.inference_mode():
+        k = engine.samples_per_pass(64, 10_000, _Batch((x.cuda(),), {}, None, 64))
+    assert engine.row_cap is not None and engine.row_cap >= 64 and k == engine.row_cap // 64
+    reference = _mcdrop_probs(model, x, 500, "replicate", seed=1)
+    for strategy in ("auto", "vmap", "loop"):
+        samples = _mcdrop_probs(model, x, 500, strategy, seed=2)
+        _assert_same_distribution(samples, reference)
+    result = mcdrop.predict_with_uncertainty(model, x, n_samples=200, amp="bf16", seed=3)
+    assert result.mean.dtype == torch.float64
+    assert (result.mean - reference.mean(0)).abs().max() < 0.05
+    mc = mcdrop.MCDropout(model, n_samples=200)
+    assert mc(x.cuda()).shape == (200, 64, 4)
+    assert mc.last_samples_per_pass is not None and mc.last_samples_per_pass >= 1
+
+
+# -- benchmark script -------------------------------------------------------------------------------
+
+
+def test_benchmark_script_quick_smoke(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_sampling.py"),
+            "--quick",
+            "--device",
+            "cpu",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "naive loop" in proc.stdout and "deterministic" in proc.stdout
+    data = json.loads(out.read_text())
+    assert data["torch"] == torch.__version__
+    rows = data["results"]
+    assert {row["model"] for row in rows} == {"conv", "mlp", "transformer"}
+    for row in rows:
+        assert row["naive_loop_ms"] > 0 and row["deterministic_ms"] > 0
+        assert row["auto_predict_ms"] > 0 and row["auto_strategy"] in ("vmap", "replicate", "loop")
