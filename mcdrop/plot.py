@@ -427,8 +427,8 @@ class ReliabilityDisplay:
             if gaps:
                 self.gap_bars_ = ax.bar(
                     left, np.abs(confidence - accuracy), width=width,
-                    bottom=np.minimum(confidence, accuracy), align="edge", facecolor="red",
-                    edgecolor="darkred", alpha=0.3, hatch="//", linewidth=0.6,
+                    bottom=np.minimum(confidence, accuracy), align="edge", facecolor="none",
+                    edgecolor="red", hatch="//", linewidth=0.8,
                     label=_once(ax, "Gap"), zorder=2.5,
                 )
         else:
@@ -453,7 +453,8 @@ class ReliabilityDisplay:
                 alpha=0.6 if filled else 1.0, linewidth=1.5, label=label,
             )
             hist_ax.set(xlim=(0.0, 1.0), xlabel=xlabel, ylabel="Fraction\nof samples")
-            hist_ax.set_ylim(bottom=0.0)
+            if hist_ax.get_yscale() == "linear":
+                hist_ax.set_ylim(bottom=0.0)
             ax.set_xlabel("")
             ax.tick_params(labelbottom=False)
         else:
