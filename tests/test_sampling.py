@@ -400,35 +400,40 @@ def test_regression_tau_and_interval():
     np.testing.assert_allclose(result.mean - lower, z * result.std, rtol=1e-12)
 
 
-def test_heteroscedastic_head():
+def test_heteroscedastic_head_closed_form():
+    p = 0.2
+
     class Hetero(nn.Module):
+        """mu = w . dropout(h), log_var = log(1 + dropout(h)_0^2): both have closed forms."""
+
         def __init__(self):
             super().__init__()
-            self.body = nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Dropout(0.2))
-            self.mu = nn.Linear(16, 2)
+            self.drop = nn.Dropout(p)
+            self.w = nn.Parameter(torch.tensor([[0.5], [-1.5], [2.0]], dtype=torch.float64))
 
-        def forward(self, x):
-            h = self.body(x)
-            mu = self.mu(h)
-            log_var = torch.log(1.0 + h[:, :2] ** 2)  # varies with the dropout mask
-            return mu, log_var
+        def forward(self, h):
+            d = self.drop(h)
+            return d @ self.w, torch.log1p(d[:, :1] ** 2)
 
-    model = Hetero().eval()
-    x = torch.randn(5, 3)
+    h = torch.tensor([[1.0, 2.0, -0.5], [0.3, -1.0, 1.5]], dtype=torch.float64)
+    T = 20_000
     result = mcdrop.predict_with_uncertainty(
-        model, x, n_samples=40, task="regression", heteroscedastic=True, seed=4
+        Hetero().eval(), h, n_samples=T, task="regression", heteroscedastic=True, seed=4
     )
-    # reference: same seed, a loop over the very same passes
-    torch.manual_seed(4)
-    model.body[2].train()
-    with torch.no_grad():
-        outs = [model(x) for _ in range(40)]
-    model.eval()
-    mus = torch.stack([o[0] for o in outs]).double()
-    noise = torch.stack([o[1] for o in outs]).double().exp().mean(0)
-    assert result.mean.shape == (5, 2)
-    np.testing.assert_allclose(result.aleatoric_variance, noise, rtol=1e-5)
-    np.testing.assert_allclose(result.epistemic_variance, mus.var(0, unbiased=False), rtol=1e-4)
+    w = torch.tensor([0.5, -1.5, 2.0], dtype=torch.float64)
+    mean = (h @ w).unsqueeze(1)
+    epistemic = (p / (1 - p) * (w**2 * h**2).sum(1)).unsqueeze(1)
+    # E[1 + d^2] with d = h0 / (1 - p) w.p. 1 - p, else 0; its Monte Carlo standard error
+    big = (h[:, :1] / (1 - p)) ** 2
+    aleatoric = 1 + (1 - p) * big
+    se_aleatoric = big * math.sqrt(p * (1 - p) / T)
+    assert result.mean.shape == (2, 1)
+    assert ((result.mean - mean) / torch.sqrt(epistemic / T)).abs().max() < 5
+    assert ((result.aleatoric_variance - aleatoric) / se_aleatoric).abs().max() < 5
+    np.testing.assert_allclose(result.epistemic_variance, epistemic, rtol=0.05)
+    np.testing.assert_allclose(
+        result.variance, result.epistemic_variance + result.aleatoric_variance
+    )
     with pytest.raises(TypeError, match="heteroscedastic"):
         mcdrop.predict_with_uncertainty(
             MLP().eval(), torch.randn(4, 6), n_samples=3, task="regression", heteroscedastic=True
@@ -583,3 +588,24 @@ def test_single_sample_is_allowed_with_infinite_standard_error():
     result = mcdrop.predict_with_uncertainty(MLP().eval(), torch.randn(3, 6), n_samples=1)
     assert result.n_samples == 1 and torch.isinf(result.standard_error).all()
     np.testing.assert_allclose(result.mutual_information, 0.0, atol=1e-7)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_cpu_dropout_mask_is_bernoulli_and_rescaled(p, inplace, dtype):
+    """The cheaper CPU mask keeps each unit with probability 1 - p and scales it by 1 / (1 - p)."""
+    from mcdrop.sampling import _FastCPUDropout
+
+    x = torch.ones(20_000, dtype=dtype)
+    with _FastCPUDropout():
+        out = torch.nn.functional.dropout(x.clone(), p, True, inplace)
+        untouched = torch.nn.functional.dropout(x, p, False)
+        alpha = torch.nn.functional.alpha_dropout(x, p, False)
+    kept = out != 0
+    n = x.numel()
+    # binomial test of the keep rate against scipy
+    assert stats.binomtest(int(kept.sum()), n, 1 - p).pvalue > 1e-4
+    scale = float((torch.ones((), dtype=dtype) / (1 - p)).float())
+    np.testing.assert_allclose(out[kept].float(), np.full(int(kept.sum()), scale), rtol=1e-2)
+    assert torch.equal(untouched, x) and torch.equal(alpha, x)
