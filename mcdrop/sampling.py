@@ -56,8 +56,7 @@ from mcdrop.dropout import (
     _find_sites,
     _fingerprint,
     _selector_key,
-    _switched,
-    _warn_if_training,
+    dropout_enabled,
     dropout_sites,
 )
 from mcdrop.results import ClassificationResult, RegressionResult
@@ -792,10 +791,9 @@ def _predict(
             raise ValueError("Expected `inputs` to hold at least one example, but it was empty.")
         first = first.to(engine.device)
         sites = options.sites(model, first)
-        _warn_if_training(model)
         key = (first.signature(), options.amp, tuple(site.name for site in sites), options.strategy)
         try:
-            with _switched(model, {site.name: site for site in sites}):
+            with dropout_enabled(model, sites=sites):
                 batch: _Batch | None = first
                 index = 0
                 while batch is not None:
@@ -1105,7 +1103,7 @@ class MCDropout(nn.Module):
         with _rng(seed, engine.device), torch.inference_mode():
             sites = options.sites(self.model, batch)
             key = (batch.signature(), options.amp, tuple(s.name for s in sites), options.strategy)
-            with _switched(self.model, {s.name: s for s in sites}):
+            with dropout_enabled(self.model, sites=sites):
                 done = 0
                 while done < self.n_samples:
                     k = engine.samples_per_pass(batch.size, self.n_samples - done, batch)

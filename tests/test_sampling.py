@@ -609,3 +609,13 @@ def test_cpu_dropout_mask_is_bernoulli_and_rescaled(p, inplace, dtype):
     scale = float((torch.ones((), dtype=dtype) / (1 - p)).float())
     np.testing.assert_allclose(out[kept].float(), np.full(int(kept.sum()), scale), rtol=1e-2)
     assert torch.equal(untouched, x) and torch.equal(alpha, x)
+
+
+def test_mcdropout_forward_from_train_mode_warns_and_keeps_batchnorm():
+    model = MLP().train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.warns(UserWarning, match="training mode on entry"):
+        samples = mcdrop.MCDropout(model, n_samples=4)(torch.randn(8, 6) * 3 + 1)
+    assert samples.shape == (4, 8, 4)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert all(m.training for m in model.modules())  # flags restored to train mode
