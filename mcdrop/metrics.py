@@ -1437,6 +1437,7 @@ def evaluate(
     y_true: ArrayLike | None = None,
     *,
     n_bins: int = 15,
+    ignore_index: int | None = None,
 ) -> dict[str, float]:
     """Headline metrics of one model's predictions, by name.
 
@@ -1451,6 +1452,9 @@ def evaluate(
         Targets, shape ``(N,)`` / ``(N, *S)``; ``None`` uses ``result.targets``.
     n_bins : int, default=15
         Bins of the binned calibration errors.
+    ignore_index : int or None, default=None
+        Classification only: predictions whose label equals this value are left out (the
+        ``ignore_index`` of ``torch.nn.CrossEntropyLoss``, e.g. 255 for unlabelled pixels).
 
     Returns
     -------
@@ -1470,8 +1474,14 @@ def evaluate(
         When no targets are given and the result holds none, or for invalid inputs.
     """
     n_bins = _check_n_bins(n_bins)
+    if ignore_index is not None:
+        ignore_index = check_int("ignore_index", ignore_index)
     targets: Any = y_true
     if isinstance(result, RegressionResult):
+        if ignore_index is not None:
+            raise ValueError(
+                "Expected `ignore_index` only for classification results, but got a RegressionResult."
+            )
         if targets is None:
             targets = result.targets
         if targets is None:
@@ -1490,6 +1500,14 @@ def evaluate(
         probs = _to_numpy("result", result)
     if targets is None:
         raise ValueError("Expected `y_true` (or `result.targets`) to hold labels, but got None.")
+    if ignore_index is not None:
+        targets = _to_numpy("y_true", targets).reshape(-1)
+        keep = targets != ignore_index
+        if probs.shape[0] != keep.shape[0]:
+            raise ValueError(
+                f"Expected `y_true` with {probs.shape[0]} labels, but got {keep.shape[0]}."
+            )
+        probs, targets = probs[keep], targets[keep]
     return _evaluate_classification(probs, targets, n_bins)
 
 

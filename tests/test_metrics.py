@@ -874,3 +874,25 @@ def test_format_table():
     assert lines[3].split()[2:] == ["0.916", "0.021", "nan"]
     assert len({len(line) for line in lines[:2]}) == 1  # fixed width header and rule
     assert not table.endswith("\n")
+
+
+def test_evaluate_ignore_index_drops_unlabelled_pixels():
+    import torch
+
+    import mcdrop
+
+    rng = np.random.default_rng(3)
+    probs = torch.softmax(torch.from_numpy(rng.normal(size=(6, 2, 3, 4, 5))), dim=2)  # (T,N,C,H,W)
+    result = mcdrop.summarize_samples(probs, outputs="probs")
+    labels = rng.integers(0, 3, size=(2, 4, 5))
+    labels[0, :2] = 255
+    got = mcdrop.metrics.evaluate(result, labels, ignore_index=255)
+    # reference: flatten by hand and keep the labelled pixels only
+    flat = result.mean.movedim(1, -1).reshape(-1, 3).numpy()
+    keep = labels.reshape(-1) != 255
+    ref = mcdrop.metrics.evaluate(flat[keep], labels.reshape(-1)[keep])
+    assert got == pytest.approx(ref, nan_ok=True)
+    with pytest.raises(ValueError, match="y_true"):
+        mcdrop.metrics.evaluate(result, labels)  # 255 is out of range without ignore_index
+    with pytest.raises(TypeError, match="`ignore_index`"):
+        mcdrop.metrics.evaluate(result, labels, ignore_index=2.5)
