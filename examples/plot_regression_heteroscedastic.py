@@ -95,7 +95,8 @@ display = PredictiveBandsDisplay.from_result(
 )
 display.ax_.plot(grid, torch.sin(grid), color="black", linewidth=1, linestyle=":", label="sin(x)")
 display.ax_.axvspan(-0.5, 1.5, color="0.9", zorder=0, label="no training data")
-display.ax_.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, fontsize="small")
+display.ax_.get_legend().remove()
+fig.legend(loc="outside lower center", ncol=2, fontsize="small")
 
 # %%
 # The two parts of the variance along x:
