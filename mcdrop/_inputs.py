@@ -13,54 +13,75 @@ __all__: list[str] = []
 
 @dataclass
 class _Batch:
-    """One batch of examples: positional and keyword arguments of the model, and targets."""
+    """One batch of examples: positional and keyword arguments of the model, and targets.
+
+    ``batched`` names the arguments (positions of ``args``, keys of ``kwargs``) that carry the
+    batch dimension first. It is decided once per call (from the whole input, or from the first
+    batch of an iterable) and kept for every later batch, so an unbatched argument whose leading
+    dimension happens to equal a batch's size is never sliced or replicated.
+    """
 
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     targets: torch.Tensor | None
     size: int
+    batched: frozenset[int | str] | None = None
 
-    def map_batched(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> _Batch:
-        """Apply ``fn`` to every tensor whose leading dimension is the batch dimension."""
+    def __post_init__(self) -> None:
+        if self.batched is None:
+            self.batched = frozenset(
+                key for key, value in self._items() if _leads_with(value, self.size)
+            )
 
-        def apply(value: Any) -> Any:
-            if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == self.size:
-                return fn(value)
-            return value
+    def _items(self) -> Iterator[tuple[int | str, Any]]:
+        yield from enumerate(self.args)
+        yield from self.kwargs.items()
 
+    def _rebuild(self, fn: Callable[[int | str, Any], Any]) -> _Batch:
         return _Batch(
-            tuple(apply(a) for a in self.args),
-            {k: apply(v) for k, v in self.kwargs.items()},
+            tuple(fn(i, a) for i, a in enumerate(self.args)),
+            {k: fn(k, v) for k, v in self.kwargs.items()},
             self.targets,
             self.size,
+            self.batched,
         )
+
+    def map_batched(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> _Batch:
+        """Apply ``fn`` to every argument that carries the batch dimension."""
+        batched = self.batched or frozenset()
+        return self._rebuild(lambda key, value: fn(value) if key in batched else value)
+
+    def with_batched(self, batched: frozenset[int | str]) -> _Batch:
+        """The same batch with the batched arguments decided elsewhere (an earlier batch)."""
+        return _Batch(self.args, self.kwargs, self.targets, self.size, batched)
 
     def to(self, device: torch.device) -> _Batch:
         """Move every tensor argument to ``device``."""
-
-        def move(value: Any) -> Any:
-            if isinstance(value, torch.Tensor):
-                return value.to(device, non_blocking=True)
-            return value
-
-        return _Batch(
-            tuple(move(a) for a in self.args),
-            {k: move(v) for k, v in self.kwargs.items()},
-            self.targets,
-            self.size,
+        return self._rebuild(
+            lambda _, value: value.to(device, non_blocking=True)
+            if isinstance(value, torch.Tensor)
+            else value
         )
 
     def signature(self) -> tuple[Any, ...]:
         """Shapes (without the batch dimension) and dtypes: the key of cached decisions."""
+        batched = self.batched or frozenset()
 
-        def sig(value: Any) -> Any:
+        def sig(key: int | str, value: Any) -> Any:
             if isinstance(value, torch.Tensor):
-                return (tuple(value.shape[1:]), value.dtype, value.device.type)
-            return type(value).__name__
+                shape = tuple(value.shape[1:]) if key in batched else ("whole", *value.shape)
+                return (key, shape, value.dtype, value.device.type)
+            return (key, type(value).__name__)
 
-        return tuple(sig(a) for a in self.args) + tuple(
-            (k, sig(v)) for k, v in sorted(self.kwargs.items())
-        )
+        return tuple(sig(key, value) for key, value in self._items())
+
+
+def _leads(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.ndim > 0
+
+
+def _leads_with(value: Any, size: int) -> bool:
+    return isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == size
 
 
 def _leading_size(args: tuple[Any, ...], kwargs: Mapping[str, Any], name: str) -> int:
@@ -178,6 +199,7 @@ def iter_batches(
 
 
 def _from_iterable(inputs: Iterable[Any]) -> Iterator[_Batch]:
+    batched: frozenset[int | str] | None = None
     for index, item in enumerate(inputs):
         targets = None
         if _is_pair(item) and not isinstance(item, Mapping):
@@ -195,7 +217,19 @@ def _from_iterable(inputs: Iterable[Any]) -> Iterator[_Batch]:
                 f"Batch {index} of `inputs`: expected targets with {n} rows, but got shape "
                 f"{tuple(target_tensor.shape)}."
             )
-        yield _Batch(args, kwargs, target_tensor, n)
+        batch = _Batch(args, kwargs, target_tensor, n, batched)
+        if batched is None:
+            batched = batch.batched
+        else:  # the arguments batched in the first batch; check they still lead with one size
+            sizes = {int(v.shape[0]) for k, v in batch._items() if k in batched and _leads(v)}
+            if len(sizes) != 1:
+                raise ValueError(
+                    f"Batch {index} of `inputs`: expected the batched arguments "
+                    f"{sorted(map(str, batched))} (decided on batch 0) to share one batch size, "
+                    f"but got sizes {sorted(sizes)}."
+                )
+            batch.size = sizes.pop()
+        yield batch
 
 
 def extract_outputs(

@@ -306,19 +306,6 @@ def _find_sites(
     return sorted(sites.values(), key=lambda site: order[site.name])
 
 
-def _fingerprint(model: nn.Module) -> tuple[Any, ...]:
-    """What the list of sites depends on in the model itself: its modules and their rates."""
-    return tuple((name, type(m), _rate(m)) for name, m in model.named_modules())
-
-
-def _selector_key(selector: ModuleFilter) -> Any:
-    if selector is None or isinstance(selector, str):
-        return selector
-    if callable(selector):
-        return ("callable", id(selector))
-    return tuple(selector)
-
-
 def _cuda_devices(model: nn.Module) -> list[torch.device]:
     return sorted({t.device for t in model.parameters() if t.device.type == "cuda"}, key=str)
 

@@ -54,8 +54,6 @@ from mcdrop.dropout import (
     ModuleFilter,
     _check_sites,
     _find_sites,
-    _fingerprint,
-    _selector_key,
     dropout_enabled,
     dropout_sites,
 )
@@ -89,10 +87,6 @@ _AMP_DTYPES = {
 # model -> {(signature, sites, options, device, amp, compile, pass size) -> strategy}: the auto
 # decision, probed once.
 # The value is (strategy, vmap_scale): how many more rows a vmap pass may hold than the budget.
-# model -> {(input signature, scope, include, exclude, structure) -> sites}: probed once.
-_SITES_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[Any, list[DropoutSite]]] = (
-    weakref.WeakKeyDictionary()
-)
 _STRATEGY_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[Any, tuple[str, int]]] = (
     weakref.WeakKeyDictionary()
 )
@@ -171,6 +165,9 @@ class _Engine:
         # prefix is shared), so its pass may hold more samples: fewer passes, fewer prefixes.
         self.vmap_scale = 1
         self.last_samples_per_pass: int | None = None
+        # (cache, entry, key) when the strategy came from an earlier call's probe: re-probed if
+        # it fails now (the model may have changed, e.g. a dropout switched to inplace).
+        self.cached_choice: tuple[dict[Any, tuple[str, int]], Any, Any] | None = None
 
     # -- one forward ---------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -299,6 +296,7 @@ class _Engine:
         cache = _STRATEGY_CACHE.setdefault(self.model, {})
         if full_key in cache:
             self.chosen, self.vmap_scale = cache[full_key]
+            self.cached_choice = (cache, full_key, key)
             return self.chosen
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # the probe must not shift the caller's draws
@@ -339,6 +337,7 @@ class _Engine:
         if self.sample_cap is not None:
             k = min(k, self.sample_cap)
         while True:
+            assert self.chosen is not None
             try:
                 outs = self._run_split(self.chosen, batch, k)
             except torch.OutOfMemoryError:
@@ -357,6 +356,18 @@ class _Engine:
                     examples,
                     self.example_cap,
                 )
+                continue
+            except Exception as error:
+                if self.cached_choice is None:
+                    raise
+                cache, entry, key = self.cached_choice
+                logger.info(
+                    "mcdrop: cached strategy %r failed (%s); probing again.", self.chosen, error
+                )
+                cache.pop(entry, None)
+                self.cached_choice = None
+                self.chosen = None
+                self.choose(batch, k, key)
                 continue
             if self.last_samples_per_pass is None or k > self.last_samples_per_pass:
                 self.last_samples_per_pass = k  # the largest pass since the last back-off
@@ -649,28 +660,19 @@ class _Options:
         )
 
     def sites(self, model: nn.Module, batch: _Batch | None) -> list[DropoutSite]:
-        """The sites to switch on; probed once per model, structure and input signature."""
+        """The sites to switch on, probed on two examples of ``batch`` at every call.
+
+        Not cached across calls: which dropout runs can change without any change to the
+        module tree (e.g. an attention implementation switched from eager to SDPA).
+        """
         call = None
-        signature = None
         if batch is not None and self.detect_silent:
             small = batch.map_batched(lambda t: t[:2])
             call = (small.args, small.kwargs)
-            signature = batch.signature()
         scope = str(getattr(self.scope, "value", self.scope))
-        key = (
-            signature,
-            scope,
-            _selector_key(self.include),
-            _selector_key(self.exclude),
-            _fingerprint(model),
-        )
-        cache = _SITES_CACHE.setdefault(model, {})
-        found = cache.get(key)
-        if found is None:
-            found = _find_sites(model, scope, self.include, self.exclude, call)
-            cache[key] = found
+        found = _find_sites(model, scope, self.include, self.exclude, call)
         _check_sites(model, found, scope)
-        return list(found)
+        return found
 
 
 def _sample_batch(
@@ -808,6 +810,13 @@ def _predict(
                         mean = state["mean"]
                         out_shape = _check_consistent(out_shape, mean.unsqueeze(0), index)
                     states.append({k: v.to(result_device) for k, v in state.items()})
+                    if options.keep_samples and index > 0 and acc.count != max_count:
+                        raise ValueError(
+                            "Expected every batch to stop at the same number of samples with "
+                            "`keep_samples=True`, but adaptive `n_samples='auto'` stopped batch 0 "
+                            f"at {max_count} and batch {index} at {acc.count}; pass a fixed "
+                            "`n_samples`, or a `batch_size` that puts all inputs in one batch."
+                        )
                     max_count = max(max_count, acc.count)
                     worst_se = max(worst_se, acc.max_standard_error())
                     if batch.targets is None:
@@ -879,15 +888,20 @@ def predict_with_uncertainty(
         ``Tensor`` of shape (N, ...); ``tuple`` of positional arguments; ``dict`` of keyword
         arguments (e.g. ``input_ids`` and ``attention_mask``); or a ``DataLoader`` / any iterable
         whose items are such batches or ``(inputs, targets)`` pairs (targets are kept on the
-        result). Tensors whose leading dimension is not the batch size are passed unchanged.
+        result). Tensors whose leading dimension is not the batch size are passed unchanged;
+        which arguments are batched is decided once (from ``N``, or from the first batch of an
+        iterable) and kept for every batch. An unbatched tensor argument whose leading dimension
+        equals ``N`` cannot be told apart from a batched one: bind it to the model instead
+        (a wrapper module or ``functools.partial``).
     n_samples : int or "auto", default=100
         Number of stochastic passes ``T``. ``"auto"`` samples until the largest Monte Carlo
         standard error of the predictive mean in each batch is at most ``tolerance`` (at least
         16 passes, at most ``max_samples``).
     task : {"classification", "regression"}, default="classification"
         Decides the result type: :class:`ClassificationResult` or :class:`RegressionResult`.
-    outputs : {"logits", "probs", "log_probs"}, default="logits"
-        What a classifier returns; never guessed from the values.
+    outputs : {"logits", "probs", "log_probs", "binary_logits"}, default="logits"
+        What a classifier returns; never guessed from the values. ``"binary_logits"``: one logit
+        per example (``BCEWithLogitsLoss``), giving the classes ``[1 - sigmoid, sigmoid]``.
     class_dim : int, default=1
         Class dimension of the model output (N, C, ...): ``1`` for ``(N, C)`` and segmentation
         ``(N, C, H, W)`` (per-pixel uncertainty maps), ``-1`` for ``(N, L, C)`` token outputs.

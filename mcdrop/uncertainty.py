@@ -31,7 +31,7 @@ from mcdrop.results import ClassificationResult, RegressionResult, _standard_err
 
 __all__ = ["summarize_samples"]
 
-_OUTPUT_KINDS = ("logits", "probs", "log_probs")
+_OUTPUT_KINDS = ("logits", "probs", "log_probs", "binary_logits")
 
 
 def _stat_dtype(device: torch.device) -> torch.dtype:
@@ -86,28 +86,50 @@ class _ClassificationAccumulator:
 
     def _probs(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         dim = self.class_dim + 1
-        raw = raw.float()
-        if self.outputs == "logits":
+        num_classes = raw.shape[dim]
+        # float64 outputs stay float64; low-precision outputs (bf16 under amp) get a tolerance
+        # that matches their rounding.
+        atol = self.atol
+        if raw.is_floating_point():
+            atol = max(atol, 2 * num_classes * torch.finfo(raw.dtype).eps)
+        raw = raw.double() if raw.dtype == torch.float64 else raw.float()
+        if self.outputs == "binary_logits":
+            if num_classes != 1:
+                raise ValueError(
+                    "Expected `outputs='binary_logits'` model outputs with one logit along "
+                    f"class_dim={self.class_dim}, but got {num_classes}."
+                )
+            raw = torch.cat([torch.zeros_like(raw), raw], dim)  # softmax([0, z]) = [1-s(z), s(z)]
+        elif num_classes == 1:
+            raise ValueError(
+                f"Expected at least 2 classes along class_dim={self.class_dim}, but the model "
+                "output has 1: a softmax over one class is always 1 (zero uncertainty). For a "
+                "binary classifier with one logit (BCEWithLogitsLoss) pass "
+                "`outputs='binary_logits'`; for one probability, `output_transform=lambda p: "
+                "torch.cat([1 - p, p], dim=1)` with `outputs='probs'`."
+            )
+        if self.outputs in ("logits", "binary_logits"):
             log_p = F.log_softmax(raw, dim=dim)
             return log_p.exp(), log_p
         if self.outputs == "log_probs":
             probs = raw.exp()
         else:
             probs = raw
-            if bool(((probs < -self.atol) | (probs > 1 + self.atol)).any()):
+            if bool(((probs < -atol) | (probs > 1 + atol)).any()):
                 raise ValueError(
                     "Expected `outputs='probs'` model outputs in [0, 1], but got values from "
                     f"{float(probs.min()):g} to {float(probs.max()):g}; pass `outputs='logits'` "
                     "if the model returns logits."
                 )
-        sums = probs.sum(dim)
-        if not bool(torch.allclose(sums, torch.ones_like(sums), atol=self.atol)):
+        sums = probs.sum(dim, keepdim=True)
+        if not bool(torch.allclose(sums, torch.ones_like(sums), atol=atol)):
             worst = float((sums - 1).abs().max())
             raise ValueError(
                 f"Expected `outputs={self.outputs!r}` rows that sum to 1 along class_dim="
                 f"{self.class_dim}, but a row is off by {worst:g}; pass `outputs='logits'` if the "
                 "model returns logits, or the right `class_dim`."
             )
+        probs = probs.clamp_min(0.0) / sums  # remove the rounding of low-precision outputs
         return probs, torch.log(probs)
 
     def update(self, raw: torch.Tensor) -> None:
@@ -242,8 +264,10 @@ def summarize_samples(
         Samples first. Classification: ``(T, N, C, *S)`` logits, probabilities or
         log-probabilities (``outputs``). Regression: ``(T, N, *S)`` sampled means.
     task : {"classification", "regression"}, default="classification"
-    outputs : {"logits", "probs", "log_probs"}, default="logits"
+    outputs : {"logits", "probs", "log_probs", "binary_logits"}, default="logits"
         What ``samples`` hold (classification); never guessed from the values.
+        ``"binary_logits"``: one logit per example (``BCEWithLogitsLoss``), turned into the two
+        classes ``[1 - sigmoid(z), sigmoid(z)]``.
     class_dim : int, default=1
         Class dimension of one sample ``(N, C, *S)``.
     tau : float, optional

@@ -33,7 +33,14 @@ def test_derived_quantities_match_definitions():
         result.standard_error, probs.std(0, unbiased=True) / math.sqrt(20), atol=1e-12
     )
     assert result.num_classes == 3
-    single = mcdrop.summarize_samples(torch.zeros(3, 2, 1))
+    single = ClassificationResult(
+        mean=torch.ones(2, 1, dtype=torch.float64),
+        variance=torch.zeros(2, 1, dtype=torch.float64),
+        predictive_entropy=torch.zeros(2),
+        expected_entropy=torch.zeros(2),
+        variation_ratio=torch.zeros(2),
+        n_samples=3,
+    )
     np.testing.assert_allclose(single.margin, 1.0)
 
 

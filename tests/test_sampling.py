@@ -619,3 +619,87 @@ def test_mcdropout_forward_from_train_mode_warns_and_keeps_batchnorm():
     assert samples.shape == (4, 8, 4)
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert all(m.training for m in model.modules())  # flags restored to train mode
+
+
+def test_batched_arguments_are_decided_once_for_every_batch():
+    """A shared (M, d) context whose M equals the last batch's size must not be sliced."""
+
+    class Context(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.3), nn.Linear(8, 3))
+
+        def forward(self, x, context):
+            return self.f(x) + context.sum(0)[:3]
+
+    model = Context().eval()
+    context = torch.randn(3, 8)
+    x = torch.randn(11, 4)
+    batches = [{"x": x[i : i + 4], "context": context} for i in range(0, 11, 4)]  # 4, 4, 3
+    got = mcdrop.predict_with_uncertainty(
+        model, iter(batches), n_samples=200, seed=0, strategy="replicate"
+    )
+    # reference: a naive loop, context passed whole
+    model.f[1].train()
+    with torch.no_grad():
+        probs = torch.stack([torch.softmax(model(x, context), -1) for _ in range(4000)]).double()
+    model.eval()
+    se = (probs.var(0) / 200).sqrt() + (probs.var(0) / 4000).sqrt()
+    assert ((got.mean - probs.mean(0)).abs() / se.clamp_min(1e-6)).max() < 6
+
+
+def test_one_logit_binary_classifier():
+    model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Dropout(0.4), nn.Linear(8, 1)).eval()
+    x = torch.randn(6, 3)
+    with pytest.raises(ValueError, match="binary_logits"):
+        mcdrop.predict_with_uncertainty(model, x, n_samples=5)
+    res = mcdrop.predict_with_uncertainty(model, x, n_samples=3000, outputs="binary_logits", seed=1)
+    model[2].train()
+    with torch.no_grad():
+        p = torch.stack([torch.sigmoid(model(x))[:, 0] for _ in range(3000)]).double()
+    model.eval()
+    assert res.mean.shape == (6, 2)
+    se = (p.var(0) / 3000).sqrt() * 2
+    assert ((res.mean[:, 1] - p.mean(0)).abs() / se.clamp_min(1e-6)).max() < 6
+    assert (res.mutual_information > 0).all()
+
+
+def test_exclude_callable_is_honoured_on_every_call():
+    model = nn.Sequential(
+        nn.Linear(4, 8),
+        nn.Dropout(0.3),
+        nn.ReLU(),
+        nn.Linear(8, 8),
+        nn.Dropout(0.3),
+        nn.Linear(8, 3),
+    ).eval()
+    x = torch.randn(5, 4)
+    for name in ("1", "4", "1", "4"):  # fresh lambdas may reuse an id: no stale decision
+        by_lambda = mcdrop.predict_with_uncertainty(
+            model, x, n_samples=30, seed=0, exclude=lambda n, m, name=name: n == name
+        )
+        by_name = mcdrop.predict_with_uncertainty(model, x, n_samples=30, seed=0, exclude=name)
+        assert torch.equal(by_lambda.mean, by_name.mean)
+
+
+def test_cached_strategy_is_probed_again_when_it_stops_working():
+    from mcdrop.sampling import _STRATEGY_CACHE
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Linear(32, 32))
+            self.drop = nn.Dropout(0.3)
+            self.out = nn.Linear(32, 3)
+
+        def forward(self, x):
+            return self.out(self.drop(self.body(x)))
+
+    model = Head().eval()
+    x = torch.randn(8, 4)
+    mcdrop.predict_with_uncertainty(model, x, n_samples=64, strategy="auto", seed=0)
+    _STRATEGY_CACHE[model] = {key: ("vmap", 1) for key in _STRATEGY_CACHE[model]}
+    model.drop.inplace = True  # in-place dropout on an unbatched tensor: vmap now fails
+    result = mcdrop.predict_with_uncertainty(model, x, n_samples=64, strategy="auto", seed=0)
+    assert (result.mutual_information > 0).all()
+    assert all(choice[0] != "vmap" for choice in _STRATEGY_CACHE[model].values())

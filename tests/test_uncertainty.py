@@ -21,7 +21,7 @@ from mcdrop.uncertainty import _Moments
 @given(
     logits=arrays(
         np.float64,
-        st.tuples(st.integers(1, 12), st.integers(1, 5), st.integers(1, 6)),
+        st.tuples(st.integers(1, 12), st.integers(1, 5), st.integers(2, 6)),
         elements=st.floats(-30, 30),
     ),
     chunk=st.integers(1, 7),
@@ -109,3 +109,28 @@ def test_summarize_bad_input():
         mcdrop.summarize_samples(torch.full((2, 3, 2), 3.0), outputs="probs")
     with pytest.raises(ValueError, match="`task`"):
         mcdrop.summarize_samples(torch.zeros(2, 3, 2), task="ranking")
+
+
+def test_single_class_is_an_error_and_binary_logits_use_the_sigmoid():
+    rng = np.random.default_rng(2)
+    z = torch.from_numpy(rng.normal(size=(400, 5, 1)))
+    with pytest.raises(ValueError, match="binary_logits"):
+        mcdrop.summarize_samples(z)
+    res = mcdrop.summarize_samples(z, outputs="binary_logits")
+    p = 1 / (1 + np.exp(-z.numpy()[..., 0]))  # (T, N) sigmoid, reference by hand
+    np.testing.assert_allclose(res.mean[:, 1], p.mean(0), atol=1e-6)
+    np.testing.assert_allclose(res.mean[:, 0], 1 - p.mean(0), atol=1e-6)
+    np.testing.assert_allclose(res.variance[:, 1], p.var(0), atol=1e-6)
+    bern = -(p * np.log(p) + (1 - p) * np.log(1 - p))
+    np.testing.assert_allclose(res.expected_entropy, bern.mean(0), atol=1e-5)
+    with pytest.raises(ValueError, match="one logit"):
+        mcdrop.summarize_samples(torch.zeros(3, 2, 2), outputs="binary_logits")
+
+
+def test_low_precision_probabilities_are_accepted_and_renormalised():
+    logits = torch.randn(8, 6, 10)
+    probs = torch.softmax(logits, -1).to(torch.bfloat16)
+    res = mcdrop.summarize_samples(probs, outputs="probs")
+    np.testing.assert_allclose(res.mean.sum(-1), 1.0, atol=1e-12)
+    ref = mcdrop.summarize_samples(logits)
+    np.testing.assert_allclose(res.mean, ref.mean, atol=2e-2)
