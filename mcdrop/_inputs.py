@@ -51,10 +51,6 @@ class _Batch:
         batched = self.batched or frozenset()
         return self._rebuild(lambda key, value: fn(value) if key in batched else value)
 
-    def with_batched(self, batched: frozenset[int | str]) -> _Batch:
-        """The same batch with the batched arguments decided elsewhere (an earlier batch)."""
-        return _Batch(self.args, self.kwargs, self.targets, self.size, batched)
-
     def to(self, device: torch.device) -> _Batch:
         """Move every tensor argument to ``device``."""
         return self._rebuild(

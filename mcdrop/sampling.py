@@ -229,6 +229,14 @@ class _Engine:
         return tuple(torch.cat(outs, 1) for outs in zip(*parts, strict=True))
 
     # -- chunking ------------------------------------------------------------------------------
+    def plan(self, batch: _Batch, remaining: int, key: Any) -> int:
+        """Samples for the next pass; picks the strategy first if it is not chosen yet."""
+        k = self.samples_per_pass(batch.size, remaining, batch)
+        if self.chosen is None:
+            self.choose(batch, k, key)
+            k = self.samples_per_pass(batch.size, remaining, batch)  # vmap may hold more
+        return k
+
     def samples_per_pass(self, batch_size: int, remaining: int, batch: _Batch | None = None) -> int:
         """Samples ``k`` of the next pass: ``k x batch_size`` rows fit the budget (or memory)."""
         rows = self.batch_budget
@@ -659,6 +667,10 @@ class _Options:
             tau=self.tau, heteroscedastic=self.heteroscedastic, keep_samples=self.keep_samples
         )
 
+    def strategy_key(self, batch: _Batch, sites: list[DropoutSite]) -> Any:
+        """What the ``auto`` decision depends on beyond the engine's own settings."""
+        return (batch.signature(), self.amp, tuple(site.name for site in sites), self.strategy)
+
     def sites(self, model: nn.Module, batch: _Batch | None) -> list[DropoutSite]:
         """The sites to switch on, probed on two examples of ``batch`` at every call.
 
@@ -702,14 +714,9 @@ def _sample_batch(
     minimum = min(options.n_samples, 16) if options.adaptive else options.n_samples
     target = minimum  # adaptive: samples expected to reach the tolerance, updated per chunk
     while done < options.n_samples:
-        k = engine.samples_per_pass(batch.size, options.n_samples - done, batch)
+        k = engine.plan(batch, options.n_samples - done, key)
         if options.adaptive:
             k = min(k, max(target - done, 1))
-        if engine.chosen is None:
-            engine.choose(batch, k, key)
-            k = engine.samples_per_pass(batch.size, options.n_samples - done, batch)
-            if options.adaptive:
-                k = min(k, max(target - done, 1))
         k, outs = engine.run_chunk(batch, k)
         flag = _finite_flag(outs)
         finite = flag if finite is None else finite & flag
@@ -793,7 +800,7 @@ def _predict(
             raise ValueError("Expected `inputs` to hold at least one example, but it was empty.")
         first = first.to(engine.device)
         sites = options.sites(model, first)
-        key = (first.signature(), options.amp, tuple(site.name for site in sites), options.strategy)
+        key = options.strategy_key(first, sites)
         try:
             with dropout_enabled(model, sites=sites):
                 batch: _Batch | None = first
@@ -1010,20 +1017,7 @@ def predict_with_uncertainty(
         raise TypeError("Expected `distributed` and `rank0_only` to be bools.")
     if rank0_only and not distributed:
         raise ValueError("Expected `rank0_only=True` only with `distributed=True`.")
-    if distributed:
-        from mcdrop.distributed import _predict_distributed
-
-        return _predict_distributed(  # type: ignore[return-value]  # None off rank 0, rank0_only
-            model,
-            inputs,
-            targets,
-            options,
-            _seed_from(seed, generator),
-            progress,
-            torch.device(result_device),
-            rank0_only=rank0_only,
-        )
-    return _predict(
+    call = (
         model,
         inputs,
         targets,
@@ -1032,6 +1026,12 @@ def predict_with_uncertainty(
         progress,
         torch.device(result_device),
     )
+    if distributed:
+        from mcdrop.distributed import _predict_distributed
+
+        # None off rank 0 with rank0_only
+        return _predict_distributed(*call, rank0_only=rank0_only)  # type: ignore[return-value]
+    return _predict(*call)
 
 
 class MCDropout(nn.Module):
@@ -1116,14 +1116,11 @@ class MCDropout(nn.Module):
         chunks: list[tuple[torch.Tensor, ...]] = []
         with _rng(seed, engine.device), torch.inference_mode():
             sites = options.sites(self.model, batch)
-            key = (batch.signature(), options.amp, tuple(s.name for s in sites), options.strategy)
+            key = options.strategy_key(batch, sites)
             with dropout_enabled(self.model, sites=sites):
                 done = 0
                 while done < self.n_samples:
-                    k = engine.samples_per_pass(batch.size, self.n_samples - done, batch)
-                    if engine.chosen is None:
-                        engine.choose(batch, k, key)
-                        k = engine.samples_per_pass(batch.size, self.n_samples - done, batch)
+                    k = engine.plan(batch, self.n_samples - done, key)
                     k, outs = engine.run_chunk(batch, k)
                     chunks.append(outs)
                     done += k
