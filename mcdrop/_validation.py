@@ -68,3 +68,10 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
     if text not in options:
         raise ValueError(f"Expected `{name}` to be one of {options}, but got {text!r}.")
     return text
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Return ``value`` if it is a ``bool`` (``numpy.bool_`` too), else raise a ``TypeError``."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return bool(value)
+    raise TypeError(f"Expected `{name}` to be True or False, but got {_describe(value)}.")

@@ -58,6 +58,7 @@ from torch.utils.data import (
 )
 from torch.utils.data.distributed import DistributedSampler
 
+from mcdrop._engine.driver import predict
 from mcdrop._inputs import _as_targets, _Batch, _leading_size, _split_call
 from mcdrop.results import ClassificationResult, RegressionResult
 
@@ -383,8 +384,6 @@ def _predict_distributed(
     rank0_only: bool,
 ) -> _Result | None:
     """``predict_with_uncertainty(..., distributed=True)``: see the module docstring."""
-    from mcdrop.sampling import _predict
-
     rank, world = _process_group()
     device = _comm_device()
     local: _Result | None = None
@@ -393,7 +392,7 @@ def _predict_distributed(
     try:
         n, local_inputs, local_targets = _shard(inputs, targets, options.batch_size, rank, world)
         if local_inputs is not None:
-            local = _predict(
+            local = predict(
                 model,
                 local_inputs,
                 local_targets,

@@ -1,29 +1,37 @@
-"""Which modules sample at test time, and a context manager that switches exactly those.
+"""Which dropout samples at test time, and the twin of the model that samples it.
 
-Monte Carlo dropout needs every dropout site that training uses to sample, and nothing else to
-change. Putting the whole model in ``train()`` mode is wrong (BatchNorm would use and update batch
-statistics) and ``model.eval()`` plus re-enabling ``nn.Dropout`` modules is not enough either:
+Monte Carlo dropout needs every dropout that training applies to sample, and nothing else that
+training mode changes. mcdrop defines the sites by training mode itself: a probe pass on two
+examples runs a *twin* of the model (new module objects sharing the model's parameters, buffers
+and hooks, see :mod:`mcdrop._twin`) in training mode with normalisation layers in eval, and
+records every dropout call it makes — ``F.dropout`` and its variants, the ``dropout_p`` of
+``F.scaled_dot_product_attention`` and ``F.multi_head_attention_forward``, the dropout of the RNN
+kernels — with the innermost module that made it. That covers what a scan of ``nn.Dropout``
+modules misses: attention dropout held in a float attribute (``dropout=0.0 if not self.training
+else self.attention_dropout``), dropout children that are only read into a fused kernel, RNN
+inter-layer dropout, functional ``F.dropout(x, p, self.training)``.
 
-* ``nn.MultiheadAttention`` passes ``dropout if self.training else 0.0`` to its fused kernel, and
-  ``nn.TransformerEncoderLayer`` / ``nn.TransformerDecoderLayer`` take an eval fast path that skips
-  dropout entirely. Their own ``training`` flag must be on.
-* Many attention blocks keep an ``nn.Dropout`` child only to read its rate:
-  ``F.scaled_dot_product_attention(..., dropout_p=self.drop.p if self.training else 0.0)``.
-  The child is registered but never called, so enabling it changes nothing.
-* Functional ``F.dropout(x, p, self.training)`` inside a user module is invisible to a module scan.
+The sampling twin then has exactly those modules in training mode and every other module in eval
+mode: normalisation layers, stochastic depth / DropPath, layer drop and auxiliary heads stay off
+unless ``include=`` or ``scope="train_except_norm"`` asks for them. A second probe checks that the
+sampling twin makes the same dropout calls (module, function, rate, count); where a fused fast path
+needs a parent's flag (``nn.TransformerEncoderLayer``), the nearest gating parents are switched on
+too, and a dropout that still cannot be reproduced is an error listing it.
 
-:func:`dropout_sites` lists what :func:`dropout_enabled` switches on, with the reason for each
-site. Given example inputs it also runs one probe pass that observes which dropout modules really
-run and which functional dropout calls happen with ``training=False``, and adds the gating parent
-of each silent site. Normalisation layers (BatchNorm, SyncBatchNorm, InstanceNorm) always stay in
-eval mode, and every flag is restored on exit, also when the body raises.
+The user's model is never written to: not its flags, not its hooks. TorchScript models cannot be
+twinned; for them mcdrop switches the model's own flags while it samples, under a per-model lock,
+and warns.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
+import os
+import sys
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -31,24 +39,25 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
-from torch.overrides import TorchFunctionMode
 
+from mcdrop import _probe
+from mcdrop._engine.rng import SAMPLING_LOCK
+from mcdrop._twin import _model_lock, _twin, _unwrap_compiled
 from mcdrop._validation import check_choice
 
 __all__ = ["DropoutSite", "Scope", "dropout_enabled", "dropout_sites"]
 
 
 class Scope(str, Enum):
-    """Which modules :func:`dropout_enabled` puts in training mode.
+    """Which modules sample.
 
     ``"dropout"``
-        Dropout modules and the modules that gate dropout on their own ``training`` flag
-        (multi-head attention, transformer layers, parents of silent dropout children, modules
-        calling functional dropout): the default.
+        The modules that make the dropout calls training makes (found by a training-mode probe),
+        plus the parents whose flag a fused fast path needs: the default.
     ``"train_except_norm"``
-        Every module except normalisation layers with running statistics: for models whose
-        stochasticity mcdrop cannot see (custom ``if self.training`` logic).
+        Every module in training mode except normalisation layers with running statistics: for
+        stochastic layers that are not dropout (custom ``if self.training`` noise) that the user
+        wants sampled too.
     """
 
     DROPOUT = "dropout"
@@ -63,7 +72,7 @@ _DROPOUT_TYPES: tuple[type[nn.Module], ...] = (
     nn.AlphaDropout,
     nn.FeatureAlphaDropout,
 )
-# Modules that read their dropout rate into a fused kernel only when ``self.training`` is set.
+# Modules whose dropout runs only while they are training (fused kernels, eval fast paths).
 _GATING_TYPES: tuple[type[nn.Module], ...] = (
     nn.MultiheadAttention,
     nn.TransformerEncoderLayer,
@@ -72,21 +81,19 @@ _GATING_TYPES: tuple[type[nn.Module], ...] = (
 _NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase,  # BatchNorm1d/2d/3d, SyncBatchNorm, InstanceNorm*, lazy ones
 )
-_FUNCTIONAL_DROPOUT = {
-    F.dropout: "F.dropout",
-    F.dropout1d: "F.dropout1d",
-    F.dropout2d: "F.dropout2d",
-    F.dropout3d: "F.dropout3d",
-    F.alpha_dropout: "F.alpha_dropout",
-    F.feature_alpha_dropout: "F.feature_alpha_dropout",
-}
+_NORM_NAMES = frozenset(
+    ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm"]
+    + [f"InstanceNorm{d}d" for d in (1, 2, 3)]
+)
+_MAX_GATING_ROUNDS = 8
 
 ModuleFilter = str | Sequence[str] | Callable[[str, nn.Module], bool] | None
+Call = tuple[tuple[Any, ...], dict[str, Any]]
 
 
 @dataclass(frozen=True)
 class DropoutSite:
-    """One module that samples under :func:`dropout_enabled`.
+    """One module that samples.
 
     Parameters
     ----------
@@ -95,28 +102,43 @@ class DropoutSite:
     type : str
         Class name of the module.
     rate : float or None
-        Dropout probability the site uses when sampling, when mcdrop can read it.
+        Dropout probability the site uses when sampling, when known.
     reason : str
-        Why the site is switched on.
+        Why the site samples.
+    functions : tuple of str, default=()
+        The dropout functions the site calls in training mode (``"F.dropout"``,
+        ``"torch.lstm"``, ...), when a probe or the module type tells.
     """
 
     name: str
     type: str
     rate: float | None
     reason: str
+    functions: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         rate = "?" if self.rate is None else f"{self.rate:g}"
         return f"{self.name or '<model>'} ({self.type}, p={rate}): {self.reason}"
 
 
-def _rate(module: nn.Module) -> float | None:
+# -- small helpers ------------------------------------------------------------------------------
+def _class_name(module: nn.Module) -> str:
+    return str(getattr(module, "original_name", type(module).__name__))
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, _NORM_TYPES) or _class_name(module) in _NORM_NAMES
+
+
+def _static_rate(module: nn.Module) -> float | None:
     if isinstance(module, nn.MultiheadAttention):
         return float(module.dropout)
     if isinstance(module, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
         return float(module.dropout.p)
+    if isinstance(module, nn.RNNBase):
+        return float(module.dropout) if module.num_layers > 1 else 0.0
     p = getattr(module, "p", None)
-    return float(p) if isinstance(p, (int, float)) else None
+    return float(p) if isinstance(p, (int, float)) and not isinstance(p, bool) else None
 
 
 def _matches(selector: ModuleFilter, name: str, module: nn.Module) -> bool:
@@ -139,109 +161,303 @@ def _check_selector(name: str, selector: ModuleFilter) -> None:
     )
 
 
+def _parent(name: str) -> str | None:
+    if not name:
+        return None
+    return name.rsplit(".", 1)[0] if "." in name else ""
+
+
+def _user_stacklevel() -> int:
+    """``stacklevel`` for ``warnings.warn`` that points at the first frame outside mcdrop."""
+    internal = (os.path.dirname(os.path.abspath(__file__)), os.path.abspath(contextlib.__file__))
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(internal):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level
+
+
+def _as_call(example_inputs: Any) -> Call:
+    if isinstance(example_inputs, dict):
+        return (), dict(example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs), {}
+    return (example_inputs,), {}
+
+
+# -- static scan (no inputs, TorchScript) -------------------------------------------------------
 def _static_sites(
     model: nn.Module, scope: str, include: ModuleFilter, exclude: ModuleFilter
 ) -> dict[str, DropoutSite]:
+    """Sites recognisable without running the model: dropout modules, attention, RNNs."""
     sites: dict[str, DropoutSite] = {}
     for name, module in model.named_modules():
-        if _matches(exclude, name, module) or isinstance(module, _NORM_TYPES):
+        if _matches(exclude, name, module) or _is_norm(module):
             continue
-        if isinstance(module, _DROPOUT_TYPES):
+        kind = _class_name(module)
+        rate = _static_rate(module)
+        if rate == 0 and not _matches(include, name, module):
+            continue  # drops nothing (scope='train_except_norm' keeps it off: it is a no-op)
+        if isinstance(module, _DROPOUT_TYPES) or kind in {t.__name__ for t in _DROPOUT_TYPES}:
             reason = "dropout module"
         elif isinstance(module, nn.MultiheadAttention):
             reason = "attention dropout gated on its training flag (dropout_p = 0 in eval)"
         elif isinstance(module, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
             reason = "eval fast path skips dropout; training flag disables the fast path"
+        elif isinstance(module, nn.RNNBase) and rate:
+            reason = "inter-layer dropout of the RNN kernel, gated on its training flag"
+            sites[name] = DropoutSite(name, kind, rate, reason, (f"torch.{module.mode.lower()}",))
+            continue
         elif _matches(include, name, module):
             reason = "selected by include="
         elif scope == Scope.TRAIN_EXCEPT_NORM.value:
             reason = "scope='train_except_norm'"
         else:
             continue
-        sites[name] = DropoutSite(name, type(module).__name__, _rate(module), reason)
+        sites[name] = DropoutSite(name, kind, rate, reason)
     return sites
 
 
-class _FunctionalDropoutSpy(TorchFunctionMode):
-    """Records functional dropout calls that run with ``training=False`` and which module made them."""
-
-    def __init__(self, stack: list[str]) -> None:
-        super().__init__()
-        self.stack = stack
-        self.silent: dict[str, tuple[str, float]] = {}
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        kwargs = kwargs or {}
-        label = _FUNCTIONAL_DROPOUT.get(func)
-        if label is not None and self.stack:
-            p = kwargs.get("p", args[1] if len(args) > 1 else 0.5)
-            training = kwargs.get("training", args[2] if len(args) > 2 else True)
-            if not training and float(p) > 0.0:
-                self.silent.setdefault(self.stack[-1], (label, float(p)))
-        return func(*args, **kwargs)
-
-
-def _probe_silent_sites(
-    model: nn.Module, run: Callable[[], Any], enabled: dict[str, DropoutSite]
-) -> dict[str, DropoutSite]:
-    """Run one pass with ``enabled`` switched on; return the gating modules of silent sites."""
-    names = {module: name for name, module in model.named_modules()}
-    called: set[str] = set()
-    stack: list[str] = []
-    handles = []
-
-    def pre_hook(module: nn.Module, _args: Any) -> None:
-        stack.append(names[module])
-
-    def post_hook(module: nn.Module, _args: Any, _output: Any) -> None:
-        called.add(names[module])
-        if stack:
-            stack.pop()
-
-    for module in names:
-        handles.append(module.register_forward_pre_hook(pre_hook))
-        handles.append(module.register_forward_hook(post_hook, always_call=True))
-    spy = _FunctionalDropoutSpy(stack)
-    try:
-        # fork_rng: the probe must not shift the random stream that the sampling then draws.
-        with (
-            torch.random.fork_rng(devices=_cuda_devices(model)),
-            _switched(model, enabled),
-            torch.inference_mode(),
-            spy,
-        ):
-            run()
-    finally:
-        for handle in handles:
-            handle.remove()
-
-    modules = dict(model.named_modules())
-    found: dict[str, DropoutSite] = {}
+# -- the training-mode probe --------------------------------------------------------------------
+def _set_flags(modules: dict[str, nn.Module], on: set[str] | None) -> None:
+    """Training flag of every twin module: on for ``on`` (all when None), never for norms."""
     for name, module in modules.items():
-        rate = _rate(module)
-        if isinstance(module, _DROPOUT_TYPES) and name and name not in called and rate:
-            parent = name.rsplit(".", 1)[0] if "." in name else ""
-            if parent not in enabled:
-                found[parent] = DropoutSite(
-                    parent,
-                    type(modules[parent]).__name__,
-                    rate,
-                    f"its dropout child {name!r} is registered but never called: the rate is "
-                    "read into a fused kernel only when this module is training",
-                )
-    for name, (label, p) in spy.silent.items():
-        found.setdefault(
-            name,
-            DropoutSite(
-                name,
-                type(modules[name]).__name__,
-                p,
-                f"calls {label}(..., training=False): functional dropout gated on its training flag",
-            ),
+        module.training = (on is None or name in on) and not _is_norm(module)
+
+
+@dataclass
+class _Probe:
+    """Inputs of the probe passes: two examples, and the whole first batch to explain errors."""
+
+    call: Call
+    batch: Call | None = None
+
+
+def _run_probe(
+    twin: nn.Module,
+    modules: dict[str, nn.Module],
+    probe: _Probe,
+    *,
+    record_calls: bool,
+    what: str,
+    model: nn.Module,
+) -> _probe.Trace:
+    devices = sorted({t.device for t in twin.parameters() if t.device.type == "cuda"}, key=str)
+    args, kwargs = probe.call
+    try:
+        with SAMPLING_LOCK, torch.random.fork_rng(devices=devices), torch.inference_mode():
+            return _probe.trace(twin, lambda: twin(*args, **kwargs), record_calls=record_calls)
+    except Exception as error:
+        # The user's own error (a wrong input width, ...), as the whole batch in eval mode gives it.
+        flags = {name: module.training for name, module in modules.items()}
+        _set_flags(modules, set())
+        full_args, full_kwargs = probe.batch or probe.call
+        with torch.random.fork_rng(devices=devices), torch.inference_mode():
+            twin(*full_args, **full_kwargs)
+        for name, module in modules.items():
+            module.training = flags[name]
+        raise ValueError(
+            f"Running `{type(model).__name__}` {what} on 2 examples of the first batch raised "
+            f"{type(error).__name__}: {error}; in eval mode it runs. mcdrop runs this probe to "
+            "find the dropout that training applies. If the model needs other inputs in "
+            "training mode (e.g. targets), pass `detect_silent=False` to sample the modules that "
+            "are recognisably dropout (nn.Dropout, attention, RNNs), or `include=` naming the "
+            "modules to sample."
+        ) from error
+
+
+def _reason(label: str, module: nn.Module) -> str:
+    if isinstance(module, _DROPOUT_TYPES):
+        return "dropout module"
+    return f"calls {label} in training mode"
+
+
+def _probed_sites(
+    twin: nn.Module,
+    modules: dict[str, nn.Module],
+    probe: _Probe,
+    include: ModuleFilter,
+    exclude: ModuleFilter,
+    model: nn.Module,
+) -> tuple[dict[str, DropoutSite], Counter[_probe.Call]]:
+    """Sites from the training-mode probe, and the dropout calls the sampling twin must make."""
+    _set_flags(modules, None)
+    reference = _run_probe(
+        twin,
+        modules,
+        probe,
+        record_calls=True,
+        what="in training mode (norm layers in eval)",
+        model=model,
+    )
+    expected: Counter[_probe.Call] = Counter()
+    sites: dict[str, DropoutSite] = {}
+    for (name, label, p), count in reference.calls.items():
+        if _matches(exclude, name, modules[name]):
+            continue
+        expected[(name, label, p)] = count
+        site = sites.get(name)
+        if site is None:
+            site = DropoutSite(name, _class_name(modules[name]), p, _reason(label, modules[name]))
+        if label not in site.functions:
+            site = dataclasses.replace(site, functions=(*site.functions, label))
+        sites[name] = site
+    for name, module in modules.items():
+        if (
+            name not in sites
+            and _matches(include, name, module)
+            and not _matches(exclude, name, module)
+        ):
+            sites[name] = DropoutSite(
+                name, _class_name(module), _static_rate(module), "selected by include="
+            )
+    return sites, expected
+
+
+def _add_gates(
+    sites: dict[str, DropoutSite],
+    modules: dict[str, nn.Module],
+    missing: set[str],
+    exclude: ModuleFilter,
+) -> bool:
+    """Switch on the nearest parent of each module in ``missing``; False when none is left."""
+    added = False
+    for name in sorted(missing):
+        parent = _parent(name)
+        while parent is not None and parent in sites:
+            parent = _parent(parent)
+        if parent is None or _matches(exclude, parent, modules[parent]):
+            continue
+        sites[parent] = DropoutSite(
+            parent,
+            _class_name(modules[parent]),
+            sites[name].rate if name in sites else None,
+            f"gates the dropout of {name or '<model>'!r}: it runs only while this module is "
+            "training (fused fast path or `if self.training`)",
         )
-    return {name: site for name, site in found.items() if name not in enabled}
+        added = True
+    return added
 
 
+def _fast_path_gates(sites: dict[str, DropoutSite], modules: dict[str, nn.Module]) -> None:
+    """Switch on PyTorch's transformer layers that hold a site: in eval mode their fused fast path
+    skips every dropout inside. A probe cannot see it: the fast path is off whenever a hook or a
+    ``TorchFunctionMode`` is active."""
+    for name, module in modules.items():
+        if name in sites or not isinstance(module, _GATING_TYPES[1:]):
+            continue
+        inner = [s for s in sites if s.startswith(f"{name}.")]
+        if inner:
+            sites[name] = DropoutSite(
+                name,
+                _class_name(module),
+                sites[inner[0]].rate,
+                "eval fast path skips dropout; training flag disables the fast path",
+            )
+
+
+def _reproduce(
+    twin: nn.Module,
+    modules: dict[str, nn.Module],
+    probe: _Probe,
+    sites: dict[str, DropoutSite],
+    expected: Counter[_probe.Call],
+    exclude: ModuleFilter,
+    model: nn.Module,
+) -> _probe.Trace:
+    """Switch the sites on and check the twin makes the expected calls; add gating parents.
+
+    Returns the trace of the sampling twin's probe (its FLOPs decide the ``auto`` strategy)."""
+    what = "with its dropout sites in training mode"
+    missing: set[_probe.Call] = set()
+    for _ in range(_MAX_GATING_ROUNDS):
+        _fast_path_gates(sites, modules)
+        _set_flags(modules, set(sites))
+        made = _run_probe(twin, modules, probe, record_calls=True, what=what, model=model)
+        # Fewer calls in the training probe than now is a training-mode layer skip (layerdrop).
+        missing = {key for key, count in expected.items() if made.calls[key] < count}
+        if not missing:
+            return made
+        if not _add_gates(sites, modules, {name for name, _, _ in missing}, exclude):
+            break
+    listing = "; ".join(f"{n or '<model>'}: {label}(p={p:g})" for n, label, p in sorted(missing))
+    raise ValueError(
+        f"Expected the sampling twin of `{type(model).__name__}` to make every dropout call that "
+        f"training mode makes, but these would be missed: {listing}. Pass "
+        "`scope='train_except_norm'` to sample with every module but the norm layers in "
+        "training mode, or `include=` naming the modules that gate them."
+    )
+
+
+def _plan(
+    twin: nn.Module,
+    scope: str,
+    include: ModuleFilter,
+    exclude: ModuleFilter,
+    probe: _Probe | None,
+    model: nn.Module,
+) -> tuple[list[DropoutSite], _probe.Trace]:
+    """Find the sites on ``twin`` and leave its flags set for sampling; also return the sampling
+    probe's trace (empty without a probe)."""
+    modules = dict(twin.named_modules())
+    trace = _probe.Trace()
+    if probe is None or scope == Scope.TRAIN_EXCEPT_NORM.value:
+        sites = _static_sites(twin, scope, include, exclude)
+    else:
+        sites, expected = _probed_sites(twin, modules, probe, include, exclude, model)
+        if expected:
+            trace = _reproduce(twin, modules, probe, sites, expected, exclude, model)
+    _set_flags(modules, set(sites))
+    order = {name: i for i, name in enumerate(modules)}
+    return sorted(sites.values(), key=lambda site: order[site.name]), trace
+
+
+def _check_sites(model: nn.Module, sites: list[DropoutSite]) -> None:
+    if sites:
+        return
+    zero = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, (*_DROPOUT_TYPES, *_GATING_TYPES, nn.RNNBase))
+        and _static_rate(module) == 0
+    ]
+    if zero:
+        raise ValueError(
+            f"Expected a dropout rate > 0, but every dropout site of `{type(model).__name__}` has "
+            f"rate 0 ({', '.join(zero)}); Monte Carlo dropout would return zero uncertainty."
+        )
+    raise ValueError(
+        f"Found no dropout in the model `{type(model).__name__}`: training mode makes no dropout "
+        "call with a rate above 0 (nn.Dropout, attention dropout, RNN dropout, F.dropout). For "
+        "other stochastic layers, pass `scope='train_except_norm'` or `include=` naming the "
+        "modules to put in training mode."
+    )
+
+
+def _validate(model: Any, scope: Any, include: ModuleFilter, exclude: ModuleFilter) -> str:
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"Expected `model` to be a torch.nn.Module, but got {type(model).__name__}."
+        )
+    _check_selector("include", include)
+    _check_selector("exclude", exclude)
+    return check_choice("scope", str(getattr(scope, "value", scope)), [s.value for s in Scope])
+
+
+def _warn_if_training(model: nn.Module) -> None:
+    if any(module.training for module in model.modules()):
+        warnings.warn(
+            f"`{type(model).__name__}` is in training mode; mcdrop samples a twin of it with only "
+            "the dropout sites in training mode (normalisation layers in eval, their statistics "
+            "untouched) and leaves the model as it is. Call model.eval() first to silence this "
+            "warning.",
+            UserWarning,
+            stacklevel=_user_stacklevel(),
+        )
+
+
+# -- public API ---------------------------------------------------------------------------------
 def dropout_sites(
     model: nn.Module,
     *,
@@ -250,12 +466,12 @@ def dropout_sites(
     exclude: ModuleFilter = None,
     example_inputs: Any = None,
 ) -> list[DropoutSite]:
-    """List the modules that :func:`dropout_enabled` would switch to sampling, and why.
+    """List the modules that sample under Monte Carlo dropout, and why.
 
     Parameters
     ----------
     model : nn.Module
-        The trained model. It is not changed.
+        The trained model. It is never written to (the probe runs on a twin).
     scope : {"dropout", "train_except_norm"}, default="dropout"
         See :class:`Scope`.
     include : str, list of str or callable, optional
@@ -265,104 +481,80 @@ def dropout_sites(
         Modules to leave in eval mode, same forms as ``include``; wins over everything else.
     example_inputs : Tensor, tuple or dict, optional
         A small batch (positional tensor, tuple of positional arguments or dict of keyword
-        arguments). When given, one probe pass finds dropout modules that are registered but
-        never called (their parent feeds the rate to a fused kernel) and functional dropout
-        called with ``training=False``; the gating modules are added to the list.
+        arguments). When given, the sites are what training mode really runs (module docstring):
+        two probe passes on a twin. Without it, the modules that are recognisably dropout
+        (dropout modules, attention, transformer layers, RNNs with dropout) are listed.
 
     Returns
     -------
     list of DropoutSite
         In ``model.named_modules()`` order.
     """
-    call = None if example_inputs is None else _as_call(example_inputs)
-    return _find_sites(model, scope, include, exclude, call)
+    scope = _validate(model, scope, include, exclude)
+    probe = None if example_inputs is None else _Probe(_as_call(example_inputs))
+    with _sampling_twin(model, scope, include, exclude, probe, warn=False) as sampling:
+        return sampling.sites
 
 
-def _find_sites(
+@dataclass(frozen=True)
+class _Sampling:
+    """What :func:`_sampling_twin` yields: the module to sample, its sites, the probe's trace."""
+
+    module: nn.Module
+    sites: list[DropoutSite]
+    trace: _probe.Trace
+
+
+@contextlib.contextmanager
+def _sampling_twin(
     model: nn.Module,
     scope: str,
     include: ModuleFilter,
     exclude: ModuleFilter,
-    call: tuple[tuple[Any, ...], dict[str, Any]] | None,
-) -> list[DropoutSite]:
-    """:func:`dropout_sites` with the probe inputs given as ``(args, kwargs)``."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(
-            f"Expected `model` to be a torch.nn.Module, but got {type(model).__name__}."
-        )
-    scope = check_choice("scope", scope, [s.value for s in Scope])
-    _check_selector("include", include)
-    _check_selector("exclude", exclude)
-    sites = _static_sites(model, scope, include, exclude)
-    if call is not None and scope == Scope.DROPOUT.value:
-        args, kwargs = call
-        for _ in range(4):  # a gating module found in one round can hide another behind it
-            extra = _probe_silent_sites(model, lambda: model(*args, **kwargs), sites)
-            extra = {n: s for n, s in extra.items() if not _matches(exclude, n, _get(model, n))}
-            if not extra:
-                break
-            sites.update(extra)
-    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
-    return sorted(sites.values(), key=lambda site: order[site.name])
-
-
-def _cuda_devices(model: nn.Module) -> list[torch.device]:
-    return sorted({t.device for t in model.parameters() if t.device.type == "cuda"}, key=str)
-
-
-def _get(model: nn.Module, name: str) -> nn.Module:
-    return model.get_submodule(name) if name else model
-
-
-def _as_call(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    if isinstance(example_inputs, dict):
-        return (), dict(example_inputs)
-    if isinstance(example_inputs, (tuple, list)):
-        return tuple(example_inputs), {}
-    return (example_inputs,), {}
+    probe: _Probe | None,
+    *,
+    warn: bool = True,
+) -> Iterator[_Sampling]:
+    """The module that samples and its sites: a twin, or for TorchScript the locked model."""
+    inner, compiled = _unwrap_compiled(model)
+    twin = _twin(inner)
+    if twin is None:
+        with _scripted(model, scope, include, exclude, warn=warn) as found:
+            yield _Sampling(model, found, _probe.Trace())
+        return
+    if warn:
+        _warn_if_training(inner)
+    sites, trace = _plan(twin, scope, include, exclude, probe, inner)
+    if compiled:  # same dynamo context (backend, options): graphs compiled once are reused
+        twin = type(model)(twin, model.dynamo_ctx)  # type: ignore[call-arg]
+    yield _Sampling(twin, sites, trace)
 
 
 @contextlib.contextmanager
-def _switched(model: nn.Module, sites: dict[str, DropoutSite]) -> Iterator[None]:
-    """Set ``training`` of every module: on for ``sites``, off otherwise; restore on exit."""
-    previous = [(module, module.training) for module in model.modules()]
-    try:
-        for name, module in model.named_modules():
-            module.training = name in sites and not isinstance(module, _NORM_TYPES)
-        yield
-    finally:
-        for module, flag in previous:
-            module.training = flag
-
-
-def _check_sites(model: nn.Module, sites: list[DropoutSite], scope: str) -> None:
-    if not sites:
-        raise ValueError(
-            f"Found no dropout in the model `{type(model).__name__}`: Monte Carlo dropout needs "
-            "dropout modules (nn.Dropout, attention dropout, ...). If the model uses functional "
-            "dropout or custom stochastic layers, pass `scope='train_except_norm'` or "
-            "`include=` naming the modules to put in training mode."
-        )
-    if scope == Scope.DROPOUT.value and all(
-        site.rate is not None and site.rate == 0 for site in sites
-    ):
-        listing = ", ".join(site.name or "<model>" for site in sites)
-        raise ValueError(
-            f"Expected a dropout rate > 0, but every dropout site of `{type(model).__name__}` has "
-            f"rate 0 ({listing}); Monte Carlo dropout would return zero uncertainty."
-        )
-
-
-def _warn_if_training(model: nn.Module) -> None:
-    if any(module.training for module in model.modules()):
+def _scripted(
+    model: nn.Module, scope: str, include: ModuleFilter, exclude: ModuleFilter, *, warn: bool
+) -> Iterator[list[DropoutSite]]:
+    """Fallback for TorchScript: switch the model's own flags under a per-model lock."""
+    if warn:
         warnings.warn(
-            f"`{type(model).__name__}` was in training mode on entry; mcdrop samples with only the "
-            "dropout sites in training mode (normalisation layers in eval, their statistics "
-            "untouched) and restores the flags afterwards. Call model.eval() first to silence "
-            "this warning.",
+            f"`{type(model).__name__}` holds TorchScript modules, which mcdrop cannot twin: it "
+            "switches the model's own dropout flags while sampling (under a lock, restored "
+            "afterwards). Other threads calling this model meanwhile see dropout on; sample an "
+            "eager (not scripted) model to avoid this.",
             UserWarning,
-            stacklevel=4,
+            stacklevel=_user_stacklevel(),
         )
+    sites = _static_sites(model, scope, include, exclude)
+    modules = dict(model.named_modules())
+    order = {name: i for i, name in enumerate(modules)}
+    with _model_lock(model):
+        previous = {name: module.training for name, module in modules.items()}
+        try:
+            _set_flags(modules, set(sites))
+            yield sorted(sites.values(), key=lambda site: order[site.name])
+        finally:
+            for name, module in modules.items():
+                module.training = previous[name]
 
 
 @contextlib.contextmanager
@@ -373,14 +565,14 @@ def dropout_enabled(
     include: ModuleFilter = None,
     exclude: ModuleFilter = None,
     example_inputs: Any = None,
-    sites: Sequence[DropoutSite] | None = None,
-) -> Iterator[list[DropoutSite]]:
-    """Switch exactly the dropout sites of ``model`` to sampling for the ``with`` block.
+) -> Iterator[nn.Module]:
+    """A module that computes ``model`` with exactly its dropout sampling; ``model`` untouched.
 
-    Every module's ``training`` flag is set explicitly: on for the sites listed by
-    :func:`dropout_sites`, off for everything else (normalisation layers always off, so their
-    running statistics are neither used nor updated). On exit every flag is restored to what it
-    was, also when the block raises. Parameters and buffers are never touched.
+    Yields a twin of ``model``: new module objects sharing its parameters, buffers and hooks, with
+    the sites of :func:`dropout_sites` in training mode and everything else (normalisation layers
+    always) in eval mode. The model itself is never written to, so other threads may keep calling
+    it. TorchScript models cannot be twinned: their own flags are switched inside the block,
+    under a per-model lock, restored on exit (with a warning).
 
     Parameters
     ----------
@@ -391,14 +583,12 @@ def dropout_enabled(
     include, exclude : str, list of str or callable, optional
         See :func:`dropout_sites`.
     example_inputs : Tensor, tuple or dict, optional
-        See :func:`dropout_sites`: enables the probe for silent (fused or functional) sites.
-    sites : list of DropoutSite, optional
-        Use this list (from :func:`dropout_sites`) instead of computing it.
+        See :func:`dropout_sites`: the sites are then what training mode runs.
 
     Yields
     ------
-    list of DropoutSite
-        The sites switched on.
+    nn.Module
+        The module to sample (call it as you would call ``model``).
 
     Raises
     ------
@@ -412,20 +602,12 @@ def dropout_enabled(
     >>> import mcdrop
     >>> model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 2))
     >>> _ = model.eval()
-    >>> with mcdrop.dropout_enabled(model) as sites:
-    ...     [site.name for site in sites], model[1].training, model[2].training
-    (['2'], False, True)
-    >>> model[2].training
-    False
+    >>> with mcdrop.dropout_enabled(model, example_inputs=torch.randn(2, 4)) as sampler:
+    ...     sampler[1].training, sampler[2].training, model[2].training
+    (False, True, False)
     """
-    if sites is None:
-        found = dropout_sites(
-            model, scope=scope, include=include, exclude=exclude, example_inputs=example_inputs
-        )
-    else:
-        found = list(sites)
-    scope_value = scope.value if isinstance(scope, Scope) else str(scope)
-    _check_sites(model, found, scope_value)
-    _warn_if_training(model)
-    with _switched(model, {site.name: site for site in found}):
-        yield found
+    scope = _validate(model, scope, include, exclude)
+    probe = None if example_inputs is None else _Probe(_as_call(example_inputs))
+    with _sampling_twin(model, scope, include, exclude, probe) as sampling:
+        _check_sites(model, sampling.sites)
+        yield sampling.module

@@ -83,3 +83,66 @@ class FunctionalDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.relu(self.fc1(x))
         return self.fc2(F.dropout(h, self.p, self.training))
+
+
+def training_reference(model: nn.Module, forward, n_samples: int, keep_eval=()) -> torch.Tensor:
+    """``(T, ...)`` outputs of a naive loop in training mode, norm layers (and ``keep_eval``) in eval.
+
+    The independent reference for Monte Carlo dropout: when dropout is a model's only training-mode
+    randomness, mcdrop must agree with it within Monte Carlo error. The model's flags are restored.
+    """
+    flags = {m: m.training for m in model.modules()}
+    try:
+        model.train()
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._NormBase) or module in keep_eval:
+                module.eval()
+        with torch.no_grad():
+            return torch.stack([forward(model) for _ in range(n_samples)])
+    finally:
+        for module, flag in flags.items():
+            module.training = flag
+
+
+def _mutual_information(probs: torch.Tensor, class_dim: int) -> torch.Tensor:
+    """Mean over examples of H(E[p]) - E[H(p)] from probabilities ``(T, N, ...)``."""
+    probs = probs.double().clamp_min(1e-300)
+    mean = probs.mean(0)
+    total = -(mean * mean.log()).sum(class_dim)
+    expected = -(probs * probs.log()).sum(class_dim + 1 if class_dim >= 0 else class_dim).mean(0)
+    return (total - expected).mean()
+
+
+def assert_matches_reference(result, reference_logits: torch.Tensor, class_dim: int = 1) -> None:
+    """Mean probabilities and mutual information agree with the reference within MC error.
+
+    ``result`` needs ``keep_samples=True``. Means: every element within 6 standard errors of the
+    difference and the mean squared z-score below 2 (about 1 when both agree). Mutual information
+    (averaged over examples): within 4 bootstrap standard errors of the difference.
+    """
+    ours = result.samples.double()
+    theirs = torch.softmax(reference_logits.double(), dim=class_dim + 1 if class_dim >= 0 else -1)
+    t1, t2 = ours.shape[0], theirs.shape[0]
+    se = (ours.var(0) / t1 + theirs.var(0) / t2).sqrt().clamp_min(1e-6)
+    z = (ours.mean(0) - theirs.mean(0)) / se
+    assert z.abs().max() < 6 and (z**2).mean() < 2, f"means differ: max |z| {z.abs().max():.2f}"
+    gen = torch.Generator().manual_seed(0)
+
+    def boot(samples: torch.Tensor) -> torch.Tensor:
+        draws = [
+            _mutual_information(
+                samples[torch.randint(0, len(samples), (len(samples),), generator=gen)], class_dim
+            )
+            for _ in range(40)
+        ]
+        return torch.stack(draws).std()
+
+    mi_ours, mi_theirs = (
+        _mutual_information(ours, class_dim),
+        _mutual_information(theirs, class_dim),
+    )
+    tol = 4 * (boot(ours) ** 2 + boot(theirs) ** 2).sqrt()
+    assert mi_theirs > 1e-3, "the reference has no epistemic uncertainty: the test could not fail"
+    assert abs(mi_ours - mi_theirs) < tol, (
+        f"MI {mi_ours:.4f} vs reference {mi_theirs:.4f} (tol {tol:.4f})"
+    )

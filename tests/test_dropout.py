@@ -15,20 +15,26 @@ def _flags(model: nn.Module) -> dict[str, bool]:
     return {name: module.training for name, module in model.named_modules()}
 
 
-def test_only_dropout_modules_train_and_flags_restored():
+def test_only_dropout_samples_and_the_model_is_never_written_to():
     model = MLP().eval()
-    model.head.train()  # an unusual but legal mixed state must come back exactly
+    model.head.train()  # an unusual but legal mixed state must stay exactly as it is
     before = _flags(model)
     with pytest.warns(UserWarning, match="training mode"):
-        with mcdrop.dropout_enabled(model) as sites:
-            assert [s.name for s in sites] == ["drop"]
-            assert model.drop.training
-            assert not model.body[1].training  # BatchNorm stays in eval
-            assert not model.head.training  # was on, is off while sampling
+        with mcdrop.dropout_enabled(model, example_inputs=torch.randn(2, 6)) as sampler:
+            assert _flags(model) == before  # the model itself, not for an instant
+            assert sampler is not model and sampler.drop is not model.drop
+            assert sampler.drop.training
+            assert not sampler.body[1].training  # BatchNorm stays in eval
+            assert not sampler.head.training  # was on in the model, is off while sampling
+            assert sampler.head.weight is model.head.weight  # shared, not copied
+            assert sampler.body[1].running_mean is model.body[1].running_mean
+    assert [s.name for s in mcdrop.dropout_sites(model, example_inputs=torch.randn(2, 6))] == [
+        "drop"
+    ]
     assert _flags(model) == before
 
 
-def test_flags_restored_when_body_raises():
+def test_flags_untouched_when_body_raises():
     model = MLP().eval()
     before = _flags(model)
     with pytest.raises(RuntimeError, match="boom"):
@@ -63,7 +69,8 @@ def test_fused_attention_child_is_detected_with_example_inputs():
     assert static == {"attn.attn_drop"}  # registered, but never called
     probed = {s.name: s for s in mcdrop.dropout_sites(model, example_inputs=x)}
     assert "attn" in probed
-    assert "never called" in probed["attn"].reason
+    assert "scaled_dot_product_attention" in probed["attn"].reason
+    assert "attn.attn_drop" not in probed  # never called: sampling it would change nothing
     assert probed["attn"].rate == pytest.approx(0.4)
 
 
@@ -84,20 +91,20 @@ def test_train_except_norm_scope_keeps_norm_layers_in_eval():
         nn.InstanceNorm1d(4, track_running_stats=True),
         nn.ReLU(),
     ).eval()
-    with mcdrop.dropout_enabled(model, scope="train_except_norm") as sites:
-        names = {s.name for s in sites}
-        assert {"", "0", "3"} <= names
-        assert not model[1].training and not model[2].training
-        assert model[0].training
+    names = {s.name for s in mcdrop.dropout_sites(model, scope="train_except_norm")}
+    assert {"", "0", "3"} <= names and not {"1", "2"} & names
+    with mcdrop.dropout_enabled(model, scope="train_except_norm") as sampler:
+        assert not sampler[1].training and not sampler[2].training
+        assert sampler[0].training
     assert not any(m.training for m in model.modules())
     assert Scope("train_except_norm") is Scope.TRAIN_EXCEPT_NORM
 
 
 def test_include_and_exclude_by_pattern_and_predicate():
     model = MLP().eval()
-    with mcdrop.dropout_enabled(model, include="body.0") as sites:
-        assert {s.name for s in sites} == {"drop", "body.0"}
-        assert model.body[0].training
+    assert {s.name for s in mcdrop.dropout_sites(model, include="body.0")} == {"drop", "body.0"}
+    with mcdrop.dropout_enabled(model, include="body.0") as sampler:
+        assert sampler.body[0].training and not model.body[0].training
     keep_head = mcdrop.dropout_sites(model, include=lambda name, m: isinstance(m, nn.Linear))
     assert {s.name for s in keep_head} == {"drop", "body.0", "head"}
     with pytest.raises(ValueError, match="no dropout"):

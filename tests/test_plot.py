@@ -62,7 +62,7 @@ def _classification_data(n=400, c=4, seed=0):
     rng = np.random.default_rng(seed)
     logits = rng.normal(scale=2.0, size=(n, c))
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    y = np.array([rng.choice(c, p=p) for p in probs ** 0.7 / (probs ** 0.7).sum(1, keepdims=True)])
+    y = np.array([rng.choice(c, p=p) for p in probs**0.7 / (probs**0.7).sum(1, keepdims=True)])
     return y, probs
 
 
@@ -82,9 +82,14 @@ def _classification_result(n=60, c=3, t=8, extra=(), targets=True, keep_samples=
     variation = 1.0 - (pred == modal).double().mean(0)
     labels = torch.randint(0, c, (n, *extra), generator=gen) if targets else None
     return ClassificationResult(
-        mean=mean, variance=variance, predictive_entropy=entropy(mean, 1),
-        expected_entropy=entropy(samples, 2).mean(0), variation_ratio=variation, n_samples=t,
-        targets=labels, samples=samples if keep_samples else None,
+        mean=mean,
+        variance=variance,
+        predictive_entropy=entropy(mean, 1),
+        expected_entropy=entropy(samples, 2).mean(0),
+        variation_ratio=variation,
+        n_samples=t,
+        targets=labels,
+        samples=samples if keep_samples else None,
     )
 
 
@@ -96,9 +101,14 @@ def _regression_result(n=80, t=10, targets=True, keep_samples=True, seed=0):
     epistemic = samples.var(0, unbiased=False)
     aleatoric = torch.full_like(mean, 0.2)
     y = mean + torch.randn(mean.shape, generator=gen, dtype=torch.float64) * 0.5
-    return RegressionResult(mean=mean, epistemic_variance=epistemic, aleatoric_variance=aleatoric,
-                            n_samples=t, targets=y if targets else None,
-                            samples=samples if keep_samples else None)
+    return RegressionResult(
+        mean=mean,
+        epistemic_variance=epistemic,
+        aleatoric_variance=aleatoric,
+        n_samples=t,
+        targets=y if targets else None,
+        samples=samples if keep_samples else None,
+    )
 
 
 def _legend_texts(ax):
@@ -199,8 +209,7 @@ def test_reliability_labels_legend_histogram(pyplot):
     assert display.hist_ax_ is not None
     assert display.hist_ax_.get_xlabel() == "Confidence"
     assert display.figure_ is ax.figure is display.hist_ax_.figure
-    np.testing.assert_allclose(display.hist_.get_data().values,
-                               display.count / display.count.sum())
+    np.testing.assert_allclose(display.hist_.get_data().values, display.count / display.count.sum())
     np.testing.assert_allclose(display.hist_.get_data().edges, display.edges)
 
 
@@ -341,8 +350,9 @@ def test_accuracy_rejection_stores_metric_output(pyplot):
     # the oracle rejects errors first: perfect accuracy once the errors are gone
     n_errors = np.sum(probs.argmax(1) != y)
     kept = display.oracle_rejection_fraction >= n_errors / y.size - 1e-12
-    np.testing.assert_allclose(display.oracle_accuracy[kept & np.isfinite(
-        display.oracle_accuracy)], 1.0)
+    np.testing.assert_allclose(
+        display.oracle_accuracy[kept & np.isfinite(display.oracle_accuracy)], 1.0
+    )
     ax = display.ax_
     assert ax.get_xlabel() == "Fraction of samples rejected"
     assert ax.get_ylabel() == "Accuracy on retained samples"
@@ -354,8 +364,9 @@ def test_accuracy_rejection_stores_metric_output(pyplot):
 def test_accuracy_rejection_custom_scores_kwargs_and_no_oracle(pyplot):
     y, probs = _classification_data()
     scores = torch.from_numpy(np.random.default_rng(0).uniform(size=y.size))
-    display = AccuracyRejectionDisplay.from_predictions(y, probs, scores=scores, oracle=False,
-                                                        color="purple", linestyle="-.")
+    display = AccuracyRejectionDisplay.from_predictions(
+        y, probs, scores=scores, oracle=False, color="purple", linestyle="-."
+    )
     _, accuracy = accuracy_rejection_curve(y, probs, scores.numpy())
     np.testing.assert_allclose(display.accuracy, accuracy)
     assert display.oracle_line_ is None and display.oracle_accuracy is None
@@ -373,8 +384,9 @@ def test_accuracy_rejection_from_result_compares_scores(pyplot):
     assert any(t.startswith("Predictive entropy (AURC = ") for t in texts)
     assert any(t.startswith("Mutual information (AURC = ") for t in texts)
     assert texts.count("Random rejection") == 1 and texts.count("Oracle") == 1
-    _, accuracy = accuracy_rejection_curve(result.targets.numpy(), result.mean.numpy(),
-                                           result.mutual_information.numpy())
+    _, accuracy = accuracy_rejection_curve(
+        result.targets.numpy(), result.mean.numpy(), result.mutual_information.numpy()
+    )
     np.testing.assert_allclose(by_mi.accuracy, accuracy)
     with pytest.raises(ValueError, match="Expected `score` to be one of"):
         AccuracyRejectionDisplay.from_result(result, score="entropy")
@@ -396,8 +408,9 @@ def _ood_scores():
 
 def test_ood_histogram(pyplot):
     s_in, s_out = _ood_scores()
-    display = OODHistogramDisplay.from_scores(s_in, s_out, bins=20, name="MC dropout",
-                                              score_name="Mutual information")
+    display = OODHistogramDisplay.from_scores(
+        s_in, s_out, bins=20, name="MC dropout", score_name="Mutual information"
+    )
     edges = np.histogram_bin_edges(np.concatenate([s_in, s_out]), bins=20)
     np.testing.assert_allclose(display.edges, edges)
     np.testing.assert_allclose(display.density_in, np.histogram(s_in, edges, density=True)[0])
@@ -415,12 +428,14 @@ def test_ood_histogram(pyplot):
 def test_ood_histogram_from_result(pyplot):
     fig, ax = pyplot.subplots()
     result_in, result_out = _classification_result(seed=0), _classification_result(seed=1)
-    display = OODHistogramDisplay.from_result(result_in, result_out, score="predictive_entropy",
-                                              ax=ax)
+    display = OODHistogramDisplay.from_result(
+        result_in, result_out, score="predictive_entropy", ax=ax
+    )
     assert display.ax_ is ax and display.figure_ is fig
     assert display.score_name == "Predictive entropy (nats)"
     assert display.auroc == pytest.approx(
-        ood_auroc(result_in.predictive_entropy.numpy(), result_out.predictive_entropy.numpy()))
+        ood_auroc(result_in.predictive_entropy.numpy(), result_out.predictive_entropy.numpy())
+    )
     reg = OODHistogramDisplay.from_result(_regression_result(seed=0), _regression_result(seed=1))
     assert reg.score_name == "Predictive standard deviation"
     with pytest.raises(TypeError, match="`bins`"):
@@ -483,8 +498,9 @@ def test_regression_calibration(pyplot):
 def test_regression_calibration_levels_epistemic_and_errors(pyplot):
     result = _regression_result()
     levels = np.array([0.2, 0.5, 0.8, 0.95])
-    display = RegressionCalibrationDisplay.from_result(result, kind="epistemic", levels=levels,
-                                                       fill=False, color="k")
+    display = RegressionCalibrationDisplay.from_result(
+        result, kind="epistemic", levels=levels, fill=False, color="k"
+    )
     y, mean = result.targets.numpy().ravel(), result.mean.numpy().ravel()
     std = result.epistemic_variance.sqrt().numpy().ravel()
     _, observed = interval_calibration_curve(y, mean, std, levels=levels)
@@ -502,7 +518,8 @@ def test_predictive_bands_from_predictions(pyplot):
     mean, std, epi = np.sin(x), np.full(50, 0.4), np.full(50, 0.1)
     y = mean + rng.normal(scale=0.4, size=50)
     display = PredictiveBandsDisplay.from_predictions(
-        x, mean, std, epistemic_std=epi, y_true=y, x_train=x[:10], y_train=y[:10], level=0.9)
+        x, mean, std, epistemic_std=epi, y_true=y, x_train=x[:10], y_train=y[:10], level=0.9
+    )
     order = np.argsort(x)
     z = norm.ppf(0.95)
     np.testing.assert_allclose(display.x, x[order])
@@ -513,8 +530,13 @@ def test_predictive_bands_from_predictions(pyplot):
     np.testing.assert_allclose(display.targets_.get_offsets(), np.c_[x[order], y[order]])
     np.testing.assert_allclose(display.train_points_.get_offsets(), np.c_[x[:10], y[:10]])
     texts = _legend_texts(display.ax_)
-    assert {"Predictive mean", "90% interval (total)", "90% interval (epistemic)",
-            "Training data", "Targets"} <= set(texts)
+    assert {
+        "Predictive mean",
+        "90% interval (total)",
+        "90% interval (epistemic)",
+        "Training data",
+        "Targets",
+    } <= set(texts)
     # the epistemic band is drawn more opaque than the total one, in the mean's colour
     assert display.epistemic_band_.get_alpha() > display.total_band_.get_alpha()
 
@@ -523,8 +545,9 @@ def test_predictive_bands_from_result(pyplot):
     result = _regression_result()
     x = torch.linspace(-2, 2, 80)[:, None]
     _, ax = pyplot.subplots()
-    display = PredictiveBandsDisplay.from_result(result, x, ax=ax, color="tab:orange",
-                                                 name="MC dropout")
+    display = PredictiveBandsDisplay.from_result(
+        result, x, ax=ax, color="tab:orange", name="MC dropout"
+    )
     lower, upper = result.interval(0.95)
     e_lower, _ = result.interval(0.95, kind="epistemic")
     np.testing.assert_allclose(display.total_lower, lower.numpy().ravel())
@@ -544,8 +567,9 @@ def test_predictive_bands_errors(pyplot):
     with pytest.raises(ValueError, match="Expected `level` to be a number in"):
         PredictiveBandsDisplay.from_predictions(np.zeros(5), np.zeros(5), np.ones(5), level=1.0)
     with pytest.raises(ValueError, match="`x_train` and `y_train`"):
-        PredictiveBandsDisplay.from_predictions(np.zeros(5), np.zeros(5), np.ones(5),
-                                                x_train=np.zeros(3))
+        PredictiveBandsDisplay.from_predictions(
+            np.zeros(5), np.zeros(5), np.ones(5), x_train=np.zeros(3)
+        )
 
 
 def test_residual_std(pyplot):
@@ -556,10 +580,8 @@ def test_residual_std(pyplot):
     np.testing.assert_allclose(display.abs_residual, np.abs(y))
     np.testing.assert_allclose(display.scatter_.get_offsets(), np.c_[std, np.abs(y)])
     groups = np.array_split(np.argsort(std), 8)
-    np.testing.assert_allclose(display.binned_rmse,
-                               [np.sqrt(np.mean(y[g] ** 2)) for g in groups])
-    np.testing.assert_allclose(display.binned_std,
-                               [np.sqrt(np.mean(std[g] ** 2)) for g in groups])
+    np.testing.assert_allclose(display.binned_rmse, [np.sqrt(np.mean(y[g] ** 2)) for g in groups])
+    np.testing.assert_allclose(display.binned_std, [np.sqrt(np.mean(std[g] ** 2)) for g in groups])
     np.testing.assert_allclose(display.binned_line_.get_ydata(), display.binned_rmse)
     texts = _legend_texts(display.ax_)
     assert "m: binned RMSE vs RMS std" in texts and "Calibrated: RMSE = std" in texts
@@ -589,7 +611,9 @@ def test_convergence_standard_error(pyplot):
     expected = [np.mean(samples[:t].std(axis=0, ddof=1) / np.sqrt(t)) for t in (2, 4, 8, 16, 32)]
     np.testing.assert_allclose(display.values, expected, rtol=1e-6)
     np.testing.assert_array_equal(display.sample_counts, [2, 4, 8, 16, 32])
-    np.testing.assert_allclose(display.reference, expected[-1] * np.sqrt(32 / display.sample_counts))
+    np.testing.assert_allclose(
+        display.reference, expected[-1] * np.sqrt(32 / display.sample_counts)
+    )
     np.testing.assert_allclose(display.line_.get_ydata(), display.values)
     ax = display.ax_
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
@@ -625,8 +649,9 @@ def test_convergence_regression_and_callable(pyplot):
         return float(np.mean(np.abs(y_true - running_mean)))
 
     _, ax = pyplot.subplots()
-    custom = ConvergenceDisplay.from_samples(result.samples, result.targets, metric=mae,
-                                             task="regression", ax=ax, name="MAE")
+    custom = ConvergenceDisplay.from_samples(
+        result.samples, result.targets, metric=mae, task="regression", ax=ax, name="MAE"
+    )
     assert custom.metric == "mae" and custom.ax_ is ax
     assert custom.values[-1] == pytest.approx(np.mean(np.abs(y - mean)))
     assert "MAE" in _legend_texts(ax)

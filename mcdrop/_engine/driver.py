@@ -1,0 +1,545 @@
+"""Batches -> chunks of stochastic passes -> streaming statistics, for every entry point.
+
+:class:`Engine` is what :func:`mcdrop.predict_with_uncertainty` creates per call and
+:class:`mcdrop.MCDropout` keeps between calls (its out-of-memory back-off and CUDA sizing are
+remembered). :meth:`Engine.session` builds the sampling twin on the first batch, picks the
+strategy (:mod:`mcdrop._engine.planner`) and yields a :class:`Session` that samples batches with
+the NaN/Inf and "dropout changed nothing" checks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from mcdrop._engine import planner
+from mcdrop._engine.options import SamplingOptions
+from mcdrop._engine.rng import sampling_rng
+from mcdrop._engine.strategies import Outputs, Runner
+from mcdrop._inputs import _Batch, iter_batches
+from mcdrop.dropout import DropoutSite, _check_sites, _Probe, _Sampling, _sampling_twin
+from mcdrop.results import ClassificationResult, RegressionResult
+from mcdrop.uncertainty import (
+    _ClassificationAccumulator,
+    _concat_states,
+    _normalise_class_dim,
+    _RegressionAccumulator,
+)
+
+__all__: list[str] = []
+
+logger = logging.getLogger("mcdrop")
+
+# Fused kernels with internal dropout that vmap does not batch: one mask for every sample.
+_VMAP_SHARES_MASK = frozenset({"torch.lstm", "torch.gru", "torch.rnn_tanh", "torch.rnn_relu"})
+_ANNOUNCE_AFTER_S = 60.0  # without a progress bar, log the size of runs expected to take longer
+
+Accumulator = _ClassificationAccumulator | _RegressionAccumulator
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _profile(sampling: _Sampling) -> planner.Profile:
+    functions = {f for site in sampling.sites for f in site.functions}
+    return planner.Profile(
+        prefix_flops=sampling.trace.prefix_flops,
+        total_flops=sampling.trace.total_flops,
+        vmap_unsafe=tuple(sorted(functions & _VMAP_SHARES_MASK)),
+    )
+
+
+class Engine:
+    """Sampling state of one model and one set of options (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, options: SamplingOptions) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"Expected `model` to be a torch.nn.Module, but got {type(model).__name__}."
+            )
+        self.model = model
+        self.options = options
+        self.device = options.device or model_device(model)
+        self.planner = planner.Planner(options.batch_budget or planner.default_budget(self.device))
+        # On CUDA without an explicit budget the rows per pass come from free memory, measured
+        # once per engine (see measure_memory).
+        self.memory_sized = options.batch_budget is None and self.device.type == "cuda"
+        self.strategy: str | None = None
+        self.last_samples_per_pass: int | None = None
+
+    @contextlib.contextmanager
+    def session(self, first: _Batch, seed: int | None) -> Iterator[Session]:
+        """Seeded sampling of the batches of one call; ``first`` is probed for the sites."""
+        o = self.options
+        with sampling_rng(seed, self.device), torch.inference_mode():
+            first = first.to(self.device)
+            small = _slice(first, 0, min(2, first.size))
+            probe = _Probe((small.args, small.kwargs), (first.args, first.kwargs))
+            with _sampling_twin(
+                self.model, o.scope, o.include, o.exclude, probe if o.detect_silent else None
+            ) as sampling:
+                _check_sites(self.model, sampling.sites)
+                module: Any = sampling.module
+                if o.compile is not None:
+                    # Cheap: dynamo caches graphs on the forward's code object, guarded on the
+                    # module's structure and flags, so a new twin per call reuses them.
+                    module = torch.compile(module, **o.compile)
+                runner = Runner(
+                    module,
+                    device=self.device,
+                    amp=o.amp,
+                    n_outputs=o.n_outputs,
+                    output_transform=o.output_transform,
+                )
+                profile = _profile(sampling)
+                self._choose(runner, small, profile)
+                if self.memory_sized:
+                    self.measure_memory(runner, first)
+                yield Session(self, runner, sampling.sites)
+
+    def _choose(self, runner: Runner, small: _Batch, profile: planner.Profile) -> None:
+        """The strategy: the first candidate of the ``auto`` rule that passes the validity check."""
+        o = self.options
+        if profile.vmap_unsafe and o.strategy == "vmap":
+            raise ValueError(
+                "Expected a `strategy` other than 'vmap' for this model: its dropout runs inside "
+                f"{', '.join(profile.vmap_unsafe)}, whose fused kernel draws one dropout mask for "
+                "all the samples of a vmap pass. Use strategy='auto', 'replicate' or 'loop'."
+            )
+        names = planner.candidates(o.strategy, profile)
+        if len(names) == 1:
+            self.strategy = names[0]
+        else:
+            self._first_valid(runner, small, names)
+        self.planner.scale = planner.vmap_scale(profile) if self.strategy == "vmap" else 1
+        logger.info(
+            "mcdrop: strategy %r (%.0f%% of the FLOPs before the first dropout).",
+            self.strategy,
+            100 * profile.prefix_share,
+        )
+
+    def _first_valid(self, runner: Runner, small: _Batch, names: list[str]) -> None:
+        """The first of ``names`` that passes the 2-sample check (the caller's draws untouched)."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            reference = runner.run("loop", small, 2)
+            for name in names:
+                reason = None if name == "loop" else runner.invalid_reason(name, small, reference)
+                if reason is None:
+                    self.strategy = name
+                    break
+                logger.info(
+                    "mcdrop: strategy %r does not work for %s (%s); falling back.",
+                    name,
+                    type(self.model).__name__,
+                    reason,
+                )
+
+    def measure_memory(self, runner: Runner, batch: _Batch) -> None:
+        """Rows per pass from free CUDA memory: one measured 2-sample replicate pass.
+
+        The peak is read from the difference of ``torch.cuda.max_memory_allocated`` around the
+        pass; the user's own peak counter is not reset.
+        """
+        dev = self.device
+        torch.cuda.synchronize(dev)
+        free, _ = torch.cuda.mem_get_info(dev)
+        free += torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
+        base = torch.cuda.memory_allocated(dev)
+        before_peak = torch.cuda.max_memory_allocated(dev)
+        k = 2
+        try:
+            with torch.random.fork_rng(devices=[dev]):
+                outs = runner.run("replicate", batch, k)
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            self.planner.budget = max(1, batch.size // 2)
+            self.memory_sized = False
+            return
+        torch.cuda.synchronize(dev)
+        peak = max(1, max(torch.cuda.max_memory_allocated(dev), before_peak) - base)
+        # float64 statistics of the outputs: about four temporaries of 8 bytes per element.
+        out_bytes = sum(int(o[0, :1].numel()) for o in outs) * 8 * 4
+        self.planner.budget = planner.rows_that_fit(free, peak / (k * batch.size) + out_bytes)
+        self.memory_sized = False  # measured once per engine
+        logger.info(
+            "mcdrop: up to %d rows per pass (%.0f MiB free).", self.planner.budget, free / 2**20
+        )
+
+
+class Session:
+    """Sampling of one call's batches with a chosen strategy (see :meth:`Engine.session`)."""
+
+    def __init__(self, engine: Engine, runner: Runner, sites: list[DropoutSite]) -> None:
+        self.engine = engine
+        self.runner = runner
+        self.sites = sites
+
+    def chunk(self, batch: _Batch, k: int) -> tuple[int, Outputs]:
+        """Up to ``k`` samples of ``batch``, backing off on out-of-memory; ``(k used, outputs)``.
+
+        Only ``torch.OutOfMemoryError`` is retried (fewer samples, then fewer examples per pass);
+        any other error propagates.
+        """
+        engine = self.engine
+        plan = engine.planner
+        assert engine.strategy is not None
+        while True:
+            k = min(k, plan.sample_cap or k)
+            examples = plan.examples_per_pass(batch.size)
+            try:
+                outs = self._run_split(batch, k, examples)
+            except torch.OutOfMemoryError:
+                change = plan.back_off(k, batch.size)
+                if engine.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                engine.last_samples_per_pass = None
+                logger.warning("mcdrop: %s", change)
+                continue
+            if engine.last_samples_per_pass is None or k > engine.last_samples_per_pass:
+                engine.last_samples_per_pass = k
+                logger.info(
+                    "mcdrop: strategy %r, %d samples per pass of %d examples.",
+                    engine.strategy,
+                    k,
+                    examples,
+                )
+            return k, outs
+
+    def _run_split(self, batch: _Batch, k: int, examples: int) -> Outputs:
+        strategy = self.engine.strategy
+        assert strategy is not None
+        if batch.size <= examples:
+            return self.runner.run(strategy, batch, k)
+        parts = [
+            self.runner.run(strategy, _slice(batch, lo, min(lo + examples, batch.size)), k)
+            for lo in range(0, batch.size, examples)
+        ]
+        return tuple(torch.cat(outs, 1) for outs in zip(*parts, strict=True))
+
+    def samples_per_pass(self, batch: _Batch, remaining: int) -> int:
+        return self.engine.planner.samples_per_pass(batch.size, remaining)
+
+
+def _slice(batch: _Batch, lo: int, hi: int) -> _Batch:
+    part = batch.map_batched(lambda t: t[lo:hi])
+    part.size = hi - lo
+    return part
+
+
+# -- checks -----------------------------------------------------------------------------------------
+def _finite_flag(outputs: Outputs) -> torch.Tensor:
+    """Device-side "all outputs finite" flag: no host sync until it is read."""
+    flag = torch.isfinite(outputs[0]).all()
+    for out in outputs[1:]:
+        flag = flag & torch.isfinite(out).all()
+    return flag
+
+
+def _check_finite(flag: torch.Tensor, index: int, batch: _Batch, start: int) -> None:
+    if not bool(flag):
+        raise ValueError(
+            f"The model returned NaN or Inf in batch {index} (examples {start} to "
+            f"{start + batch.size - 1}) while sampling with dropout on; check the inputs of "
+            "that batch, or use a lower `amp` precision."
+        )
+
+
+class _Checks:
+    """NaN/Inf (every batch) and "dropout changed nothing" (the first batch) as device flags."""
+
+    def __init__(self, check_variation: bool) -> None:
+        self.finite: torch.Tensor | None = None
+        self.first: torch.Tensor | None = None
+        self.varied: torch.Tensor | None = None
+        self.check_variation = check_variation
+
+    def update(self, outs: Outputs) -> None:
+        flag = _finite_flag(outs)
+        self.finite = flag if self.finite is None else self.finite & flag
+        if self.check_variation:
+            if self.first is None:
+                self.first = outs[0][:1]
+            changed = (outs[0] != self.first).any()
+            self.varied = changed if self.varied is None else self.varied | changed
+
+    def raise_if_bad(
+        self, index: int, batch: _Batch, start: int, count: int, session: Session
+    ) -> None:
+        assert self.finite is not None
+        _check_finite(self.finite, index, batch, start)
+        if (
+            self.check_variation
+            and count > 1
+            and not (self.varied is not None and bool(self.varied))
+        ):
+            raise ValueError(
+                _unchanged_message(session.engine.model, self.first, session.sites, count)
+            )
+
+
+def _unchanged_message(
+    model: nn.Module, first: torch.Tensor | None, sites: list[DropoutSite], count: int
+) -> str:
+    """Why all passes were identical, with the hint that fits."""
+    head = (
+        f"Expected Monte Carlo dropout to change the output of `{type(model).__name__}`, but all "
+        f"{count} passes of the first batch are identical: the uncertainty would be zero. "
+    )
+    full = [s.name or "<model>" for s in sites if s.rate is not None and s.rate >= 1.0]
+    if full:
+        return head + (
+            f"Dropout sites with p = 1 drop every unit: {', '.join(full)}; a trained model "
+            "never uses p = 1."
+        )
+    if first is not None and first.shape[1] > 1 and bool((first == first[:, :1]).all()):
+        return head + (
+            "The output is the same for every example too: the layers after the dropout may be "
+            "zero or untrained (e.g. a zero-initialised head)."
+        )
+    names = ", ".join(s.name or "<model>" for s in sites[:5])
+    if any(s.functions for s in sites):  # the probe saw the dropout run
+        return head + (
+            f"Dropout runs ({names}) but the output does not depend on what it drops (its result "
+            "discarded, or zero weights after it)."
+        )
+    return head + (
+        f"The sites ({names}) may not be what the model's randomness depends on: `include=` names "
+        "modules to put in training mode, `scope='train_except_norm'` puts all but the norm "
+        "layers in training mode."
+    )
+
+
+# -- one batch, all batches ---------------------------------------------------------------------
+def _accumulator(options: SamplingOptions, out_ndim: int) -> Accumulator:
+    if options.task == "classification":
+        cd = _normalise_class_dim(options.class_dim, out_ndim)
+        return _ClassificationAccumulator(
+            outputs=options.outputs, class_dim=cd, keep_samples=options.keep_samples
+        )
+    return _RegressionAccumulator(
+        tau=options.tau, heteroscedastic=options.heteroscedastic, keep_samples=options.keep_samples
+    )
+
+
+def sample_batch(
+    session: Session,
+    batch: _Batch,
+    index: int,
+    start: int,
+    progress: _Progress,
+    n_examples: int | None = None,
+) -> Accumulator:
+    """All samples of one batch, aggregated as a stream.
+
+    The hot path does not wait for the device: the checks are device-side flags read once per
+    batch (per chunk when the statistics are read anyway: adaptive ``n_samples``, or
+    probabilities that are validated on the host).
+    """
+    o = session.engine.options
+    acc: Accumulator | None = None
+    checks = _Checks(check_variation=index == 0)
+    eager = o.adaptive or (o.task == "classification" and o.outputs != "logits")
+    minimum = min(o.n_samples, 16) if o.adaptive else o.n_samples
+    target = minimum  # adaptive: samples expected to reach the tolerance, updated per chunk
+    done = 0
+    while done < o.n_samples:
+        k = session.samples_per_pass(batch, o.n_samples - done)
+        if o.adaptive:
+            k = min(k, max(target - done, 1))
+        k, outs = session.chunk(batch, k)
+        checks.update(outs)
+        if eager:
+            assert checks.finite is not None
+            _check_finite(checks.finite, index, batch, start)
+        if acc is None:
+            if index == 0:
+                _check_samples_fit(o, n_examples, outs)
+            acc = _accumulator(o, outs[0].ndim - 1)
+        if isinstance(acc, _RegressionAccumulator):
+            acc.update(outs[0], outs[1] if len(outs) > 1 else None)
+        else:
+            acc.update(outs[0])
+        done += k
+        progress.update(k)
+        if o.adaptive and done >= minimum:
+            error = acc.max_standard_error()
+            if error <= o.tolerance:
+                break
+            # MC error falls as 1 / sqrt(T): aim for the T that reaches the tolerance (+10 %).
+            needed = done * (error / o.tolerance) ** 2 * 1.1 if math.isfinite(error) else 2 * done
+            target = min(o.n_samples, max(done + 1, math.ceil(needed)))
+    assert acc is not None
+    checks.raise_if_bad(index, batch, start, done, session)
+    return acc
+
+
+class _Progress:
+    """tqdm bar (terminal or notebook); without one, a single log line for long runs."""
+
+    def __init__(self, enabled: bool | None, total: int | None) -> None:
+        shown = _interactive() if enabled is None else enabled
+        self.bar = tqdm(total=total, unit="pass", desc="MC dropout", disable=not shown, leave=False)
+        self.total = total
+        self.announce = enabled is None and not shown
+        self.started = time.perf_counter()
+
+    def update(self, n: int) -> None:
+        self.bar.update(n)
+        if self.announce and self.total:
+            self.announce = False  # once, after the first chunk
+            elapsed = time.perf_counter() - self.started
+            estimate = elapsed * self.total / max(n, 1)
+            if estimate > _ANNOUNCE_AFTER_S:
+                logger.warning(
+                    "mcdrop: %d samples in all; about %.0f s at the speed of the first chunk "
+                    "(progress=True shows a bar).",
+                    self.total,
+                    estimate,
+                )
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _interactive() -> bool:
+    if sys.stderr is not None and sys.stderr.isatty():
+        return True
+    shell = sys.modules.get("IPython")
+    get = getattr(shell, "get_ipython", None)
+    return bool(get is not None and get() is not None and "ipykernel" in sys.modules)
+
+
+def _check_consistent(
+    shape: tuple[int, ...] | None, out: torch.Tensor, index: int
+) -> tuple[int, ...]:
+    current = tuple(out.shape[2:])
+    if shape is not None and current != shape:
+        raise ValueError(
+            f"Expected every batch to give outputs of shape (N, {', '.join(map(str, shape))}), but "
+            f"batch {index} gave (N, {', '.join(map(str, current))})."
+        )
+    return current
+
+
+def _check_samples_fit(options: SamplingOptions, n_examples: int | None, first: Outputs) -> None:
+    """With ``keep_samples=True``: refuse up front what cannot fit in memory."""
+    if not options.keep_samples or n_examples is None:
+        return
+    per_sample = sum(int(o[0, :1].numel()) * o.element_size() for o in first)
+    need = options.n_samples * n_examples * per_sample
+    total = (
+        os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
+    )
+    if total and need > total:
+        raise ValueError(
+            f"Expected `keep_samples=True` to fit in memory, but {options.n_samples} samples of "
+            f"{n_examples} examples need {need / 2**30:.1f} GiB (this machine has "
+            f"{total / 2**30:.1f} GiB): lower `n_samples` or use keep_samples=False (the "
+            "statistics stream in O(N x C) memory)."
+        )
+
+
+def predict(
+    model: nn.Module,
+    inputs: Any,
+    targets: Any,
+    options: SamplingOptions,
+    seed: int | None,
+    progress: bool | None,
+    result_device: torch.device,
+) -> ClassificationResult | RegressionResult:
+    """:func:`mcdrop.predict_with_uncertainty` on one process."""
+    engine = Engine(model, options)
+    budget = options.batch_size or engine.planner.budget
+    batches, n_batches, n_examples = iter_batches(inputs, batch_size=budget, targets=targets)
+    iterator = iter(batches)
+    first = next(iterator, None)
+    if first is None:
+        raise ValueError("Expected `inputs` to hold at least one example, but it was empty.")
+    if options.n_samples == 1:
+        warnings.warn(
+            "n_samples=1: one pass has no spread, so mutual information, variances and standard "
+            "errors are 0 by construction; use n_samples >= 2 (100 is typical).",
+            UserWarning,
+            stacklevel=3,
+        )
+    total = None if n_batches is None else n_batches * options.n_samples
+    bar = _Progress(progress, total)
+    states: list[dict[str, torch.Tensor]] = []
+    target_parts: list[torch.Tensor] = []
+    missing_targets = False
+    out_shape: tuple[int, ...] | None = None
+    counts: list[int] = []
+    worst_se = 0.0
+    start = 0
+    try:
+        with engine.session(first, seed) as session:
+            batch: _Batch | None = first
+            index = 0
+            while batch is not None:
+                batch = batch.to(engine.device)
+                acc = sample_batch(session, batch, index, start, bar, n_examples)
+                state = acc.state()
+                shaped = state["samples"] if "samples" in state else state["mean"].unsqueeze(0)
+                out_shape = _check_consistent(out_shape, shaped, index)
+                states.append({k: v.to(result_device) for k, v in state.items()})
+                counts.append(acc.count)
+                if options.keep_samples and len(set(counts)) > 1:
+                    raise ValueError(
+                        "Expected every batch to stop at the same number of samples with "
+                        "`keep_samples=True`, but adaptive `n_samples='auto'` stopped batch 0 "
+                        f"at {counts[0]} and batch {index} at {acc.count}; pass a fixed "
+                        "`n_samples`, or a `batch_size` that puts all inputs in one batch."
+                    )
+                worst_se = max(worst_se, acc.max_standard_error())
+                if batch.targets is None:
+                    missing_targets = True
+                else:
+                    target_parts.append(batch.targets)
+                start += batch.size
+                index += 1
+                batch = next(iterator, None)
+    finally:
+        bar.close()
+    merged = _concat_states(states, result_device)
+    extra: dict[str, Any] = {
+        "n_samples": max(counts),
+        "targets": None if missing_targets or not target_parts else torch.cat(target_parts),
+        "standard_error_reached": worst_se if options.adaptive else None,
+    }
+    if options.task == "classification":
+        cd = _normalise_class_dim(options.class_dim, merged["mean"].ndim)
+        return ClassificationResult(class_dim=cd, **merged, **extra)
+    return RegressionResult(tau=options.tau, **merged, **extra)
+
+
+def sample_stack(engine: Engine, batch: _Batch, seed: int | None) -> Outputs:
+    """``T`` stacked samples of one batch (:meth:`mcdrop.MCDropout.forward`), with the checks."""
+    n = engine.options.n_samples
+    chunks: list[Outputs] = []
+    with engine.session(batch, seed) as session:
+        batch = batch.to(engine.device)
+        checks = _Checks(check_variation=True)
+        done = 0
+        while done < n:
+            k, outs = session.chunk(batch, session.samples_per_pass(batch, n - done))
+            checks.update(outs)
+            chunks.append(outs)
+            done += k
+        checks.raise_if_bad(0, batch, 0, done, session)
+    return tuple(torch.cat(parts) for parts in zip(*chunks, strict=True))

@@ -1,0 +1,122 @@
+"""Plain arithmetic, no model: the ``auto`` rule, rows per pass and the out-of-memory back-off.
+
+The ``auto`` rule
+-----------------
+``strategy="auto"`` never times anything: the same model, inputs, options and seed give the same
+strategy, so the same numbers, on a busy machine as on an idle one. It decides from the probe
+pass that finds the dropout sites (:mod:`mcdrop.dropout`), which also counts the FLOPs done before
+the first dropout call (``torch.utils.flop_counter``'s formulas):
+
+1. ``vmap`` when at least ``PREFIX_SHARE_FOR_VMAP`` of the FLOPs come before the first dropout
+   (prefix sharing then saves most of the work: a conv net with a dropout head costs about one
+   pass) and no site runs a fused kernel that vmap cannot batch (RNNs);
+2. else ``replicate`` (one wide pass: the fastest way to run ``k`` full passes);
+3. ``loop`` when neither runs this model.
+
+Each candidate, in that order, must pass a 2-sample validity check on the probe's two examples
+(it runs, gives the loop's shapes and varies like the loop); the first that passes is used. The
+measurements behind the threshold are on the performance page of the docs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__: list[str] = []
+
+PREFIX_SHARE_FOR_VMAP = 0.5
+MAX_VMAP_SCALE = 16  # a vmap pass may hold up to this many times the budget's rows
+DEFAULT_CPU_BUDGET = 1024
+DEFAULT_CUDA_BUDGET = 8192
+MEMORY_FRACTION = 0.7  # of free CUDA memory, for rows per pass without a batch_budget
+MAX_MEMORY_ROWS = 1 << 16  # larger passes gain nothing and stall the streaming statistics
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What the probe pass measured: FLOPs before the first dropout and in all, vmap safety."""
+
+    prefix_flops: int = 0
+    total_flops: int = 0
+    vmap_unsafe: tuple[str, ...] = ()
+
+    @property
+    def prefix_share(self) -> float:
+        return self.prefix_flops / self.total_flops if self.total_flops > 0 else 0.0
+
+
+def candidates(strategy: str, profile: Profile) -> list[str]:
+    """Strategies to try, best first (only ``strategy`` itself unless it is ``"auto"``)."""
+    if strategy != "auto":
+        return [strategy]
+    order = ["replicate", "loop"]
+    if not profile.vmap_unsafe and profile.prefix_share >= PREFIX_SHARE_FOR_VMAP:
+        order.insert(0, "vmap")
+    return order
+
+
+def vmap_scale(profile: Profile) -> int:
+    """How many more rows a vmap pass may hold than the budget: only the suffix after the first
+    dropout is computed per sample, so a sample costs about ``1 - prefix_share`` of a row."""
+    suffix = max(1.0 - profile.prefix_share, 1.0 / MAX_VMAP_SCALE)
+    return int(min(MAX_VMAP_SCALE, max(1.0, 1.0 / suffix)))
+
+
+def default_budget(device: torch.device) -> int:
+    return DEFAULT_CUDA_BUDGET if device.type == "cuda" else DEFAULT_CPU_BUDGET
+
+
+def rows_that_fit(free_bytes: float, bytes_per_row: float) -> int:
+    """Rows per pass that fit ``MEMORY_FRACTION`` of ``free_bytes``, at least 1."""
+    rows = int(MEMORY_FRACTION * free_bytes / max(bytes_per_row, 1.0))
+    return max(1, min(rows, MAX_MEMORY_ROWS))
+
+
+@dataclass
+class Planner:
+    """Rows per pass and the out-of-memory back-off, kept between calls of one engine.
+
+    ``budget`` rows (samples x examples) per pass, ``scale`` times more for vmap; after an
+    out-of-memory error the samples per pass are capped (``sample_cap``), and at one sample per
+    pass the examples per pass (``example_cap``). Only :meth:`back_off` lowers the caps.
+    """
+
+    budget: int
+    scale: int = 1
+    sample_cap: int | None = None
+    example_cap: int | None = None
+
+    def examples_per_pass(self, batch_size: int) -> int:
+        rows = self.budget * self.scale
+        cap = self.example_cap if self.example_cap is not None else batch_size
+        return max(1, min(batch_size, cap, rows))
+
+    def samples_per_pass(self, batch_size: int, remaining: int) -> int:
+        k = max(1, (self.budget * self.scale) // max(self.examples_per_pass(batch_size), 1))
+        if self.sample_cap is not None:
+            k = min(k, self.sample_cap)
+        return max(1, min(k, remaining))
+
+    def back_off(self, k: int, batch_size: int) -> str:
+        """Lower the caps after an out-of-memory error with ``k`` samples; return what changed.
+
+        Raises ``torch.OutOfMemoryError`` when one sample of one example does not fit.
+        """
+        examples = self.examples_per_pass(batch_size)
+        if k > 1:
+            self.sample_cap = max(1, k // 2)
+            return (
+                f"out of memory with {k} samples per pass of {examples} examples; retrying with "
+                f"{self.sample_cap} samples per pass ({self.sample_cap * examples} rows)."
+            )
+        if examples == 1:
+            raise torch.OutOfMemoryError(
+                "mcdrop: out of memory with one sample of one example per pass"
+            )
+        self.example_cap = examples // 2
+        return (
+            f"out of memory with 1 sample per pass of {examples} examples; retrying with "
+            f"{self.example_cap} examples per pass."
+        )

@@ -1,0 +1,189 @@
+"""Recording which dropout a forward pass runs, and which module runs it.
+
+A probe runs a model (a twin, never the user's model) under a ``TorchFunctionMode`` that sees every
+dropout call — ``F.dropout`` and its variants, ``torch.dropout``, the ``dropout_p`` of
+``F.scaled_dot_product_attention`` and ``F.multi_head_attention_forward``, and the dropout/train
+arguments of the RNN kernels (``torch.lstm``, ``torch.gru``, ``torch.rnn_tanh``,
+``torch.rnn_relu``) — and attributes each call to the innermost module whose ``forward`` is running
+(forward pre/post hooks on the twin's own hook registries). A call counts when its *effective*
+rate is above zero: ``F.dropout(x, 0.2, training=False)`` drops nothing and is not recorded.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
+
+__all__: list[str] = []
+
+# (function, label, default of its ``training`` argument)
+_FUNCTIONAL: dict[Callable[..., Any], tuple[str, bool]] = {
+    F.dropout: ("F.dropout", True),
+    F.dropout1d: ("F.dropout1d", True),
+    F.dropout2d: ("F.dropout2d", True),
+    F.dropout3d: ("F.dropout3d", True),
+    F.alpha_dropout: ("F.alpha_dropout", False),
+    F.feature_alpha_dropout: ("F.feature_alpha_dropout", False),
+}
+# ATen-level dropout, ``(input, p, train)``, called directly by some models.
+_ATEN: dict[Callable[..., Any], str] = {
+    getattr(torch, name): f"torch.{name}"
+    for name in (
+        "dropout",
+        "dropout_",
+        "feature_dropout",
+        "feature_dropout_",
+        "alpha_dropout",
+        "alpha_dropout_",
+        "feature_alpha_dropout",
+        "feature_alpha_dropout_",
+    )
+    if hasattr(torch, name)
+}
+_RNN: dict[Callable[..., Any], str] = {
+    torch.lstm: "torch.lstm",
+    torch.gru: "torch.gru",
+    torch.rnn_tanh: "torch.rnn_tanh",
+    torch.rnn_relu: "torch.rnn_relu",
+}
+
+Call = tuple[str, str, float]  # (module name, function label, effective rate)
+
+
+def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str, default: Any) -> Any:
+    if name in kwargs:
+        return kwargs[name]
+    return args[index] if len(args) > index else default
+
+
+def _rnn_rate(args: tuple[Any, ...]) -> float:
+    # Two overloads: (input, hx, params, has_biases, num_layers, dropout, train, ...) and the
+    # packed-sequence one (data, batch_sizes, hx, params, has_biases, num_layers, dropout, train).
+    offset = 0 if isinstance(args[3], bool) else 1
+    num_layers, p, train = args[4 + offset], args[5 + offset], args[6 + offset]
+    return float(p) if train and int(num_layers) > 1 else 0.0
+
+
+def dropout_call(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, float]:
+    """``(label, effective rate)`` of a dropout call; ``("", 0.0)`` for anything else."""
+    if func in _FUNCTIONAL:
+        label, training_default = _FUNCTIONAL[func]
+        p = float(_arg(args, kwargs, 1, "p", 0.5))
+        return label, p if _arg(args, kwargs, 2, "training", training_default) else 0.0
+    if func in _ATEN:
+        p = float(_arg(args, kwargs, 1, "p", 0.0))
+        return _ATEN[func], p if _arg(args, kwargs, 2, "train", False) else 0.0
+    if func is F.scaled_dot_product_attention:
+        return "F.scaled_dot_product_attention", float(_arg(args, kwargs, 4, "dropout_p", 0.0))
+    if func is F.multi_head_attention_forward:
+        p = float(_arg(args, kwargs, 10, "dropout_p", 0.0))
+        training = _arg(args, kwargs, 13, "training", True)
+        return "F.multi_head_attention_forward", p if training else 0.0
+    if func in _RNN:
+        return _RNN[func], _rnn_rate(args)
+    return "", 0.0
+
+
+class _FlopCounter(TorchDispatchMode):
+    """FLOPs of matmuls, convolutions and attention, by ``torch.utils.flop_counter``'s formulas.
+
+    Unlike ``FlopCounterMode`` it installs no global module hooks (other threads are untouched).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        count = flop_registry.get(func._overloadpacket)
+        if count is None:  # a composite op (aten.linear): count what it decomposes into
+            with self:
+                out = func.decompose(*args, **kwargs)
+            if out is not NotImplemented:
+                return out
+        out = func(*args, **kwargs)
+        if count is not None:
+            self.total += int(count(*args, **kwargs, out_val=out))
+        return out
+
+
+class _Recorder(TorchFunctionMode):
+    """Counts the dropout calls with an effective rate above zero, per innermost module, and the
+    FLOPs done before the first of them."""
+
+    def __init__(self, stack: list[str], flops: _FlopCounter) -> None:
+        super().__init__()
+        self.stack = stack
+        self.flops = flops
+        self.calls: Counter[Call] = Counter()
+        self.prefix_flops: int | None = None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        label, p = dropout_call(func, args, kwargs)
+        if p > 0.0:
+            self.calls[(self.stack[-1] if self.stack else "", label, p)] += 1
+            if self.prefix_flops is None:
+                self.prefix_flops = self.flops.total
+        return func(*args, **kwargs)
+
+
+@dataclass
+class Trace:
+    """What one probe pass ran: dropout calls per module, and the modules whose forward ran."""
+
+    calls: Counter[Call] = field(default_factory=Counter)
+    called: set[str] = field(default_factory=set)
+    prefix_flops: int = 0  # FLOPs before the first dropout call
+    total_flops: int = 0
+
+
+def trace(module: nn.Module, run: Callable[[], Any], *, record_calls: bool) -> Trace:
+    """Run ``run()`` once with hooks on every submodule of ``module`` (a twin) and record.
+
+    With ``record_calls=False`` only the modules that ran are recorded and no
+    ``TorchFunctionMode`` is active: fused fast paths that a mode would disable (PyTorch's
+    transformer fast path checks for ``__torch_function__`` overrides) run as they do when
+    sampling. Hooks are removed afterwards; the caller owns ``module``, so nobody else sees them.
+    """
+    names = {id(m): name for name, m in module.named_modules()}
+    stack: list[str] = []
+    result = Trace()
+
+    def pre_hook(mod: nn.Module, _args: Any) -> None:
+        stack.append(names[id(mod)])
+
+    def post_hook(mod: nn.Module, _args: Any, _output: Any) -> None:
+        result.called.add(names[id(mod)])
+        if stack:
+            stack.pop()
+
+    handles = []
+    for mod in module.modules():
+        handles.append(mod.register_forward_pre_hook(pre_hook))
+        handles.append(mod.register_forward_hook(post_hook, always_call=True))
+    flops = _FlopCounter()
+    recorder = _Recorder(stack, flops)
+    try:
+        if record_calls:
+            with flops, recorder:
+                run()
+        else:
+            run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    result.calls = recorder.calls
+    result.total_flops = flops.total
+    result.prefix_flops = flops.total if recorder.prefix_flops is None else recorder.prefix_flops
+    return result

@@ -1,0 +1,68 @@
+"""The planner: the ``auto`` rule and pass sizes, plain arithmetic tested without a model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mcdrop._engine import planner
+from mcdrop._engine.planner import Planner, Profile
+
+
+def test_auto_rule_prefers_prefix_sharing_only_for_prefix_heavy_models():
+    heavy = Profile(prefix_flops=90, total_flops=100)
+    light = Profile(prefix_flops=10, total_flops=100)
+    rnn = Profile(prefix_flops=90, total_flops=100, vmap_unsafe=("torch.lstm",))
+    assert planner.candidates("auto", heavy) == ["vmap", "replicate", "loop"]
+    assert planner.candidates("auto", light) == ["replicate", "loop"]
+    assert planner.candidates("auto", rnn) == ["replicate", "loop"]
+    assert planner.candidates("auto", Profile()) == ["replicate", "loop"]  # nothing measured
+    assert planner.candidates("loop", heavy) == ["loop"]
+
+
+@given(st.integers(0, 10**12), st.integers(0, 10**12))
+def test_vmap_scale_is_between_1_and_the_cap_and_grows_with_the_prefix(prefix, extra):
+    profile = Profile(prefix_flops=prefix, total_flops=prefix + extra)
+    scale = planner.vmap_scale(profile)
+    assert 1 <= scale <= planner.MAX_VMAP_SCALE
+    more = Profile(prefix_flops=prefix + extra, total_flops=prefix + extra)
+    assert planner.vmap_scale(more) >= scale
+
+
+@given(
+    budget=st.integers(1, 10_000),
+    scale=st.integers(1, 16),
+    batch=st.integers(1, 5_000),
+    remaining=st.integers(1, 10_000),
+)
+def test_pass_sizes_respect_the_budget_and_the_remaining_samples(budget, scale, batch, remaining):
+    plan = Planner(budget, scale=scale)
+    examples = plan.examples_per_pass(batch)
+    k = plan.samples_per_pass(batch, remaining)
+    assert 1 <= examples <= batch and 1 <= k <= remaining
+    assert k * examples <= max(budget * scale, examples)  # one sample always runs
+
+
+def test_back_off_halves_samples_then_examples_then_raises():
+    plan = Planner(64)
+    assert plan.samples_per_pass(8, 100) == 8
+    plan.back_off(8, 8)
+    assert plan.samples_per_pass(8, 100) == 4
+    plan.back_off(4, 8)
+    plan.back_off(2, 8)
+    assert plan.samples_per_pass(8, 100) == 1
+    plan.back_off(1, 8)
+    assert plan.examples_per_pass(8) == 4
+    plan.back_off(1, 8)
+    plan.back_off(1, 8)
+    assert plan.examples_per_pass(8) == 1
+    with pytest.raises(torch.OutOfMemoryError):
+        plan.back_off(1, 8)
+
+
+def test_rows_that_fit_use_a_fraction_of_free_memory():
+    assert planner.rows_that_fit(1000.0, 7.0) == int(planner.MEMORY_FRACTION * 1000 / 7)
+    assert planner.rows_that_fit(1.0, 1e9) == 1
+    assert planner.rows_that_fit(1e18, 1.0) == planner.MAX_MEMORY_ROWS
