@@ -11,6 +11,7 @@ rate is above zero: ``F.dropout(x, 0.2, training=False)`` drops nothing and is n
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -93,6 +94,28 @@ def dropout_call(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tu
     return "", 0.0
 
 
+# Composite ops that reach the dispatcher whole under a dispatch mode but decompose into ops
+# that flop_registry counts (mm, addmm, bmm, convolution, ...).
+_COMPOSITE = frozenset(
+    getattr(torch.ops.aten, name)
+    for name in (
+        "linear",
+        "matmul",
+        "einsum",
+        "bilinear",
+        "conv1d",
+        "conv2d",
+        "conv3d",
+        "conv_transpose1d",
+        "conv_transpose2d",
+        "conv_transpose3d",
+        "convolution",
+        "scaled_dot_product_attention",
+    )
+    if hasattr(torch.ops.aten, name)
+)
+
+
 class _FlopCounter(TorchDispatchMode):
     """FLOPs of matmuls, convolutions and attention, by ``torch.utils.flop_counter``'s formulas.
 
@@ -105,12 +128,13 @@ class _FlopCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
-        count = flop_registry.get(func._overloadpacket)
-        if count is None:  # a composite op (aten.linear): count what it decomposes into
+        packet = func._overloadpacket
+        if packet in _COMPOSITE:  # aten.linear, aten.conv2d: count what they decompose into
             with self:
                 out = func.decompose(*args, **kwargs)
             if out is not NotImplemented:
                 return out
+        count = flop_registry.get(packet)
         out = func(*args, **kwargs)
         if count is not None:
             self.total += int(count(*args, **kwargs, out_val=out))
@@ -148,15 +172,15 @@ class Trace:
     total_flops: int = 0
 
 
-def trace(module: nn.Module, run: Callable[[], Any], *, record_calls: bool) -> Trace:
-    """Run ``run()`` once with hooks on every submodule of ``module`` (a twin) and record.
+def trace(modules: dict[str, nn.Module], run: Callable[[], Any], *, flops: bool) -> Trace:
+    """Run ``run()`` once with hooks on every module of ``modules`` (of a twin) and record.
 
-    With ``record_calls=False`` only the modules that ran are recorded and no
-    ``TorchFunctionMode`` is active: fused fast paths that a mode would disable (PyTorch's
-    transformer fast path checks for ``__torch_function__`` overrides) run as they do when
-    sampling. Hooks are removed afterwards; the caller owns ``module``, so nobody else sees them.
+    A ``TorchFunctionMode`` and hooks disable PyTorch's fused transformer fast path: the probe
+    sees the slow path's dropout calls (:mod:`mcdrop.dropout` switches on the layers whose fast
+    path would skip them). With ``flops``, the FLOPs before the first dropout call and in all are counted too.
+    Hooks are removed afterwards; the caller owns the modules, so nobody else sees them.
     """
-    names = {id(m): name for name, m in module.named_modules()}
+    names = {id(m): name for name, m in modules.items()}
     stack: list[str] = []
     result = Trace()
 
@@ -169,21 +193,18 @@ def trace(module: nn.Module, run: Callable[[], Any], *, record_calls: bool) -> T
             stack.pop()
 
     handles = []
-    for mod in module.modules():
+    for mod in modules.values():
         handles.append(mod.register_forward_pre_hook(pre_hook))
         handles.append(mod.register_forward_hook(post_hook, always_call=True))
-    flops = _FlopCounter()
-    recorder = _Recorder(stack, flops)
+    counter = _FlopCounter()
+    recorder = _Recorder(stack, counter)
     try:
-        if record_calls:
-            with flops, recorder:
-                run()
-        else:
+        with counter if flops else contextlib.nullcontext(), recorder:
             run()
     finally:
         for handle in handles:
             handle.remove()
     result.calls = recorder.calls
-    result.total_flops = flops.total
-    result.prefix_flops = flops.total if recorder.prefix_flops is None else recorder.prefix_flops
+    result.total_flops = counter.total
+    result.prefix_flops = counter.total if recorder.prefix_flops is None else recorder.prefix_flops
     return result

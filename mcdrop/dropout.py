@@ -232,6 +232,8 @@ class _Probe:
 
     call: Call
     batch: Call | None = None
+    flops: bool = True  # count FLOPs in the sampling probe (the ``auto`` strategy needs them)
+    devices: list[torch.device] = dataclasses.field(default_factory=list)  # CUDA RNGs to fork
 
 
 def _run_probe(
@@ -239,15 +241,15 @@ def _run_probe(
     modules: dict[str, nn.Module],
     probe: _Probe,
     *,
-    record_calls: bool,
     what: str,
     model: nn.Module,
+    flops: bool = False,
 ) -> _probe.Trace:
-    devices = sorted({t.device for t in twin.parameters() if t.device.type == "cuda"}, key=str)
+    devices = probe.devices
     args, kwargs = probe.call
     try:
         with SAMPLING_LOCK, torch.random.fork_rng(devices=devices), torch.inference_mode():
-            return _probe.trace(twin, lambda: twin(*args, **kwargs), record_calls=record_calls)
+            return _probe.trace(modules, lambda: twin(*args, **kwargs), flops=flops)
     except Exception as error:
         # The user's own error (a wrong input width, ...), as the whole batch in eval mode gives it.
         flags = {name: module.training for name, module in modules.items()}
@@ -287,7 +289,6 @@ def _probed_sites(
         twin,
         modules,
         probe,
-        record_calls=True,
         what="in training mode (norm layers in eval)",
         model=model,
     )
@@ -374,7 +375,7 @@ def _reproduce(
     for _ in range(_MAX_GATING_ROUNDS):
         _fast_path_gates(sites, modules)
         _set_flags(modules, set(sites))
-        made = _run_probe(twin, modules, probe, record_calls=True, what=what, model=model)
+        made = _run_probe(twin, modules, probe, what=what, model=model, flops=probe.flops)
         # Fewer calls in the training probe than now is a training-mode layer skip (layerdrop).
         missing = {key for key, count in expected.items() if made.calls[key] < count}
         if not missing:
@@ -405,6 +406,8 @@ def _plan(
     if probe is None or scope == Scope.TRAIN_EXCEPT_NORM.value:
         sites = _static_sites(twin, scope, include, exclude)
     else:
+        devices = sorted({t.device for t in twin.parameters() if t.device.type == "cuda"}, key=str)
+        probe = dataclasses.replace(probe, devices=devices)
         sites, expected = _probed_sites(twin, modules, probe, include, exclude, model)
         if expected:
             trace = _reproduce(twin, modules, probe, sites, expected, exclude, model)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from mcdrop._engine import planner
 from mcdrop._engine.options import SamplingOptions
 from mcdrop._engine.rng import sampling_rng
-from mcdrop._engine.strategies import Outputs, Runner
+from mcdrop._engine.strategies import Outputs, Runner, varies
 from mcdrop._inputs import _Batch, iter_batches
 from mcdrop.dropout import DropoutSite, _check_sites, _Probe, _Sampling, _sampling_twin
 from mcdrop.results import ClassificationResult, RegressionResult
@@ -79,6 +79,9 @@ class Engine:
         # once per engine (see measure_memory).
         self.memory_sized = options.batch_budget is None and self.device.type == "cuda"
         self.strategy: str | None = None
+        self.candidates: list[str] = []  # auto: the rule's order, the one in use first
+        self.profile = planner.Profile()
+        self.probe_batch: _Batch | None = None
         self.last_samples_per_pass: int | None = None
 
     @contextlib.contextmanager
@@ -88,7 +91,9 @@ class Engine:
         with sampling_rng(seed, self.device), torch.inference_mode():
             first = first.to(self.device)
             small = _slice(first, 0, min(2, first.size))
-            probe = _Probe((small.args, small.kwargs), (first.args, first.kwargs))
+            probe = _Probe(
+                (small.args, small.kwargs), (first.args, first.kwargs), flops=o.strategy == "auto"
+            )
             with _sampling_twin(
                 self.model, o.scope, o.include, o.exclude, probe if o.detect_silent else None
             ) as sampling:
@@ -112,7 +117,12 @@ class Engine:
                 yield Session(self, runner, sampling.sites)
 
     def _choose(self, runner: Runner, small: _Batch, profile: planner.Profile) -> None:
-        """The strategy: the first candidate of the ``auto`` rule that passes the validity check."""
+        """The ``auto`` rule's candidates; the first is used until it proves invalid.
+
+        Validity is checked on the first chunk itself (:meth:`Session.chunk`), not by extra
+        passes: a candidate that raises, or draws identical samples where the loop does not, is
+        dropped with the reason logged and the chunk is run again with the next one.
+        """
         o = self.options
         if profile.vmap_unsafe and o.strategy == "vmap":
             raise ValueError(
@@ -120,34 +130,41 @@ class Engine:
                 f"{', '.join(profile.vmap_unsafe)}, whose fused kernel draws one dropout mask for "
                 "all the samples of a vmap pass. Use strategy='auto', 'replicate' or 'loop'."
             )
-        names = planner.candidates(o.strategy, profile)
-        if len(names) == 1:
-            self.strategy = names[0]
-        else:
-            self._first_valid(runner, small, names)
-        self.planner.scale = planner.vmap_scale(profile) if self.strategy == "vmap" else 1
+        self.candidates = planner.candidates(o.strategy, profile)
+        self.probe_batch = small
+        self.profile = profile
+        self._use(self.candidates[0])
+
+    def _use(self, strategy: str) -> None:
+        self.strategy = strategy
+        self.planner.scale = planner.vmap_scale(self.profile) if strategy == "vmap" else 1
         logger.info(
             "mcdrop: strategy %r (%.0f%% of the FLOPs before the first dropout).",
-            self.strategy,
-            100 * profile.prefix_share,
+            strategy,
+            100 * self.profile.prefix_share,
         )
 
-    def _first_valid(self, runner: Runner, small: _Batch, names: list[str]) -> None:
-        """The first of ``names`` that passes the 2-sample check (the caller's draws untouched)."""
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            reference = runner.run("loop", small, 2)
-            for name in names:
-                reason = None if name == "loop" else runner.invalid_reason(name, small, reference)
-                if reason is None:
-                    self.strategy = name
-                    break
-                logger.info(
-                    "mcdrop: strategy %r does not work for %s (%s); falling back.",
-                    name,
-                    type(self.model).__name__,
-                    reason,
-                )
+    def reject(self, runner: Runner, outs: Outputs | None, error: Exception | None) -> bool:
+        """After the first chunk with an ``auto`` candidate: drop it (True) if it is invalid."""
+        if len(self.candidates) < 2:
+            return False
+        if error is not None:
+            reason = f"{type(error).__name__}: {error}"
+        elif outs is not None and outs[0].shape[0] > 1 and not varies(outs):
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                if not varies(runner.run("loop", self.probe_batch, 2)):
+                    return False  # the loop does not vary either: the checks will say why
+            reason = "it drew identical samples where the loop did not"
+        else:
+            return False
+        logger.info(
+            "mcdrop: strategy %r does not work for %s (%s); falling back.",
+            self.candidates.pop(0),
+            type(self.model).__name__,
+            reason,
+        )
+        self._use(self.candidates[0])
+        return True
 
     def measure_memory(self, runner: Runner, batch: _Batch) -> None:
         """Rows per pass from free CUDA memory: one measured 2-sample replicate pass.
@@ -188,6 +205,7 @@ class Session:
         self.engine = engine
         self.runner = runner
         self.sites = sites
+        self.validated = False  # the first chunk checks the auto candidate
 
     def chunk(self, batch: _Batch, k: int) -> tuple[int, Outputs]:
         """Up to ``k`` samples of ``batch``, backing off on out-of-memory; ``(k used, outputs)``.
@@ -210,6 +228,17 @@ class Session:
                 engine.last_samples_per_pass = None
                 logger.warning("mcdrop: %s", change)
                 continue
+            except Exception as error:
+                if self.validated or not engine.reject(self.runner, None, error):
+                    raise
+                k = min(k, engine.planner.samples_per_pass(batch.size, k))
+                continue
+            if not self.validated:
+                self.validated = True
+                if engine.reject(self.runner, outs, None):
+                    self.validated = False
+                    k = min(k, engine.planner.samples_per_pass(batch.size, k))
+                    continue
             if engine.last_samples_per_pass is None or k > engine.last_samples_per_pass:
                 engine.last_samples_per_pass = k
                 logger.info(

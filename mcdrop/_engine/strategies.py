@@ -125,25 +125,6 @@ class Runner:
         dummy = torch.empty(k, device=self.device)
         return tuple(torch.func.vmap(one, randomness="different")(dummy))
 
-    def invalid_reason(self, strategy: str, batch: _Batch, reference: Outputs) -> str | None:
-        """Why ``strategy`` cannot sample this model (``None`` when it can), from 2 samples.
-
-        It must run, give the loop's output shapes and draw different samples where the loop
-        does. Out-of-memory errors propagate (they say nothing about validity).
-        """
-        try:
-            outs = self.run(strategy, batch, 2)
-        except torch.OutOfMemoryError:
-            raise
-        except Exception as error:  # vmap refuses many models; that is what the check is for
-            return f"{type(error).__name__}: {error}"
-        shapes = [tuple(o.shape) for o in reference]
-        if [tuple(o.shape) for o in outs] != shapes:
-            return f"output shapes {[tuple(o.shape) for o in outs]} instead of {shapes}"
-        if varies(reference) and not varies(outs):
-            return "it drew identical samples where the loop did not"
-        return None
-
 
 def varies(outputs: Outputs) -> bool:
     """Whether the samples (dim 0) of the first output differ."""
