@@ -177,7 +177,12 @@ class _Engine:
 
     def _call(self, batch: _Batch) -> tuple[torch.Tensor, ...]:
         output = self.module(*batch.args, **batch.kwargs)
-        return extract_outputs(output, n_outputs=self.n_outputs, transform=self.output_transform)
+        return extract_outputs(
+            output,
+            n_outputs=self.n_outputs,
+            transform=self.output_transform,
+            batch_size=batch.rows(),
+        )
 
     # -- strategies ----------------------------------------------------------------------------
     def _loop(self, batch: _Batch, k: int) -> tuple[torch.Tensor, ...]:
