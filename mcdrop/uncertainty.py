@@ -281,7 +281,9 @@ def summarize_samples(
         log-probabilities (``outputs``). Regression: ``(T, N, *S)`` sampled means.
     task : {"classification", "regression"}, default="classification"
     outputs : {"logits", "probs", "log_probs", "binary_logits"}, default="logits"
-        What ``samples`` hold (classification); never guessed from the values.
+        What ``samples`` hold (classification); never guessed from the values, but
+        probability rows (non-negative, summing to 1) given as ``"logits"`` are refused: a
+        second softmax would flatten them.
         ``"binary_logits"``: one logit per example (``BCEWithLogitsLoss``), turned into the two
         classes ``[1 - sigmoid(z), sigmoid(z)]``.
     class_dim : int, default=1

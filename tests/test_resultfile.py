@@ -336,8 +336,8 @@ def _check_refused(path: Path, out: Path) -> bool:
 def _mutate_bytes(data: bytes, rng: random.Random) -> bytes:
     buf = bytearray(data)
     for _ in range(rng.randint(1, 4)):
-        kind = rng.randrange(4)
-        pos = rng.randrange(len(buf))
+        kind = rng.randrange(4) if buf else 3
+        pos = rng.randrange(len(buf)) if buf else 0
         if kind == 0:
             buf[pos] = rng.randrange(256)
         elif kind == 1:
