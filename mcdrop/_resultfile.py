@@ -124,7 +124,7 @@ class _Schema:
             if name not in headers:
                 raise self.error(name, "is missing")
         for name, (_, dtype) in headers.items():
-            self._dtype(name, dtype)
+            self.dtype(name, dtype)
         mean_shape = headers["mean"][0]
         classification = meta["task"] == "classification"
         min_ndim = 2 if classification else 1
@@ -163,7 +163,7 @@ class _Schema:
             if len(shape) == 0 or shape[0] != mean_shape[0]:
                 raise self.error("targets", f"has shape {shape}, not ({mean_shape[0]}, ...)")
 
-    def _dtype(self, name: str, dtype: Any) -> None:
+    def dtype(self, name: str, dtype: Any) -> None:
         dtype = np.dtype(dtype)
         kinds = "biuf" if name == "targets" else "f"
         if (
@@ -306,7 +306,11 @@ def _members(schema: _Schema, archive: zipfile.ZipFile, file_size: int) -> dict[
 def _read_header(
     schema: _Schema, archive: zipfile.ZipFile, name: str, info: zipfile.ZipInfo
 ) -> tuple[tuple[int, ...], bool, np.dtype[Any], int]:
-    """``(shape, fortran_order, dtype, data_offset)`` of an ``.npy`` member, data unread."""
+    """``(shape, fortran_order, dtype, data_offset)`` of an ``.npy`` member, data unread.
+
+    The dtype is checked (bytes for ``__meta__``, the field's dtype otherwise) and the member's
+    size must be exactly the header plus the data the header declares.
+    """
     try:
         with archive.open(info) as fp:
             version = np.lib.format.read_magic(fp)
@@ -321,7 +325,11 @@ def _read_header(
         raise schema.error(name, f"has an unreadable .npy header ({_one_line(error)})") from None
     if not isinstance(shape, tuple) or not all(_is_int(s) and s >= 0 for s in shape):
         raise schema.error(name, f"has an invalid shape {shape!r}")
-    schema._dtype(name, dtype)
+    if name == "__meta__":
+        if dtype != np.dtype(np.uint8) or len(shape) != 1:
+            raise schema.error(name, f"is {dtype} of shape {shape}, not bytes (uint8)")
+    else:
+        schema.dtype(name, dtype)
     nbytes = math.prod(shape) * dtype.itemsize
     if offset + nbytes != info.file_size:
         raise schema.error(
@@ -356,33 +364,11 @@ def _read_data(
 
 
 def _read_meta(schema: _Schema, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Any:
-    shape, fortran, dtype, offset = _read_header_meta(schema, archive, info)
-    raw = _read_data(schema, archive, "__meta__", info, (shape, fortran, dtype, offset))
+    if info.file_size > _MAX_META_BYTES:
+        raise schema.error("__meta__", f"has {info.file_size} bytes, more than metadata needs")
+    header = _read_header(schema, archive, "__meta__", info)
+    raw = _read_data(schema, archive, "__meta__", info, header)
     try:
         return json.loads(raw.tobytes().decode("utf-8"))
     except Exception as error:  # UnicodeDecodeError, JSONDecodeError, RecursionError
         raise schema.error("__meta__", f"is not UTF-8 JSON ({_one_line(error)})") from None
-
-
-def _read_header_meta(
-    schema: _Schema, archive: zipfile.ZipFile, info: zipfile.ZipInfo
-) -> tuple[tuple[int, ...], bool, np.dtype[Any], int]:
-    if info.file_size > _MAX_META_BYTES:
-        raise schema.error("__meta__", f"has {info.file_size} bytes, more than metadata needs")
-    try:
-        with archive.open(info) as fp:
-            version = np.lib.format.read_magic(fp)
-            reader = (
-                np.lib.format.read_array_header_1_0
-                if version == (1, 0)
-                else np.lib.format.read_array_header_2_0
-            )
-            shape, fortran, dtype = reader(fp)
-            offset = fp.tell()
-    except Exception as error:
-        raise schema.error("__meta__", f"has an unreadable header ({_one_line(error)})") from None
-    if np.dtype(dtype) != np.dtype(np.uint8) or not isinstance(shape, tuple) or len(shape) != 1:
-        raise schema.error("__meta__", f"is {dtype} of shape {shape}, not bytes (uint8)")
-    if offset + shape[0] != info.file_size:
-        raise schema.error("__meta__", "declares a size its member does not hold")
-    return shape, bool(fortran), np.dtype(np.uint8), offset

@@ -253,3 +253,9 @@ def test_temperature_transform_never_returns_nan_for_finite_logits(logits):
     # Scaling keeps the order of the classes (ties may round together).
     larger = logits[:, :, None] > logits[:, None, :]
     assert np.all((probs[:, :, None] >= probs[:, None, :])[larger])
+
+
+def test_temperature_scaling_refuses_logits_that_do_not_depend_on_the_temperature():
+    logits = np.zeros((10, 3))  # every row uniform at every temperature
+    with pytest.raises(ValueError, match="no temperature can be identified"):
+        TemperatureScaling().fit(logits, np.arange(10) % 3)
