@@ -303,3 +303,24 @@ def test_pairs_split_only_for_recognisable_targets(dx, sx, dy, sy, same_rows):
     else:
         with pytest.raises(ValueError, match="target_key"):
             next(batches)
+
+
+def test_a_hugging_face_model_gets_no_labels_and_the_result_keeps_them():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        num_labels=3,
+    )
+    model = transformers.BertForSequenceClassification(config)
+    ids = torch.randint(0, 50, (6, 8))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids[:, 0] % 3}
+    seen = []
+    model.register_forward_pre_hook(lambda m, a, kw: seen.append(sorted(kw)), with_kwargs=True)
+    result = _run(model, [batch], n_samples=3)
+    assert torch.equal(result.targets, batch["labels"])
+    assert seen and all("labels" not in keys for keys in seen)
