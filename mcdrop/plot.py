@@ -129,7 +129,9 @@ def _style(defaults: Mapping[str, Any], user: Mapping[str, Any]) -> dict[str, An
     for key, value in user.items():
         full = _ALIASES.get(key, key)
         if full != key and full in user:
-            raise TypeError(f"Expected only one of `{key}` and `{full}` (aliases), but got both.")
+            raise TypeError(
+                f"Expected only one of `{key}` and `{full}` (aliases), but got both."
+            )
         out[full] = value
     return out
 
@@ -401,7 +403,8 @@ class ReliabilityDisplay:
         elif histogram and hist_ax is None:
             from mpl_toolkits.axes_grid1 import make_axes_locatable
 
-            hist_ax = make_axes_locatable(ax).append_axes("bottom", size="30%", pad=0.12, sharex=ax)
+            hist_ax = make_axes_locatable(ax).append_axes("bottom", size="30%", pad=0.12,
+                                                          sharex=ax)
         self.ax_, self.figure_ = ax, ax.figure
         self.hist_ax_ = hist_ax if histogram else None
         name = self.name if name is None else name
@@ -413,50 +416,29 @@ class ReliabilityDisplay:
 
         self.ref_line_ = None
         if ref_line and "Perfectly calibrated" not in _legend_labels(ax):
-            (self.ref_line_,) = ax.plot(
-                [0, 1],
-                [0, 1],
-                linestyle="--",
-                color=_REF_COLOR,
-                linewidth=1.2,
-                label="Perfectly calibrated",
-                zorder=3,
-            )
+            (self.ref_line_,) = ax.plot([0, 1], [0, 1], linestyle="--", color=_REF_COLOR,
+                                        linewidth=1.2, label="Perfectly calibrated", zorder=3)
         self.bars_ = self.gap_bars_ = self.line_ = None
         if kind == "bars":
-            style = _style(
-                {"edgecolor": "black", "linewidth": 0.6, "alpha": 0.9, "label": label, "zorder": 2},
-                kwargs,
-            )
+            style = _style({"edgecolor": "black", "linewidth": 0.6, "alpha": 0.9,
+                            "label": label, "zorder": 2}, kwargs)
             self.bars_ = ax.bar(left, accuracy, width=width, align="edge", **style)
             color: Any = self.bars_.patches[0].get_facecolor() if len(accuracy) else "C0"
             if gaps:
                 self.gap_bars_ = ax.bar(
-                    left,
-                    np.abs(confidence - accuracy),
-                    width=width,
-                    bottom=np.minimum(confidence, accuracy),
-                    align="edge",
-                    facecolor="none",
-                    edgecolor="red",
-                    hatch="//",
-                    linewidth=0.8,
-                    label=_once(ax, "Gap"),
-                    zorder=2.5,
+                    left, np.abs(confidence - accuracy), width=width,
+                    bottom=np.minimum(confidence, accuracy), align="edge", facecolor="none",
+                    edgecolor="red", hatch="//", linewidth=0.8,
+                    label=_once(ax, "Gap"), zorder=2.5,
                 )
         else:
-            style = _style(
-                {"marker": "o", "markersize": 5, "linewidth": 1.8, "label": label, "zorder": 4},
-                kwargs,
-            )
+            style = _style({"marker": "o", "markersize": 5, "linewidth": 1.8, "label": label,
+                            "zorder": 4}, kwargs)
             (self.line_,) = ax.plot(confidence, accuracy, **style)
             color = self.line_.get_color()
 
-        xlabel, ylabel = (
-            ("Mean predicted probability", "Fraction of positives")
-            if self.binary
-            else ("Confidence", "Accuracy")
-        )
+        xlabel, ylabel = (("Mean predicted probability", "Fraction of positives") if self.binary
+                          else ("Confidence", "Accuracy"))
         ax.set(xlim=(0.0, 1.0), ylim=(0.0, 1.0), ylabel=ylabel)
         _default_title(ax, "Reliability diagram")
         if ax.get_legend_handles_labels()[0]:
@@ -467,13 +449,8 @@ class ReliabilityDisplay:
             total = max(int(self.count.sum()), 1)
             filled = kind == "bars"
             self.hist_ = hist_ax.stairs(
-                self.count / total,
-                self.edges,
-                fill=filled,
-                color=color,
-                alpha=0.6 if filled else 1.0,
-                linewidth=1.5,
-                label=label,
+                self.count / total, self.edges, fill=filled, color=color,
+                alpha=0.6 if filled else 1.0, linewidth=1.5, label=label,
             )
             hist_ax.set(xlim=(0.0, 1.0), xlabel=xlabel, ylabel="Fraction\nof samples")
             if hist_ax.get_yscale() == "linear":
@@ -585,9 +562,8 @@ class ReliabilityDisplay:
             When ``y_true`` is ``None`` and the result holds no targets.
         """
         labels, probs = _flatten_classification(result, _targets(result, y_true))
-        return cls.from_predictions(
-            labels, probs, n_bins=n_bins, strategy=strategy, name=name, ax=ax, **kwargs
-        )
+        return cls.from_predictions(labels, probs, n_bins=n_bins, strategy=strategy, name=name,
+                                    ax=ax, **kwargs)
 
 
 def plot_reliability_comparison(
@@ -644,15 +620,9 @@ def plot_reliability_comparison(
         )
     displays: dict[str, ReliabilityDisplay] = {}
     for name, value in predictions.items():
-        options: dict[str, Any] = {
-            "n_bins": n_bins,
-            "strategy": strategy,
-            "name": str(name),
-            "ax": ax,
-            "kind": "line",
-            "histogram": histogram,
-            "hist_ax": hist_ax,
-        }
+        options: dict[str, Any] = {"n_bins": n_bins, "strategy": strategy, "name": str(name),
+                                   "ax": ax, "kind": "line", "histogram": histogram,
+                                   "hist_ax": hist_ax}
         if getattr(value, "task", None) == "classification":
             display = ReliabilityDisplay.from_result(value, y_true, **options)
         else:
@@ -772,34 +742,17 @@ class AccuracyRejectionDisplay:
         label = _labelled(name, None if self.aurc is None else f"AURC = {self.aurc:.3f}")
         self.random_line_ = self.oracle_line_ = None
         if random_line and math.isfinite(self.base_accuracy):
-            self.random_line_ = ax.axhline(
-                self.base_accuracy,
-                color=_REF_COLOR,
-                linestyle=":",
-                linewidth=1.2,
-                label=_once(ax, "Random rejection"),
-            )
-        if (
-            oracle
-            and self.oracle_accuracy is not None
-            and self.oracle_rejection_fraction is not None
-        ):
-            (self.oracle_line_,) = ax.plot(
-                self.oracle_rejection_fraction,
-                self.oracle_accuracy,
-                color=_REF_COLOR,
-                linestyle="--",
-                linewidth=1.2,
-                label=_once(ax, "Oracle"),
-                zorder=2,
-            )
+            self.random_line_ = ax.axhline(self.base_accuracy, color=_REF_COLOR, linestyle=":",
+                                           linewidth=1.2, label=_once(ax, "Random rejection"))
+        if (oracle and self.oracle_accuracy is not None
+                and self.oracle_rejection_fraction is not None):
+            (self.oracle_line_,) = ax.plot(self.oracle_rejection_fraction, self.oracle_accuracy,
+                                           color=_REF_COLOR, linestyle="--", linewidth=1.2,
+                                           label=_once(ax, "Oracle"), zorder=2)
         style = _style({"linewidth": 2.0, "label": label, "zorder": 3}, kwargs)
         (self.line_,) = ax.plot(self.rejection_fraction, self.accuracy, **style)
-        ax.set(
-            xlabel="Fraction of samples rejected",
-            ylabel="Accuracy on retained samples",
-            xlim=(0.0, 1.0),
-        )
+        ax.set(xlabel="Fraction of samples rejected", ylabel="Accuracy on retained samples",
+               xlim=(0.0, 1.0))
         _default_title(ax, "Accuracy–rejection curve")
         ax.legend(loc="lower right", fontsize="small")
         return self
@@ -849,14 +802,8 @@ class AccuracyRejectionDisplay:
         if oracle:
             errors = (_top_label_predictions(probs) != labels.reshape(-1)).astype(float)
             oracle_fraction, oracle_accuracy = accuracy_rejection_curve(labels, probs, errors)
-        display = cls(
-            fraction,
-            accuracy,
-            aurc=area,
-            name=name,
-            oracle_rejection_fraction=oracle_fraction,
-            oracle_accuracy=oracle_accuracy,
-        )
+        display = cls(fraction, accuracy, aurc=area, name=name,
+                      oracle_rejection_fraction=oracle_fraction, oracle_accuracy=oracle_accuracy)
         return display.plot(ax=ax, **kwargs)
 
     @classmethod
@@ -896,9 +843,8 @@ class AccuracyRejectionDisplay:
         labels, probs = _flatten_classification(result, _targets(result, y_true))
         if name is None:
             name = score_label.replace(" (nats)", "")
-        return cls.from_predictions(
-            labels, probs, scores=values, name=name, oracle=oracle, ax=ax, **kwargs
-        )
+        return cls.from_predictions(labels, probs, scores=values, name=name, oracle=oracle,
+                                    ax=ax, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -983,16 +929,10 @@ class OODHistogramDisplay:
             out_label += f" (AUROC = {self.auroc:.3f})"
         in_label = f"{prefix}in-distribution" if name else "In-distribution"
         base = {"fill": True, "alpha": 0.45, "linewidth": 1.5}
-        self.hist_in_ = ax.stairs(
-            self.density_in,
-            self.edges,
-            **_style({**base, "color": "C0", "label": in_label}, kwargs),
-        )
-        self.hist_out_ = ax.stairs(
-            self.density_out,
-            self.edges,
-            **_style({**base, "color": "C3", "label": out_label}, kwargs),
-        )
+        self.hist_in_ = ax.stairs(self.density_in, self.edges,
+                                  **_style({**base, "color": "C0", "label": in_label}, kwargs))
+        self.hist_out_ = ax.stairs(self.density_out, self.edges,
+                                   **_style({**base, "color": "C3", "label": out_label}, kwargs))
         ax.set(xlabel=self.score_name, ylabel="Density")
         ax.set_ylim(bottom=0.0)
         _default_title(ax, "Uncertainty: in- vs out-of-distribution")
@@ -1039,14 +979,8 @@ class OODHistogramDisplay:
         edges = np.histogram_bin_edges(np.concatenate([s_in, s_out]), bins=bins)
         density_in = np.histogram(s_in, bins=edges, density=True)[0]
         density_out = np.histogram(s_out, bins=edges, density=True)[0]
-        display = cls(
-            edges,
-            density_in,
-            density_out,
-            auroc=float(ood_auroc(s_in, s_out)),
-            score_name=score_name,
-            name=name,
-        )
+        display = cls(edges, density_in, density_out, auroc=float(ood_auroc(s_in, s_out)),
+                      score_name=score_name, name=name)
         return display.plot(ax=ax, **kwargs)
 
     @classmethod
@@ -1083,7 +1017,8 @@ class OODHistogramDisplay:
         """
         s_in, label = _result_score(result_in, score)
         s_out, _ = _result_score(result_out, score)
-        return cls.from_scores(s_in, s_out, bins=bins, score_name=label, name=name, ax=ax, **kwargs)
+        return cls.from_scores(s_in, s_out, bins=bins, score_name=label, name=name, ax=ax,
+                               **kwargs)
 
 
 class OODRocDisplay:
@@ -1164,22 +1099,13 @@ class OODRocDisplay:
         label = _labelled(name, None if self.auroc is None else f"AUROC = {self.auroc:.3f}")
         self.chance_line_ = None
         if chance_line and "Chance (AUROC = 0.5)" not in _legend_labels(ax):
-            (self.chance_line_,) = ax.plot(
-                [0, 1],
-                [0, 1],
-                linestyle="--",
-                color=_REF_COLOR,
-                linewidth=1.2,
-                label="Chance (AUROC = 0.5)",
-            )
+            (self.chance_line_,) = ax.plot([0, 1], [0, 1], linestyle="--", color=_REF_COLOR,
+                                           linewidth=1.2, label="Chance (AUROC = 0.5)")
         style = _style({"linewidth": 2.0, "label": label, "drawstyle": "steps-post"}, kwargs)
         (self.line_,) = ax.plot(self.fpr, self.tpr, **style)
-        ax.set(
-            xlabel="False positive rate (in-distribution flagged)",
-            ylabel="True positive rate (OOD detected)",
-            xlim=(-0.01, 1.01),
-            ylim=(-0.01, 1.01),
-        )
+        ax.set(xlabel="False positive rate (in-distribution flagged)",
+               ylabel="True positive rate (OOD detected)", xlim=(-0.01, 1.01),
+               ylim=(-0.01, 1.01))
         _default_title(ax, "Out-of-distribution detection")
         ax.legend(loc="lower right")
         return self
@@ -1344,32 +1270,17 @@ class RegressionCalibrationDisplay:
         label = _labelled(name, None if area is None else f"miscalibration area = {area:.3f}")
         self.ref_line_ = None
         if ref_line and "Perfectly calibrated" not in _legend_labels(ax):
-            (self.ref_line_,) = ax.plot(
-                [0, 1],
-                [0, 1],
-                linestyle="--",
-                color=_REF_COLOR,
-                linewidth=1.2,
-                label="Perfectly calibrated",
-            )
-        style = _style({"marker": "o", "markersize": 3.5, "linewidth": 2.0, "label": label}, kwargs)
+            (self.ref_line_,) = ax.plot([0, 1], [0, 1], linestyle="--", color=_REF_COLOR,
+                                        linewidth=1.2, label="Perfectly calibrated")
+        style = _style({"marker": "o", "markersize": 3.5, "linewidth": 2.0, "label": label},
+                       kwargs)
         (self.line_,) = ax.plot(self.expected, self.observed, **style)
         self.fill_ = None
         if fill:
-            self.fill_ = ax.fill_between(
-                self.expected,
-                self.expected,
-                self.observed,
-                color=self.line_.get_color(),
-                alpha=0.2,
-                linewidth=0,
-            )
-        ax.set(
-            xlabel="Expected coverage (nominal level)",
-            ylabel="Observed coverage",
-            xlim=(0.0, 1.0),
-            ylim=(0.0, 1.0),
-        )
+            self.fill_ = ax.fill_between(self.expected, self.expected, self.observed,
+                                         color=self.line_.get_color(), alpha=0.2, linewidth=0)
+        ax.set(xlabel="Expected coverage (nominal level)", ylabel="Observed coverage",
+               xlim=(0.0, 1.0), ylim=(0.0, 1.0))
         ax.set_aspect("equal")
         _default_title(ax, "Regression calibration")
         ax.legend(loc="upper left")
@@ -1548,60 +1459,30 @@ class PredictiveBandsDisplay:
         ax, self.figure_ = _get_axes(ax, figsize=(7.0, 4.2), layout="constrained")
         self.ax_ = ax
         name = self.name if name is None else name
-        pct = (
-            f"{self.level:.0%}"
-            if round(self.level * 100) == self.level * 100
-            else (f"{self.level:.1%}")
-        )
-        style = _style({"linewidth": 2.0, "label": name or "Predictive mean", "zorder": 4}, kwargs)
+        pct = f"{self.level:.0%}" if round(self.level * 100) == self.level * 100 else (
+            f"{self.level:.1%}")
+        style = _style({"linewidth": 2.0, "label": name or "Predictive mean", "zorder": 4},
+                       kwargs)
         (self.line_,) = ax.plot(self.x, self.mean, **style)
         color = self.line_.get_color()
         prefix = f"{name}: " if name else ""
-        self.total_band_ = ax.fill_between(
-            self.x,
-            self.total_lower,
-            self.total_upper,
-            color=color,
-            alpha=0.18,
-            linewidth=0,
-            zorder=1,
-            label=f"{prefix}{pct} interval (total)",
-        )
+        self.total_band_ = ax.fill_between(self.x, self.total_lower, self.total_upper,
+                                           color=color, alpha=0.18, linewidth=0, zorder=1,
+                                           label=f"{prefix}{pct} interval (total)")
         self.epistemic_band_ = None
         if self.epistemic_lower is not None and self.epistemic_upper is not None:
             self.epistemic_band_ = ax.fill_between(
-                self.x,
-                self.epistemic_lower,
-                self.epistemic_upper,
-                color=color,
-                alpha=0.4,
-                linewidth=0,
-                zorder=2,
-                label=f"{prefix}{pct} interval (epistemic)",
+                self.x, self.epistemic_lower, self.epistemic_upper, color=color, alpha=0.4,
+                linewidth=0, zorder=2, label=f"{prefix}{pct} interval (epistemic)",
             )
         self.targets_ = self.train_points_ = None
         if self.x_train is not None and self.y_train is not None:
-            self.train_points_ = ax.scatter(
-                self.x_train,
-                self.y_train,
-                s=12,
-                color="black",
-                alpha=0.6,
-                zorder=3,
-                label=_once(ax, "Training data"),
-            )
+            self.train_points_ = ax.scatter(self.x_train, self.y_train, s=12, color="black",
+                                            alpha=0.6, zorder=3, label=_once(ax, "Training data"))
         if self.y_true is not None:
-            self.targets_ = ax.scatter(
-                self.x,
-                self.y_true,
-                s=10,
-                facecolors="none",
-                edgecolors="0.25",
-                linewidths=0.7,
-                alpha=0.8,
-                zorder=3,
-                label=_once(ax, "Targets"),
-            )
+            self.targets_ = ax.scatter(self.x, self.y_true, s=10, facecolors="none",
+                                       edgecolors="0.25", linewidths=0.7, alpha=0.8, zorder=3,
+                                       label=_once(ax, "Targets"))
         ax.set(xlabel="x", ylabel="y")
         _default_title(ax, "Predictive mean and uncertainty bands")
         ax.legend(loc="best")
@@ -1654,9 +1535,8 @@ class PredictiveBandsDisplay:
         """
         from scipy.stats import norm
 
-        level = check_float(
-            "level", level, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False
-        )
+        level = check_float("level", level, low=0.0, high=1.0, low_inclusive=False,
+                            high_inclusive=False)
         xs = _one_d("x", x)
         order = np.argsort(xs, kind="stable")
         n = xs.size
@@ -1678,26 +1558,18 @@ class PredictiveBandsDisplay:
         epi = column("epistemic_std", epistemic_std)
         x_tr = None if x_train is None else _one_d("x_train", x_train)
         y_tr = None if y_train is None else _one_d("y_train", y_train)
-        if (x_tr is None) != (y_tr is None) or (
-            x_tr is not None and y_tr is not None and x_tr.size != y_tr.size
-        ):
+        if (x_tr is None) != (y_tr is None) or (x_tr is not None and y_tr is not None
+                                                 and x_tr.size != y_tr.size):
             raise ValueError(
                 "Expected `x_train` and `y_train` to be given together with equal lengths, but "
                 f"got {None if x_tr is None else x_tr.size} and "
                 f"{None if y_tr is None else y_tr.size} values."
             )
         display = cls(
-            xs[order],
-            mu,
-            total_lower=mu - z * sigma,
-            total_upper=mu + z * sigma,
+            xs[order], mu, total_lower=mu - z * sigma, total_upper=mu + z * sigma,
             epistemic_lower=None if epi is None else mu - z * epi,
             epistemic_upper=None if epi is None else mu + z * epi,
-            level=level,
-            y_true=column("y_true", y_true),
-            x_train=x_tr,
-            y_train=y_tr,
-            name=name,
+            level=level, y_true=column("y_true", y_true), x_train=x_tr, y_train=y_tr, name=name,
         )
         return display.plot(ax=ax, **kwargs)
 
@@ -1736,16 +1608,8 @@ class PredictiveBandsDisplay:
         if y_true is None:
             y_true = result.targets
         return cls.from_predictions(
-            x,
-            result.mean,
-            result.std,
-            epistemic_std=result.epistemic_variance.sqrt(),
-            level=level,
-            y_true=y_true,
-            x_train=x_train,
-            y_train=y_train,
-            name=name,
-            ax=ax,
+            x, result.mean, result.std, epistemic_std=result.epistemic_variance.sqrt(),
+            level=level, y_true=y_true, x_train=x_train, y_train=y_train, name=name, ax=ax,
             **kwargs,
         )
 
@@ -1846,42 +1710,22 @@ class ResidualStdDisplay:
         self.ax_ = ax
         name = self.name if name is None else name
         prefix = f"{name}: " if name else ""
-        style = _style(
-            {
-                "s": 8,
-                "alpha": 0.35,
-                "linewidths": 0,
-                "label": f"{prefix}examples" if name else "Examples",
-            },
-            kwargs,
-        )
+        style = _style({"s": 8, "alpha": 0.35, "linewidths": 0,
+                        "label": f"{prefix}examples" if name else "Examples"}, kwargs)
         self.scatter_ = ax.scatter(self.std, self.abs_residual, **style)
         rgba = np.asarray(self.scatter_.get_facecolor(), dtype=float).reshape(-1, 4)
         color: Any = tuple(rgba[0, :3]) if len(rgba) else "C0"
         self.binned_line_ = None
         if self.binned_std is not None and self.binned_rmse is not None:
             (self.binned_line_,) = ax.plot(
-                self.binned_std,
-                self.binned_rmse,
-                marker="o",
-                markersize=5,
-                linewidth=2.0,
-                color=color,
-                markeredgecolor="black",
-                markeredgewidth=0.6,
-                zorder=4,
+                self.binned_std, self.binned_rmse, marker="o", markersize=5, linewidth=2.0,
+                color=color, markeredgecolor="black", markeredgewidth=0.6, zorder=4,
                 label=f"{prefix}binned RMSE vs RMS std" if name else "Binned RMSE vs RMS std",
             )
         self.ref_line_ = None
         if ref_line and "Calibrated: RMSE = std" not in _legend_labels(ax):
-            self.ref_line_ = ax.axline(
-                (0.0, 0.0),
-                slope=1.0,
-                linestyle="--",
-                color=_REF_COLOR,
-                linewidth=1.2,
-                label="Calibrated: RMSE = std",
-            )
+            self.ref_line_ = ax.axline((0.0, 0.0), slope=1.0, linestyle="--", color=_REF_COLOR,
+                                       linewidth=1.2, label="Calibrated: RMSE = std")
         ax.set(xlabel="Predicted standard deviation", ylabel="|Residual|")
         ax.set_xlim(left=0.0)
         ax.set_ylim(bottom=0.0)
@@ -1936,9 +1780,8 @@ class ResidualStdDisplay:
             groups = np.array_split(np.argsort(sigma, kind="stable"), min(n_bins, y.size))
             binned_std = np.array([np.sqrt(np.mean(sigma[g] ** 2)) for g in groups])
             binned_rmse = np.array([np.sqrt(np.mean(abs_residual[g] ** 2)) for g in groups])
-        display = cls(
-            sigma, abs_residual, binned_std=binned_std, binned_rmse=binned_rmse, name=name
-        )
+        display = cls(sigma, abs_residual, binned_std=binned_std, binned_rmse=binned_rmse,
+                      name=name)
         return display.plot(ax=ax, **kwargs)
 
     @classmethod
@@ -2075,20 +1918,14 @@ class ConvergenceDisplay:
         self.ax_ = ax
         name = self.name if name is None else name
         ylabel = _CONVERGENCE_METRICS.get(self.metric, self.metric)
-        style = _style(
-            {"marker": "o", "markersize": 4, "linewidth": 2.0, "label": name or ylabel}, kwargs
-        )
+        style = _style({"marker": "o", "markersize": 4, "linewidth": 2.0,
+                        "label": name or ylabel}, kwargs)
         (self.line_,) = ax.plot(self.sample_counts, self.values, **style)
         self.ref_line_ = None
         if ref_line and self.reference is not None:
-            (self.ref_line_,) = ax.plot(
-                self.sample_counts,
-                self.reference,
-                linestyle="--",
-                color=_REF_COLOR,
-                linewidth=1.2,
-                label=_once(ax, "∝ 1/√T"),
-            )
+            (self.ref_line_,) = ax.plot(self.sample_counts, self.reference, linestyle="--",
+                                        color=_REF_COLOR, linewidth=1.2,
+                                        label=_once(ax, "∝ 1/√T"))
         from matplotlib.ticker import FuncFormatter
 
         ax.set_xscale("log")
@@ -2198,20 +2035,16 @@ class ConvergenceDisplay:
                 var = np.clip(running_sq / t - mean**2, 0.0, None) * t / (t - 1)
                 values[i] = float(np.mean(np.sqrt(var / t)))
                 continue
-            flat = (
-                mean.reshape(-1, mean.shape[-1]) if task == "classification" else (mean.reshape(-1))
-            )
+            flat = mean.reshape(-1, mean.shape[-1]) if task == "classification" else (
+                mean.reshape(-1))
             assert labels is not None
             if labels.shape[0] != flat.shape[0]:
                 raise ValueError(
                     f"Expected `y_true` to hold {flat.shape[0]} values (one per output of a "
                     f"sample), but got {labels.shape[0]}."
                 )
-            values[i] = float(
-                metric_fn(labels, flat)
-                if metric_fn is not None
-                else _running_metric(metric_name, labels, flat)
-            )
+            values[i] = float(metric_fn(labels, flat) if metric_fn is not None
+                              else _running_metric(metric_name, labels, flat))
         reference = None
         if metric_fn is None and metric_name == "standard_error":
             reference = values[-1] * np.sqrt(counts[-1] / counts)
@@ -2265,17 +2098,9 @@ class ConvergenceDisplay:
         if y_true is None and metric != "standard_error":
             y_true = _targets(result, None)
         class_dim = getattr(result, "class_dim", 1)
-        return cls.from_samples(
-            result.samples,
-            y_true,
-            metric=metric,
-            sample_counts=sample_counts,
-            task=task,
-            class_dim=class_dim,
-            name=name,
-            ax=ax,
-            **kwargs,
-        )
+        return cls.from_samples(result.samples, y_true, metric=metric,
+                                sample_counts=sample_counts, task=task, class_dim=class_dim,
+                                name=name, ax=ax, **kwargs)
 
 
 def _sample_counts(sample_counts: Any, n_total: int, minimum: int) -> np.ndarray:
