@@ -59,6 +59,17 @@ class _Batch:
             )
         )
 
+    def rows(self) -> int:
+        """Rows the model actually receives: the leading size of the batched arguments.
+
+        Equals ``size`` except for a replicated pass (``k x size`` rows) or a probe slice.
+        """
+        batched = self.batched or frozenset()
+        for key, value in self._items():
+            if key in batched and _leads(value):
+                return int(value.shape[0])
+        return self.size
+
     def signature(self) -> tuple[Any, ...]:
         """Shapes (without the batch dimension) and dtypes: the key of cached decisions."""
         batched = self.batched or frozenset()
@@ -102,12 +113,18 @@ def _summary(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
     return "(" + ", ".join(parts) + ")"
 
 
-def _as_targets(value: Any) -> torch.Tensor | None:
+def _as_targets(value: Any, where: str = "`targets`") -> torch.Tensor | None:
     if value is None:
         return None
     if isinstance(value, torch.Tensor):
         return value.detach().cpu()
-    return torch.as_tensor(value).cpu()
+    try:
+        return torch.as_tensor(value).cpu()
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(
+            f"Expected {where} to be a tensor or an array of numbers, but got "
+            f"{type(value).__name__} ({error})."
+        ) from None
 
 
 def _split_call(value: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -138,35 +155,149 @@ def _slice_batches(
         yield part
 
 
-def _is_pair(item: Any) -> bool:
-    return isinstance(item, (tuple, list)) and len(item) == 2
+TargetKey = str | int | None
+_HF_LABELS = "labels"
+
+
+def check_target_key(target_key: Any) -> TargetKey:
+    """``"auto"``, ``None``, an ``int`` (tuple position) or a ``str`` (dict key)."""
+    if target_key is None or (isinstance(target_key, int) and not isinstance(target_key, bool)):
+        return target_key
+    if isinstance(target_key, str):
+        return target_key
+    raise TypeError(
+        "Expected `target_key` to be 'auto', None, an int (position in a tuple batch) or a str "
+        f"(key of a dict batch), but got {target_key!r} (type {type(target_key).__name__})."
+    )
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        dtype = str(value.dtype).replace("torch.", "")
+        return f"Tensor{tuple(value.shape)} {dtype}"
+    if isinstance(value, (tuple, list)):
+        return "(" + ", ".join(_describe(v) for v in value) + ")"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k!r}: {_describe(v)}" for k, v in value.items()) + "}"
+    return type(value).__name__
+
+
+def _split_batch(
+    item: Any, target_key: TargetKey, *, where: str, pairs: bool
+) -> tuple[tuple[Any, ...], dict[str, Any], Any]:
+    """``(args, kwargs, targets or None)`` of one batch under the ``target_key`` rule.
+
+    ``pairs``: whether a 2-element tuple may be an ``(inputs, targets)`` pair (items of an
+    iterable); a tuple given directly as ``inputs`` is positional arguments.
+    """
+    if target_key is None:
+        args, kwargs = _split_call(item)
+        return args, kwargs, None
+    if isinstance(target_key, int):
+        if not isinstance(item, (tuple, list)) or not -len(item) <= target_key < len(item):
+            raise ValueError(
+                f"Expected {where} to be a tuple with an element at position {target_key} "
+                f"(`target_key={target_key}`), but got {_describe(item)}."
+            )
+        position = target_key % len(item)
+        rest = tuple(item[:position]) + tuple(item[position + 1 :])
+        args, kwargs = _split_call(rest[0]) if len(rest) == 1 else (rest, {})
+        return args, kwargs, item[position]
+    if target_key != "auto":
+        if not isinstance(item, Mapping) or target_key not in item:
+            raise ValueError(
+                f"Expected {where} to be a dict with the key {target_key!r} "
+                f"(`target_key={target_key!r}`), but got {_describe(item)}."
+            )
+        rest_kwargs = {k: v for k, v in item.items() if k != target_key}
+        return (), rest_kwargs, item[target_key]
+    # target_key="auto"
+    if isinstance(item, Mapping):
+        if _HF_LABELS in item:  # the Hugging Face convention: labels are targets, not inputs
+            return (), {k: v for k, v in item.items() if k != _HF_LABELS}, item[_HF_LABELS]
+        return (), dict(item), None
+    if not (pairs and isinstance(item, (tuple, list)) and len(item) == 2):
+        args, kwargs = _split_call(item)
+        return args, kwargs, None
+    first, second = item
+    args, kwargs = _split_call(first)
+    if not _recognisable_targets(args, kwargs, second):
+        raise ValueError(
+            f"Expected {where}, a pair {_describe(item)}, to be (inputs, targets) with "
+            "recognisable targets (integer class labels, one row per example, not shaped like "
+            "an integer input), but its second element could be a second model input such as "
+            "a mask. Pass `target_key=1` to take it as the targets (e.g. regression targets), "
+            "or `target_key=None` to pass both elements to the model as positional arguments."
+        )
+    return args, kwargs, second
+
+
+def _recognisable_targets(args: tuple[Any, ...], kwargs: Mapping[str, Any], value: Any) -> bool:
+    """Integer (not bool) labels with one row per example, unlike any integer input tensor."""
+    if not isinstance(value, torch.Tensor) or value.ndim == 0:
+        return False
+    if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+        return False
+    tensors = [v for v in (*args, *kwargs.values()) if _leads(v)]
+    if not tensors or int(value.shape[0]) != int(tensors[0].shape[0]):
+        return False
+    return not any(
+        t.shape == value.shape
+        and not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
+        for t in tensors
+    )
 
 
 def iter_batches(
-    inputs: Any, *, batch_size: int, targets: Any = None
+    inputs: Any, *, batch_size: int, targets: Any = None, target_key: Any = "auto"
 ) -> tuple[Iterator[_Batch], int | None, int | None]:
     """Normalise ``inputs`` into an iterator of batches.
 
     Returns ``(batches, n_batches, n_examples)``; the counts are ``None`` when unknown.
 
     * ``Tensor`` of shape (N, ...): one positional argument, sliced into ``batch_size`` rows.
-    * ``tuple``/``list``: positional arguments; ``dict``: keyword arguments. Tensors whose
-      leading dimension is N are sliced, everything else is passed unchanged.
-    * Any other iterable (``DataLoader``, generator, list of batches is *not* accepted: a list is
-      positional arguments): each item is one batch, a Tensor, tuple (positional), dict
-      (keyword), or a pair ``(inputs, targets)`` where inputs is any of those.
+    * ``tuple``: positional arguments; ``dict``: keyword arguments. Tensors whose leading
+      dimension is N are sliced, everything else is passed unchanged.
+    * Any other iterable, a ``list`` included (``DataLoader``, ``Dataset``, generator): each
+      item is one batch, a Tensor, tuple (positional arguments) or dict (keyword arguments).
+
+    ``target_key`` says which part of a batch holds the targets (kept on the result, never
+    passed to the model):
+
+    * ``"auto"`` (default): the ``"labels"`` entry of a dict (Hugging Face); for the items of
+      an iterable, the second element of a pair ``(inputs, targets)`` when it is integer class
+      labels with one row per example that are not shaped like an integer input (token ids
+      with an attention mask are ambiguous). Any other pair raises a ``ValueError`` that says
+      how to disambiguate. A tuple given directly as ``inputs`` is never split.
+    * ``None``: nothing is targets; every part of a batch goes to the model.
+    * an ``int``: position of the targets in a tuple batch (``1`` for ``(x, y)``, ``-1`` for
+      ``(x, mask, y)``); the other elements are the inputs (one element: that batch; several:
+      positional arguments).
+    * a ``str``: key of the targets in a dict batch; the other entries are keyword arguments.
     """
-    if isinstance(inputs, (torch.Tensor, tuple, list, Mapping)):
-        args, kwargs = _split_call(inputs)
+    target_key = check_target_key(target_key)
+    if isinstance(inputs, (torch.Tensor, tuple, Mapping)):
+        if isinstance(inputs, torch.Tensor) and target_key not in ("auto", None):
+            raise ValueError(
+                f"Expected `target_key` only with tuple or dict `inputs`, but got "
+                f"target_key={target_key!r} with a Tensor; pass the targets as `targets=`."
+            )
+        args, kwargs, found = _split_batch(inputs, target_key, where="`inputs`", pairs=False)
+        if found is not None and targets is not None:
+            raise ValueError(
+                "Expected the targets either as `targets=` or inside `inputs` (picked by "
+                f"`target_key={target_key!r}`), but got both."
+            )
         n = _leading_size(args, kwargs, "inputs")
         if n == 0:
             raise ValueError(
                 f"Expected `inputs` to hold at least one example, but got {_summary(args, kwargs)}."
             )
-        target_tensor = _as_targets(targets)
+        where = "`targets`" if found is None else "the targets in `inputs`"
+        target_tensor = _as_targets(targets if found is None else found, where)
         if target_tensor is not None and (target_tensor.ndim == 0 or target_tensor.shape[0] != n):
             raise ValueError(
-                f"Expected `targets` to have {n} rows like `inputs`, but got shape "
+                f"Expected {where} to have {n} rows like `inputs`, but got shape "
                 f"{tuple(target_tensor.shape)}."
             )
         return _slice_batches(args, kwargs, target_tensor, n, batch_size), -(-n // batch_size), n
@@ -174,7 +305,7 @@ def iter_batches(
         if targets is not None:
             raise TypeError(
                 "Expected `targets` only with tensor, tuple or dict `inputs`; an iterable of "
-                "batches carries its targets as (inputs, targets) pairs."
+                "batches carries its targets in each batch (see `target_key`)."
             )
         n_batches: int | None
         try:
@@ -186,7 +317,7 @@ def iter_batches(
             n_examples: int | None = len(dataset) if dataset is not None else None  # type: ignore[arg-type]
         except TypeError:
             n_examples = None
-        return _from_iterable(inputs), n_batches, n_examples
+        return _from_iterable(inputs, target_key), n_batches, n_examples
     raise TypeError(
         "Expected `inputs` to be a Tensor, a tuple of tensors (positional arguments), a dict "
         f"(keyword arguments) or an iterable of batches such as a DataLoader, but got "
@@ -194,20 +325,18 @@ def iter_batches(
     )
 
 
-def _from_iterable(inputs: Iterable[Any]) -> Iterator[_Batch]:
+def _from_iterable(inputs: Iterable[Any], target_key: TargetKey) -> Iterator[_Batch]:
     batched: frozenset[int | str] | None = None
     for index, item in enumerate(inputs):
-        targets = None
-        if _is_pair(item) and not isinstance(item, Mapping):
-            item, targets = item[0], item[1]
-        args, kwargs = _split_call(item)
+        where = f"batch {index} of `inputs`"
         try:
+            args, kwargs, targets = _split_batch(item, target_key, where=where, pairs=True)
             n = _leading_size(args, kwargs, "inputs")
         except TypeError as error:
             raise TypeError(f"Batch {index} of `inputs`: {error}") from None
         if n == 0:
             continue
-        target_tensor = _as_targets(targets)
+        target_tensor = _as_targets(targets, f"the targets of {where}")
         if target_tensor is not None and (target_tensor.ndim == 0 or target_tensor.shape[0] != n):
             raise ValueError(
                 f"Batch {index} of `inputs`: expected targets with {n} rows, but got shape "
@@ -229,13 +358,51 @@ def _from_iterable(inputs: Iterable[Any]) -> Iterator[_Batch]:
 
 
 def extract_outputs(
-    output: Any, *, n_outputs: int, transform: Callable[[Any], Any] | None
+    output: Any,
+    *,
+    n_outputs: int,
+    transform: Callable[[Any], Any] | None,
+    batch_size: int | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Pick the tensor(s) mcdrop aggregates out of whatever the model returns.
 
     ``n_outputs`` is 1 (logits, probabilities or a regression mean) or 2 (mean and log-variance
-    of a heteroscedastic regression head).
+    of a heteroscedastic regression head). Every picked tensor must be floating point and, when
+    ``batch_size`` is given (the rows the model received), lead with that many rows.
     """
+    tensors = _pick_outputs(output, n_outputs=n_outputs, transform=transform)
+    for tensor in tensors:
+        check_output(tensor, batch_size)
+    return tensors
+
+
+def check_output(tensor: torch.Tensor, batch_size: int | None) -> None:
+    """Refuse outputs mcdrop would misread: not floating point, scalar, or batch dim missing."""
+    if not tensor.is_floating_point():
+        raise TypeError(
+            "Expected the model output to be a floating-point tensor (logits, probabilities or "
+            f"a regression mean), but got dtype {tensor.dtype}: class indices or booleans carry "
+            "no probabilities to average. Return the scores before argmax/thresholding, or pass "
+            "`output_transform=` to convert them (e.g. `lambda y: y.float()` for a regression)."
+        )
+    if tensor.ndim == 0:
+        raise ValueError(
+            "Expected the model output to keep the batch dimension first, (N, ...), but got a "
+            "scalar (0-d tensor): the model reduces over the batch (a loss or a `.mean()`?). "
+            "Return per-example outputs, or pass `output_transform=` to pick them."
+        )
+    if batch_size is not None and tensor.shape[0] != batch_size:
+        raise ValueError(
+            f"Expected the model output to lead with the batch dimension ({batch_size} rows for "
+            f"{batch_size} input rows), but got shape {tuple(tensor.shape)}. mcdrop reads dim 0 "
+            "as the examples: return (N, ...) outputs, or pass `output_transform=` (e.g. "
+            "`lambda y: y.transpose(0, 1)` for sequence-first outputs)."
+        )
+
+
+def _pick_outputs(
+    output: Any, *, n_outputs: int, transform: Callable[[Any], Any] | None
+) -> tuple[torch.Tensor, ...]:
     if transform is not None:
         output = transform(output)
     if n_outputs == 2:

@@ -75,3 +75,38 @@ def check_bool(name: str, value: Any) -> bool:
     if isinstance(value, bool) or type(value).__name__ == "bool_":
         return bool(value)
     raise TypeError(f"Expected `{name}` to be True or False, but got {_describe(value)}.")
+
+
+def check_class_labels(name: str, array: Any, n_classes: int) -> Any:
+    """Return integer class labels in ``[0, n_classes)`` as ``int64``, or raise naming ``name``.
+
+    ``array`` is a NumPy array of any real dtype: booleans and floats holding whole numbers are
+    accepted. The range is checked *before* the cast, so a label of ``1e20`` (or a ``uint64``
+    above the ``int64`` range) is reported as itself, never as the garbage a cast would make.
+    """
+    import numpy as np
+
+    if array.dtype.kind not in "biuf":
+        raise TypeError(
+            f"Expected `{name}` to hold integer class labels, but got dtype {array.dtype}."
+        )
+    if array.dtype.kind == "f":
+        finite = np.isfinite(array)
+        if not np.all(finite):
+            bad = array[~finite].ravel()[0]
+            raise ValueError(
+                f"Expected `{name}` to hold integer class labels, but got {float(bad)!r}."
+            )
+        fractional = array != np.round(array)
+        if np.any(fractional):
+            bad = float(array[fractional].ravel()[0])
+            raise ValueError(f"Expected `{name}` to hold integer class labels, but got {bad!r}.")
+    if array.size:
+        low, high = array.min(), array.max()
+        if low < 0 or high >= n_classes:
+            bad = low if low < 0 else high
+            shown = int(bad) if array.dtype.kind in "biu" else float(bad)
+            raise ValueError(
+                f"Expected `{name}` to hold labels in [0, {n_classes - 1}], but got {shown!r}."
+            )
+    return array.astype(np.int64)

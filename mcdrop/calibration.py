@@ -31,6 +31,7 @@ from mcdrop.metrics import (
 __all__ = ["StdScaling", "TemperatureScaling"]
 
 _INPUTS = ("logits", "probs", "log_probs")
+_HUGE = 1e300  # the objective where the NLL is beyond float64
 
 
 class TemperatureScaling:
@@ -103,7 +104,17 @@ class TemperatureScaling:
         return self._temperature
 
     def _scores(self, name: str, value: Any) -> np.ndarray:
-        """The ``(N, C)`` float64 scores that the temperature divides."""
+        """The ``(N, C)`` float64 scores that the temperature divides, shifted by their row max.
+
+        ``softmax(z / T)`` does not change when a row of ``z`` is shifted, and with the row
+        maximum at 0 nothing overflows: ``z / T`` is at most 0 for any ``T`` (entries may
+        underflow to ``-inf``, a zero probability), so no NaN can arise from finite logits.
+        """
+        scores = self._raw_scores(name, value)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return scores - scores.max(axis=1, keepdims=True)
+
+    def _raw_scores(self, name: str, value: Any) -> np.ndarray:
         if self.inputs == "probs":
             probs = _check_probs(name, value, allow_1d=False)
             return np.log(np.maximum(probs, np.finfo(np.float64).tiny))
@@ -135,16 +146,32 @@ class TemperatureScaling:
         scores = self._scores("logits", logits)
         labels = _check_labels("y", y, scores.shape[1], scores.shape[0])
         rows = np.arange(scores.shape[0])
+        # The search minimises NLL / scale: the same minimum, and values the search can do
+        # arithmetic on even for logits near the float64 limit.
+        finite = scores[np.isfinite(scores)]
+        scale = max(1.0, float(np.max(-finite)) if finite.size else 1.0)
 
         def nll(log_t: float) -> float:
-            log_p = log_softmax(scores * math.exp(-log_t), axis=1)
-            return float(-np.mean(log_p[rows, labels]))
+            with np.errstate(over="ignore"):
+                log_p = log_softmax(scores * math.exp(-log_t), axis=1)
+            picked = log_p[rows, labels]
+            if not np.all(np.isfinite(picked)):  # beyond float64: larger than any finite value
+                return _HUGE
+            return float(np.mean(picked / -scale))  # NLL / scale: no overflow in the mean
 
         low, high = math.log(self.bounds[0]), math.log(self.bounds[1])
         solution = minimize_scalar(
             nll, bounds=(low, high), method="bounded", options={"xatol": 1e-7}
         )
         log_t = float(solution.x)
+        if nll(low) == nll(high):
+            raise ValueError(
+                "Expected `logits` whose fit depends on the temperature, but the negative "
+                f"log-likelihood is {nll(low) * scale:.6g} at both ends of `bounds` {self.bounds}: the "
+                "probabilities are saturated (e.g. logits of magnitude "
+                f"{float(np.max(np.abs(scores[np.isfinite(scores)]))):.3g}) or constant, so no "
+                "temperature can be identified."
+            )
         if min(log_t - low, high - log_t) < 1e-4:
             warnings.warn(
                 f"The fitted temperature {math.exp(log_t):.4g} is at the edge of `bounds` "
@@ -170,7 +197,8 @@ class TemperatureScaling:
         """
         temperature = self.temperature
         scores = self._scores("logits", logits)
-        return np.asarray(softmax(scores / temperature, axis=1), dtype=np.float64)
+        with np.errstate(over="ignore"):  # scores <= 0: an overflow is a zero probability
+            return np.asarray(softmax(scores / temperature, axis=1), dtype=np.float64)
 
     def fit_transform(self, logits: ArrayLike, y: ArrayLike) -> np.ndarray:
         """:meth:`fit` then :meth:`transform` on the same data."""
@@ -261,13 +289,19 @@ class StdScaling:
         mean_arr = _match_shape("mean", _as_real("mean", mean), "y", y_arr)
         std_arr = _match_shape("std", _as_real("std", std), "y", y_arr)
         _check_positive("std", std_arr)
-        scale = math.sqrt(float(np.mean(((y_arr - mean_arr) / std_arr) ** 2)))
-        if scale == 0.0:
+        log_scale = _log_rms_ratio(y_arr, mean_arr, std_arr)
+        if log_scale == -math.inf:
             raise ValueError(
                 "Expected `y` to differ from `mean` somewhere, but every residual is zero; "
                 "the scale would be 0."
             )
-        self._scale = scale
+        if not _LOG_MIN_FLOAT < log_scale < _LOG_MAX_FLOAT:
+            raise ValueError(
+                f"Expected residuals `y - mean` on the scale of `std`, but the fitted scale "
+                f"would be 10**{log_scale / math.log(10):.0f}, outside the range of float64; "
+                "check that `std` is a standard deviation in the units of `y`."
+            )
+        self._scale = math.exp(log_scale)
         return self
 
     def transform(self, std: ArrayLike) -> np.ndarray:
@@ -288,4 +322,31 @@ class StdScaling:
             raise ValueError(
                 f"Expected `std` to be >= 0 everywhere, but got a value of {float(std_arr.min())}."
             )
-        return std_arr * scale
+        with np.errstate(over="ignore"):
+            scaled = std_arr * scale
+        if not np.all(np.isfinite(scaled)):
+            raise ValueError(
+                f"Expected `std` small enough to scale by {scale:.4g}, but the product overflows "
+                f"float64 (largest std {float(std_arr.max()):.4g})."
+            )
+        return scaled
+
+
+_LOG_MAX_FLOAT = math.log(float(np.finfo(np.float64).max))
+_LOG_MIN_FLOAT = math.log(float(np.finfo(np.float64).tiny))
+
+
+def _log_rms_ratio(y: np.ndarray, mean: np.ndarray, std: np.ndarray) -> float:
+    """``log sqrt(mean(((y - mean) / std)^2))``, computed in logs: nothing overflows.
+
+    ``-inf`` when every residual is zero.
+    """
+    with np.errstate(over="ignore", divide="ignore"):
+        diff, log_factor = y - mean, 0.0
+        if not np.all(np.isfinite(diff)):
+            diff, log_factor = y / 2.0 - mean / 2.0, math.log(2.0)
+        log_z = np.log(np.abs(diff)) + log_factor - np.log(std)
+    top = float(np.max(log_z))
+    if top == -math.inf:
+        return top
+    return top + 0.5 * math.log(float(np.mean(np.exp(2.0 * (log_z - top)))))

@@ -569,9 +569,9 @@ def _run_report(args: argparse.Namespace) -> int:
         result = mcdrop.load_result(path)
     except FileNotFoundError:
         raise CLIError(f"result file not found: {path}") from None
-    except ValueError:
+    except ValueError as error:  # the only error load_result raises for a bad file
         raise CLIError(
-            f"{path} is not an mcdrop result file (write one with result.save(path))"
+            f"{path} is not an mcdrop result file (write one with result.save(path)): {error}"
         ) from None
 
     targets: Any

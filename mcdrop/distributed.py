@@ -225,7 +225,13 @@ def _shard(
             shuffle=False,
         )
         return n, loader, None
-    if isinstance(inputs, (torch.Tensor, tuple, list, Mapping)):
+    if isinstance(inputs, list):
+        raise TypeError(
+            "Expected a tensor, tuple, dict, map-style Dataset or DataLoader with "
+            "`distributed=True`, but got a list, which mcdrop reads as an iterable of batches and "
+            "cannot shard by index; stack it into a tensor or wrap it in a Dataset."
+        )
+    if isinstance(inputs, (torch.Tensor, tuple, Mapping)):
         args, kwargs = _split_call(inputs)
         n = _leading_size(args, kwargs, "inputs")
         if n == 0:

@@ -49,7 +49,7 @@ from scipy.special import logsumexp, xlogy
 from scipy.stats import norm
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from mcdrop._validation import check_choice, check_float, check_int
+from mcdrop._validation import check_choice, check_class_labels, check_float, check_int
 from mcdrop.results import ClassificationResult, RegressionResult
 
 __all__ = [
@@ -211,20 +211,7 @@ def _check_labels(name: str, value: Any, n_classes: int, n: int) -> np.ndarray:
             f"Expected `{name}` to have {n} labels to match the predictions, but got "
             f"{array.shape[0]}."
         )
-    if array.dtype.kind == "f":
-        _check_finite(name, array)
-        fractional = array != np.round(array)
-        if np.any(fractional):
-            bad = float(array[fractional][0])
-            raise ValueError(f"Expected `{name}` to hold integer class labels, but got {bad!r}.")
-    labels = array.astype(np.int64)
-    low, high = int(labels.min()), int(labels.max())
-    if low < 0 or high >= n_classes:
-        bad_label = low if low < 0 else high
-        raise ValueError(
-            f"Expected `{name}` to hold labels in [0, {n_classes - 1}], but got {bad_label}."
-        )
-    return labels
+    return check_class_labels(name, array, n_classes)
 
 
 def _classification_inputs(
@@ -1041,7 +1028,24 @@ def rmse(y: ArrayLike, mean: ArrayLike) -> float:
     float
     """
     y_arr, mean_arr = _regression_pair(y, "mean", mean)
-    return float(np.sqrt(np.mean((y_arr - mean_arr) ** 2)))
+    return _rms_difference(y_arr, mean_arr)
+
+
+def _rms_difference(a: np.ndarray, b: np.ndarray) -> float:
+    """``sqrt(mean((a - b)^2))`` without overflow or underflow in the squares.
+
+    The differences (halved when ``a - b`` itself overflows) are divided by their largest
+    magnitude ``m`` before squaring and the root is multiplied back by ``m``: the result is
+    ``inf`` only when the true value is above the largest ``float64``.
+    """
+    with np.errstate(over="ignore"):
+        diff, factor = a - b, 1.0
+        if not np.all(np.isfinite(diff)):
+            diff, factor = a / 2.0 - b / 2.0, 2.0
+        m = float(np.max(np.abs(diff)))
+        if m == 0.0:
+            return 0.0
+        return float(factor * m * np.sqrt(np.mean((diff / m) ** 2)))
 
 
 def gaussian_nll(

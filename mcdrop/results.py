@@ -26,11 +26,10 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from mcdrop._resultfile import FORMAT, FORMAT_VERSION, check_result, read_result_file
 from mcdrop._validation import check_float
 
 __all__ = ["ClassificationResult", "RegressionResult", "load_result"]
-
-_FORMAT_VERSION = 1
 
 
 def _tensor_to_numpy(value: Any) -> Any:
@@ -80,7 +79,7 @@ class _ResultMixin:
             Destination file. NumPy appends ``.npz`` when the name has no such suffix.
         """
         arrays: dict[str, np.ndarray] = {}
-        meta: dict[str, Any] = {"format": "mcdrop-result", "version": _FORMAT_VERSION}
+        meta: dict[str, Any] = {"format": FORMAT, "version": FORMAT_VERSION}
         meta["task"] = self.task
         for field in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, field.name)
@@ -88,6 +87,8 @@ class _ResultMixin:
                 arrays[field.name] = value.detach().cpu().numpy()
             else:
                 meta[field.name] = value
+        # The schema that load_result applies: a result that could not be loaded is not written.
+        check_result(meta, arrays, f"the result to save to {os.fspath(path)!r}")
         arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
         np.savez(path, **arrays)  # type: ignore[arg-type]
 
@@ -342,11 +343,18 @@ _RESULT_TYPES: dict[str, type[_ResultMixin]] = {
 def load_result(path: str | os.PathLike[str]) -> ClassificationResult | RegressionResult:
     """Read a result saved with ``result.save(path)``.
 
+    Every field is checked against one schema before it is used: the metadata (format, version,
+    task, ``n_samples``, ``class_dim``, ``tau``), then each array's header (dtype and shape,
+    consistent with ``mean``, ``class_dim`` and ``n_samples``) *before* its data is read, so
+    memory is bounded by the sizes the file declares, then the values (finite means,
+    probabilities in [0, 1] whose rows sum to one, non-negative variances, entropies within
+    ``[0, log C]``). Nothing is unpickled.
+
     Parameters
     ----------
     path : str or path-like
         An ``.npz`` file written by :meth:`ClassificationResult.save` or
-        :meth:`RegressionResult.save`.
+        :meth:`RegressionResult.save` (``.npz`` is appended when ``path`` does not exist).
 
     Returns
     -------
@@ -358,33 +366,15 @@ def load_result(path: str | os.PathLike[str]) -> ClassificationResult | Regressi
     FileNotFoundError
         When ``path`` does not exist.
     ValueError
-        When the file is not an mcdrop result (or needs pickle to load).
+        For anything else: a file that is not an mcdrop result, needs pickle, or holds a field
+        that breaks the schema. The message names the file and the field.
     """
     path = os.fspath(path)
     if not os.path.exists(path) and os.path.exists(path + ".npz"):
         path = path + ".npz"
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except FileNotFoundError:
-        raise
-    except Exception as error:  # zipfile.BadZipFile, ValueError on object arrays, ...
-        raise ValueError(
-            f"Expected `path` to be an mcdrop result file (.npz), but could not read "
-            f"{path!r}: {error}"
-        ) from None
-    if "__meta__" not in arrays:
-        raise ValueError(
-            f"Expected `path` to be an mcdrop result file, but {path!r} has no metadata."
-        )
-    meta = json.loads(arrays.pop("__meta__").tobytes().decode("utf-8"))
-    if meta.get("format") != "mcdrop-result" or meta.get("task") not in _RESULT_TYPES:
-        raise ValueError(f"Expected `path` to be an mcdrop result file, but {path!r} is not one.")
-    if meta.get("version", 0) > _FORMAT_VERSION:
-        raise ValueError(
-            f"Expected a result file of format version <= {_FORMAT_VERSION}, but {path!r} has "
-            f"version {meta['version']}; upgrade mcdrop to read it."
-        )
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No such result file: {path!r}")
+    meta, arrays = read_result_file(path)
     cls = _RESULT_TYPES[meta["task"]]
     kwargs: dict[str, Any] = {}
     for field in dataclasses.fields(cls):  # type: ignore[arg-type]
@@ -392,4 +382,7 @@ def load_result(path: str | os.PathLike[str]) -> ClassificationResult | Regressi
             kwargs[field.name] = torch.from_numpy(arrays[field.name])
         elif field.name in meta:
             kwargs[field.name] = meta[field.name]
-    return cls(**kwargs)  # type: ignore[return-value]
+    try:
+        return cls(**kwargs)  # type: ignore[return-value]
+    except (ValueError, TypeError) as error:  # the schema should have caught it; never escape
+        raise ValueError(f"Expected a valid mcdrop result in {path!r}, but {error}") from None

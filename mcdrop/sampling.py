@@ -53,6 +53,7 @@ def predict_with_uncertainty(
     outputs: str = "logits",
     class_dim: int = 1,
     targets: Any = None,
+    target_key: str | int | None = "auto",
     tau: float | None = None,
     heteroscedastic: bool = False,
     output_transform: Callable[[Any], Any] | None = None,
@@ -87,10 +88,11 @@ def predict_with_uncertainty(
     model : nn.Module
         A trained model containing dropout.
     inputs : Tensor, tuple, dict or iterable of batches
-        ``Tensor`` of shape (N, ...); ``tuple`` of positional arguments; ``dict`` of keyword
-        arguments (e.g. ``input_ids`` and ``attention_mask``); or a ``DataLoader`` / any iterable
-        whose items are such batches or ``(inputs, targets)`` pairs (targets are kept on the
-        result). Tensors whose leading dimension is not the batch size are passed unchanged;
+        ``Tensor`` of shape (N, ...) (one positional argument); ``tuple`` of positional
+        arguments; ``dict`` of keyword arguments (e.g. ``input_ids`` and ``attention_mask``); or
+        an iterable of batches — a ``list``, ``DataLoader``, generator — each item a Tensor,
+        tuple or dict. Targets are never passed to the model; ``target_key`` says where they
+        are. Tensors whose leading dimension is not the batch size are passed unchanged;
         which arguments are batched is decided once (from ``N``, or from the first batch of an
         iterable) and kept for every batch. An unbatched tensor argument whose leading dimension
         equals ``N`` cannot be told apart from a batched one: bind it to the model instead
@@ -109,6 +111,13 @@ def predict_with_uncertainty(
         ``(N, C, H, W)`` (per-pixel uncertainty maps), ``-1`` for ``(N, L, C)`` token outputs.
     targets : array-like of shape (N, ...), optional
         Targets for tensor inputs, stored on the result.
+    target_key : "auto", None, int or str, default="auto"
+        Which part of a batch holds the targets. ``"auto"``: the ``"labels"`` entry of a dict
+        (Hugging Face), or the second element of an ``(inputs, targets)`` pair from an iterable
+        when it is integer class labels with one row per example; any other pair is refused
+        with the way to disambiguate. ``None``: nothing is targets. An ``int``: position in a
+        tuple batch (``1`` for ``(x, y)``, ``-1`` for ``(x, mask, y)``). A ``str``: key of a
+        dict batch.
     tau : float, optional
         Regression model precision (Gal 2016): aleatoric variance ``1 / tau``.
     heteroscedastic : bool, default=False
@@ -210,6 +219,7 @@ def predict_with_uncertainty(
         tolerance=tolerance,
         max_samples=max_samples,
         device=device,
+        target_key=target_key,
     )
     distributed = check_bool("distributed", distributed)
     if check_bool("rank0_only", rank0_only) and not distributed:

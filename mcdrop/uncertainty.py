@@ -21,6 +21,7 @@ Definitions (natural logarithms, ``p_t`` the sampled class probabilities, ``p = 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -83,10 +84,15 @@ class _ClassificationAccumulator:
         self.entropy_sum: torch.Tensor | None = None
         self.mode_counts: torch.Tensor | None = None
         self.samples: list[torch.Tensor] = []
+        # outputs='logits' on the first chunk: "every row is a probability vector" (a device
+        # flag, read in state() where the statistics are read anyway: no extra sync).
+        self.looks_like_probs: torch.Tensor | None = None
 
     def _probs(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         dim = self.class_dim + 1
         num_classes = raw.shape[dim]
+        if self.moments.count == 0:
+            _note_token_layout(tuple(raw.shape[1:]), self.class_dim)
         # float64 outputs stay float64; low-precision outputs (bf16 under amp) get a tolerance
         # that matches their rounding.
         atol = self.atol
@@ -108,6 +114,8 @@ class _ClassificationAccumulator:
                 "`outputs='binary_logits'`; for one probability, `output_transform=lambda p: "
                 "torch.cat([1 - p, p], dim=1)` with `outputs='probs'`."
             )
+        if self.outputs == "logits" and self.looks_like_probs is None:
+            self.looks_like_probs = (raw >= 0).all() & (raw.sum(dim) - 1).abs().le(atol).all()
         if self.outputs in ("logits", "binary_logits"):
             log_p = F.log_softmax(raw, dim=dim)
             return log_p.exp(), log_p
@@ -160,6 +168,14 @@ class _ClassificationAccumulator:
     def state(self) -> dict[str, torch.Tensor]:
         """Per-example statistics of the batch, on the accumulation device."""
         assert self.moments.mean is not None and self.entropy_sum is not None
+        if self.looks_like_probs is not None and bool(self.looks_like_probs):
+            raise ValueError(
+                "Expected `outputs='logits'` (the default) model outputs, but every output row of "
+                "the first batch is non-negative and sums to 1 along class_dim="
+                f"{self.class_dim}: the model already returns probabilities, and a second softmax "
+                "would flatten them (lower confidence, understated mutual information). Pass "
+                "`outputs='probs'`."
+            )
         assert self.mode_counts is not None
         mean = self.moments.mean
         variance = self.moments.variance
@@ -265,7 +281,9 @@ def summarize_samples(
         log-probabilities (``outputs``). Regression: ``(T, N, *S)`` sampled means.
     task : {"classification", "regression"}, default="classification"
     outputs : {"logits", "probs", "log_probs", "binary_logits"}, default="logits"
-        What ``samples`` hold (classification); never guessed from the values.
+        What ``samples`` hold (classification); never guessed from the values, but
+        probability rows (non-negative, summing to 1) given as ``"logits"`` are refused: a
+        second softmax would flatten them.
         ``"binary_logits"``: one logit per example (``BCEWithLogitsLoss``), turned into the two
         classes ``[1 - sigmoid(z), sigmoid(z)]``.
     class_dim : int, default=1
@@ -311,6 +329,28 @@ def summarize_samples(
         acc.update(samples[start : start + chunk_size], lv)
     reg_state: dict[str, Any] = dict(acc.state())
     return RegressionResult(n_samples=acc.count, tau=tau, targets=targets, **reg_state)
+
+
+_TOKEN_LAYOUTS_NOTED: set[tuple[int, ...]] = set()
+
+
+def _note_token_layout(shape: tuple[int, ...], class_dim: int) -> None:
+    """Say once per output shape which dimension of an (N, A, B) output holds the classes.
+
+    (N, C, L) (1-d segmentation) and (N, L, C) (token classification, language models) cannot
+    be told apart from the shape; with ``class_dim=1`` the A entries of dim 1 are the classes.
+    """
+    if len(shape) != 3 or class_dim != 1 or shape[1:] in _TOKEN_LAYOUTS_NOTED:
+        return
+    _TOKEN_LAYOUTS_NOTED.add(shape[1:])
+    n, a, b = shape
+    warnings.warn(
+        f"mcdrop: the model output has shape (N={n}, {a}, {b}) and class_dim=1, so its {a} "
+        f"entries along dim 1 are taken as the classes, at {b} positions each. If the output is "
+        f"per token, (N, L, C) with {b} classes, pass `class_dim=-1`. (Shown once per shape.)",
+        UserWarning,
+        stacklevel=2,
+    )
 
 
 def _normalise_class_dim(class_dim: int, ndim: int) -> int:

@@ -7,6 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from scipy.optimize import minimize_scalar
 from scipy.special import softmax
 from scipy.stats import norm
@@ -162,3 +165,97 @@ def test_std_scaling_closed_form_matches_brute_force():
     )
     assert t.scale == pytest.approx(scaler.scale)
     assert "scale=" in repr(t)
+
+
+# --------------------------------------------------------------------------------------------
+# Numerics at the edges of float64 (issue 11, group 5)
+# --------------------------------------------------------------------------------------------
+
+
+def _decimal_scale(y, mean, std):
+    """Reference ``sqrt(mean(((y - mean) / std)^2))`` in 60-digit decimals (no overflow)."""
+    import decimal
+
+    ctx = decimal.Context(prec=60, Emax=10**6, Emin=-(10**6))
+    d = decimal.Decimal
+    total = sum(
+        ctx.power(ctx.divide(ctx.subtract(d(a), d(b)), d(s)), 2)
+        for a, b, s in zip(y, mean, std, strict=True)
+    )
+    return ctx.sqrt(ctx.divide(total, len(y)))
+
+
+_big = st.floats(min_value=-1e308, max_value=1e308, allow_nan=False, allow_infinity=False)
+_std = st.floats(min_value=1e-300, max_value=1e300)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(_big, _big, _std), min_size=1, max_size=5))
+def test_std_scaling_is_finite_and_exact_or_refused(rows):
+    import decimal
+
+    y, mean, std = (np.array(col) for col in zip(*rows, strict=True))
+    expected = _decimal_scale(y, mean, std)
+    limit = decimal.Decimal(np.finfo(np.float64).max)
+    if (
+        expected == 0
+        or expected >= limit
+        or expected < decimal.Decimal(float(np.finfo(np.float64).tiny))
+    ):
+        with pytest.raises(ValueError, match="residual|scale"):
+            StdScaling().fit(mean, std, y)
+        return
+    scale = StdScaling().fit(mean, std, y).scale
+    assert math.isfinite(scale)
+    assert scale == pytest.approx(float(expected), rel=1e-9)
+
+
+def test_std_scaling_refuses_an_infinite_scale():
+    with pytest.raises(ValueError, match="outside the range of float64"):
+        StdScaling().fit([1e200], [1e-200], [0.0])
+    scaler = StdScaling().fit([1e200, 3.0], [1e100, 1.0], [0.0, 0.0])
+    assert scaler.scale == pytest.approx(1e100 / math.sqrt(2))  # residual/std 1e100 and 3
+    with pytest.raises(ValueError, match="overflows"):
+        scaler.transform([1e300])
+
+
+def test_temperature_scaling_on_huge_logits_is_equivariant():
+    # softmax(c z / (c T)) = softmax(z / T): the fit on logits scaled by 1e305 (bounds scaled
+    # too) must find the same temperature, scaled.
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(400, 3))
+    y = np.array([rng.choice(3, p=p) for p in softmax(0.5 * z, axis=1)])
+    small = TemperatureScaling().fit(z, y).temperature
+    big = TemperatureScaling(bounds=(1e303, 1e307)).fit(z * 1e305, y).temperature
+    assert big == pytest.approx(small * 1e305, rel=1e-4)
+
+
+def test_temperature_scaling_refuses_saturated_logits_instead_of_fitting_a_bound():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(50, 3)) * 1e307
+    with pytest.raises(ValueError, match="saturated"):
+        TemperatureScaling().fit(z, z.argmax(1))  # every probability is one-hot at every T
+    with pytest.warns(RuntimeWarning, match="edge of `bounds`"):
+        TemperatureScaling().fit(z, rng.integers(0, 3, 50))  # the optimum is beyond 100
+
+
+@settings(max_examples=100, deadline=None)
+@given(hnp.arrays(np.float64, st.tuples(st.integers(1, 4), st.integers(2, 4)), elements=_big))
+def test_temperature_transform_never_returns_nan_for_finite_logits(logits):
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(300, 3))
+    y = np.array([rng.choice(3, p=p) for p in softmax(4 * z, axis=1)])
+    scaler = TemperatureScaling().fit(z, y)  # underconfident logits: a temperature < 1
+    assert scaler.temperature < 1
+    probs = scaler.transform(logits)
+    assert np.all(np.isfinite(probs))
+    np.testing.assert_allclose(probs.sum(1), 1.0)
+    # Scaling keeps the order of the classes (ties may round together).
+    larger = logits[:, :, None] > logits[:, None, :]
+    assert np.all((probs[:, :, None] >= probs[:, None, :])[larger])
+
+
+def test_temperature_scaling_refuses_logits_that_do_not_depend_on_the_temperature():
+    logits = np.zeros((10, 3))  # every row uniform at every temperature
+    with pytest.raises(ValueError, match="no temperature can be identified"):
+        TemperatureScaling().fit(logits, np.arange(10) % 3)

@@ -896,3 +896,71 @@ def test_evaluate_ignore_index_drops_unlabelled_pixels():
         mcdrop.metrics.evaluate(result, labels)  # 255 is out of range without ignore_index
     with pytest.raises(TypeError, match="`ignore_index`"):
         mcdrop.metrics.evaluate(result, labels, ignore_index=2.5)
+
+
+# --------------------------------------------------------------------------------------------
+# Numerics at the edges of float64 (issue 11, group 5)
+# --------------------------------------------------------------------------------------------
+
+
+def _decimal_rmse(a: np.ndarray, b: np.ndarray) -> float:
+    """Reference: exact differences and squares in 60-digit decimal arithmetic (no overflow)."""
+    import decimal
+
+    context = decimal.Context(prec=60, Emax=10**6, Emin=-(10**6))
+    total = sum(
+        (context.power(context.subtract(decimal.Decimal(x), decimal.Decimal(y)), 2))
+        for x, y in zip(a.tolist(), b.tolist(), strict=True)
+    )
+    root = context.sqrt(context.divide(total, len(a)))
+    return math.inf if root > decimal.Decimal(np.finfo(np.float64).max) else float(root)
+
+
+_wide = st.floats(min_value=-1.79e308, max_value=1.79e308, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(hnp.arrays(np.float64, st.integers(1, 6), elements=_wide), st.data())
+def test_rmse_never_overflows_below_the_float64_limit(a, data):
+    b = data.draw(hnp.arrays(np.float64, a.shape, elements=_wide))
+    expected = _decimal_rmse(a, b)
+    got = M.rmse(a, b)
+    if math.isinf(expected):
+        assert math.isinf(got)
+    else:
+        assert got == pytest.approx(expected, rel=1e-12, abs=1e-300)
+
+
+def test_rmse_of_huge_opposite_values():
+    assert M.rmse([1e200], [-1e200]) == pytest.approx(2e200, rel=1e-15)
+    assert M.rmse([1.5e308], [-1.5e308]) == math.inf  # 3e308 is above the largest float64
+    assert M.rmse([1e300, 1.0], [1e300, 0.0]) == pytest.approx(math.sqrt(0.5))  # no underflow
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    hnp.arrays(
+        st.sampled_from([np.float64, np.float32, np.int64, np.uint64, np.bool_]),
+        st.integers(1, 5),
+    ),
+    st.integers(1, 5),
+)
+def test_labels_are_valid_classes_or_refused(labels, n_classes):
+    probs = np.full((labels.shape[0], n_classes), 1.0 / n_classes)
+    valid = all(
+        math.isfinite(float(x)) and float(x).is_integer() and 0 <= x < n_classes
+        for x in labels.tolist()
+    )
+    if valid:
+        assert M.accuracy(labels, probs) == pytest.approx(np.mean(labels.astype(int) == 0))
+    else:
+        with pytest.raises(ValueError, match="y_true") as info:
+            M.accuracy(labels, probs)
+        assert "-9223372036854775808" not in str(info.value)
+
+
+def test_label_of_1e20_is_reported_as_itself():
+    with pytest.raises(ValueError, match=r"labels in \[0, 1\], but got 1e\+20"):
+        M.accuracy([1e20, 0.0], [[0.5, 0.5], [0.5, 0.5]])
+    with pytest.raises(ValueError, match="but got 18446744073709551615"):
+        M.accuracy(np.array([2**64 - 1, 0], dtype=np.uint64), [[0.5, 0.5], [0.5, 0.5]])

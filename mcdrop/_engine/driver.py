@@ -495,7 +495,9 @@ def predict(
     """:func:`mcdrop.predict_with_uncertainty` on one process."""
     engine = Engine(model, options)
     budget = options.batch_size or engine.planner.budget
-    batches, n_batches, n_examples = iter_batches(inputs, batch_size=budget, targets=targets)
+    batches, n_batches, n_examples = iter_batches(
+        inputs, batch_size=budget, targets=targets, target_key=options.target_key
+    )
     iterator = iter(batches)
     first = next(iterator, None)
     if first is None:

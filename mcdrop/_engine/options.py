@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from mcdrop._inputs import TargetKey, check_target_key
 from mcdrop._validation import check_bool, check_choice, check_float, check_int
 from mcdrop.dropout import ModuleFilter, Scope, _validate
 from mcdrop.uncertainty import _OUTPUT_KINDS
@@ -108,6 +109,7 @@ class SamplingOptions:
     keep_samples: bool = False
     tolerance: float = 1e-2
     device: torch.device | None = None
+    target_key: TargetKey = "auto"
 
     @property
     def n_outputs(self) -> int:
@@ -137,6 +139,7 @@ class SamplingOptions:
         tolerance: float = 1e-2,
         max_samples: int = 1000,
         device: torch.device | str | None = None,
+        target_key: TargetKey = "auto",
     ) -> SamplingOptions:
         """Validate every option (names, types, ranges) and freeze them."""
         task = check_choice("task", task, ["classification", "regression"])
@@ -189,6 +192,7 @@ class SamplingOptions:
             keep_samples=check_bool("keep_samples", keep_samples),
             tolerance=check_float("tolerance", tolerance, low=0.0, low_inclusive=False),
             device=resolve_device("device", device),
+            target_key=check_target_key(target_key),
         )
 
     def replace(self, **changes: Any) -> SamplingOptions:

@@ -84,7 +84,12 @@ class Runner:
 
     def call(self, batch: _Batch) -> Outputs:
         output = self.module(*batch.args, **batch.kwargs)
-        return extract_outputs(output, n_outputs=self.n_outputs, transform=self.output_transform)
+        return extract_outputs(
+            output,
+            n_outputs=self.n_outputs,
+            transform=self.output_transform,
+            batch_size=batch.rows(),
+        )
 
     def run(self, strategy: str, batch: _Batch, k: int) -> Outputs:
         """``k`` samples of ``batch``: outputs of shape ``(k, B, ...)``."""
