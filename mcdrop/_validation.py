@@ -243,3 +243,14 @@ def check_positive(name: str, array: np.ndarray) -> None:
     low = float(array.min())
     if low <= 0.0:
         raise ValueError(f"Expected `{name}` to be > 0 everywhere, but got a value of {low}.")
+
+
+def check_std(name: str, value: Any) -> np.ndarray:
+    """Finite, non-negative standard deviations as float64, or a ``ValueError`` naming ``name``."""
+    std = as_real(name, value)
+    low = float(std.min())
+    if low < 0.0:
+        raise ValueError(
+            f"Expected `{name}` to hold standard deviations >= 0, but got a value of {low}."
+        )
+    return std
