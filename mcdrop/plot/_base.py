@@ -148,7 +148,7 @@ class Display:
             raise
 
     @staticmethod
-    def _finish(ax: Axes, title: str, legend_loc: str | None = "best", **legend: Any) -> None:
+    def _finish(ax: Axes, title: str, legend_loc: Any = "best", **legend: Any) -> None:
         """Default title (kept when the user set one) and a refreshed legend."""
         if not ax.get_title():
             ax.set_title(title)
