@@ -293,66 +293,83 @@ def _levels(kind: str) -> list[str]:
     return ["in distribution" if v == 0.0 else f"{kind} {v:g}" for v in SHIFTS[kind]]
 
 
-def _shifted_mean(scored: list[dict[str, Any]], method: str, metric: str) -> np.ndarray:
-    """Per seed: the metric averaged over every shifted condition (both kinds, level > 0)."""
-    names = [n for kind in SHIFTS for n in _levels(kind) if n != "in distribution"]
+def _shifted_mean(scored: list[dict[str, Any]], method: str, metric: str,
+                  kind: str | None = None) -> np.ndarray:
+    """Per seed: the metric averaged over the shifted conditions (level > 0) of ``kind``."""
+    kinds = list(SHIFTS) if kind is None else [kind]
+    names = [n for k in kinds for n in _levels(k) if n != "in distribution"]
     return np.mean([_stack(scored, "metrics", method, n, metric) for n in names], axis=0)
 
 
-def _compare(scored: list[dict[str, Any]], better: str, worse: str, metric: str) -> str:
-    a, b = _shifted_mean(scored, better, metric), _shifted_mean(scored, worse, metric)
+def _compare(scored: list[dict[str, Any]], better: str, worse: str, metric: str,
+             kind: str) -> tuple[bool, str]:
+    """Whether ``better`` has the lower mean, and a sentence with the paired spread."""
+    a = _shifted_mean(scored, better, metric, kind)
+    b = _shifted_mean(scored, worse, metric, kind)
     diff = b - a  # > 0: `better` has the lower (better) value
     wins = int(np.sum(diff > 0))
     spread = float(np.std(diff, ddof=1)) if len(diff) > 1 else float("nan")
-    verdict = "lower" if diff.mean() > 0 else "higher"
+    lower = bool(diff.mean() > 0)
     clear = len(diff) > 1 and abs(diff.mean()) > spread
-    return (f"{better} {verdict} than {worse} by {abs(diff.mean()):.3f} ± {spread:.3f} "
-            f"({better} lower in {wins}/{len(diff)} seeds"
-            f"{'' if clear else '; the difference is within the spread'})")
+    text = (f"{better} {'lower' if lower else 'higher'} than {worse} by "
+            f"{abs(diff.mean()):.3f} ± {spread:.3f} ({better} lower in {wins}/{len(diff)} "
+            f"seeds{'' if clear else '; within the spread'})")
+    return lower, text
+
+
+def _verdict(kind: str, mc_beats_plain: bool, ensemble_beats_mc: bool) -> str:
+    if mc_beats_plain and ensemble_beats_mc:
+        return (f"Under {kind} this agrees with Ovadia et al. (2019): MC dropout is better than "
+                "the plain network and behind the deep ensemble.")
+    if mc_beats_plain:
+        return (f"Under {kind} MC dropout beats the plain network as in Ovadia et al. (2019), "
+                "but unlike there it also beats the deep ensemble.")
+    if ensemble_beats_mc:
+        return (f"Under {kind}, unlike Ovadia et al. (2019), MC dropout does not beat the plain "
+                "network; the deep ensemble beats MC dropout.")
+    return (f"Under {kind}, unlike Ovadia et al. (2019), MC dropout does not beat the plain "
+            "network and the ensemble does not beat MC dropout.")
 
 
 def _summary(scored: list[dict[str, Any]]) -> str:
-    def shifted(method: str, metric: str) -> float:
-        return float(_shifted_mean(scored, method, metric).mean())
-
-    n = len(scored)
-    lines = [f"What the numbers show (mean ± std over {n} seed{'s' if n > 1 else ''}, "
-             "averaged over all shifted test sets):"]
-    for metric in ("nll", "ece"):
-        lines.append(f"  {metric.upper()}: " + _compare(scored, "MC dropout", "deterministic", metric))
-        lines.append(f"  {metric.upper()}: " + _compare(scored, "deep ensemble", "MC dropout", metric))
-    mc_vs_det = shifted("MC dropout", "nll") < shifted("deterministic", "nll")
-    ens_vs_mc = shifted("deep ensemble", "nll") < shifted("MC dropout", "nll")
-    ts = shifted("temperature-scaled", "nll") < shifted("deterministic", "nll")
-    best_in = min(METHODS, key=lambda m: _stack(scored, "metrics", m, "in distribution",
-                                                "nll").mean())
     def in_dist(method: str, metric: str) -> float:
         return float(_stack(scored, "metrics", method, "in distribution", metric).mean())
 
-    lines.append(f"  In distribution the lowest NLL is {best_in}'s; MC dropout has NLL "
-                 f"{in_dist('MC dropout', 'nll'):.3f} and ECE {in_dist('MC dropout', 'ece'):.3f} "
-                 f"against the plain network's {in_dist('deterministic', 'nll'):.3f} and "
-                 f"{in_dist('deterministic', 'ece'):.3f}: averaging masks softens predictions "
-                 "that were already calibrated, the price paid for the gain under shift.")
+    n = len(scored)
+    lines = [f"What the numbers show (NLL and ECE averaged over the shifted test sets of each "
+             f"kind; mean ± std of the paired difference over {n} seed{'s' if n > 1 else ''}):"]
+    verdicts = []
+    for kind in SHIFTS:
+        outcome = {}
+        for metric in ("nll", "ece"):
+            for better, worse in (("MC dropout", "deterministic"),
+                                  ("deep ensemble", "MC dropout")):
+                lower, text = _compare(scored, better, worse, metric, kind)
+                outcome[better, metric] = lower
+                lines.append(f"  {kind}, {metric.upper()}: {text}")
+        verdicts.append(_verdict(kind, outcome["MC dropout", "nll"],
+                                 outcome["deep ensemble", "nll"]))
+    lines += [f"  {v}" for v in verdicts]
+    ts = (_shifted_mean(scored, "temperature-scaled", "nll").mean()
+          < _shifted_mean(scored, "deterministic", "nll").mean())
+    best_in = min(METHODS, key=lambda m: in_dist(m, "nll"))
+    mc_nll, det_nll = in_dist("MC dropout", "nll"), in_dist("deterministic", "nll")
+    sentence = (f"  In distribution the lowest NLL is {best_in}'s. MC dropout has NLL {mc_nll:.3f} "
+                f"and ECE {in_dist('MC dropout', 'ece'):.3f} against the plain network's "
+                f"{det_nll:.3f} and {in_dist('deterministic', 'ece'):.3f}")
+    gains = any("MC dropout is better" in v or "MC dropout beats" in v for v in verdicts)
+    if mc_nll > det_nll and gains:
+        sentence += (": averaging over masks softens predictions that were already calibrated, "
+                     "the price of its gain under shift.")
+    lines.append(sentence + ("" if sentence.endswith(".") else "."))
     lines.append(f"  Temperature scaling (fitted in distribution) "
                  f"{'lowers' if ts else 'does not lower'} the NLL under shift.")
-    if mc_vs_det and ens_vs_mc:
-        verdict = ("This agrees with Ovadia et al. (2019): under shift MC dropout is better "
-                   "calibrated than the plain network and behind a deep ensemble.")
-    elif mc_vs_det:
-        verdict = ("Partly as in Ovadia et al. (2019): MC dropout beats the plain network "
-                   "under shift, but here the ensemble does not beat MC dropout.")
-    elif ens_vs_mc:
-        verdict = ("Unlike Ovadia et al. (2019), MC dropout does not beat the plain network "
-                   "under shift here; the deep ensemble is best.")
-    else:
-        verdict = ("Unlike Ovadia et al. (2019), neither MC dropout nor the ensemble beats the "
-                   "plain network under shift on digits at these settings.")
-    lines.append("  " + verdict)
     best = max(((m, s, float(_stack(scored, "ood_auroc", m, s).mean()))
                 for m in METHODS for s in MEASURES[m]), key=lambda t: t[2])
+    mi = float(_stack(scored, "ood_auroc", "MC dropout", "mutual information").mean())
     lines.append(f"  Out of distribution (digits 8, 9) the best detector is {best[0]}'s "
-                 f"{best[1]} (AUROC {best[2]:.3f}).")
+                 f"{best[1]} (AUROC {best[2]:.3f}); MC dropout's mutual information reaches "
+                 f"{mi:.3f}.")
     return "\n".join(lines)
 
 
