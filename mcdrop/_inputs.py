@@ -54,9 +54,9 @@ class _Batch:
     def to(self, device: torch.device) -> _Batch:
         """Move every tensor argument to ``device``."""
         return self._rebuild(
-            lambda _, value: value.to(device, non_blocking=True)
-            if isinstance(value, torch.Tensor)
-            else value
+            lambda _, value: (
+                value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+            )
         )
 
     def signature(self) -> tuple[Any, ...]:

@@ -255,9 +255,16 @@ def _run_demo(args: argparse.Namespace) -> int:
     from mcdrop.demo import run
 
     try:
-        result = run(out=args.out, epochs=args.epochs, samples=args.samples, seed=args.seed,
-                     seeds=args.seeds, members=args.members, threads=args.threads,
-                     quiet=args.quiet)
+        result = run(
+            out=args.out,
+            epochs=args.epochs,
+            samples=args.samples,
+            seed=args.seed,
+            seeds=args.seeds,
+            members=args.members,
+            threads=args.threads,
+            quiet=args.quiet,
+        )
     except ValueError as error:
         raise CLIError(str(error)) from None
     print(result.summary)

@@ -120,8 +120,16 @@ def digits_cnn(n_classes: int = IN_CLASSES) -> nn.Module:
     )
 
 
-def train(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, seed: int,
-          progress: bool = False, desc: str = "training") -> list[float]:
+def train(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int,
+    seed: int,
+    progress: bool = False,
+    desc: str = "training",
+) -> list[float]:
     """Adam, batches of 64 shuffled by a seeded generator; returns the loss of each epoch."""
     import torch
     from torch.nn import functional as F
@@ -196,8 +204,15 @@ def _scores(method: str, probs: np.ndarray, result: Any) -> dict[str, np.ndarray
     return {name: scores[name] for name in MEASURES[method]}
 
 
-def _run_seed(seed: int, *, epochs: int, samples: int, members: int,
-              log: Callable[[str], None], progress: bool) -> dict[str, Any]:
+def _run_seed(
+    seed: int,
+    *,
+    epochs: int,
+    samples: int,
+    members: int,
+    log: Callable[[str], None],
+    progress: bool,
+) -> dict[str, Any]:
     import torch
 
     import mcdrop
@@ -211,17 +226,28 @@ def _run_seed(seed: int, *, epochs: int, samples: int, members: int,
     for k in range(members):
         torch.manual_seed(seed * 100 + k)
         model = digits_cnn()
-        losses.append(train(model, x_train, y_train, epochs=epochs, seed=seed * 100 + k,
-                            progress=progress, desc=f"seed {seed}, network {k + 1}/{members}"))
+        losses.append(
+            train(
+                model,
+                x_train,
+                y_train,
+                epochs=epochs,
+                seed=seed * 100 + k,
+                progress=progress,
+                desc=f"seed {seed}, network {k + 1}/{members}",
+            )
+        )
         models.append(model)
     with torch.inference_mode():
         logits = [m(inputs).double() for m in models]
         val_logits = models[0](torch.from_numpy(splits["val"][0])).double()
     scaler = TemperatureScaling().fit(val_logits, splits["val"][1])
-    mc = mcdrop.predict_with_uncertainty(models[0], inputs, n_samples=samples, seed=seed,
-                                         progress=progress)
-    ensemble = mcdrop.summarize_samples(torch.stack([z.softmax(1) for z in logits]),
-                                        outputs="probs")
+    mc = mcdrop.predict_with_uncertainty(
+        models[0], inputs, n_samples=samples, seed=seed, progress=progress
+    )
+    ensemble = mcdrop.summarize_samples(
+        torch.stack([z.softmax(1) for z in logits]), outputs="probs"
+    )
     probs = {
         "deterministic": logits[0].softmax(1).numpy(),
         "MC dropout": mc.mean.numpy(),
@@ -229,10 +255,19 @@ def _run_seed(seed: int, *, epochs: int, samples: int, members: int,
         "deep ensemble": ensemble.mean.numpy(),
     }
     results = {"MC dropout": mc, "deep ensemble": ensemble}
-    log(f"seed {seed}: trained {members} networks ({epochs} epochs each), temperature "
-        f"{scaler.temperature:.3f}")
-    return {"conditions": conditions, "probs": probs, "results": results, "losses": losses,
-            "temperature": scaler.temperature, "model": models[0], "splits": splits}
+    log(
+        f"seed {seed}: trained {members} networks ({epochs} epochs each), temperature "
+        f"{scaler.temperature:.3f}"
+    )
+    return {
+        "conditions": conditions,
+        "probs": probs,
+        "results": results,
+        "losses": losses,
+        "temperature": scaler.temperature,
+        "model": models[0],
+        "splits": splits,
+    }
 
 
 def _score_seed(run: Mapping[str, Any]) -> dict[str, Any]:
@@ -293,16 +328,18 @@ def _levels(kind: str) -> list[str]:
     return ["in distribution" if v == 0.0 else f"{kind} {v:g}" for v in SHIFTS[kind]]
 
 
-def _shifted_mean(scored: list[dict[str, Any]], method: str, metric: str,
-                  kind: str | None = None) -> np.ndarray:
+def _shifted_mean(
+    scored: list[dict[str, Any]], method: str, metric: str, kind: str | None = None
+) -> np.ndarray:
     """Per seed: the metric averaged over the shifted conditions (level > 0) of ``kind``."""
     kinds = list(SHIFTS) if kind is None else [kind]
     names = [n for k in kinds for n in _levels(k) if n != "in distribution"]
     return np.mean([_stack(scored, "metrics", method, n, metric) for n in names], axis=0)
 
 
-def _compare(scored: list[dict[str, Any]], better: str, worse: str, metric: str,
-             kind: str) -> tuple[bool, str]:
+def _compare(
+    scored: list[dict[str, Any]], better: str, worse: str, metric: str, kind: str
+) -> tuple[bool, str]:
     """Whether ``better`` has the lower mean, and a sentence with the paired spread."""
     a = _shifted_mean(scored, better, metric, kind)
     b = _shifted_mean(scored, worse, metric, kind)
@@ -311,24 +348,34 @@ def _compare(scored: list[dict[str, Any]], better: str, worse: str, metric: str,
     spread = float(np.std(diff, ddof=1)) if len(diff) > 1 else float("nan")
     lower = bool(diff.mean() > 0)
     clear = len(diff) > 1 and abs(diff.mean()) > spread
-    text = (f"{better} {'lower' if lower else 'higher'} than {worse} by "
-            f"{abs(diff.mean()):.3f} ± {spread:.3f} ({better} lower in {wins}/{len(diff)} "
-            f"seeds{'' if clear else '; within the spread'})")
+    text = (
+        f"{better} {'lower' if lower else 'higher'} than {worse} by "
+        f"{abs(diff.mean()):.3f} ± {spread:.3f} ({better} lower in {wins}/{len(diff)} "
+        f"seeds{'' if clear else '; within the spread'})"
+    )
     return lower, text
 
 
 def _verdict(kind: str, mc_beats_plain: bool, ensemble_beats_mc: bool) -> str:
     if mc_beats_plain and ensemble_beats_mc:
-        return (f"Under {kind} this agrees with Ovadia et al. (2019): MC dropout is better than "
-                "the plain network and behind the deep ensemble.")
+        return (
+            f"Under {kind} this agrees with Ovadia et al. (2019): MC dropout is better than "
+            "the plain network and behind the deep ensemble."
+        )
     if mc_beats_plain:
-        return (f"Under {kind} MC dropout beats the plain network as in Ovadia et al. (2019), "
-                "but unlike there it also beats the deep ensemble.")
+        return (
+            f"Under {kind} MC dropout beats the plain network as in Ovadia et al. (2019), "
+            "but unlike there it also beats the deep ensemble."
+        )
     if ensemble_beats_mc:
-        return (f"Under {kind}, unlike Ovadia et al. (2019), MC dropout does not beat the plain "
-                "network; the deep ensemble beats MC dropout.")
-    return (f"Under {kind}, unlike Ovadia et al. (2019), MC dropout does not beat the plain "
-            "network and the ensemble does not beat MC dropout.")
+        return (
+            f"Under {kind}, unlike Ovadia et al. (2019), MC dropout does not beat the plain "
+            "network; the deep ensemble beats MC dropout."
+        )
+    return (
+        f"Under {kind}, unlike Ovadia et al. (2019), MC dropout does not beat the plain "
+        "network and the ensemble does not beat MC dropout."
+    )
 
 
 def _summary(scored: list[dict[str, Any]]) -> str:
@@ -336,40 +383,58 @@ def _summary(scored: list[dict[str, Any]]) -> str:
         return float(_stack(scored, "metrics", method, "in distribution", metric).mean())
 
     n = len(scored)
-    lines = [f"What the numbers show (NLL and ECE averaged over the shifted test sets of each "
-             f"kind; mean ± std of the paired difference over {n} seed{'s' if n > 1 else ''}):"]
+    lines = [
+        f"What the numbers show (NLL and ECE averaged over the shifted test sets of each "
+        f"kind; mean ± std of the paired difference over {n} seed{'s' if n > 1 else ''}):"
+    ]
     verdicts = []
     for kind in SHIFTS:
         outcome = {}
         for metric in ("nll", "ece"):
-            for better, worse in (("MC dropout", "deterministic"),
-                                  ("deep ensemble", "MC dropout")):
+            for better, worse in (("MC dropout", "deterministic"), ("deep ensemble", "MC dropout")):
                 lower, text = _compare(scored, better, worse, metric, kind)
                 outcome[better, metric] = lower
                 lines.append(f"  {kind}, {metric.upper()}: {text}")
-        verdicts.append(_verdict(kind, outcome["MC dropout", "nll"],
-                                 outcome["deep ensemble", "nll"]))
+        verdicts.append(
+            _verdict(kind, outcome["MC dropout", "nll"], outcome["deep ensemble", "nll"])
+        )
     lines += [f"  {v}" for v in verdicts]
-    ts = (_shifted_mean(scored, "temperature-scaled", "nll").mean()
-          < _shifted_mean(scored, "deterministic", "nll").mean())
+    ts = (
+        _shifted_mean(scored, "temperature-scaled", "nll").mean()
+        < _shifted_mean(scored, "deterministic", "nll").mean()
+    )
     best_in = min(METHODS, key=lambda m: in_dist(m, "nll"))
     mc_nll, det_nll = in_dist("MC dropout", "nll"), in_dist("deterministic", "nll")
-    sentence = (f"  In distribution the lowest NLL is {best_in}'s. MC dropout has NLL {mc_nll:.3f} "
-                f"and ECE {in_dist('MC dropout', 'ece'):.3f} against the plain network's "
-                f"{det_nll:.3f} and {in_dist('deterministic', 'ece'):.3f}")
+    sentence = (
+        f"  In distribution the lowest NLL is {best_in}'s. MC dropout has NLL {mc_nll:.3f} "
+        f"and ECE {in_dist('MC dropout', 'ece'):.3f} against the plain network's "
+        f"{det_nll:.3f} and {in_dist('deterministic', 'ece'):.3f}"
+    )
     gains = any("MC dropout is better" in v or "MC dropout beats" in v for v in verdicts)
     if mc_nll > det_nll and gains:
-        sentence += (": averaging over masks softens predictions that were already calibrated, "
-                     "the price of its gain under shift.")
+        sentence += (
+            ": averaging over masks softens predictions that were already calibrated, "
+            "the price of its gain under shift."
+        )
     lines.append(sentence + ("" if sentence.endswith(".") else "."))
-    lines.append(f"  Temperature scaling (fitted in distribution) "
-                 f"{'lowers' if ts else 'does not lower'} the NLL under shift.")
-    best = max(((m, s, float(_stack(scored, "ood_auroc", m, s).mean()))
-                for m in METHODS for s in MEASURES[m]), key=lambda t: t[2])
+    lines.append(
+        f"  Temperature scaling (fitted in distribution) "
+        f"{'lowers' if ts else 'does not lower'} the NLL under shift."
+    )
+    best = max(
+        (
+            (m, s, float(_stack(scored, "ood_auroc", m, s).mean()))
+            for m in METHODS
+            for s in MEASURES[m]
+        ),
+        key=lambda t: t[2],
+    )
     mi = float(_stack(scored, "ood_auroc", "MC dropout", "mutual information").mean())
-    lines.append(f"  Out of distribution (digits 8, 9) the best detector is {best[0]}'s "
-                 f"{best[1]} (AUROC {best[2]:.3f}); MC dropout's mutual information reaches "
-                 f"{mi:.3f}.")
+    lines.append(
+        f"  Out of distribution (digits 8, 9) the best detector is {best[0]}'s "
+        f"{best[1]} (AUROC {best[2]:.3f}); MC dropout's mutual information reaches "
+        f"{mi:.3f}."
+    )
     return "\n".join(lines)
 
 
@@ -383,20 +448,34 @@ def _tables(scored: list[dict[str, Any]]) -> str:
         values = _stack(scored, *path)
         return float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
-    parts = [format_table({m: {k: mean("metrics", m, "in distribution", k) for k in METRICS}
-                           for m in METHODS})]
+    parts = [
+        format_table(
+            {m: {k: mean("metrics", m, "in distribution", k) for k in METRICS} for m in METHODS}
+        )
+    ]
     for kind in SHIFTS:
         for metric in ("nll", "ece"):
-            rows = {m: {name.replace(f"{kind} ", "") if name != "in distribution" else "0":
-                        mean("metrics", m, name, metric) for name in _levels(kind)}
-                    for m in METHODS}
-            parts.append(f"{metric.upper()} under {kind} ({SHIFT_UNITS[kind]}), mean over seeds:\n"
-                         + format_table(rows, precision=3))
+            rows = {
+                m: {
+                    name.replace(f"{kind} ", "") if name != "in distribution" else "0": mean(
+                        "metrics", m, name, metric
+                    )
+                    for name in _levels(kind)
+                }
+                for m in METHODS
+            }
+            parts.append(
+                f"{metric.upper()} under {kind} ({SHIFT_UNITS[kind]}), mean over seeds:\n"
+                + format_table(rows, precision=3)
+            )
     rows = {m: {s: mean("ood_auroc", m, s) for s in MEASURES[m]} for m in METHODS}
-    parts.append("OOD AUROC (digits 8, 9 against the test digits 0-7), mean over seeds:\n"
-                 + format_table(rows, precision=3))
-    spread = {m: {f"{k} std": std("metrics", m, "in distribution", k) for k in METRICS}
-              for m in METHODS}
+    parts.append(
+        "OOD AUROC (digits 8, 9 against the test digits 0-7), mean over seeds:\n"
+        + format_table(rows, precision=3)
+    )
+    spread = {
+        m: {f"{k} std": std("metrics", m, "in distribution", k) for k in METRICS} for m in METHODS
+    }
     parts.append("Spread over seeds in distribution (std):\n" + format_table(spread))
     return "\n\n".join(parts)
 
@@ -416,18 +495,24 @@ def _shift_figure(scored: list[dict[str, Any]]) -> Figure:
         for col, metric in enumerate(METRICS):
             ax = axes[row, col]
             for i, method in enumerate(METHODS):
-                values = np.stack([_stack(scored, "metrics", method, n, metric)
-                                   for n in _levels(kind)])  # (levels, seeds)
+                values = np.stack(
+                    [_stack(scored, "metrics", method, n, metric) for n in _levels(kind)]
+                )  # (levels, seeds)
                 mean, spread = values.mean(1), values.std(1, ddof=1) if len(scored) > 1 else 0
                 ax.plot(levels, mean, marker="o", markersize=3.5, color=f"C{i}", label=method)
-                ax.fill_between(levels, mean - spread, mean + spread, color=f"C{i}", alpha=0.15,
-                                linewidth=0)
-            ax.set(xlabel=f"{kind} ({SHIFT_UNITS[kind]})", ylabel=metric.upper()
-                   if metric != "accuracy" else "Accuracy")
+                ax.fill_between(
+                    levels, mean - spread, mean + spread, color=f"C{i}", alpha=0.15, linewidth=0
+                )
+            ax.set(
+                xlabel=f"{kind} ({SHIFT_UNITS[kind]})",
+                ylabel=metric.upper() if metric != "accuracy" else "Accuracy",
+            )
             ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize="small")
-    fig.suptitle(f"Digits 0–7 under increasing shift: mean ± std over {len(scored)} seeds "
-                 "(lower is better except accuracy)")
+    fig.suptitle(
+        f"Digits 0–7 under increasing shift: mean ± std over {len(scored)} seeds "
+        "(lower is better except accuracy)"
+    )
     return fig
 
 
@@ -442,21 +527,31 @@ def _ood_figure(run: Mapping[str, Any], scored: Mapping[str, Any]) -> Figure:
     axes = fig.subplots(1, 3)
     for ax, method in zip(axes[:2], ("MC dropout", "deep ensemble"), strict=True):
         mi = run["results"][method].mutual_information.numpy()
-        OODHistogramDisplay.from_scores(mi[where["in distribution"]], mi[where["ood"]], bins=30,
-                                        score_name="Mutual information (nats)", name=method,
-                                        ax=ax)
+        OODHistogramDisplay.from_scores(
+            mi[where["in distribution"]],
+            mi[where["ood"]],
+            bins=30,
+            score_name="Mutual information (nats)",
+            name=method,
+            ax=ax,
+        )
         ax.set_title(f"{method}: digits 0–7 vs 8, 9")
         ax.legend(loc="upper right", fontsize="x-small")
     for i, method in enumerate(METHODS):
         probs = run["probs"][method]
         result = run["results"].get(method)
-        s_in = _scores(method, probs[where["in distribution"]],
-                       None if result is None else _subset(result, where["in distribution"]))
-        s_out = _scores(method, probs[where["ood"]],
-                        None if result is None else _subset(result, where["ood"]))
+        s_in = _scores(
+            method,
+            probs[where["in distribution"]],
+            None if result is None else _subset(result, where["in distribution"]),
+        )
+        s_out = _scores(
+            method, probs[where["ood"]], None if result is None else _subset(result, where["ood"])
+        )
         best = max(s_in, key=lambda s: scored["ood_auroc"][method][s])
-        OODRocDisplay.from_scores(s_in[best], s_out[best], name=f"{method}, {best}", ax=axes[2],
-                                  color=f"C{i}")
+        OODRocDisplay.from_scores(
+            s_in[best], s_out[best], name=f"{method}, {best}", ax=axes[2], color=f"C{i}"
+        )
     axes[2].legend(fontsize="x-small", loc="lower right")
     return fig
 
@@ -474,8 +569,14 @@ def _rejection_figure(run: Mapping[str, Any]) -> Figure:
         for i, method in enumerate(METHODS):
             probs = run["probs"][method][where[name]]
             AccuracyRejectionDisplay.from_predictions(
-                labels[name], probs, scores=_entropy(probs), name=method, ax=ax,
-                oracle=i == 0, color=f"C{i}")
+                labels[name],
+                probs,
+                scores=_entropy(probs),
+                name=method,
+                ax=ax,
+                oracle=i == 0,
+                color=f"C{i}",
+            )
         ax.set_title(f"Rejecting by predictive entropy: {name}")
     return fig
 
@@ -571,20 +672,42 @@ def run(
     try:
         runs, scored = [], []
         for s in range(seed, seed + seeds):
-            runs.append(_run_seed(s, epochs=epochs, samples=samples, members=members, log=log,
-                                  progress=not quiet))
+            runs.append(
+                _run_seed(
+                    s, epochs=epochs, samples=samples, members=members, log=log, progress=not quiet
+                )
+            )
             scored.append(_score_seed(runs[-1]))
             if s > seed:  # keep only the first seed's models and arrays for the figures
                 runs[-1] = {}
     finally:
         torch.set_num_threads(previous)
-    return _finish(runs[0], scored, out=out, started=started, log=log,
-                   settings={"epochs": epochs, "samples": samples, "seed": seed, "seeds": seeds,
-                             "members": members, "threads": threads})
+    return _finish(
+        runs[0],
+        scored,
+        out=out,
+        started=started,
+        log=log,
+        settings={
+            "epochs": epochs,
+            "samples": samples,
+            "seed": seed,
+            "seeds": seeds,
+            "members": members,
+            "threads": threads,
+        },
+    )
 
 
-def _finish(first: Mapping[str, Any], scored: list[dict[str, Any]], *, out: Any,
-            started: float, log: Callable[[str], None], settings: dict[str, Any]) -> DemoResult:
+def _finish(
+    first: Mapping[str, Any],
+    scored: list[dict[str, Any]],
+    *,
+    out: Any,
+    started: float,
+    log: Callable[[str], None],
+    settings: dict[str, Any],
+) -> DemoResult:
     import torch
 
     import mcdrop
@@ -596,15 +719,26 @@ def _finish(first: Mapping[str, Any], scored: list[dict[str, Any]], *, out: Any,
     y_test = first["splits"]["test"][1]
     mc = first["results"]["MC dropout"]
     mc_in = mcdrop.ClassificationResult(
-        mean=mc.mean[part], variance=mc.variance[part],
+        mean=mc.mean[part],
+        variance=mc.variance[part],
         predictive_entropy=mc.predictive_entropy[part],
-        expected_entropy=mc.expected_entropy[part], variation_ratio=mc.variation_ratio[part],
-        n_samples=mc.n_samples, targets=torch.from_numpy(y_test))
-    rep = report(mc_in, y_test, name="MC dropout",
-                 compare={m: first["probs"][m][part] for m in METHODS if m != "MC dropout"})
-    figures = {"shift": _shift_figure(scored), **rep.figures,
-               "accuracy_rejection": _rejection_figure(first), "ood": _ood_figure(first,
-                                                                                  scored[0])}
+        expected_entropy=mc.expected_entropy[part],
+        variation_ratio=mc.variation_ratio[part],
+        n_samples=mc.n_samples,
+        targets=torch.from_numpy(y_test),
+    )
+    rep = report(
+        mc_in,
+        y_test,
+        name="MC dropout",
+        compare={m: first["probs"][m][part] for m in METHODS if m != "MC dropout"},
+    )
+    figures = {
+        "shift": _shift_figure(scored),
+        **rep.figures,
+        "accuracy_rejection": _rejection_figure(first),
+        "ood": _ood_figure(first, scored[0]),
+    }
     summary = _tables(scored) + "\n\n" + _summary(scored)
     splits = first["splits"]
     payload = {
@@ -626,8 +760,12 @@ def _finish(first: Mapping[str, Any], scored: list[dict[str, Any]], *, out: Any,
         "table_columns": list(METRICS),
         "metrics": {m: dict(scored[0]["metrics"][m]["in distribution"]) for m in METHODS},
         "mean_over_seeds": {
-            m: {n: {k: float(_stack(scored, "metrics", m, n, k).mean()) for k in METRICS}
-                for n in conditions.names[:-1]} for m in METHODS},
+            m: {
+                n: {k: float(_stack(scored, "metrics", m, n, k).mean()) for k in METRICS}
+                for n in conditions.names[:-1]
+            }
+            for m in METHODS
+        },
         "per_seed": scored,
         "summary": summary,
     }
@@ -643,7 +781,8 @@ def _finish(first: Mapping[str, Any], scored: list[dict[str, Any]], *, out: Any,
         payload["seconds"] = time.perf_counter() - started
         write_json(Path(directory) / "report.json", payload)
         log(f"wrote {', '.join(files)} to {directory}/ in {payload['seconds']:.1f} s")
-        log(f"next: mcdrop report {Path(directory) / 'result.npz'} --out "
-            f"{Path(directory) / 'report'}")
-    return DemoResult(scored=scored, summary=summary, figures=figures, payload=payload,
-                      files=files)
+        log(
+            f"next: mcdrop report {Path(directory) / 'result.npz'} --out "
+            f"{Path(directory) / 'report'}"
+        )
+    return DemoResult(scored=scored, summary=summary, figures=figures, payload=payload, files=files)

@@ -1467,8 +1467,9 @@ def reliability_intervals(
         raise TypeError(
             f"Expected `curve` to be a ReliabilityCurve, but got {type(curve).__name__}."
         )
-    level = check_float("level", level, low=0.0, high=1.0, low_inclusive=False,
-                        high_inclusive=False)
+    level = check_float(
+        "level", level, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False
+    )
     z = float(ndtri(0.5 + level / 2.0))
     n = np.asarray(curve.count, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -1545,8 +1546,9 @@ def central_interval(
     """
     from scipy.special import ndtri
 
-    level = check_float("level", level, low=0.0, high=1.0, low_inclusive=False,
-                        high_inclusive=False)
+    level = check_float(
+        "level", level, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False
+    )
     mean_arr = as_real("mean", mean)
     std_arr = match_shape("std", check_std("std", std), "mean", mean_arr)
     z = float(ndtri(0.5 + level / 2.0))
@@ -1725,6 +1727,7 @@ def convergence_curve(
             continue
         mean = moments.mean.numpy()
         assert labels is not None
-        values[i] = float(metric(labels, mean) if callable(metric)
-                          else _running_metric(metric_name, labels, mean))
+        values[i] = float(
+            metric(labels, mean) if callable(metric) else _running_metric(metric_name, labels, mean)
+        )
     return counts, values

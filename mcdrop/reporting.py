@@ -126,8 +126,9 @@ def write_json(path: Path, payload: Mapping[str, Any]) -> None:
 
 
 @contextmanager
-def new_figure(figures: dict[str, Figure], name: str, *,
-               figsize: tuple[float, float]) -> Iterator[Figure]:
+def new_figure(
+    figures: dict[str, Figure], name: str, *, figsize: tuple[float, float]
+) -> Iterator[Figure]:
     """A pyplot-free Matplotlib figure stored under ``name`` once drawn."""
     from matplotlib.figure import Figure
 
@@ -194,7 +195,9 @@ def report(
     models: dict[str, Any] = {name: result}
     for other, probs in (compare or {}).items():
         if str(other) in models:
-            raise ValueError(f"Expected distinct model names in `compare`, but got {other!r} twice.")
+            raise ValueError(
+                f"Expected distinct model names in `compare`, but got {other!r} twice."
+            )
         models[str(other)] = probs
     try:
         metrics = {model: evaluate(value, labels, n_bins=n_bins) for model, value in models.items()}
@@ -264,7 +267,12 @@ def _plot_classification(
             hist_ax = fig.add_subplot(grid[1, column], sharex=ax)
             probs = value.mean if hasattr(value, "task") else value
             display = ReliabilityDisplay.from_predictions(
-                labels, probs, n_bins=n_bins, name=model, ax=ax, hist_ax=hist_ax,
+                labels,
+                probs,
+                n_bins=n_bins,
+                name=model,
+                ax=ax,
+                hist_ax=hist_ax,
                 color=f"C{column}",
             )
             ax.set_title(f"{model}\nECE = {display.ece:.4f}", fontsize="medium")
@@ -285,49 +293,61 @@ def _plot_classification(
     with new_figure(figures, "accuracy_rejection", figsize=(5.6, 4.4)) as fig:
         ax = fig.add_subplot()
         AccuracyRejectionDisplay.from_result(result, labels, score="predictive_entropy", ax=ax)
-        AccuracyRejectionDisplay.from_result(result, labels, score="mutual_information", ax=ax,
-                                             oracle=False)
+        AccuracyRejectionDisplay.from_result(
+            result, labels, score="mutual_information", ax=ax, oracle=False
+        )
         ax.set_title(f"Accuracy–rejection, MC dropout (T = {result.n_samples})")
 
     with new_figure(figures, "uncertainty_hist", figsize=(9.0, 3.8)) as fig:
         correct = result.predicted_class.numpy().reshape(-1) == labels.reshape(-1)
-        for ax, score in zip(fig.subplots(1, 2), ("predictive_entropy", "mutual_information"),
-                             strict=True):
+        for ax, score in zip(
+            fig.subplots(1, 2), ("predictive_entropy", "mutual_information"), strict=True
+        ):
             values = getattr(result, score).numpy().reshape(-1)
             if correct.all() or not correct.any():
                 ax.hist(values, bins=30, color="C0")
                 ax.set(xlabel=score.replace("_", " "), ylabel="Count")
                 continue
             hist = OODHistogramDisplay.from_scores(
-                values[correct], values[~correct], bins=30, ax=ax,
+                values[correct],
+                values[~correct],
+                bins=30,
+                ax=ax,
                 score_name=score.replace("_", " ").capitalize() + " (nats)",
             )
             hist.hist_in_.set_label(f"correct ({int(correct.sum())})")
-            hist.hist_out_.set_label(f"wrong ({int((~correct).sum())}), "
-                                     f"AUROC = {hist.auroc:.3f}")
+            hist.hist_out_.set_label(f"wrong ({int((~correct).sum())}), AUROC = {hist.auroc:.3f}")
             ax.set_title("")
             ax.legend(loc="upper right", fontsize="small")
         fig.suptitle("MC dropout uncertainty of correct and wrong predictions")
 
 
-def _plot_regression(figures: dict[str, Figure], result: RegressionResult,
-                     targets: np.ndarray) -> None:
+def _plot_regression(
+    figures: dict[str, Figure], result: RegressionResult, targets: np.ndarray
+) -> None:
     from mcdrop.plot import RegressionCalibrationDisplay, ResidualStdDisplay
 
     with new_figure(figures, "regression_calibration", figsize=(5.0, 5.0)) as fig:
-        RegressionCalibrationDisplay.from_result(result, targets, name="total",
-                                                 ax=fig.add_subplot())
+        RegressionCalibrationDisplay.from_result(
+            result, targets, name="total", ax=fig.add_subplot()
+        )
     with new_figure(figures, "residual_std", figsize=(5.6, 4.4)) as fig:
         ResidualStdDisplay.from_result(result, targets, ax=fig.add_subplot())
 
 
-def _plot_dense_reliability(figures: dict[str, Figure], result: ClassificationResult,
-                            targets: np.ndarray, name: str, n_bins: int) -> None:
+def _plot_dense_reliability(
+    figures: dict[str, Figure],
+    result: ClassificationResult,
+    targets: np.ndarray,
+    name: str,
+    n_bins: int,
+) -> None:
     from mcdrop.plot import ReliabilityDisplay
 
     with new_figure(figures, "reliability", figsize=(5.0, 6.2)) as fig:
         grid = fig.add_gridspec(2, 1, height_ratios=(3.2, 1.0))
         ax = fig.add_subplot(grid[0])
         hist_ax = fig.add_subplot(grid[1], sharex=ax)
-        ReliabilityDisplay.from_result(result, targets, n_bins=n_bins, name=name, ax=ax,
-                                       hist_ax=hist_ax)
+        ReliabilityDisplay.from_result(
+            result, targets, n_bins=n_bins, name=name, ax=ax, hist_ax=hist_ax
+        )

@@ -50,8 +50,20 @@ def _parse_table(text: str) -> dict[str, dict[str, float]]:
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
     out = tmp_path_factory.mktemp("demo") / "out"
     code, stdout, stderr = _run(
-        ["demo", "--out", str(out), "--epochs", "2", "--samples", "10", "--seeds", "2",
-         "--members", "2", "--quiet"]
+        [
+            "demo",
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--samples",
+            "10",
+            "--seeds",
+            "2",
+            "--members",
+            "2",
+            "--quiet",
+        ]
     )
     assert code == 0, stderr
     return out, stdout, stderr
@@ -83,18 +95,29 @@ def test_demo_report_json(demo):
     report = json.loads((out / "report.json").read_text())
     assert report["command"] == "demo"
     assert report["mcdrop_version"] == mcdrop.__version__
-    assert report["settings"] == {"epochs": 2, "samples": 10, "seed": 0, "seeds": 2,
-                                  "members": 2, "threads": 1}
+    assert report["settings"] == {
+        "epochs": 2,
+        "samples": 10,
+        "seed": 0,
+        "seeds": 2,
+        "members": 2,
+        "threads": 1,
+    }
     dataset = report["dataset"]
-    assert dataset["n_train"] + dataset["n_validation"] + dataset["n_test"] + dataset["n_ood"] == 1797
+    assert (
+        dataset["n_train"] + dataset["n_validation"] + dataset["n_test"] + dataset["n_ood"] == 1797
+    )
     assert dataset["n_ood"] == 174 + 180  # every image of the digits 8 and 9
     assert all(t > 0 for t in report["temperature"])
     assert len(report["per_seed"]) == 2
     for run in report["per_seed"]:
         assert set(run["metrics"]) == set(MODELS)
         assert "rotation 45" in run["metrics"]["MC dropout"]
-        assert set(run["ood_auroc"]["MC dropout"]) == {"1 − confidence", "entropy",
-                                                       "mutual information"}
+        assert set(run["ood_auroc"]["MC dropout"]) == {
+            "1 − confidence",
+            "entropy",
+            "mutual information",
+        }
     assert len(report["training_loss"]) == 2
     assert set(report["files"]) >= {*DEMO_FILES, "report.json", "result.npz"}
     assert list(report["metrics"]) == list(MODELS)
@@ -125,10 +148,8 @@ def test_demo_table_matches_metrics_recomputed_from_saved_result(demo):
     for key in COLUMNS:
         assert report["metrics"]["MC dropout"][key] == pytest.approx(recomputed[key], rel=1e-9)
         for model in MODELS:  # the printed table: means over the seeds
-            assert table[model][key] == pytest.approx(mean[model]["in distribution"][key],
-                                                      abs=5e-5)
-            per_seed = [run["metrics"][model]["in distribution"][key]
-                        for run in report["per_seed"]]
+            assert table[model][key] == pytest.approx(mean[model]["in distribution"][key], abs=5e-5)
+            per_seed = [run["metrics"][model]["in distribution"][key] for run in report["per_seed"]]
             assert mean[model]["in distribution"][key] == pytest.approx(np.mean(per_seed))
     # temperature scaling never changes the predicted class
     assert report["metrics"]["temperature-scaled"]["accuracy"] == pytest.approx(

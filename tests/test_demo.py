@@ -25,12 +25,19 @@ def test_same_seed_same_numbers_and_threads_restored():
 def test_result_has_every_condition_method_and_figure():
     result = _tiny()
     (run,) = result.scored
-    conditions = ["in distribution", *(f"{k} {v:g}" for k, levels in demo.SHIFTS.items()
-                                       for v in levels if v)]
+    conditions = [
+        "in distribution",
+        *(f"{k} {v:g}" for k, levels in demo.SHIFTS.items() for v in levels if v),
+    ]
     for method in demo.METHODS:
         assert list(run["metrics"][method]) == conditions
-    assert set(result.figures) == {"shift", "reliability", "accuracy_rejection",
-                                   "uncertainty_hist", "ood"}
+    assert set(result.figures) == {
+        "shift",
+        "reliability",
+        "accuracy_rejection",
+        "uncertainty_hist",
+        "ood",
+    }
     assert "What the numbers show" in result.summary
 
 

@@ -53,7 +53,7 @@ def test_binned_residuals_matches_a_naive_loop():
     sizes = [11, 11, 11, 10, 10, 10, 10, 10, 10, 10]  # np.array_split of 103 into 10
     start = 0
     for b, size in enumerate(sizes):
-        idx = order[start:start + size]
+        idx = order[start : start + size]
         start += size
         assert rms_std[b] == pytest.approx(np.sqrt(np.mean([std[i] ** 2 for i in idx])))
         assert rmse[b] == pytest.approx(np.sqrt(np.mean([y[i] ** 2 for i in idx])))
@@ -91,8 +91,9 @@ def test_convergence_curve_matches_running_means():
     rng = np.random.default_rng(3)
     samples = rng.dirichlet(np.ones(4), size=(20, 30))
     y = rng.integers(0, 4, 30)
-    counts, values = metrics.convergence_curve(samples, y, metric="accuracy",
-                                               sample_counts=[1, 5, 20])
+    counts, values = metrics.convergence_curve(
+        samples, y, metric="accuracy", sample_counts=[1, 5, 20]
+    )
     expected = [np.mean(samples[:t].mean(0).argmax(1) == y) for t in (1, 5, 20)]
     np.testing.assert_array_equal(counts, [1, 5, 20])
     np.testing.assert_allclose(values, expected)

@@ -42,8 +42,20 @@ _METHOD_KEYWORDS = {
     "line": {"scalex", "scaley", "data"},
     "bar": {"tick_label", "xerr", "yerr", "ecolor", "capsize", "error_kw", "log", "data"},
     "stairs": {"orientation", "baseline", "fill", "data"},
-    "scatter": {"s", "c", "marker", "cmap", "norm", "vmin", "vmax", "plotnonfinite", "data",
-                "linewidths", "edgecolors", "colorizer"},
+    "scatter": {
+        "s",
+        "c",
+        "marker",
+        "cmap",
+        "norm",
+        "vmin",
+        "vmax",
+        "plotnonfinite",
+        "data",
+        "linewidths",
+        "edgecolors",
+        "colorizer",
+    },
     "fill": {"where", "interpolate", "step", "data"},
 }
 
@@ -71,11 +83,18 @@ def _artist_class(kind: str) -> type:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Rectangle, StepPatch
 
-    return {"line": Line2D, "bar": Rectangle, "stairs": StepPatch, "scatter": PathCollection,
-            "fill": PolyCollection}[kind]
+    return {
+        "line": Line2D,
+        "bar": Rectangle,
+        "stairs": StepPatch,
+        "scatter": PathCollection,
+        "fill": PolyCollection,
+    }[kind]
 
 
-def style(defaults: Mapping[str, Any], user: Mapping[str, Any], kind: str = "line") -> dict[str, Any]:
+def style(
+    defaults: Mapping[str, Any], user: Mapping[str, Any], kind: str = "line"
+) -> dict[str, Any]:
     """Merge user style keywords over defaults, resolving Matplotlib aliases (``c``, ``ls``...).
 
     A user alias replaces the default under its full name, so ``c="red"`` overrides a default
@@ -88,9 +107,7 @@ def style(defaults: Mapping[str, Any], user: Mapping[str, Any], kind: str = "lin
     for key, value in user.items():
         full = _ALIASES.get(key, key)
         if full != key and full in user:
-            raise TypeError(
-                f"Expected only one of `{key}` and `{full}` (aliases), but got both."
-            )
+            raise TypeError(f"Expected only one of `{key}` and `{full}` (aliases), but got both.")
         if key not in _METHOD_KEYWORDS[kind] and not callable(getattr(artist, f"set_{key}", None)):
             raise TypeError(
                 f"Expected the style keywords to be properties of a Matplotlib "
@@ -233,14 +250,17 @@ def classification_score(result: ClassificationResult, score: str) -> tuple[np.n
     return values, CLASSIFICATION_SCORES[score]
 
 
-def result_score(result: Any, score: str | None, argument: str = "result") -> tuple[np.ndarray, str]:
+def result_score(
+    result: Any, score: str | None, argument: str = "result"
+) -> tuple[np.ndarray, str]:
     task = getattr(result, "task", None)
     if task == "classification":
         return classification_score(result, score or "mutual_information")
     if task == "regression":
         score = check_choice("score", score or "std", REGRESSION_SCORES)
         return real(f"{argument}.{score}", getattr(result, score)).reshape(-1), (
-            REGRESSION_SCORES[score])
+            REGRESSION_SCORES[score]
+        )
     raise TypeError(
         f"Expected `{argument}` to be a ClassificationResult or RegressionResult, but got "
         f"{type(result).__name__}."

@@ -187,11 +187,17 @@ class ReliabilityDisplay(Display):
         name = self.name if name is None else name
         label = labelled(name, None if self.ece is None else f"ECE = {self.ece:.3f}")
         if kind == "bars":
-            bar_style = style({"edgecolor": "black", "linewidth": 0.6, "alpha": 0.9,
-                               "label": label, "zorder": 2}, kwargs, "bar")
+            bar_style = style(
+                {"edgecolor": "black", "linewidth": 0.6, "alpha": 0.9, "label": label, "zorder": 2},
+                kwargs,
+                "bar",
+            )
         else:
-            line_style = style({"marker": "o", "markersize": 5, "linewidth": 1.8,
-                                "label": label, "zorder": 4}, kwargs, "line")
+            line_style = style(
+                {"marker": "o", "markersize": 5, "linewidth": 1.8, "label": label, "zorder": 4},
+                kwargs,
+                "line",
+            )
         if histogram is None:
             histogram = ax is None or hist_ax is not None
         if counts is None:
@@ -203,8 +209,9 @@ class ReliabilityDisplay(Display):
             if not created and histogram and hist_ax is None:
                 from mpl_toolkits.axes_grid1 import make_axes_locatable
 
-                hist_ax = make_axes_locatable(ax).append_axes("bottom", size="30%", pad=0.12,
-                                                              sharex=ax)
+                hist_ax = make_axes_locatable(ax).append_axes(
+                    "bottom", size="30%", pad=0.12, sharex=ax
+                )
             self.hist_ax_ = hist_ax if histogram else None
             nonempty = (self.count > 0) & np.isfinite(self.accuracy) & np.isfinite(self.confidence)
             left, width = self.edges[:-1][nonempty], np.diff(self.edges)[nonempty]
@@ -212,19 +219,32 @@ class ReliabilityDisplay(Display):
 
             self.ref_line_ = None
             if ref_line and "Perfectly calibrated" not in legend_labels(ax):
-                (self.ref_line_,) = ax.plot([0, 1], [0, 1], linestyle="--", color=REF_COLOR,
-                                            linewidth=1.2, label="Perfectly calibrated",
-                                            zorder=3)
+                (self.ref_line_,) = ax.plot(
+                    [0, 1],
+                    [0, 1],
+                    linestyle="--",
+                    color=REF_COLOR,
+                    linewidth=1.2,
+                    label="Perfectly calibrated",
+                    zorder=3,
+                )
             self.bars_ = self.gap_bars_ = self.line_ = None
             if kind == "bars":
                 self.bars_ = ax.bar(left, accuracy, width=width, align="edge", **bar_style)
                 color: Any = self.bars_.patches[0].get_facecolor() if len(accuracy) else "C0"
                 if gaps:
                     self.gap_bars_ = ax.bar(
-                        left, np.abs(confidence - accuracy), width=width,
-                        bottom=np.minimum(confidence, accuracy), align="edge",
-                        facecolor="none", edgecolor="red", hatch="//", linewidth=0.8,
-                        label=once(ax, "Gap"), zorder=2.5,
+                        left,
+                        np.abs(confidence - accuracy),
+                        width=width,
+                        bottom=np.minimum(confidence, accuracy),
+                        align="edge",
+                        facecolor="none",
+                        edgecolor="red",
+                        hatch="//",
+                        linewidth=0.8,
+                        label=once(ax, "Gap"),
+                        zorder=2.5,
                     )
                 centres = left + width / 2.0
             else:
@@ -235,33 +255,60 @@ class ReliabilityDisplay(Display):
             self.counts_ = []
             if counts:
                 for x, y, n in zip(centres, accuracy, self.count[nonempty], strict=True):
-                    self.counts_.append(ax.annotate(
-                        f"{int(n)}", (x, y), xytext=(0, 3), textcoords="offset points",
-                        ha="center", va="bottom", fontsize="x-small", color="0.2", zorder=5))
+                    self.counts_.append(
+                        ax.annotate(
+                            f"{int(n)}",
+                            (x, y),
+                            xytext=(0, 3),
+                            textcoords="offset points",
+                            ha="center",
+                            va="bottom",
+                            fontsize="x-small",
+                            color="0.2",
+                            zorder=5,
+                        )
+                    )
 
-            xlabel, ylabel = (("Mean predicted probability", "Fraction of positives")
-                              if self.binary else ("Confidence", "Accuracy"))
+            xlabel, ylabel = (
+                ("Mean predicted probability", "Fraction of positives")
+                if self.binary
+                else ("Confidence", "Accuracy")
+            )
             ax.set(xlim=(0.0, 1.0), ylim=(0.0, 1.05 if counts else 1.0), ylabel=ylabel)
             self._finish(ax, "Reliability diagram", "upper left")
             self._draw_histogram(ax, hist_ax if histogram else None, kind, color, label, xlabel)
         return self
 
-    def _draw_intervals(self, ax: Axes, intervals: bool, nonempty: np.ndarray,
-                        centres: np.ndarray, accuracy: np.ndarray, color: Any,
-                        kind: str) -> None:
+    def _draw_intervals(
+        self,
+        ax: Axes,
+        intervals: bool,
+        nonempty: np.ndarray,
+        centres: np.ndarray,
+        accuracy: np.ndarray,
+        color: Any,
+        kind: str,
+    ) -> None:
         self.intervals_ = None
         if not intervals or self.lower is None or self.upper is None:
             return
         below = np.clip(accuracy - self.lower[nonempty], 0.0, None)
         above = np.clip(self.upper[nonempty] - accuracy, 0.0, None)
         self.intervals_ = ax.errorbar(
-            centres, accuracy, yerr=np.vstack([below, above]), fmt="none", capsize=2,
-            elinewidth=1.0, ecolor="0.15" if kind == "bars" else color, zorder=4.5,
+            centres,
+            accuracy,
+            yerr=np.vstack([below, above]),
+            fmt="none",
+            capsize=2,
+            elinewidth=1.0,
+            ecolor="0.15" if kind == "bars" else color,
+            zorder=4.5,
             label=once(ax, "95% interval") if kind == "bars" else None,
         )
 
-    def _draw_histogram(self, ax: Axes, hist_ax: Axes | None, kind: str, color: Any,
-                        label: str | None, xlabel: str) -> None:
+    def _draw_histogram(
+        self, ax: Axes, hist_ax: Axes | None, kind: str, color: Any, label: str | None, xlabel: str
+    ) -> None:
         self.hist_ = None
         if hist_ax is None:
             ax.set_xlabel(xlabel)
@@ -269,8 +316,13 @@ class ReliabilityDisplay(Display):
         total = max(int(self.count.sum()), 1)
         filled = kind == "bars"
         self.hist_ = hist_ax.stairs(
-            self.count / total, self.edges, fill=filled, color=color,
-            alpha=0.6 if filled else 1.0, linewidth=1.5, label=label,
+            self.count / total,
+            self.edges,
+            fill=filled,
+            color=color,
+            alpha=0.6 if filled else 1.0,
+            linewidth=1.5,
+            label=label,
         )
         hist_ax.set(xlim=(0.0, 1.0), xlabel=xlabel, ylabel="Fraction\nof samples")
         if hist_ax.get_yscale() == "linear":
@@ -343,8 +395,9 @@ class ReliabilityDisplay(Display):
         curve = reliability_curve(labels, probs, n_bins=n_bins, strategy=strategy)
         ece = expected_calibration_error(labels, probs, n_bins=n_bins, strategy=strategy)
         lower, upper = reliability_intervals(curve)
-        display = cls(curve, ece=float(ece), name=name, binary=probs.ndim == 1, lower=lower,
-                      upper=upper)
+        display = cls(
+            curve, ece=float(ece), name=name, binary=probs.ndim == 1, lower=lower, upper=upper
+        )
         return display.plot(ax=ax, **kwargs)
 
     @classmethod
@@ -381,8 +434,9 @@ class ReliabilityDisplay(Display):
             When ``y_true`` is ``None`` and the result holds no targets.
         """
         labels, probs = flatten_classification(result, targets(result, y_true))
-        return cls.from_predictions(labels, probs, n_bins=n_bins, strategy=strategy, name=name,
-                                    ax=ax, **kwargs)
+        return cls.from_predictions(
+            labels, probs, n_bins=n_bins, strategy=strategy, name=name, ax=ax, **kwargs
+        )
 
 
 def plot_reliability_comparison(
@@ -439,9 +493,15 @@ def plot_reliability_comparison(
         )
     displays: dict[str, ReliabilityDisplay] = {}
     for name, value in predictions.items():
-        options: dict[str, Any] = {"n_bins": n_bins, "strategy": strategy, "name": str(name),
-                                   "ax": ax, "kind": "line", "histogram": histogram,
-                                   "hist_ax": hist_ax}
+        options: dict[str, Any] = {
+            "n_bins": n_bins,
+            "strategy": strategy,
+            "name": str(name),
+            "ax": ax,
+            "kind": "line",
+            "histogram": histogram,
+            "hist_ax": hist_ax,
+        }
         if getattr(value, "task", None) == "classification":
             display = ReliabilityDisplay.from_result(value, y_true, **options)
         else:
@@ -561,17 +621,33 @@ class AccuracyRejectionDisplay(Display):
         with self._axes(ax, figsize=(5.5, 4.2), layout="constrained") as ax:
             self.random_line_ = self.oracle_line_ = None
             if random_line and math.isfinite(self.base_accuracy):
-                self.random_line_ = ax.axhline(self.base_accuracy, color=REF_COLOR,
-                                               linestyle=":", linewidth=1.2,
-                                               label=once(ax, "Random rejection"))
-            if (oracle and self.oracle_accuracy is not None
-                    and self.oracle_rejection_fraction is not None):
+                self.random_line_ = ax.axhline(
+                    self.base_accuracy,
+                    color=REF_COLOR,
+                    linestyle=":",
+                    linewidth=1.2,
+                    label=once(ax, "Random rejection"),
+                )
+            if (
+                oracle
+                and self.oracle_accuracy is not None
+                and self.oracle_rejection_fraction is not None
+            ):
                 (self.oracle_line_,) = ax.plot(
-                    self.oracle_rejection_fraction, self.oracle_accuracy, color=REF_COLOR,
-                    linestyle="--", linewidth=1.2, label=once(ax, "Oracle"), zorder=2)
+                    self.oracle_rejection_fraction,
+                    self.oracle_accuracy,
+                    color=REF_COLOR,
+                    linestyle="--",
+                    linewidth=1.2,
+                    label=once(ax, "Oracle"),
+                    zorder=2,
+                )
             (self.line_,) = ax.plot(self.rejection_fraction, self.accuracy, **line_style)
-            ax.set(xlabel="Fraction of samples rejected",
-                   ylabel="Accuracy on retained samples", xlim=(0.0, 1.0))
+            ax.set(
+                xlabel="Fraction of samples rejected",
+                ylabel="Accuracy on retained samples",
+                xlim=(0.0, 1.0),
+            )
             self._finish(ax, "Accuracy–rejection curve", "lower right", fontsize="small")
         return self
 
@@ -623,8 +699,14 @@ class AccuracyRejectionDisplay(Display):
         oracle_fraction = oracle_accuracy = None
         if oracle:
             oracle_fraction, oracle_accuracy = oracle_rejection_curve(labels, probs)
-        display = cls(fraction, accuracy, aurc=area, name=name,
-                      oracle_rejection_fraction=oracle_fraction, oracle_accuracy=oracle_accuracy)
+        display = cls(
+            fraction,
+            accuracy,
+            aurc=area,
+            name=name,
+            oracle_rejection_fraction=oracle_fraction,
+            oracle_accuracy=oracle_accuracy,
+        )
         return display.plot(ax=ax, **kwargs)
 
     @classmethod
@@ -664,8 +746,9 @@ class AccuracyRejectionDisplay(Display):
         labels, probs = flatten_classification(result, targets(result, y_true))
         if name is None:
             name = score_label.replace(" (nats)", "")
-        return cls.from_predictions(labels, probs, scores=values, name=name, oracle=oracle,
-                                    ax=ax, **kwargs)
+        return cls.from_predictions(
+            labels, probs, scores=values, name=name, oracle=oracle, ax=ax, **kwargs
+        )
 
 
 def _probabilities(y_prob: ArrayLike, argument: str = "y_prob") -> np.ndarray:

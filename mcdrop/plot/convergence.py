@@ -109,15 +109,21 @@ class ConvergenceDisplay(Display):
         """
         name = self.name if name is None else name
         ylabel = _CONVERGENCE_METRICS.get(self.metric, self.metric)
-        line_style = style({"marker": "o", "markersize": 4, "linewidth": 2.0,
-                            "label": name or ylabel}, kwargs)
+        line_style = style(
+            {"marker": "o", "markersize": 4, "linewidth": 2.0, "label": name or ylabel}, kwargs
+        )
         with self._axes(ax, figsize=(5.5, 4.2), layout="constrained") as ax:
             (self.line_,) = ax.plot(self.sample_counts, self.values, **line_style)
             self.ref_line_ = None
             if ref_line and self.reference is not None:
-                (self.ref_line_,) = ax.plot(self.sample_counts, self.reference, linestyle="--",
-                                            color=REF_COLOR, linewidth=1.2,
-                                            label=once(ax, "∝ 1/√T"))
+                (self.ref_line_,) = ax.plot(
+                    self.sample_counts,
+                    self.reference,
+                    linestyle="--",
+                    color=REF_COLOR,
+                    linewidth=1.2,
+                    label=once(ax, "∝ 1/√T"),
+                )
             from matplotlib.ticker import FuncFormatter
 
             ax.set_xscale("log")
@@ -176,9 +182,14 @@ class ConvergenceDisplay(Display):
         -------
         display : ConvergenceDisplay
         """
-        counts, values = convergence_curve(samples, y_true, metric=metric,
-                                           sample_counts=sample_counts, task=task,
-                                           class_dim=class_dim)
+        counts, values = convergence_curve(
+            samples,
+            y_true,
+            metric=metric,
+            sample_counts=sample_counts,
+            task=task,
+            class_dim=class_dim,
+        )
         metric_name = getattr(metric, "__name__", "metric") if callable(metric) else metric
         reference = None
         if metric_name == "standard_error" and not callable(metric):
@@ -233,6 +244,14 @@ class ConvergenceDisplay(Display):
         if y_true is None and metric != "standard_error":
             y_true = targets(result, None)
         class_dim = getattr(result, "class_dim", 1)
-        return cls.from_samples(result.samples, y_true, metric=metric,
-                                sample_counts=sample_counts, task=task, class_dim=class_dim,
-                                name=name, ax=ax, **kwargs)
+        return cls.from_samples(
+            result.samples,
+            y_true,
+            metric=metric,
+            sample_counts=sample_counts,
+            task=task,
+            class_dim=class_dim,
+            name=name,
+            ax=ax,
+            **kwargs,
+        )

@@ -175,8 +175,14 @@ class OODHistogramDisplay(Display):
         edges = np.histogram_bin_edges(np.concatenate([s_in, s_out]), bins=bins)
         density_in = np.histogram(s_in, bins=edges, density=True)[0]
         density_out = np.histogram(s_out, bins=edges, density=True)[0]
-        display = cls(edges, density_in, density_out, auroc=float(ood_auroc(s_in, s_out)),
-                      score_name=score_name, name=name)
+        display = cls(
+            edges,
+            density_in,
+            density_out,
+            auroc=float(ood_auroc(s_in, s_out)),
+            score_name=score_name,
+            name=name,
+        )
         return display.plot(ax=ax, **kwargs)
 
     @classmethod
@@ -213,8 +219,7 @@ class OODHistogramDisplay(Display):
         display : OODHistogramDisplay
         """
         s_in, s_out, label = paired_scores(result_in, result_out, score)
-        return cls.from_scores(s_in, s_out, bins=bins, score_name=label, name=name, ax=ax,
-                               **kwargs)
+        return cls.from_scores(s_in, s_out, bins=bins, score_name=label, name=name, ax=ax, **kwargs)
 
 
 class OODRocDisplay(Display):
@@ -291,17 +296,25 @@ class OODRocDisplay(Display):
         """
         name = self.name if name is None else name
         label = labelled(name, None if self.auroc is None else f"AUROC = {self.auroc:.3f}")
-        line_style = style({"linewidth": 2.0, "label": label, "drawstyle": "steps-post"},
-                           kwargs)
+        line_style = style({"linewidth": 2.0, "label": label, "drawstyle": "steps-post"}, kwargs)
         with self._axes(ax, figsize=(5.0, 5.0), layout="constrained") as ax:
             self.chance_line_ = None
             if chance_line and "Chance (AUROC = 0.5)" not in legend_labels(ax):
-                (self.chance_line_,) = ax.plot([0, 1], [0, 1], linestyle="--", color=REF_COLOR,
-                                               linewidth=1.2, label="Chance (AUROC = 0.5)")
+                (self.chance_line_,) = ax.plot(
+                    [0, 1],
+                    [0, 1],
+                    linestyle="--",
+                    color=REF_COLOR,
+                    linewidth=1.2,
+                    label="Chance (AUROC = 0.5)",
+                )
             (self.line_,) = ax.plot(self.fpr, self.tpr, **line_style)
-            ax.set(xlabel="False positive rate (in-distribution flagged)",
-                   ylabel="True positive rate (OOD detected)", xlim=(-0.01, 1.01),
-                   ylim=(-0.01, 1.01))
+            ax.set(
+                xlabel="False positive rate (in-distribution flagged)",
+                ylabel="True positive rate (OOD detected)",
+                xlim=(-0.01, 1.01),
+                ylim=(-0.01, 1.01),
+            )
             self._finish(ax, "Out-of-distribution detection", "lower right")
         return self
 
@@ -370,5 +383,3 @@ class OODRocDisplay(Display):
         if name is None:
             name = label.replace(" (nats)", "")
         return cls.from_scores(s_in, s_out, name=name, ax=ax, **kwargs)
-
-

@@ -115,21 +115,37 @@ class RegressionCalibrationDisplay(Display):
         name = self.name if name is None else name
         area = self.miscalibration_area
         label = labelled(name, None if area is None else f"miscalibration area = {area:.3f}")
-        line_style = style({"marker": "o", "markersize": 3.5, "linewidth": 2.0,
-                            "label": label}, kwargs)
+        line_style = style(
+            {"marker": "o", "markersize": 3.5, "linewidth": 2.0, "label": label}, kwargs
+        )
         with self._axes(ax, figsize=(5.0, 5.0), layout="constrained") as ax:
             self.ref_line_ = None
             if ref_line and "Perfectly calibrated" not in legend_labels(ax):
-                (self.ref_line_,) = ax.plot([0, 1], [0, 1], linestyle="--", color=REF_COLOR,
-                                            linewidth=1.2, label="Perfectly calibrated")
+                (self.ref_line_,) = ax.plot(
+                    [0, 1],
+                    [0, 1],
+                    linestyle="--",
+                    color=REF_COLOR,
+                    linewidth=1.2,
+                    label="Perfectly calibrated",
+                )
             (self.line_,) = ax.plot(self.expected, self.observed, **line_style)
             self.fill_ = None
             if fill:
-                self.fill_ = ax.fill_between(self.expected, self.expected, self.observed,
-                                             color=self.line_.get_color(), alpha=0.2,
-                                             linewidth=0)
-            ax.set(xlabel="Expected coverage (nominal level)", ylabel="Observed coverage",
-                   xlim=(0.0, 1.0), ylim=(0.0, 1.0))
+                self.fill_ = ax.fill_between(
+                    self.expected,
+                    self.expected,
+                    self.observed,
+                    color=self.line_.get_color(),
+                    alpha=0.2,
+                    linewidth=0,
+                )
+            ax.set(
+                xlabel="Expected coverage (nominal level)",
+                ylabel="Observed coverage",
+                xlim=(0.0, 1.0),
+                ylim=(0.0, 1.0),
+            )
             ax.set_aspect("equal")
             self._finish(ax, "Regression calibration", "upper left")
         return self
@@ -305,10 +321,14 @@ class PredictiveBandsDisplay(Display):
         display : PredictiveBandsDisplay
         """
         name = self.name if name is None else name
-        pct = f"{self.level:.0%}" if round(self.level * 100) == self.level * 100 else (
-            f"{self.level:.1%}")
-        line_style = style({"linewidth": 2.0, "label": name or "Predictive mean", "zorder": 4},
-                           kwargs)
+        pct = (
+            f"{self.level:.0%}"
+            if round(self.level * 100) == self.level * 100
+            else (f"{self.level:.1%}")
+        )
+        line_style = style(
+            {"linewidth": 2.0, "label": name or "Predictive mean", "zorder": 4}, kwargs
+        )
         with self._axes(ax, figsize=(7.0, 4.2), layout="constrained") as ax:
             self._draw(ax, name, pct, line_style)
         return self
@@ -317,23 +337,51 @@ class PredictiveBandsDisplay(Display):
         (self.line_,) = ax.plot(self.x, self.mean, **line_style)
         color = self.line_.get_color()
         prefix = f"{name}: " if name else ""
-        self.total_band_ = ax.fill_between(self.x, self.total_lower, self.total_upper,
-                                           color=color, alpha=0.18, linewidth=0, zorder=1,
-                                           label=f"{prefix}{pct} interval (total)")
+        self.total_band_ = ax.fill_between(
+            self.x,
+            self.total_lower,
+            self.total_upper,
+            color=color,
+            alpha=0.18,
+            linewidth=0,
+            zorder=1,
+            label=f"{prefix}{pct} interval (total)",
+        )
         self.epistemic_band_ = None
         if self.epistemic_lower is not None and self.epistemic_upper is not None:
             self.epistemic_band_ = ax.fill_between(
-                self.x, self.epistemic_lower, self.epistemic_upper, color=color, alpha=0.4,
-                linewidth=0, zorder=2, label=f"{prefix}{pct} interval (epistemic)",
+                self.x,
+                self.epistemic_lower,
+                self.epistemic_upper,
+                color=color,
+                alpha=0.4,
+                linewidth=0,
+                zorder=2,
+                label=f"{prefix}{pct} interval (epistemic)",
             )
         self.targets_ = self.train_points_ = None
         if self.x_train is not None and self.y_train is not None:
-            self.train_points_ = ax.scatter(self.x_train, self.y_train, s=12, color="black",
-                                            alpha=0.6, zorder=3, label=once(ax, "Training data"))
+            self.train_points_ = ax.scatter(
+                self.x_train,
+                self.y_train,
+                s=12,
+                color="black",
+                alpha=0.6,
+                zorder=3,
+                label=once(ax, "Training data"),
+            )
         if self.y_true is not None:
-            self.targets_ = ax.scatter(self.x, self.y_true, s=10, facecolors="none",
-                                       edgecolors="0.25", linewidths=0.7, alpha=0.8, zorder=3,
-                                       label=once(ax, "Targets"))
+            self.targets_ = ax.scatter(
+                self.x,
+                self.y_true,
+                s=10,
+                facecolors="none",
+                edgecolors="0.25",
+                linewidths=0.7,
+                alpha=0.8,
+                zorder=3,
+                label=once(ax, "Targets"),
+            )
         ax.set(xlabel="x", ylabel="y")
         self._finish(ax, "Predictive mean and uncertainty bands", "best")
 
@@ -382,8 +430,9 @@ class PredictiveBandsDisplay(Display):
         -------
         display : PredictiveBandsDisplay
         """
-        level = check_float("level", level, low=0.0, high=1.0, low_inclusive=False,
-                            high_inclusive=False)
+        level = check_float(
+            "level", level, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False
+        )
         xs = one_d("x", x)
         order = np.argsort(xs, kind="stable")
         n = xs.size
@@ -408,17 +457,26 @@ class PredictiveBandsDisplay(Display):
             epistemic_lower, epistemic_upper = _interval("epistemic_std", mu, epi, level)
         x_tr = None if x_train is None else one_d("x_train", x_train)
         y_tr = None if y_train is None else one_d("y_train", y_train)
-        if (x_tr is None) != (y_tr is None) or (x_tr is not None and y_tr is not None
-                                                 and x_tr.size != y_tr.size):
+        if (x_tr is None) != (y_tr is None) or (
+            x_tr is not None and y_tr is not None and x_tr.size != y_tr.size
+        ):
             raise ValueError(
                 "Expected `x_train` and `y_train` to be given together with equal lengths, but "
                 f"got {None if x_tr is None else x_tr.size} and "
                 f"{None if y_tr is None else y_tr.size} values."
             )
         display = cls(
-            xs[order], mu, total_lower=total_lower, total_upper=total_upper,
-            epistemic_lower=epistemic_lower, epistemic_upper=epistemic_upper,
-            level=level, y_true=column("y_true", y_true), x_train=x_tr, y_train=y_tr, name=name,
+            xs[order],
+            mu,
+            total_lower=total_lower,
+            total_upper=total_upper,
+            epistemic_lower=epistemic_lower,
+            epistemic_upper=epistemic_upper,
+            level=level,
+            y_true=column("y_true", y_true),
+            x_train=x_tr,
+            y_train=y_tr,
+            name=name,
         )
         return display.plot(ax=ax, **kwargs)
 
@@ -457,8 +515,16 @@ class PredictiveBandsDisplay(Display):
         if y_true is None:
             y_true = result.targets
         return cls.from_predictions(
-            x, result.mean, result.std, epistemic_std=result.epistemic_variance.sqrt(),
-            level=level, y_true=y_true, x_train=x_train, y_train=y_train, name=name, ax=ax,
+            x,
+            result.mean,
+            result.std,
+            epistemic_std=result.epistemic_variance.sqrt(),
+            level=level,
+            y_true=y_true,
+            x_train=x_train,
+            y_train=y_train,
+            name=name,
+            ax=ax,
             **kwargs,
         )
 
@@ -555,29 +621,50 @@ class ResidualStdDisplay(Display):
         """
         name = self.name if name is None else name
         prefix = f"{name}: " if name else ""
-        scatter_style = style({"s": 8, "alpha": 0.35, "linewidths": 0,
-                               "label": f"{prefix}examples" if name else "Examples"}, kwargs,
-                              "scatter")
+        scatter_style = style(
+            {
+                "s": 8,
+                "alpha": 0.35,
+                "linewidths": 0,
+                "label": f"{prefix}examples" if name else "Examples",
+            },
+            kwargs,
+            "scatter",
+        )
         with self._axes(ax, figsize=(5.0, 5.0), layout="constrained") as ax:
             self._draw(ax, name, prefix, scatter_style, ref_line)
         return self
 
-    def _draw(self, ax: Axes, name: str | None, prefix: str, scatter_style: dict[str, Any],
-              ref_line: bool) -> None:
+    def _draw(
+        self, ax: Axes, name: str | None, prefix: str, scatter_style: dict[str, Any], ref_line: bool
+    ) -> None:
         self.scatter_ = ax.scatter(self.std, self.abs_residual, **scatter_style)
         rgba = np.asarray(self.scatter_.get_facecolor(), dtype=float).reshape(-1, 4)
         color: Any = tuple(rgba[0, :3]) if len(rgba) else "C0"
         self.binned_line_ = None
         if self.binned_std is not None and self.binned_rmse is not None:
             (self.binned_line_,) = ax.plot(
-                self.binned_std, self.binned_rmse, marker="o", markersize=5, linewidth=2.0,
-                color=color, markeredgecolor="black", markeredgewidth=0.6, zorder=4,
+                self.binned_std,
+                self.binned_rmse,
+                marker="o",
+                markersize=5,
+                linewidth=2.0,
+                color=color,
+                markeredgecolor="black",
+                markeredgewidth=0.6,
+                zorder=4,
                 label=f"{prefix}binned RMSE vs RMS std" if name else "Binned RMSE vs RMS std",
             )
         self.ref_line_ = None
         if ref_line and "Calibrated: RMSE = std" not in legend_labels(ax):
-            self.ref_line_ = ax.axline((0.0, 0.0), slope=1.0, linestyle="--", color=REF_COLOR,
-                                       linewidth=1.2, label="Calibrated: RMSE = std")
+            self.ref_line_ = ax.axline(
+                (0.0, 0.0),
+                slope=1.0,
+                linestyle="--",
+                color=REF_COLOR,
+                linewidth=1.2,
+                label="Calibrated: RMSE = std",
+            )
         ax.set(xlabel="Predicted standard deviation", ylabel="|Residual|")
         ax.set_xlim(left=0.0)
         ax.set_ylim(bottom=0.0)
@@ -628,8 +715,9 @@ class ResidualStdDisplay(Display):
         if n_bins:
             binned_std, binned_rmse = binned_residuals(y, mu, sigma, n_bins=n_bins)
         abs_residual = np.abs(y - mu)
-        display = cls(sigma, abs_residual, binned_std=binned_std, binned_rmse=binned_rmse,
-                      name=name)
+        display = cls(
+            sigma, abs_residual, binned_std=binned_std, binned_rmse=binned_rmse, name=name
+        )
         return display.plot(ax=ax, **kwargs)
 
     @classmethod

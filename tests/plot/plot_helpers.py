@@ -12,7 +12,7 @@ def _classification_data(n=400, c=4, seed=0):
     rng = np.random.default_rng(seed)
     logits = rng.normal(scale=2.0, size=(n, c))
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    y = np.array([rng.choice(c, p=p) for p in probs ** 0.7 / (probs ** 0.7).sum(1, keepdims=True)])
+    y = np.array([rng.choice(c, p=p) for p in probs**0.7 / (probs**0.7).sum(1, keepdims=True)])
     return y, probs
 
 
@@ -32,9 +32,14 @@ def _classification_result(n=60, c=3, t=8, extra=(), targets=True, keep_samples=
     variation = 1.0 - (pred == modal).double().mean(0)
     labels = torch.randint(0, c, (n, *extra), generator=gen) if targets else None
     return ClassificationResult(
-        mean=mean, variance=variance, predictive_entropy=entropy(mean, 1),
-        expected_entropy=entropy(samples, 2).mean(0), variation_ratio=variation, n_samples=t,
-        targets=labels, samples=samples if keep_samples else None,
+        mean=mean,
+        variance=variance,
+        predictive_entropy=entropy(mean, 1),
+        expected_entropy=entropy(samples, 2).mean(0),
+        variation_ratio=variation,
+        n_samples=t,
+        targets=labels,
+        samples=samples if keep_samples else None,
     )
 
 
@@ -46,9 +51,14 @@ def _regression_result(n=80, t=10, targets=True, keep_samples=True, seed=0):
     epistemic = samples.var(0, unbiased=False)
     aleatoric = torch.full_like(mean, 0.2)
     y = mean + torch.randn(mean.shape, generator=gen, dtype=torch.float64) * 0.5
-    return RegressionResult(mean=mean, epistemic_variance=epistemic, aleatoric_variance=aleatoric,
-                            n_samples=t, targets=y if targets else None,
-                            samples=samples if keep_samples else None)
+    return RegressionResult(
+        mean=mean,
+        epistemic_variance=epistemic,
+        aleatoric_variance=aleatoric,
+        n_samples=t,
+        targets=y if targets else None,
+        samples=samples if keep_samples else None,
+    )
 
 
 def _legend_texts(ax):

@@ -84,7 +84,8 @@ def _draw_each(**kwargs):
         "ood_roc": lambda: OODRocDisplay.from_scores(s, s + 1, **kwargs),
         "reg_cal": lambda: RegressionCalibrationDisplay.from_result(reg, **kwargs),
         "bands": lambda: PredictiveBandsDisplay.from_predictions(
-            x, np.sin(x), np.full(20, 0.2), **kwargs),
+            x, np.sin(x), np.full(20, 0.2), **kwargs
+        ),
         "residual": lambda: ResidualStdDisplay.from_result(reg, **kwargs),
         "convergence": lambda: ConvergenceDisplay.from_samples(samples, **kwargs),
     }
@@ -132,8 +133,7 @@ EMPTY = np.zeros(0)
         (lambda: PredictiveBandsDisplay.from_predictions(EMPTY, EMPTY, EMPTY), "x"),
         (lambda: ResidualStdDisplay.from_predictions(EMPTY, EMPTY, EMPTY), "y_true"),
         (lambda: ConvergenceDisplay.from_samples(np.zeros((4, 0, 3))), "samples"),
-        (lambda: ConvergenceDisplay.from_samples(np.zeros((4, 0)), task="regression"),
-         "samples"),
+        (lambda: ConvergenceDisplay.from_samples(np.zeros((4, 0)), task="regression"), "samples"),
     ],
 )
 def test_every_display_refuses_empty_arrays(pyplot, call, argument):

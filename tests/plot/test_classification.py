@@ -73,8 +73,7 @@ def test_reliability_labels_legend_histogram(pyplot):
     assert display.hist_ax_ is not None
     assert display.hist_ax_.get_xlabel() == "Confidence"
     assert display.figure_ is ax.figure is display.hist_ax_.figure
-    np.testing.assert_allclose(display.hist_.get_data().values,
-                               display.count / display.count.sum())
+    np.testing.assert_allclose(display.hist_.get_data().values, display.count / display.count.sum())
     np.testing.assert_allclose(display.hist_.get_data().edges, display.edges)
 
 
@@ -215,8 +214,9 @@ def test_accuracy_rejection_stores_metric_output(pyplot):
     # the oracle rejects errors first: perfect accuracy once the errors are gone
     n_errors = np.sum(probs.argmax(1) != y)
     kept = display.oracle_rejection_fraction >= n_errors / y.size - 1e-12
-    np.testing.assert_allclose(display.oracle_accuracy[kept & np.isfinite(
-        display.oracle_accuracy)], 1.0)
+    np.testing.assert_allclose(
+        display.oracle_accuracy[kept & np.isfinite(display.oracle_accuracy)], 1.0
+    )
     ax = display.ax_
     assert ax.get_xlabel() == "Fraction of samples rejected"
     assert ax.get_ylabel() == "Accuracy on retained samples"
@@ -228,8 +228,9 @@ def test_accuracy_rejection_stores_metric_output(pyplot):
 def test_accuracy_rejection_custom_scores_kwargs_and_no_oracle(pyplot):
     y, probs = _classification_data()
     scores = torch.from_numpy(np.random.default_rng(0).uniform(size=y.size))
-    display = AccuracyRejectionDisplay.from_predictions(y, probs, scores=scores, oracle=False,
-                                                        color="purple", linestyle="-.")
+    display = AccuracyRejectionDisplay.from_predictions(
+        y, probs, scores=scores, oracle=False, color="purple", linestyle="-."
+    )
     _, accuracy = accuracy_rejection_curve(y, probs, scores.numpy())
     np.testing.assert_allclose(display.accuracy, accuracy)
     assert display.oracle_line_ is None and display.oracle_accuracy is None
@@ -247,8 +248,9 @@ def test_accuracy_rejection_from_result_compares_scores(pyplot):
     assert any(t.startswith("Predictive entropy (AURC = ") for t in texts)
     assert any(t.startswith("Mutual information (AURC = ") for t in texts)
     assert texts.count("Random rejection") == 1 and texts.count("Oracle") == 1
-    _, accuracy = accuracy_rejection_curve(result.targets.numpy(), result.mean.numpy(),
-                                           result.mutual_information.numpy())
+    _, accuracy = accuracy_rejection_curve(
+        result.targets.numpy(), result.mean.numpy(), result.mutual_information.numpy()
+    )
     np.testing.assert_allclose(by_mi.accuracy, accuracy)
     with pytest.raises(ValueError, match="Expected `score` to be one of"):
         AccuracyRejectionDisplay.from_result(result, score="entropy")

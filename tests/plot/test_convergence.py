@@ -25,7 +25,9 @@ def test_convergence_standard_error(pyplot):
     expected = [np.mean(samples[:t].std(axis=0, ddof=1) / np.sqrt(t)) for t in (2, 4, 8, 16, 32)]
     np.testing.assert_allclose(display.values, expected, rtol=1e-6)
     np.testing.assert_array_equal(display.sample_counts, [2, 4, 8, 16, 32])
-    np.testing.assert_allclose(display.reference, expected[-1] * np.sqrt(32 / display.sample_counts))
+    np.testing.assert_allclose(
+        display.reference, expected[-1] * np.sqrt(32 / display.sample_counts)
+    )
     np.testing.assert_allclose(display.line_.get_ydata(), display.values)
     ax = display.ax_
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
@@ -61,8 +63,9 @@ def test_convergence_regression_and_callable(pyplot):
         return float(np.mean(np.abs(y_true - running_mean)))
 
     _, ax = pyplot.subplots()
-    custom = ConvergenceDisplay.from_samples(result.samples, result.targets, metric=mae,
-                                             task="regression", ax=ax, name="MAE")
+    custom = ConvergenceDisplay.from_samples(
+        result.samples, result.targets, metric=mae, task="regression", ax=ax, name="MAE"
+    )
     assert custom.metric == "mae" and custom.ax_ is ax
     assert custom.values[-1] == pytest.approx(np.mean(np.abs(y - mean)))
     assert "MAE" in _legend_texts(ax)
@@ -98,8 +101,7 @@ def test_convergence_standard_error_is_stable_for_a_large_mean(pyplot):
     # E[x²] - E[x]² loses every digit here: 1e16 has a spacing of 2, the variance is 1e-6.
     rng = np.random.default_rng(0)
     samples = 1e8 + rng.normal(0.0, 1e-3, size=(64, 30, 1))
-    display = ConvergenceDisplay.from_samples(samples, task="regression",
-                                              sample_counts=[2, 8, 64])
+    display = ConvergenceDisplay.from_samples(samples, task="regression", sample_counts=[2, 8, 64])
     expected = [np.mean(samples[:t].std(axis=0, ddof=1) / np.sqrt(t)) for t in (2, 8, 64)]
     np.testing.assert_allclose(display.values, expected, rtol=1e-5)
     assert display.values[-1] == pytest.approx(1e-3 / 8, rel=0.2)

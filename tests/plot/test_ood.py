@@ -28,8 +28,9 @@ def _ood_scores():
 
 def test_ood_histogram(pyplot):
     s_in, s_out = _ood_scores()
-    display = OODHistogramDisplay.from_scores(s_in, s_out, bins=20, name="MC dropout",
-                                              score_name="Mutual information")
+    display = OODHistogramDisplay.from_scores(
+        s_in, s_out, bins=20, name="MC dropout", score_name="Mutual information"
+    )
     edges = np.histogram_bin_edges(np.concatenate([s_in, s_out]), bins=20)
     np.testing.assert_allclose(display.edges, edges)
     np.testing.assert_allclose(display.density_in, np.histogram(s_in, edges, density=True)[0])
@@ -47,12 +48,14 @@ def test_ood_histogram(pyplot):
 def test_ood_histogram_from_result(pyplot):
     fig, ax = pyplot.subplots()
     result_in, result_out = _classification_result(seed=0), _classification_result(seed=1)
-    display = OODHistogramDisplay.from_result(result_in, result_out, score="predictive_entropy",
-                                              ax=ax)
+    display = OODHistogramDisplay.from_result(
+        result_in, result_out, score="predictive_entropy", ax=ax
+    )
     assert display.ax_ is ax and display.figure_ is fig
     assert display.score_name == "Predictive entropy (nats)"
     assert display.auroc == pytest.approx(
-        ood_auroc(result_in.predictive_entropy.numpy(), result_out.predictive_entropy.numpy()))
+        ood_auroc(result_in.predictive_entropy.numpy(), result_out.predictive_entropy.numpy())
+    )
     reg = OODHistogramDisplay.from_result(_regression_result(seed=0), _regression_result(seed=1))
     assert reg.score_name == "Predictive standard deviation"
     with pytest.raises(TypeError, match="`bins`"):
@@ -102,8 +105,7 @@ def test_ood_refuses_classification_with_regression(pyplot, display):
     with pytest.raises(TypeError, match="Expected `result_out` to be a RegressionResult"):
         display.from_result(_regression_result(), _classification_result())
     with pytest.raises(ValueError, match="Expected `score` to be one of"):
-        display.from_result(_regression_result(), _regression_result(),
-                            score="mutual_information")
+        display.from_result(_regression_result(), _regression_result(), score="mutual_information")
     assert pyplot.get_fignums() == before
 
 

@@ -43,8 +43,9 @@ def test_regression_calibration(pyplot):
 def test_regression_calibration_levels_epistemic_and_errors(pyplot):
     result = _regression_result()
     levels = np.array([0.2, 0.5, 0.8, 0.95])
-    display = RegressionCalibrationDisplay.from_result(result, kind="epistemic", levels=levels,
-                                                       fill=False, color="k")
+    display = RegressionCalibrationDisplay.from_result(
+        result, kind="epistemic", levels=levels, fill=False, color="k"
+    )
     y, mean = result.targets.numpy().ravel(), result.mean.numpy().ravel()
     std = result.epistemic_variance.sqrt().numpy().ravel()
     _, observed = interval_calibration_curve(y, mean, std, levels=levels)
@@ -62,7 +63,8 @@ def test_predictive_bands_from_predictions(pyplot):
     mean, std, epi = np.sin(x), np.full(50, 0.4), np.full(50, 0.1)
     y = mean + rng.normal(scale=0.4, size=50)
     display = PredictiveBandsDisplay.from_predictions(
-        x, mean, std, epistemic_std=epi, y_true=y, x_train=x[:10], y_train=y[:10], level=0.9)
+        x, mean, std, epistemic_std=epi, y_true=y, x_train=x[:10], y_train=y[:10], level=0.9
+    )
     order = np.argsort(x)
     z = norm.ppf(0.95)
     np.testing.assert_allclose(display.x, x[order])
@@ -73,8 +75,13 @@ def test_predictive_bands_from_predictions(pyplot):
     np.testing.assert_allclose(display.targets_.get_offsets(), np.c_[x[order], y[order]])
     np.testing.assert_allclose(display.train_points_.get_offsets(), np.c_[x[:10], y[:10]])
     texts = _legend_texts(display.ax_)
-    assert {"Predictive mean", "90% interval (total)", "90% interval (epistemic)",
-            "Training data", "Targets"} <= set(texts)
+    assert {
+        "Predictive mean",
+        "90% interval (total)",
+        "90% interval (epistemic)",
+        "Training data",
+        "Targets",
+    } <= set(texts)
     # the epistemic band is drawn more opaque than the total one, in the mean's colour
     assert display.epistemic_band_.get_alpha() > display.total_band_.get_alpha()
 
@@ -83,8 +90,9 @@ def test_predictive_bands_from_result(pyplot):
     result = _regression_result()
     x = torch.linspace(-2, 2, 80)[:, None]
     _, ax = pyplot.subplots()
-    display = PredictiveBandsDisplay.from_result(result, x, ax=ax, color="tab:orange",
-                                                 name="MC dropout")
+    display = PredictiveBandsDisplay.from_result(
+        result, x, ax=ax, color="tab:orange", name="MC dropout"
+    )
     lower, upper = result.interval(0.95)
     e_lower, _ = result.interval(0.95, kind="epistemic")
     np.testing.assert_allclose(display.total_lower, lower.numpy().ravel())
@@ -104,8 +112,9 @@ def test_predictive_bands_errors(pyplot):
     with pytest.raises(ValueError, match="Expected `level` to be a number in"):
         PredictiveBandsDisplay.from_predictions(np.zeros(5), np.zeros(5), np.ones(5), level=1.0)
     with pytest.raises(ValueError, match="`x_train` and `y_train`"):
-        PredictiveBandsDisplay.from_predictions(np.zeros(5), np.zeros(5), np.ones(5),
-                                                x_train=np.zeros(3))
+        PredictiveBandsDisplay.from_predictions(
+            np.zeros(5), np.zeros(5), np.ones(5), x_train=np.zeros(3)
+        )
 
 
 def test_residual_std(pyplot):
@@ -116,10 +125,8 @@ def test_residual_std(pyplot):
     np.testing.assert_allclose(display.abs_residual, np.abs(y))
     np.testing.assert_allclose(display.scatter_.get_offsets(), np.c_[std, np.abs(y)])
     groups = np.array_split(np.argsort(std), 8)
-    np.testing.assert_allclose(display.binned_rmse,
-                               [np.sqrt(np.mean(y[g] ** 2)) for g in groups])
-    np.testing.assert_allclose(display.binned_std,
-                               [np.sqrt(np.mean(std[g] ** 2)) for g in groups])
+    np.testing.assert_allclose(display.binned_rmse, [np.sqrt(np.mean(y[g] ** 2)) for g in groups])
+    np.testing.assert_allclose(display.binned_std, [np.sqrt(np.mean(std[g] ** 2)) for g in groups])
     np.testing.assert_allclose(display.binned_line_.get_ydata(), display.binned_rmse)
     texts = _legend_texts(display.ax_)
     assert "m: binned RMSE vs RMS std" in texts and "Calibrated: RMSE = std" in texts
@@ -152,8 +159,9 @@ def test_predictive_bands_refuse_negative_or_nan_std(pyplot, argument, bad):
     before = pyplot.get_fignums()
     match = ">= 0" if bad == -0.1 else "finite"
     with pytest.raises(ValueError, match=f"`{argument}`.*{match}|{match}.*`{argument}`"):
-        PredictiveBandsDisplay.from_predictions(x, np.sin(x), options["std"],
-                                                epistemic_std=options["epistemic_std"])
+        PredictiveBandsDisplay.from_predictions(
+            x, np.sin(x), options["std"], epistemic_std=options["epistemic_std"]
+        )
     assert pyplot.get_fignums() == before
 
 
