@@ -25,6 +25,15 @@ from mcdrop.plot import (
 )
 
 
+@pytest.fixture
+def no_show(pyplot, monkeypatch):
+    def _fail(*args, **kwargs):
+        raise AssertionError("plt.show() must not be called")
+
+    monkeypatch.setattr(pyplot, "show", _fail)
+    return pyplot
+
+
 def test_import_does_not_import_matplotlib():
     code = (
         "import sys, mcdrop, mcdrop.plot\n"
