@@ -277,7 +277,7 @@ def _score_seed(run: Mapping[str, Any]) -> dict[str, Any]:
     conditions: _Conditions = run["conditions"]
     table: dict[str, dict[str, dict[str, float]]] = {m: {} for m in METHODS}
     auroc: dict[str, dict[str, float]] = {m: {} for m in METHODS}
-    aurc: dict[str, float] = {}
+    aurc: dict[str, dict[str, float]] = {m: {} for m in METHODS}
     where = dict(zip(conditions.names, conditions.slices, strict=True))
     labels = dict(zip(conditions.names, conditions.labels, strict=True))
     for method in METHODS:
@@ -291,14 +291,13 @@ def _score_seed(run: Mapping[str, Any]) -> dict[str, Any]:
                 "brier": metrics.brier_score(y, p),
                 "ece": metrics.expected_calibration_error(y, p),
             }
+            aurc[method][name] = metrics.aurc(y, p, _entropy(p))
         sub = None if result is None else _subset(result, where["in distribution"])
         ood = None if result is None else _subset(result, where["ood"])
         s_in = _scores(method, probs[where["in distribution"]], sub)
         s_out = _scores(method, probs[where["ood"]], ood)
         for measure in s_in:
             auroc[method][measure] = metrics.ood_auroc(s_in[measure], s_out[measure])
-        y_in = labels["in distribution"]
-        aurc[method] = metrics.aurc(y_in, probs[where["in distribution"]], s_in["entropy"])
     return {"metrics": table, "ood_auroc": auroc, "aurc": aurc}
 
 
@@ -468,6 +467,15 @@ def _tables(scored: list[dict[str, Any]]) -> str:
                 f"{metric.upper()} under {kind} ({SHIFT_UNITS[kind]}), mean over seeds:\n"
                 + format_table(rows, precision=3)
             )
+    rejection = ("in distribution", "rotation 30", "noise 0.45")
+    rows = {
+        m: {n.replace("in distribution", "in dist."): mean("aurc", m, n) for n in rejection}
+        for m in METHODS
+    }
+    parts.append(
+        "AURC, rejecting by predictive entropy (area under the risk-coverage curve, lower is "
+        "better), mean over seeds:\n" + format_table(rows, precision=3)
+    )
     rows = {m: {s: mean("ood_auroc", m, s) for s in MEASURES[m]} for m in METHODS}
     parts.append(
         "OOD AUROC (digits 8, 9 against the test digits 0-7), mean over seeds:\n"
@@ -565,7 +573,8 @@ def _rejection_figure(run: Mapping[str, Any]) -> Figure:
     where = dict(zip(conditions.names, conditions.slices, strict=True))
     labels = dict(zip(conditions.names, conditions.labels, strict=True))
     fig = Figure(figsize=(11.0, 4.4), layout="constrained")
-    for ax, name in zip(fig.subplots(1, 2), ("in distribution", "rotation 45"), strict=True):
+    panels = ("rotation 30", "noise 0.45")  # shifted sets with enough errors to reject
+    for ax, name in zip(fig.subplots(1, 2), panels, strict=True):
         for i, method in enumerate(METHODS):
             probs = run["probs"][method][where[name]]
             AccuracyRejectionDisplay.from_predictions(
@@ -574,10 +583,12 @@ def _rejection_figure(run: Mapping[str, Any]) -> Figure:
                 scores=_entropy(probs),
                 name=method,
                 ax=ax,
-                oracle=i == 0,
+                oracle=False,
+                random_line=False,
                 color=f"C{i}",
             )
-        ax.set_title(f"Rejecting by predictive entropy: {name}")
+        ax.set_title(f"Rejecting by predictive entropy: {name} (first seed)")
+        ax.legend(loc="upper left", fontsize="small")
     return fig
 
 
@@ -594,7 +605,7 @@ class DemoResult:
     ----------
     scored : list of dict
         Per seed: ``metrics[method][condition][metric]``, ``ood_auroc[method][measure]`` and
-        ``aurc[method]``.
+        ``aurc[method][condition]`` (rejecting by predictive entropy).
     summary : str
         The tables and what they show (printed by ``mcdrop demo``).
     figures : dict of str to matplotlib Figure

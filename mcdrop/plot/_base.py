@@ -178,11 +178,6 @@ class Display:
 # --------------------------------------------------------------------------------------------
 
 
-def real(name: str, value: ArrayLike) -> np.ndarray:
-    """Non-empty, finite float64 array of ``value`` (refused otherwise, naming ``name``)."""
-    return as_real(name, value)
-
-
 def labels_of(name: str, value: ArrayLike) -> np.ndarray:
     """Non-empty flattened labels (range checked later by the metric)."""
     array = to_array(name, value).reshape(-1)
@@ -192,7 +187,7 @@ def labels_of(name: str, value: ArrayLike) -> np.ndarray:
 
 def one_d(name: str, value: ArrayLike) -> np.ndarray:
     """Non-empty, finite 1-D array; ``(N, 1)`` is squeezed."""
-    array = real(name, value)
+    array = as_real(name, value)
     if array.ndim == 2 and array.shape[1] == 1:
         array = array[:, 0]
     if array.ndim != 1:
@@ -227,7 +222,7 @@ def flatten_classification(
 ) -> tuple[np.ndarray | None, np.ndarray]:
     """Targets ``(M,)`` and probabilities ``(M, C)`` with the class dimension moved last."""
     check_result(result, "classification")
-    probs = real("result.mean", result.mean)
+    probs = as_real("result.mean", result.mean)
     probs = np.moveaxis(probs, result.class_dim, -1).reshape(-1, probs.shape[result.class_dim])
     labels = None
     if y_true is not None:
@@ -244,7 +239,7 @@ def classification_score(result: ClassificationResult, score: str) -> tuple[np.n
     """Flattened uncertainty score named ``score`` (higher = more uncertain) and its label."""
     check_result(result, "classification")
     score = check_choice("score", score, CLASSIFICATION_SCORES)
-    values = real(f"result.{score}", getattr(result, score)).reshape(-1)
+    values = as_real(f"result.{score}", getattr(result, score)).reshape(-1)
     if score in ("confidence", "margin"):
         values = 1.0 - values
     return values, CLASSIFICATION_SCORES[score]
@@ -258,7 +253,7 @@ def result_score(
         return classification_score(result, score or "mutual_information")
     if task == "regression":
         score = check_choice("score", score or "std", REGRESSION_SCORES)
-        return real(f"{argument}.{score}", getattr(result, score)).reshape(-1), (
+        return as_real(f"{argument}.{score}", getattr(result, score)).reshape(-1), (
             REGRESSION_SCORES[score]
         )
     raise TypeError(
@@ -288,10 +283,10 @@ def regression_arrays(
     """Flattened ``y``, ``mean`` and ``std`` (total or epistemic) of a regression result."""
     check_result(result, "regression")
     kind = check_choice("kind", kind, ["total", "epistemic"])
-    y = real("y_true", targets(result, y_true)).reshape(-1)
-    mean = real("result.mean", result.mean).reshape(-1)
+    y = as_real("y_true", targets(result, y_true)).reshape(-1)
+    mean = as_real("result.mean", result.mean).reshape(-1)
     var = result.variance if kind == "total" else result.epistemic_variance
-    std = np.sqrt(np.clip(real(f"result.{kind} variance", var), 0.0, None)).reshape(-1)
+    std = np.sqrt(np.clip(as_real(f"result.{kind} variance", var), 0.0, None)).reshape(-1)
     if y.shape != mean.shape:
         raise ValueError(
             f"Expected `y_true` to hold {mean.shape[0]} values like `result.mean`, but got "

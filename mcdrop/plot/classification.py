@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mcdrop._validation import check_choice
+from mcdrop._validation import as_real, check_choice
 from mcdrop.metrics import (
     ReliabilityCurve,
     accuracy_rejection_curve,
@@ -28,7 +28,6 @@ from mcdrop.plot._base import (
     labels_of,
     legend_labels,
     once,
-    real,
     style,
     targets,
 )
@@ -693,7 +692,7 @@ class AccuracyRejectionDisplay(Display):
             top = np.maximum(probs, 1.0 - probs) if probs.ndim == 1 else probs.max(axis=-1)
             score = 1.0 - top
         else:
-            score = real("scores", scores).reshape(-1)
+            score = as_real("scores", scores).reshape(-1)
         fraction, accuracy = accuracy_rejection_curve(labels, probs, score)
         area = float(aurc(labels, probs, score))
         oracle_fraction = oracle_accuracy = None
@@ -753,7 +752,7 @@ class AccuracyRejectionDisplay(Display):
 
 def _probabilities(y_prob: ArrayLike, argument: str = "y_prob") -> np.ndarray:
     """Non-empty, finite ``(N, C)`` or ``(N,)`` probabilities (values checked by the metric)."""
-    probs = real(argument, y_prob)
+    probs = as_real(argument, y_prob)
     if probs.ndim not in (1, 2):
         raise ValueError(
             f"Expected `{argument}` of shape (N, C) or (N,), but got shape {probs.shape}."

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mcdrop._validation import check_choice, check_int
+from mcdrop._validation import as_real, check_choice, check_int
 from mcdrop.metrics import ood_auroc, ood_roc_curve
 from mcdrop.plot._base import (
     REF_COLOR,
@@ -15,7 +15,6 @@ from mcdrop.plot._base import (
     labelled,
     legend_labels,
     paired_scores,
-    real,
     style,
 )
 
@@ -168,8 +167,8 @@ class OODHistogramDisplay(Display):
         -------
         display : OODHistogramDisplay
         """
-        s_in = real("scores_in", scores_in).reshape(-1)
-        s_out = real("scores_out", scores_out).reshape(-1)
+        s_in = as_real("scores_in", scores_in).reshape(-1)
+        s_out = as_real("scores_out", scores_out).reshape(-1)
         if not isinstance(bins, str):
             bins = check_int("bins", bins, minimum=1)
         edges = np.histogram_bin_edges(np.concatenate([s_in, s_out]), bins=bins)
@@ -345,8 +344,8 @@ class OODRocDisplay(Display):
         -------
         display : OODRocDisplay
         """
-        s_in = real("scores_in", scores_in).reshape(-1)
-        s_out = real("scores_out", scores_out).reshape(-1)
+        s_in = as_real("scores_in", scores_in).reshape(-1)
+        s_out = as_real("scores_out", scores_out).reshape(-1)
         fpr, tpr = ood_roc_curve(s_in, s_out)
         display = cls(fpr, tpr, auroc=float(ood_auroc(s_in, s_out)), name=name)
         return display.plot(ax=ax, **kwargs)

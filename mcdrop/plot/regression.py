@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mcdrop._validation import check_float, check_int, check_std
+from mcdrop._validation import as_real, check_float, check_int, check_std
 from mcdrop.metrics import (
     binned_residuals,
     central_interval,
@@ -22,7 +22,6 @@ from mcdrop.plot._base import (
     legend_labels,
     once,
     one_d,
-    real,
     regression_arrays,
     style,
 )
@@ -181,11 +180,11 @@ class RegressionCalibrationDisplay(Display):
         -------
         display : RegressionCalibrationDisplay
         """
-        y = real("y_true", y_true)
-        mu = real("mean", mean)
-        sigma = real("std", std)
+        y = as_real("y_true", y_true)
+        mu = as_real("mean", mean)
+        sigma = as_real("std", std)
         if levels is not None:
-            levels = real("levels", levels)
+            levels = as_real("levels", levels)
         expected, observed = interval_calibration_curve(y, mu, sigma, levels=levels)
         area = float(miscalibration_area(y, mu, sigma, levels=levels))
         display = cls(expected, observed, miscalibration_area=area, name=name)
@@ -703,8 +702,8 @@ class ResidualStdDisplay(Display):
         display : ResidualStdDisplay
         """
         n_bins = check_int("n_bins", n_bins, minimum=0)
-        y = real("y_true", y_true).reshape(-1)
-        mu = real("mean", mean).reshape(-1)
+        y = as_real("y_true", y_true).reshape(-1)
+        mu = as_real("mean", mean).reshape(-1)
         sigma = check_std("std", std).reshape(-1)
         if not (y.size == mu.size == sigma.size):
             raise ValueError(
