@@ -254,3 +254,13 @@ def check_std(name: str, value: Any) -> np.ndarray:
             f"Expected `{name}` to hold standard deviations >= 0, but got a value of {low}."
         )
     return std
+
+
+def check_bool(name: str, value: Any, *, allow_none: bool = False) -> bool | None:
+    """Return ``value`` if it is a ``bool`` (or ``None`` when allowed), else a ``TypeError``."""
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, bool):
+        expected = "a bool or None" if allow_none else "a bool"
+        raise TypeError(f"Expected `{name}` to be {expected}, but got {_describe(value)}.")
+    return value

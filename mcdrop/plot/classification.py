@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mcdrop._validation import as_real, check_choice
+from mcdrop._validation import as_real, check_bool, check_choice
 from mcdrop.metrics import (
     ReliabilityCurve,
     accuracy_rejection_curve,
@@ -182,6 +182,10 @@ class ReliabilityDisplay(Display):
         display : ReliabilityDisplay
             ``self``, with the artists, ``ax_``, ``hist_ax_`` and ``figure_`` set.
         """
+        for flag, value in {"gaps": gaps, "ref_line": ref_line, "intervals": intervals}.items():
+            check_bool(flag, value)
+        check_bool("histogram", histogram, allow_none=True)
+        check_bool("counts", counts, allow_none=True)
         kind = check_choice("kind", kind, ["bars", "line"])
         name = self.name if name is None else name
         label = labelled(name, None if self.ece is None else f"ECE = {self.ece:.3f}")
@@ -614,6 +618,8 @@ class AccuracyRejectionDisplay(Display):
         -------
         display : AccuracyRejectionDisplay
         """
+        for flag, value in {"random_line": random_line, "oracle": oracle}.items():
+            check_bool(flag, value)
         name = self.name if name is None else name
         label = labelled(name, None if self.aurc is None else f"AURC = {self.aurc:.3f}")
         line_style = style({"linewidth": 2.0, "label": label, "zorder": 3}, kwargs)

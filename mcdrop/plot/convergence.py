@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mcdrop._validation import check_bool
 from mcdrop.metrics import convergence_curve
 from mcdrop.plot._base import REF_COLOR, ArrayLike, Display, once, style, targets
 
@@ -107,6 +108,7 @@ class ConvergenceDisplay(Display):
         -------
         display : ConvergenceDisplay
         """
+        check_bool("ref_line", ref_line)
         name = self.name if name is None else name
         ylabel = _CONVERGENCE_METRICS.get(self.metric, self.metric)
         line_style = style(

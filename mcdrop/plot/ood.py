@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mcdrop._validation import as_real, check_choice, check_int
+from mcdrop._validation import as_real, check_bool, check_choice, check_int
 from mcdrop.metrics import ood_auroc, ood_roc_curve
 from mcdrop.plot._base import (
     REF_COLOR,
@@ -293,6 +293,7 @@ class OODRocDisplay(Display):
         -------
         display : OODRocDisplay
         """
+        check_bool("chance_line", chance_line)
         name = self.name if name is None else name
         label = labelled(name, None if self.auroc is None else f"AUROC = {self.auroc:.3f}")
         line_style = style({"linewidth": 2.0, "label": label, "drawstyle": "steps-post"}, kwargs)

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mcdrop._validation import as_real, check_float, check_int, check_std
+from mcdrop._validation import as_real, check_bool, check_float, check_int, check_std
 from mcdrop.metrics import (
     binned_residuals,
     central_interval,
@@ -111,6 +111,8 @@ class RegressionCalibrationDisplay(Display):
         -------
         display : RegressionCalibrationDisplay
         """
+        for flag, value in {"ref_line": ref_line, "fill": fill}.items():
+            check_bool(flag, value)
         name = self.name if name is None else name
         area = self.miscalibration_area
         label = labelled(name, None if area is None else f"miscalibration area = {area:.3f}")
@@ -618,6 +620,7 @@ class ResidualStdDisplay(Display):
         -------
         display : ResidualStdDisplay
         """
+        check_bool("ref_line", ref_line)
         name = self.name if name is None else name
         prefix = f"{name}: " if name else ""
         scatter_style = style(

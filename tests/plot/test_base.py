@@ -160,3 +160,26 @@ def test_import_mcdrop_imports_neither_scipy_stats_nor_sklearn():
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    ("call", "flag"),
+    [
+        (lambda y, p: ReliabilityDisplay.from_predictions(y, p, gaps="no"), "gaps"),
+        (lambda y, p: ReliabilityDisplay.from_predictions(y, p, counts=1), "counts"),
+        (
+            lambda y, p: AccuracyRejectionDisplay.from_predictions(y, p, random_line=0),
+            "random_line",
+        ),
+        (
+            lambda y, p: OODRocDisplay.from_scores(p[:, 0], p[:, 1], chance_line="yes"),
+            "chance_line",
+        ),
+    ],
+)
+def test_flags_must_be_booleans(pyplot, call, flag):
+    y, probs = _classification_data(n=60)
+    before = pyplot.get_fignums()
+    with pytest.raises(TypeError, match=f"Expected `{flag}` to be a bool"):
+        call(y, probs)
+    assert pyplot.get_fignums() == before
