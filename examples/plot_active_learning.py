@@ -16,6 +16,7 @@ against the number of labels.
 # Setup
 # -----
 import os
+import sys
 
 import matplotlib.pyplot as plt
 import torch
@@ -104,3 +105,12 @@ for name, (n_labels, accuracies) in curves.items():
     ax.plot(n_labels, accuracies, marker="o", label=name)
 ax.set(xlabel="number of labelled images", ylabel="test accuracy", title="Digits")
 ax.legend()
+
+
+# %%
+# Run as a script (``python examples/plot_active_learning.py``), the example also saves its figures as
+# ``plot_active_learning_N.png`` in the working directory; the gallery shows them instead.
+if __name__ == "__main__" and "sphinx_gallery" not in sys.modules:
+    for number in plt.get_fignums():
+        plt.figure(number).savefig(f"plot_active_learning_{number}.png", dpi=120)
+    print(f"saved {len(plt.get_fignums())} figure(s) as plot_active_learning_N.png")

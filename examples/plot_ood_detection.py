@@ -17,6 +17,7 @@ test image with three uncertainty measures and report the AUROC of separating th
 # Train on digits 0-4 only
 # ------------------------
 import os
+import sys
 
 import matplotlib.pyplot as plt
 import torch
@@ -110,3 +111,12 @@ axes[1].set_title("Mutual information")
 fig, ax = plt.subplots(figsize=(5, 5), layout="constrained")
 for name, (s_in, s_out) in scores.items():
     OODRocDisplay.from_scores(s_in, s_out, name=name.split(" (")[0], ax=ax)
+
+
+# %%
+# Run as a script (``python examples/plot_ood_detection.py``), the example also saves its figures as
+# ``plot_ood_detection_N.png`` in the working directory; the gallery shows them instead.
+if __name__ == "__main__" and "sphinx_gallery" not in sys.modules:
+    for number in plt.get_fignums():
+        plt.figure(number).savefig(f"plot_ood_detection_{number}.png", dpi=120)
+    print(f"saved {len(plt.get_fignums())} figure(s) as plot_ood_detection_N.png")

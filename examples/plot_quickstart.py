@@ -14,6 +14,7 @@ shows how well the predicted confidence matches the accuracy.
 # --------------
 # Any trained :class:`torch.nn.Module` with dropout works; nothing about the model changes.
 import os
+import sys
 
 import matplotlib.pyplot as plt
 import torch
@@ -100,3 +101,12 @@ for ax, i in zip(axes, order.tolist(), strict=True):
         fontsize=9,
     )
     ax.axis("off")
+
+
+# %%
+# Run as a script (``python examples/plot_quickstart.py``), the example also saves its figures as
+# ``plot_quickstart_N.png`` in the working directory; the gallery shows them instead.
+if __name__ == "__main__" and "sphinx_gallery" not in sys.modules:
+    for number in plt.get_fignums():
+        plt.figure(number).savefig(f"plot_quickstart_{number}.png", dpi=120)
+    print(f"saved {len(plt.get_fignums())} figure(s) as plot_quickstart_N.png")

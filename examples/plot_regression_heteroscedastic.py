@@ -17,6 +17,7 @@ uncertainty). Monte Carlo dropout adds the spread of the mean over the dropout m
 # Data: noise that grows with x, and a gap without training points
 # -----------------------------------------------------------------
 import os
+import sys
 
 import matplotlib.pyplot as plt
 import torch
@@ -129,3 +130,12 @@ print(format_table({"MC dropout": {k: evaluate(test)[k] for k in columns}}))
 fig, ax = plt.subplots(figsize=(4.5, 4.5), layout="constrained")
 RegressionCalibrationDisplay.from_result(test, kind="total", name="total variance", ax=ax)
 RegressionCalibrationDisplay.from_result(test, kind="epistemic", name="epistemic only", ax=ax)
+
+
+# %%
+# Run as a script (``python examples/plot_regression_heteroscedastic.py``), the example also saves its figures as
+# ``plot_regression_heteroscedastic_N.png`` in the working directory; the gallery shows them instead.
+if __name__ == "__main__" and "sphinx_gallery" not in sys.modules:
+    for number in plt.get_fignums():
+        plt.figure(number).savefig(f"plot_regression_heteroscedastic_{number}.png", dpi=120)
+    print(f"saved {len(plt.get_fignums())} figure(s) as plot_regression_heteroscedastic_N.png")

@@ -18,6 +18,7 @@ Compare the tables and reliability diagrams below; the numbers are those of this
 # An overfitted digits classifier
 # -------------------------------
 import os
+import sys
 
 import matplotlib.pyplot as plt
 import torch
@@ -108,3 +109,12 @@ fig.suptitle(
 # Temperature scaling needs labelled validation data and leaves the ranking of the examples
 # unchanged; MC dropout needs no extra data but ``T`` forward passes, and also gives the
 # per-example epistemic uncertainty (``mc_test.mutual_information``). The two combine.
+
+
+# %%
+# Run as a script (``python examples/plot_temperature_scaling.py``), the example also saves its figures as
+# ``plot_temperature_scaling_N.png`` in the working directory; the gallery shows them instead.
+if __name__ == "__main__" and "sphinx_gallery" not in sys.modules:
+    for number in plt.get_fignums():
+        plt.figure(number).savefig(f"plot_temperature_scaling_{number}.png", dpi=120)
+    print(f"saved {len(plt.get_fignums())} figure(s) as plot_temperature_scaling_N.png")

@@ -22,6 +22,7 @@ really vary, including when attention dropout is the only dropout left.
 # A sequence task: are there more 1s than 2s?
 # -------------------------------------------
 import os
+import sys
 
 import matplotlib.pyplot as plt
 import torch
@@ -128,3 +129,12 @@ ax.set(
     ylabel="mutual information (nats)",
     title="MC dropout uncertainty vs difficulty",
 )
+
+
+# %%
+# Run as a script (``python examples/plot_transformer_attention_dropout.py``), the example also saves its figures as
+# ``plot_transformer_attention_dropout_N.png`` in the working directory; the gallery shows them instead.
+if __name__ == "__main__" and "sphinx_gallery" not in sys.modules:
+    for number in plt.get_fignums():
+        plt.figure(number).savefig(f"plot_transformer_attention_dropout_{number}.png", dpi=120)
+    print(f"saved {len(plt.get_fignums())} figure(s) as plot_transformer_attention_dropout_N.png")

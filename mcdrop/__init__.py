@@ -8,6 +8,7 @@
 from mcdrop import calibration, metrics, plot
 from mcdrop.calibration import StdScaling, TemperatureScaling
 from mcdrop.dropout import DropoutSite, Scope, dropout_enabled, dropout_sites
+from mcdrop.reporting import Report, report
 from mcdrop.results import ClassificationResult, RegressionResult, load_result
 from mcdrop.sampling import MCDropout, predict_with_uncertainty
 from mcdrop.uncertainty import summarize_samples
@@ -19,6 +20,7 @@ __all__ = [
     "DropoutSite",
     "MCDropout",
     "RegressionResult",
+    "Report",
     "Scope",
     "StdScaling",
     "TemperatureScaling",
@@ -30,5 +32,6 @@ __all__ = [
     "metrics",
     "plot",
     "predict_with_uncertainty",
+    "report",
     "summarize_samples",
 ]

@@ -11,6 +11,9 @@ import numbers
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+import torch
+
 __all__: list[str] = []
 
 
@@ -70,11 +73,185 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
     return text
 
 
-def check_bool(name: str, value: Any) -> bool:
-    """Return ``value`` if it is a ``bool`` (``numpy.bool_`` too), else raise a ``TypeError``."""
+# --------------------------------------------------------------------------------------------
+# Arrays: conversion, emptiness, finiteness, shapes, probabilities, labels, scores
+# --------------------------------------------------------------------------------------------
+
+
+def to_array(name: str, value: Any) -> np.ndarray:
+    """Convert a tensor or array-like to a NumPy array (dtype kept), checking it is numeric."""
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu()
+        if tensor.dtype == torch.bfloat16:
+            tensor = tensor.to(torch.float32)
+        array = tensor.numpy()
+    else:
+        try:
+            array = np.asarray(value)
+        except (TypeError, ValueError) as error:
+            raise TypeError(
+                f"Expected `{name}` to be an array or tensor of numbers, but got a "
+                f"{type(value).__name__} that NumPy cannot convert ({error})."
+            ) from None
+    if array.dtype.kind not in "biuf":
+        raise TypeError(
+            f"Expected `{name}` to be an array or tensor of real numbers, but got dtype "
+            f"{array.dtype}."
+        )
+    return array
+
+
+def describe_shape(array: np.ndarray) -> str:
+    return str(tuple(int(s) for s in array.shape))
+
+
+def check_nonempty(name: str, array: np.ndarray) -> None:
+    if array.size == 0:
+        raise ValueError(
+            f"Expected `{name}` to be non-empty, but got shape {describe_shape(array)}."
+        )
+
+
+def check_finite(name: str, array: np.ndarray) -> None:
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        bad = array[~np.isfinite(array)].ravel()[0]
+        count = int(np.sum(~np.isfinite(array)))
+        raise ValueError(
+            f"Expected `{name}` to hold finite values, but got {count} non-finite value(s) "
+            f"(e.g. {bad})."
+        )
+
+
+def as_real(name: str, value: Any, *, ndim: int | None = None) -> np.ndarray:
+    """A non-empty, finite float64 array, optionally of a given number of dimensions."""
+    array = to_array(name, value)
+    if ndim is not None and array.ndim != ndim:
+        raise ValueError(
+            f"Expected `{name}` to be {ndim}-dimensional, but got shape {describe_shape(array)}."
+        )
+    check_nonempty(name, array)
+    check_finite(name, array)
+    return array.astype(np.float64, copy=False)
+
+
+def _row_sum_tolerance(value: Any, array: np.ndarray) -> float:
+    """``max(1e-6, C * eps)`` with ``eps`` the machine epsilon of the input's own dtype."""
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        eps = float(torch.finfo(value.dtype).eps)  # bfloat16 is converted to float32 for NumPy
+    elif array.dtype.kind == "f":
+        eps = float(np.finfo(array.dtype).eps)
+    else:
+        eps = float(np.finfo(np.float64).eps)
+    return max(1e-6, array.shape[1] * eps)
+
+
+def check_probs(name: str, value: Any, *, allow_1d: bool = True) -> np.ndarray:
+    """Validate probabilities: shape ``(N, C)`` rows summing to one, or ``(N,)`` in ``[0, 1]``."""
+    array = to_array(name, value)
+    allowed = (1, 2) if allow_1d else (2,)
+    if array.ndim not in allowed:
+        expected = "(N, C) or (N,)" if allow_1d else "(N, C)"
+        raise ValueError(
+            f"Expected `{name}` to have shape {expected}, but got shape {describe_shape(array)}."
+        )
+    check_nonempty(name, array)
+    check_finite(name, array)
+    low, high = float(array.min()), float(array.max())
+    if low < 0.0 or high > 1.0:
+        value_out = low if low < 0.0 else high
+        raise ValueError(
+            f"Expected `{name}` to hold probabilities in [0, 1], but got a value of {value_out}."
+        )
+    if array.ndim == 2:
+        sums = array.sum(axis=1, dtype=np.float64)
+        tolerance = _row_sum_tolerance(value, array)
+        deviation = np.abs(sums - 1.0)
+        if np.any(deviation > tolerance):
+            row = int(np.argmax(deviation))
+            raise ValueError(
+                f"Expected the rows of `{name}` to sum to 1 (within {tolerance:.3g}), but row "
+                f"{row} sums to {float(sums[row])!r}."
+            )
+    return array.astype(np.float64, copy=False)
+
+
+def check_labels(name: str, value: Any, n_classes: int, n: int) -> np.ndarray:
+    """Validate integer labels of shape ``(n,)`` in ``[0, n_classes)``; return them as int64.
+
+    Booleans and floats holding whole numbers are accepted.
+    """
+    array = to_array(name, value)
+    if array.ndim != 1:
+        raise ValueError(
+            f"Expected `{name}` to have shape (N,), but got shape {describe_shape(array)}."
+        )
+    check_nonempty(name, array)
+    if array.shape[0] != n:
+        raise ValueError(
+            f"Expected `{name}` to have {n} labels to match the predictions, but got "
+            f"{array.shape[0]}."
+        )
+    return check_class_labels(name, array, n_classes)
+
+
+def check_classification(
+    y_true: Any, y_prob: Any, *, allow_1d: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validated ``(labels, probs)``; a 1-d ``y_prob`` is returned as is (binary, p(class 1))."""
+    probs = check_probs("y_prob", y_prob, allow_1d=allow_1d)
+    n_classes = 2 if probs.ndim == 1 else probs.shape[1]
+    labels = check_labels("y_true", y_true, n_classes, probs.shape[0])
+    return labels, probs
+
+
+def check_scores(name: str, value: Any, n: int | None = None) -> np.ndarray:
+    scores = as_real(name, value, ndim=1)
+    if n is not None and scores.shape[0] != n:
+        raise ValueError(
+            f"Expected `{name}` to have {n} entries to match the predictions, but got "
+            f"{scores.shape[0]}."
+        )
+    return scores
+
+
+def match_shape(name: str, array: np.ndarray, ref_name: str, ref: np.ndarray) -> np.ndarray:
+    """Return ``array`` reshaped to ``ref.shape``, tolerating one trailing singleton dimension."""
+    if array.shape == ref.shape:
+        return array
+    if array.shape == (*ref.shape, 1) or (*array.shape, 1) == ref.shape:
+        return array.reshape(ref.shape)
+    raise ValueError(
+        f"Expected `{name}` to have the shape of `{ref_name}` {describe_shape(ref)}, but got "
+        f"shape {describe_shape(array)}."
+    )
+
+
+def check_positive(name: str, array: np.ndarray) -> None:
+    low = float(array.min())
+    if low <= 0.0:
+        raise ValueError(f"Expected `{name}` to be > 0 everywhere, but got a value of {low}.")
+
+
+def check_std(name: str, value: Any) -> np.ndarray:
+    """Finite, non-negative standard deviations as float64, or a ``ValueError`` naming ``name``."""
+    std = as_real(name, value)
+    low = float(std.min())
+    if low < 0.0:
+        raise ValueError(
+            f"Expected `{name}` to hold standard deviations >= 0, but got a value of {low}."
+        )
+    return std
+
+
+def check_bool(name: str, value: Any, *, allow_none: bool = False) -> bool:
+    """Return ``value`` if it is a ``bool`` (``numpy.bool_`` too; ``None`` when allowed), else
+    raise a ``TypeError``: ``keep_samples="no"`` is an error, not True."""
+    if value is None and allow_none:
+        return None  # type: ignore[return-value]
     if isinstance(value, bool) or type(value).__name__ == "bool_":
         return bool(value)
-    raise TypeError(f"Expected `{name}` to be True or False, but got {_describe(value)}.")
+    expected = "True, False or None" if allow_none else "True or False"
+    raise TypeError(f"Expected `{name}` to be {expected}, but got {_describe(value)}.")
 
 
 def check_class_labels(name: str, array: Any, n_classes: int) -> Any:

@@ -13,20 +13,19 @@ import warnings
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
-from sklearn.exceptions import NotFittedError
 
-from mcdrop._validation import check_choice, check_float
-from mcdrop.metrics import (
-    ArrayLike,
-    _as_real,
-    _check_labels,
-    _check_positive,
-    _check_probs,
-    _match_shape,
-    _to_numpy,
+from mcdrop._validation import (
+    as_real,
+    check_choice,
+    check_float,
+    check_labels,
+    check_positive,
+    check_probs,
+    match_shape,
+    to_array,
 )
+from mcdrop.metrics import ArrayLike
 
 __all__ = ["StdScaling", "TemperatureScaling"]
 
@@ -98,6 +97,8 @@ class TemperatureScaling:
     def temperature(self) -> float:
         """The fitted temperature ``T``; raises ``NotFittedError`` before :meth:`fit`."""
         if self._temperature is None:
+            from sklearn.exceptions import NotFittedError
+
             raise NotFittedError(
                 "This TemperatureScaling is not fitted yet; call `fit(logits, y)` first."
             )
@@ -116,7 +117,7 @@ class TemperatureScaling:
 
     def _raw_scores(self, name: str, value: Any) -> np.ndarray:
         if self.inputs == "probs":
-            probs = _check_probs(name, value, allow_1d=False)
+            probs = check_probs(name, value, allow_1d=False)
             return np.log(np.maximum(probs, np.finfo(np.float64).tiny))
         if self.inputs == "log_probs":
             array = _to_2d(name, value, allow_neg_inf=True)
@@ -144,7 +145,7 @@ class TemperatureScaling:
             ``self``, fitted.
         """
         scores = self._scores("logits", logits)
-        labels = _check_labels("y", y, scores.shape[1], scores.shape[0])
+        labels = check_labels("y", y, scores.shape[1], scores.shape[0])
         rows = np.arange(scores.shape[0])
         # The search minimises NLL / scale: the same minimum, and values the search can do
         # arithmetic on even for logits near the float64 limit.
@@ -160,6 +161,8 @@ class TemperatureScaling:
             return float(np.mean(picked / -scale))  # NLL / scale: no overflow in the mean
 
         low, high = math.log(self.bounds[0]), math.log(self.bounds[1])
+        from scipy.optimize import minimize_scalar
+
         solution = minimize_scalar(
             nll, bounds=(low, high), method="bounded", options={"xatol": 1e-7}
         )
@@ -207,7 +210,7 @@ class TemperatureScaling:
 
 def _to_2d(name: str, value: Any, *, allow_neg_inf: bool) -> np.ndarray:
     """A ``(N, C)`` float64 array without NaN (and without infinities unless ``-inf`` allowed)."""
-    array = _to_numpy(name, value)
+    array = to_array(name, value)
     if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
         raise ValueError(
             f"Expected `{name}` to have shape (N, C) with N, C >= 1, but got shape "
@@ -263,6 +266,8 @@ class StdScaling:
     def scale(self) -> float:
         """The fitted factor ``s``; raises ``NotFittedError`` before :meth:`fit`."""
         if self._scale is None:
+            from sklearn.exceptions import NotFittedError
+
             raise NotFittedError(
                 "This StdScaling is not fitted yet; call `fit(mean, std, y)` first."
             )
@@ -285,10 +290,10 @@ class StdScaling:
         StdScaling
             ``self``, fitted.
         """
-        y_arr = _as_real("y", y)
-        mean_arr = _match_shape("mean", _as_real("mean", mean), "y", y_arr)
-        std_arr = _match_shape("std", _as_real("std", std), "y", y_arr)
-        _check_positive("std", std_arr)
+        y_arr = as_real("y", y)
+        mean_arr = match_shape("mean", as_real("mean", mean), "y", y_arr)
+        std_arr = match_shape("std", as_real("std", std), "y", y_arr)
+        check_positive("std", std_arr)
         log_scale = _log_rms_ratio(y_arr, mean_arr, std_arr)
         if log_scale == -math.inf:
             raise ValueError(
@@ -317,7 +322,7 @@ class StdScaling:
         ndarray of shape (N, *S)
         """
         scale = self.scale
-        std_arr = _as_real("std", std)
+        std_arr = as_real("std", std)
         if float(std_arr.min()) < 0.0:
             raise ValueError(
                 f"Expected `std` to be >= 0 everywhere, but got a value of {float(std_arr.min())}."

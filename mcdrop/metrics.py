@@ -46,10 +46,21 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike as _NPArrayLike
 from scipy.special import logsumexp, xlogy
-from scipy.stats import norm
-from sklearn.metrics import average_precision_score, roc_auc_score
 
-from mcdrop._validation import check_choice, check_class_labels, check_float, check_int
+from mcdrop._validation import (
+    as_real,
+    check_choice,
+    check_classification,
+    check_float,
+    check_int,
+    check_nonempty,
+    check_positive,
+    check_scores,
+    check_std,
+    describe_shape,
+    match_shape,
+    to_array,
+)
 from mcdrop.results import ClassificationResult, RegressionResult
 
 __all__ = [
@@ -59,9 +70,12 @@ __all__ = [
     "accuracy_rejection_curve",
     "adaptive_calibration_error",
     "aurc",
+    "binned_residuals",
     "bootstrap",
     "brier_score",
+    "central_interval",
     "classwise_calibration_error",
+    "convergence_curve",
     "crps_gaussian",
     "crps_samples",
     "evaluate",
@@ -79,8 +93,11 @@ __all__ = [
     "negative_log_likelihood",
     "ood_aupr",
     "ood_auroc",
+    "ood_roc_curve",
+    "oracle_rejection_curve",
     "picp",
     "reliability_curve",
+    "reliability_intervals",
     "rmse",
     "sharpness",
 ]
@@ -98,165 +115,11 @@ _LOG_2PI = math.log(2.0 * math.pi)
 # --------------------------------------------------------------------------------------------
 
 
-def _to_numpy(name: str, value: Any) -> np.ndarray:
-    """Convert a tensor or array-like to a NumPy array (dtype kept), checking it is numeric."""
-    if isinstance(value, torch.Tensor):
-        tensor = value.detach().cpu()
-        if tensor.dtype == torch.bfloat16:
-            tensor = tensor.to(torch.float32)
-        array = tensor.numpy()
-    else:
-        try:
-            array = np.asarray(value)
-        except (TypeError, ValueError) as error:
-            raise TypeError(
-                f"Expected `{name}` to be an array or tensor of numbers, but got a "
-                f"{type(value).__name__} that NumPy cannot convert ({error})."
-            ) from None
-    if array.dtype.kind not in "biuf":
-        raise TypeError(
-            f"Expected `{name}` to be an array or tensor of real numbers, but got dtype "
-            f"{array.dtype}."
-        )
-    return array
-
-
-def _describe_shape(array: np.ndarray) -> str:
-    return str(tuple(int(s) for s in array.shape))
-
-
-def _check_nonempty(name: str, array: np.ndarray) -> None:
-    if array.size == 0:
-        raise ValueError(
-            f"Expected `{name}` to be non-empty, but got shape {_describe_shape(array)}."
-        )
-
-
-def _check_finite(name: str, array: np.ndarray) -> None:
-    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
-        bad = array[~np.isfinite(array)].ravel()[0]
-        count = int(np.sum(~np.isfinite(array)))
-        raise ValueError(
-            f"Expected `{name}` to hold finite values, but got {count} non-finite value(s) "
-            f"(e.g. {bad})."
-        )
-
-
-def _as_real(name: str, value: Any, *, ndim: int | None = None) -> np.ndarray:
-    """A non-empty, finite float64 array, optionally of a given number of dimensions."""
-    array = _to_numpy(name, value)
-    if ndim is not None and array.ndim != ndim:
-        raise ValueError(
-            f"Expected `{name}` to be {ndim}-dimensional, but got shape {_describe_shape(array)}."
-        )
-    _check_nonempty(name, array)
-    _check_finite(name, array)
-    return array.astype(np.float64, copy=False)
-
-
-def _row_sum_tolerance(value: Any, array: np.ndarray) -> float:
-    """``max(1e-6, C * eps)`` with ``eps`` the machine epsilon of the input's own dtype."""
-    if isinstance(value, torch.Tensor) and value.is_floating_point():
-        eps = float(torch.finfo(value.dtype).eps)  # bfloat16 is converted to float32 for NumPy
-    elif array.dtype.kind == "f":
-        eps = float(np.finfo(array.dtype).eps)
-    else:
-        eps = float(np.finfo(np.float64).eps)
-    return max(1e-6, array.shape[1] * eps)
-
-
-def _check_probs(name: str, value: Any, *, allow_1d: bool = True) -> np.ndarray:
-    """Validate probabilities: shape ``(N, C)`` rows summing to one, or ``(N,)`` in ``[0, 1]``."""
-    array = _to_numpy(name, value)
-    allowed = (1, 2) if allow_1d else (2,)
-    if array.ndim not in allowed:
-        expected = "(N, C) or (N,)" if allow_1d else "(N, C)"
-        raise ValueError(
-            f"Expected `{name}` to have shape {expected}, but got shape {_describe_shape(array)}."
-        )
-    _check_nonempty(name, array)
-    _check_finite(name, array)
-    low, high = float(array.min()), float(array.max())
-    if low < 0.0 or high > 1.0:
-        value_out = low if low < 0.0 else high
-        raise ValueError(
-            f"Expected `{name}` to hold probabilities in [0, 1], but got a value of {value_out}."
-        )
-    if array.ndim == 2:
-        sums = array.sum(axis=1, dtype=np.float64)
-        tolerance = _row_sum_tolerance(value, array)
-        deviation = np.abs(sums - 1.0)
-        if np.any(deviation > tolerance):
-            row = int(np.argmax(deviation))
-            raise ValueError(
-                f"Expected the rows of `{name}` to sum to 1 (within {tolerance:.3g}), but row "
-                f"{row} sums to {float(sums[row])!r}."
-            )
-    return array.astype(np.float64, copy=False)
-
-
-def _check_labels(name: str, value: Any, n_classes: int, n: int) -> np.ndarray:
-    """Validate integer labels of shape ``(n,)`` in ``[0, n_classes)``; return them as int64.
-
-    Booleans and floats holding whole numbers are accepted.
-    """
-    array = _to_numpy(name, value)
-    if array.ndim != 1:
-        raise ValueError(
-            f"Expected `{name}` to have shape (N,), but got shape {_describe_shape(array)}."
-        )
-    _check_nonempty(name, array)
-    if array.shape[0] != n:
-        raise ValueError(
-            f"Expected `{name}` to have {n} labels to match the predictions, but got "
-            f"{array.shape[0]}."
-        )
-    return check_class_labels(name, array, n_classes)
-
-
-def _classification_inputs(
-    y_true: Any, y_prob: Any, *, allow_1d: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
-    """Validated ``(labels, probs)``; a 1-d ``y_prob`` is returned as is (binary, p(class 1))."""
-    probs = _check_probs("y_prob", y_prob, allow_1d=allow_1d)
-    n_classes = 2 if probs.ndim == 1 else probs.shape[1]
-    labels = _check_labels("y_true", y_true, n_classes, probs.shape[0])
-    return labels, probs
-
-
 def _prob_matrix(probs: np.ndarray) -> np.ndarray:
     """``(N, C)`` probabilities; a binary ``(N,)`` vector ``p`` becomes ``[1 - p, p]``."""
     if probs.ndim == 1:
         return np.stack([1.0 - probs, probs], axis=1)
     return probs
-
-
-def _check_scores(name: str, value: Any, n: int | None = None) -> np.ndarray:
-    scores = _as_real(name, value, ndim=1)
-    if n is not None and scores.shape[0] != n:
-        raise ValueError(
-            f"Expected `{name}` to have {n} entries to match the predictions, but got "
-            f"{scores.shape[0]}."
-        )
-    return scores
-
-
-def _match_shape(name: str, array: np.ndarray, ref_name: str, ref: np.ndarray) -> np.ndarray:
-    """Return ``array`` reshaped to ``ref.shape``, tolerating one trailing singleton dimension."""
-    if array.shape == ref.shape:
-        return array
-    if array.shape == (*ref.shape, 1) or (*array.shape, 1) == ref.shape:
-        return array.reshape(ref.shape)
-    raise ValueError(
-        f"Expected `{name}` to have the shape of `{ref_name}` {_describe_shape(ref)}, but got "
-        f"shape {_describe_shape(array)}."
-    )
-
-
-def _check_positive(name: str, array: np.ndarray) -> None:
-    low = float(array.min())
-    if low <= 0.0:
-        raise ValueError(f"Expected `{name}` to be > 0 everywhere, but got a value of {low}.")
 
 
 def _reduce(name: str, values: np.ndarray, reduction: str) -> float | np.ndarray:
@@ -328,7 +191,7 @@ def _calibration_target(y_true: Any, y_prob: Any) -> tuple[np.ndarray, np.ndarra
     ``(N, C)``: top-label confidence and whether the top label is correct. ``(N,)``: the
     positive-class probability and whether the label is 1.
     """
-    labels, probs = _classification_inputs(y_true, y_prob)
+    labels, probs = check_classification(y_true, y_prob)
     if probs.ndim == 1:
         return probs, (labels == 1)
     return probs.max(axis=1), (probs.argmax(axis=1) == labels)
@@ -505,7 +368,7 @@ def classwise_calibration_error(
     scaling: Obtaining well-calibrated multiclass probabilities with Dirichlet calibration",
     NeurIPS.
     """
-    labels, probs = _classification_inputs(y_true, y_prob)
+    labels, probs = check_classification(y_true, y_prob)
     probs = _prob_matrix(probs)
     n_bins = _check_n_bins(n_bins)
     strategy = check_choice("strategy", strategy, _STRATEGIES)
@@ -551,7 +414,7 @@ def adaptive_calibration_error(y_true: ArrayLike, y_prob: ArrayLike, *, n_bins: 
     Nixon, Dusenberry, Zhang, Jerfel & Tran (2019), "Measuring calibration in deep learning",
     CVPR Workshops.
     """
-    labels, probs = _classification_inputs(y_true, y_prob)
+    labels, probs = check_classification(y_true, y_prob)
     probs = _prob_matrix(probs)
     n_bins = _check_n_bins(n_bins)
     n = probs.shape[0]
@@ -591,7 +454,7 @@ def accuracy(y_true: ArrayLike, y_prob: ArrayLike) -> float:
     float
         In ``[0, 1]``.
     """
-    labels, probs = _classification_inputs(y_true, y_prob)
+    labels, probs = check_classification(y_true, y_prob)
     return float(np.mean(_prob_matrix(probs).argmax(axis=1) == labels))
 
 
@@ -613,7 +476,7 @@ def brier_score(y_true: ArrayLike, y_prob: ArrayLike) -> float:
     float
         In ``[0, 2]``; 0 for a perfect, confident prediction.
     """
-    labels, probs = _classification_inputs(y_true, y_prob)
+    labels, probs = check_classification(y_true, y_prob)
     probs = _prob_matrix(probs)
     onehot = np.zeros_like(probs)
     onehot[np.arange(probs.shape[0]), labels] = 1.0
@@ -645,7 +508,7 @@ def negative_log_likelihood(
     float
         ``>= 0``.
     """
-    labels, probs = _classification_inputs(y_true, y_prob)
+    labels, probs = check_classification(y_true, y_prob)
     clip = (
         float(np.finfo(np.float64).eps)
         if eps is None
@@ -667,9 +530,9 @@ def _entropy(probs: np.ndarray) -> np.ndarray:
 
 
 def _errors_and_scores(y_true: Any, y_prob: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
-    labels, probs = _classification_inputs(y_true, y_prob)
+    labels, probs = check_classification(y_true, y_prob)
     errors = _prob_matrix(probs).argmax(axis=1) != labels
-    score_values = _check_scores("scores", scores, labels.shape[0])
+    score_values = check_scores("scores", scores, labels.shape[0])
     n_errors = int(errors.sum())
     if n_errors == 0 or n_errors == errors.shape[0]:
         kind = "correct" if n_errors == 0 else "misclassified"
@@ -706,6 +569,8 @@ def misclassification_auroc(y_true: ArrayLike, y_prob: ArrayLike, scores: ArrayL
     ValueError
         When all predictions are correct or all are wrong (the AUROC is undefined).
     """
+    from sklearn.metrics import roc_auc_score
+
     errors, score_values = _errors_and_scores(y_true, y_prob, scores)
     return float(roc_auc_score(errors, score_values))
 
@@ -727,13 +592,15 @@ def misclassification_aupr(y_true: ArrayLike, y_prob: ArrayLike, scores: ArrayLi
     float
         In ``[0, 1]``.
     """
+    from sklearn.metrics import average_precision_score
+
     errors, score_values = _errors_and_scores(y_true, y_prob, scores)
     return float(average_precision_score(errors, score_values))
 
 
 def _ood_inputs(scores_in: Any, scores_out: Any) -> tuple[np.ndarray, np.ndarray]:
-    inside = _check_scores("scores_in", scores_in)
-    outside = _check_scores("scores_out", scores_out)
+    inside = check_scores("scores_in", scores_in)
+    outside = check_scores("scores_out", scores_out)
     is_out = np.concatenate([np.zeros(inside.shape[0], bool), np.ones(outside.shape[0], bool)])
     return is_out, np.concatenate([inside, outside])
 
@@ -756,6 +623,8 @@ def ood_auroc(scores_in: ArrayLike, scores_out: ArrayLike) -> float:
     float
         In ``[0, 1]``.
     """
+    from sklearn.metrics import roc_auc_score
+
     is_out, scores = _ood_inputs(scores_in, scores_out)
     return float(roc_auc_score(is_out, scores))
 
@@ -773,6 +642,8 @@ def ood_aupr(scores_in: ArrayLike, scores_out: ArrayLike) -> float:
     float
         In ``[0, 1]``.
     """
+    from sklearn.metrics import average_precision_score
+
     is_out, scores = _ood_inputs(scores_in, scores_out)
     return float(average_precision_score(is_out, scores))
 
@@ -796,8 +667,8 @@ def fpr_at_95_tpr(scores_in: ArrayLike, scores_out: ArrayLike) -> float:
     float
         In ``[0, 1]``.
     """
-    inside = _check_scores("scores_in", scores_in)
-    outside = _check_scores("scores_out", scores_out)
+    inside = check_scores("scores_in", scores_in)
+    outside = check_scores("scores_out", scores_out)
     n_out = outside.shape[0]
     k = (95 * n_out + 99) // 100  # ceil(0.95 * n_out) in exact integer arithmetic
     threshold = np.sort(outside)[::-1][k - 1]
@@ -844,8 +715,8 @@ def accuracy_rejection_curve(
     Nadeem, Zucker & Hanczar (2009), "Accuracy-rejection curves (ARCs) for comparing
     classification methods with a reject option", MLSB.
     """
-    labels, probs = _classification_inputs(y_true, y_prob)
-    score_values = _check_scores("scores", scores, labels.shape[0])
+    labels, probs = check_classification(y_true, y_prob)
+    score_values = check_scores("scores", scores, labels.shape[0])
     correct = (_prob_matrix(probs).argmax(axis=1) == labels).astype(np.float64)
     return _accuracy_after_rejection(correct, score_values)
 
@@ -968,13 +839,13 @@ def bootstrap(
         low_inclusive=False,
         high_inclusive=False,
     )
-    data = [_to_numpy(f"arrays[{i}]", a) for i, a in enumerate(arrays)]
+    data = [to_array(f"arrays[{i}]", a) for i, a in enumerate(arrays)]
     for i, array in enumerate(data):
         if array.ndim == 0:
             raise ValueError(
                 f"Expected `arrays[{i}]` to have at least one dimension, but got a scalar."
             )
-        _check_nonempty(f"arrays[{i}]", array)
+        check_nonempty(f"arrays[{i}]", array)
     n = data[0].shape[0]
     for i, array in enumerate(data[1:], start=1):
         if array.shape[0] != n:
@@ -1008,8 +879,8 @@ def bootstrap(
 
 
 def _regression_pair(y: Any, other_name: str, other: Any) -> tuple[np.ndarray, np.ndarray]:
-    y_arr = _as_real("y", y)
-    other_arr = _match_shape(other_name, _as_real(other_name, other), "y", y_arr)
+    y_arr = as_real("y", y)
+    other_arr = match_shape(other_name, as_real(other_name, other), "y", y_arr)
     return y_arr, other_arr
 
 
@@ -1071,20 +942,21 @@ def gaussian_nll(
     -------
     float or ndarray of shape (N, *S)
     """
+
     y_arr, mean_arr = _regression_pair(y, "mean", mean)
-    var_arr = _match_shape("var", _as_real("var", var), "y", y_arr)
-    _check_positive("var", var_arr)
+    var_arr = match_shape("var", as_real("var", var), "y", y_arr)
+    check_positive("var", var_arr)
     values = 0.5 * (_LOG_2PI + np.log(var_arr)) + (y_arr - mean_arr) ** 2 / (2.0 * var_arr)
     return _reduce("reduction", values, reduction)
 
 
 def _samples_and_target(y: Any, samples: Any) -> tuple[np.ndarray, np.ndarray]:
-    y_arr = _as_real("y", y)
-    samples_arr = _as_real("samples", samples)
+    y_arr = as_real("y", y)
+    samples_arr = as_real("samples", samples)
     if samples_arr.ndim < 2:
         raise ValueError(
             f"Expected `samples` to have shape (T, N, *S), but got shape "
-            f"{_describe_shape(samples_arr)}."
+            f"{describe_shape(samples_arr)}."
         )
     inner = samples_arr.shape[1:]
     if inner != y_arr.shape:
@@ -1093,7 +965,7 @@ def _samples_and_target(y: Any, samples: Any) -> tuple[np.ndarray, np.ndarray]:
         else:
             raise ValueError(
                 f"Expected `samples` to have shape (T, {', '.join(map(str, y_arr.shape))}) to "
-                f"match `y`, but got shape {_describe_shape(samples_arr)}."
+                f"match `y`, but got shape {describe_shape(samples_arr)}."
             )
     return y_arr, samples_arr
 
@@ -1150,10 +1022,10 @@ def mc_log_likelihood(
 def _check_interval(
     lower: Any, upper: Any, ref: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    low = _as_real("lower", lower)
-    high = _match_shape("upper", _as_real("upper", upper), "lower", low)
+    low = as_real("lower", lower)
+    high = match_shape("upper", as_real("upper", upper), "lower", low)
     if ref is not None:
-        low = _match_shape("lower", low, "y", ref)
+        low = match_shape("lower", low, "y", ref)
         high = high.reshape(low.shape)
     if np.any(low > high):
         i = int(np.argmax((low > high).ravel()))
@@ -1179,7 +1051,7 @@ def picp(y: ArrayLike, lower: ArrayLike, upper: ArrayLike) -> float:
     float
         In ``[0, 1]``; should be close to the nominal level of the intervals.
     """
-    y_arr = _as_real("y", y)
+    y_arr = as_real("y", y)
     low, high = _check_interval(lower, upper, y_arr)
     return float(np.mean((low <= y_arr) & (y_arr <= high)))
 
@@ -1203,7 +1075,7 @@ def mean_interval_width(lower: ArrayLike, upper: ArrayLike) -> float:
 def _check_levels(levels: Any) -> np.ndarray:
     if levels is None:
         return np.linspace(0.01, 0.99, 99)
-    values = _as_real("levels", levels, ndim=1)
+    values = as_real("levels", levels, ndim=1)
     if np.any((values <= 0.0) | (values >= 1.0)):
         bad = values[(values <= 0.0) | (values >= 1.0)][0]
         raise ValueError(f"Expected `levels` to lie in (0, 1), but got {bad}.")
@@ -1212,8 +1084,8 @@ def _check_levels(levels: Any) -> np.ndarray:
 
 def _gaussian_inputs(y: Any, mean: Any, std: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     y_arr, mean_arr = _regression_pair(y, "mean", mean)
-    std_arr = _match_shape("std", _as_real("std", std), "y", y_arr)
-    _check_positive("std", std_arr)
+    std_arr = match_shape("std", as_real("std", std), "y", y_arr)
+    check_positive("std", std_arr)
     return y_arr, mean_arr, std_arr
 
 
@@ -1249,6 +1121,8 @@ def interval_calibration_curve(
     regression", ICML. Tran, Chung, Char, Neiswanger & Schneider (2020), "Methods for
     comparing uncertainty quantifications for material property predictions", MLST.
     """
+    from scipy.stats import norm
+
     y_arr, mean_arr, std_arr = _gaussian_inputs(y, mean, std)
     expected = _check_levels(levels)
     # Sorted standardised distances |y - mean| / std; a point is inside at level p when its
@@ -1316,6 +1190,8 @@ def crps_gaussian(
     Gneiting & Raftery (2007), "Strictly proper scoring rules, prediction, and estimation",
     JASA (eq. 21).
     """
+    from scipy.stats import norm
+
     y_arr, mean_arr, std_arr = _gaussian_inputs(y, mean, std)
     z = (y_arr - mean_arr) / std_arr
     values = std_arr * (
@@ -1378,7 +1254,7 @@ def sharpness(std: ArrayLike) -> float:
     ----------
     Tran et al. (2020), MLST; Kuleshov et al. (2018), ICML.
     """
-    std_arr = _as_real("std", std)
+    std_arr = as_real("std", std)
     low = float(std_arr.min())
     if low < 0.0:
         raise ValueError(f"Expected `std` to be >= 0 everywhere, but got a value of {low}.")
@@ -1398,7 +1274,7 @@ def _safe(function: Callable[[], float]) -> float:
 
 
 def _evaluate_classification(probs: np.ndarray, labels: Any, n_bins: int) -> dict[str, float]:
-    y_true, y_prob = _classification_inputs(labels, probs, allow_1d=False)
+    y_true, y_prob = check_classification(labels, probs, allow_1d=False)
     entropy = _entropy(y_prob)
     return {
         "accuracy": accuracy(y_true, y_prob),
@@ -1414,8 +1290,10 @@ def _evaluate_classification(probs: np.ndarray, labels: Any, n_bins: int) -> dic
 
 
 def _evaluate_regression(result: RegressionResult, y: Any) -> dict[str, float]:
-    mean = _to_numpy("result.mean", result.mean).astype(np.float64)
-    variance = _to_numpy("result.variance", result.variance).astype(np.float64)
+    from scipy.stats import norm
+
+    mean = to_array("result.mean", result.mean).astype(np.float64)
+    variance = to_array("result.variance", result.variance).astype(np.float64)
     y_arr, mean = _regression_pair(y, "result.mean", mean)
     variance = variance.reshape(mean.shape)
     std = np.sqrt(variance)
@@ -1497,15 +1375,15 @@ def evaluate(
         if targets is None:
             targets = result.targets
         mean = result.mean.movedim(result.class_dim, -1)
-        probs = _to_numpy("result.mean", mean.reshape(-1, mean.shape[-1]))
+        probs = to_array("result.mean", mean.reshape(-1, mean.shape[-1]))
         if targets is not None:
-            targets = _to_numpy("y_true", targets).reshape(-1)
+            targets = to_array("y_true", targets).reshape(-1)
     else:
-        probs = _to_numpy("result", result)
+        probs = to_array("result", result)
     if targets is None:
         raise ValueError("Expected `y_true` (or `result.targets`) to hold labels, but got None.")
     if ignore_index is not None:
-        targets = _to_numpy("y_true", targets).reshape(-1)
+        targets = to_array("y_true", targets).reshape(-1)
         keep = targets != ignore_index
         if probs.shape[0] != keep.shape[0]:
             raise ValueError(
@@ -1566,3 +1444,307 @@ def format_table(rows: Mapping[str, Mapping[str, float]], *, precision: int = 4)
 
     rule = "  ".join("-" * width for width in widths)
     return "\n".join([render(header), rule, *(render(line) for line in body)])
+
+
+# --------------------------------------------------------------------------------------------
+# Curves and intervals drawn by mcdrop.plot (computed here, only drawn there)
+# --------------------------------------------------------------------------------------------
+
+
+def reliability_intervals(
+    curve: ReliabilityCurve, *, level: float = 0.95
+) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score intervals of the accuracy of each bin of a reliability curve.
+
+    A bin of ``n`` predictions with ``k = accuracy * n`` hits has the interval
+    ``(p + z²/2n ± z sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n)`` with ``p = k / n`` and
+    ``z = Phi^{-1}((1 + level) / 2)``. Bins holding few predictions get wide intervals, which
+    tells a real gap from noise.
+
+    Parameters
+    ----------
+    curve : ReliabilityCurve
+        Output of :func:`reliability_curve`.
+    level : float, default=0.95
+        Coverage of each interval, in (0, 1).
+
+    Returns
+    -------
+    lower, upper : ndarray of shape (n_bins,)
+        Interval bounds in ``[0, 1]``; NaN for empty bins.
+
+    References
+    ----------
+    Wilson (1927), "Probable inference, the law of succession, and statistical inference",
+    JASA. Same as ``scipy.stats.binomtest(k, n).proportion_ci(method="wilson")``.
+    """
+    from scipy.special import ndtri
+
+    if not isinstance(curve, ReliabilityCurve):
+        raise TypeError(
+            f"Expected `curve` to be a ReliabilityCurve, but got {type(curve).__name__}."
+        )
+    level = check_float(
+        "level", level, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False
+    )
+    z = float(ndtri(0.5 + level / 2.0))
+    n = np.asarray(curve.count, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = np.asarray(curve.accuracy, dtype=np.float64)
+        centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
+        half = z / (1 + z**2 / n) * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2))
+    empty = n == 0
+    lower = np.where(empty, np.nan, np.clip(centre - half, 0.0, 1.0))
+    upper = np.where(empty, np.nan, np.clip(centre + half, 0.0, 1.0))
+    return lower, upper
+
+
+def oracle_rejection_curve(y_true: ArrayLike, y_prob: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Accuracy-rejection curve of the oracle that rejects the misclassified examples first.
+
+    The upper bound of :func:`accuracy_rejection_curve` for the same predictions.
+
+    Parameters
+    ----------
+    y_true : array-like or Tensor of shape (N,)
+        Integer labels.
+    y_prob : array-like or Tensor of shape (N, C) or (N,)
+        Predicted probabilities.
+
+    Returns
+    -------
+    rejection_fraction, accuracy : ndarray of shape (N,)
+        As in :func:`accuracy_rejection_curve`.
+    """
+    labels, probs = check_classification(y_true, y_prob)
+    correct = (_prob_matrix(probs).argmax(axis=1) == labels).astype(np.float64)
+    return _accuracy_after_rejection(correct, 1.0 - correct)
+
+
+def ood_roc_curve(scores_in: ArrayLike, scores_out: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """ROC curve of detecting out-of-distribution inputs by an uncertainty score.
+
+    Out-of-distribution is the positive class and a higher score means more uncertain, as in
+    :func:`ood_auroc` (whose value is the area under this curve).
+
+    Parameters
+    ----------
+    scores_in, scores_out : array-like or Tensor of shape (N_in,), (N_out,)
+        Uncertainty scores on in- and out-of-distribution inputs.
+
+    Returns
+    -------
+    fpr, tpr : ndarray of shape (K,)
+        False and true positive rates (:func:`sklearn.metrics.roc_curve`).
+    """
+    from sklearn.metrics import roc_curve
+
+    is_out, scores = _ood_inputs(scores_in, scores_out)
+    fpr, tpr, _ = roc_curve(is_out, scores)
+    return fpr, tpr
+
+
+def central_interval(
+    mean: ArrayLike, std: ArrayLike, *, level: float = 0.95
+) -> tuple[np.ndarray, np.ndarray]:
+    """Central Gaussian interval ``mean ± z std`` with ``z = Phi^{-1}((1 + level) / 2)``.
+
+    Parameters
+    ----------
+    mean, std : array-like or Tensor of shape (N, *S)
+        Predictive mean and standard deviation (finite, ``std >= 0``; a NaN or negative
+        ``std`` is refused, never drawn as an inverted band).
+    level : float, default=0.95
+        Coverage of the interval, in (0, 1).
+
+    Returns
+    -------
+    lower, upper : ndarray of shape (N, *S)
+    """
+    from scipy.special import ndtri
+
+    level = check_float(
+        "level", level, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False
+    )
+    mean_arr = as_real("mean", mean)
+    std_arr = match_shape("std", check_std("std", std), "mean", mean_arr)
+    z = float(ndtri(0.5 + level / 2.0))
+    return mean_arr - z * std_arr, mean_arr + z * std_arr
+
+
+def binned_residuals(
+    y: ArrayLike, mean: ArrayLike, std: ArrayLike, *, n_bins: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
+    """Root-mean-square ``std`` and RMSE of equal-count bins of increasing predicted ``std``.
+
+    For calibrated Gaussian predictions the two agree in every bin (Levi et al. 2019).
+
+    Parameters
+    ----------
+    y, mean, std : array-like or Tensor of shape (N, *S)
+        Targets, predictive means and standard deviations (``std >= 0``); flattened.
+    n_bins : int, default=10
+        Number of bins (at most ``N``; fewer when there are fewer elements).
+
+    Returns
+    -------
+    rms_std, rmse : ndarray of shape (min(n_bins, N),)
+
+    References
+    ----------
+    Levi, Gispan, Giladi & Fetaya (2019), "Evaluating and calibrating uncertainty prediction in
+    regression tasks", arXiv:1905.11659.
+    """
+    n_bins = _check_n_bins(n_bins)
+    y_arr, mean_arr = _regression_pair(y, "mean", mean)
+    std_arr = match_shape("std", check_std("std", std), "y", y_arr).ravel()
+    residual = (y_arr - mean_arr).ravel()
+    groups = np.array_split(np.argsort(std_arr, kind="stable"), min(n_bins, std_arr.size))
+    rms_std = np.array([np.sqrt(np.mean(std_arr[g] ** 2)) for g in groups])
+    rmse_values = np.array([np.sqrt(np.mean(residual[g] ** 2)) for g in groups])
+    return rms_std, rmse_values
+
+
+_CONVERGENCE_METRICS = {
+    "classification": ("standard_error", "nll", "accuracy", "ece"),
+    "regression": ("standard_error", "rmse"),
+}
+
+
+def _convergence_draws(samples: Any, task: str, class_dim: Any) -> np.ndarray:
+    """``(T, M)`` (regression) or ``(T, M, C)`` (classification) float64 Monte Carlo draws."""
+    draws = as_real("samples", samples)
+    if draws.ndim < (3 if task == "classification" else 2):
+        shape = "(T, N, C, *S)" if task == "classification" else "(T, N, *S)"
+        raise ValueError(
+            f"Expected `samples` of shape {shape}, but got shape {describe_shape(draws)}."
+        )
+    if task == "regression":
+        return draws.reshape(draws.shape[0], -1)
+    class_dim = check_int("class_dim", class_dim)
+    sample_ndim = draws.ndim - 1  # one sample is (N, C, *S)
+    position = class_dim + sample_ndim if class_dim < 0 else class_dim
+    if not 1 <= position < sample_ndim:
+        raise ValueError(
+            f"Expected `class_dim` to be a dimension of one sample after N, in "
+            f"[1, {sample_ndim - 1}], but got {class_dim}."
+        )
+    moved = np.moveaxis(draws, position + 1, -1)
+    return moved.reshape(moved.shape[0], -1, moved.shape[-1])
+
+
+def _convergence_counts(sample_counts: Any, n_total: int, minimum: int) -> np.ndarray:
+    if sample_counts is None:
+        counts = np.geomspace(minimum, n_total, num=min(20, n_total - minimum + 1))
+        return np.unique(np.round(counts).astype(np.int64))
+    counts = np.asarray(sample_counts).reshape(-1)
+    if counts.size == 0 or not np.issubdtype(counts.dtype, np.integer):
+        raise TypeError(
+            f"Expected `sample_counts` to be a non-empty sequence of integers, but got "
+            f"{counts.tolist()!r}."
+        )
+    if counts.min() < minimum or counts.max() > n_total:
+        raise ValueError(
+            f"Expected `sample_counts` in [{minimum}, {n_total}], but got values from "
+            f"{counts.min()} to {counts.max()}."
+        )
+    return np.unique(counts.astype(np.int64))
+
+
+def _running_metric(metric: str, labels: np.ndarray, mean: np.ndarray) -> float:
+    if metric == "rmse":
+        return rmse(labels, mean)
+    if metric == "accuracy":
+        return accuracy(labels, mean)
+    if metric == "nll":
+        return negative_log_likelihood(labels, mean)
+    return expected_calibration_error(labels, mean)
+
+
+def convergence_curve(
+    samples: ArrayLike,
+    y_true: ArrayLike | None = None,
+    *,
+    metric: str | Callable[[np.ndarray, np.ndarray], float] = "standard_error",
+    sample_counts: ArrayLike | None = None,
+    task: str = "classification",
+    class_dim: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A metric of the running Monte Carlo estimate from the first ``T`` samples, for several ``T``.
+
+    The running mean and variance are the library's streaming moments (Chan et al. 1979, as in
+    :func:`mcdrop.summarize_samples`), so the standard error stays exact for samples with a
+    large mean and a tiny spread (no ``E[x²] - E[x]²`` cancellation).
+
+    Parameters
+    ----------
+    samples : array-like or Tensor of shape (T, N, C, *S) or (T, N, *S)
+        Sampled probabilities (classification, class dimension at ``class_dim`` of one sample)
+        or sampled means (regression).
+    y_true : array-like or Tensor of shape (N, *S) or None, default=None
+        Labels or targets; needed by every metric but ``"standard_error"``.
+    metric : str or callable, default="standard_error"
+        ``"standard_error"``: mean over all outputs of the Monte Carlo standard error of the
+        running mean, ``sqrt(s_T² / T)`` with the unbiased ``s_T²`` (needs ``T >= 2``).
+        Classification: ``"nll"``, ``"accuracy"``, ``"ece"`` of the running mean
+        probabilities. Regression: ``"rmse"`` of the running mean. A callable is called as
+        ``metric(y_true, running_mean)`` with the flattened ``(M,)`` targets and ``(M, C)``
+        probabilities (classification) or ``(M,)`` means (regression).
+    sample_counts : sequence of int or None, default=None
+        Values of ``T``, each in ``[1, T]``; about 20 log-spaced counts when ``None``.
+    task : {"classification", "regression"}, default="classification"
+        Kind of samples.
+    class_dim : int, default=1
+        Class dimension of one classification sample ``(N, C, *S)``.
+
+    Returns
+    -------
+    sample_counts : ndarray of shape (K,), int64
+        Increasing numbers of samples.
+    values : ndarray of shape (K,)
+        The metric at each count.
+    """
+    from mcdrop.uncertainty import _Moments
+
+    task = check_choice("task", task, _CONVERGENCE_METRICS)
+    draws = _convergence_draws(samples, task, class_dim)
+    if callable(metric):
+        metric_name = getattr(metric, "__name__", "metric")
+    else:
+        metric_name = check_choice("metric", metric, _CONVERGENCE_METRICS[task])
+    standard_error = metric_name == "standard_error" and not callable(metric)
+    labels = None
+    if not standard_error:
+        if y_true is None:
+            raise ValueError(
+                f"Expected `y_true` to be given for metric {metric_name!r}, but got None."
+            )
+        labels = to_array("y_true", y_true).reshape(-1)
+        check_nonempty("y_true", labels)
+        if labels.shape[0] != draws.shape[1]:
+            raise ValueError(
+                f"Expected `y_true` to hold {draws.shape[1]} values (one per output of a "
+                f"sample), but got {labels.shape[0]}."
+            )
+    minimum = 2 if standard_error else 1
+    if draws.shape[0] < minimum:
+        raise ValueError(
+            f"Expected `samples` to hold at least {minimum} Monte Carlo samples for metric "
+            f"{metric_name!r}, but got {draws.shape[0]}."
+        )
+    counts = _convergence_counts(sample_counts, draws.shape[0], minimum)
+    values = np.empty(counts.size)
+    moments, done = _Moments(), 0
+    for i, t in enumerate(counts):
+        moments.update(torch.from_numpy(draws[done:t]))
+        done = int(t)
+        assert moments.mean is not None and moments.m2 is not None
+        if standard_error:
+            values[i] = float((moments.m2 / (int(t) * (int(t) - 1))).sqrt().mean())
+            continue
+        mean = moments.mean.numpy()
+        assert labels is not None
+        values[i] = float(
+            metric(labels, mean) if callable(metric) else _running_metric(metric_name, labels, mean)
+        )
+    return counts, values

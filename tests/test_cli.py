@@ -18,8 +18,9 @@ from mcdrop.cli import main
 from mcdrop.metrics import evaluate
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-DEMO_FILES = ("reliability.png", "accuracy_rejection.png", "uncertainty_hist.png")
-MODELS = ("deterministic", "MC dropout", "temperature-scaled")
+REPORT_FILES = ("reliability.png", "accuracy_rejection.png", "uncertainty_hist.png")
+DEMO_FILES = (*REPORT_FILES, "shift.png", "ood.png")
+MODELS = ("deterministic", "MC dropout", "temperature-scaled", "deep ensemble")
 COLUMNS = ("accuracy", "nll", "brier", "ece")
 
 
@@ -49,7 +50,20 @@ def _parse_table(text: str) -> dict[str, dict[str, float]]:
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
     out = tmp_path_factory.mktemp("demo") / "out"
     code, stdout, stderr = _run(
-        ["demo", "--out", str(out), "--epochs", "2", "--samples", "10", "--quiet"]
+        [
+            "demo",
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--samples",
+            "10",
+            "--seeds",
+            "2",
+            "--members",
+            "2",
+            "--quiet",
+        ]
     )
     assert code == 0, stderr
     return out, stdout, stderr
@@ -81,12 +95,30 @@ def test_demo_report_json(demo):
     report = json.loads((out / "report.json").read_text())
     assert report["command"] == "demo"
     assert report["mcdrop_version"] == mcdrop.__version__
-    assert report["settings"] == {"epochs": 2, "samples": 10, "seed": 0}
-    assert report["dataset"]["n_test"] == 360
-    assert report["dataset"]["n_train"] + report["dataset"]["n_validation"] == 1797 - 360
-    assert report["temperature"] > 0
+    assert report["settings"] == {
+        "epochs": 2,
+        "samples": 10,
+        "seed": 0,
+        "seeds": 2,
+        "members": 2,
+        "threads": 1,
+    }
+    dataset = report["dataset"]
+    assert (
+        dataset["n_train"] + dataset["n_validation"] + dataset["n_test"] + dataset["n_ood"] == 1797
+    )
+    assert dataset["n_ood"] == 174 + 180  # every image of the digits 8 and 9
+    assert all(t > 0 for t in report["temperature"])
+    assert len(report["per_seed"]) == 2
+    for run in report["per_seed"]:
+        assert set(run["metrics"]) == set(MODELS)
+        assert "rotation 45" in run["metrics"]["MC dropout"]
+        assert set(run["ood_auroc"]["MC dropout"]) == {
+            "1 − confidence",
+            "entropy",
+            "mutual information",
+        }
     assert len(report["training_loss"]) == 2
-    assert report["dropout_sites"] and all("Dropout" in site for site in report["dropout_sites"])
     assert set(report["files"]) >= {*DEMO_FILES, "report.json", "result.npz"}
     assert list(report["metrics"]) == list(MODELS)
     for metrics in report["metrics"].values():
@@ -99,7 +131,7 @@ def test_demo_report_json(demo):
 
 def test_demo_table_matches_metrics_recomputed_from_saved_result(demo):
     out, stdout, _ = demo
-    table = _parse_table(stdout)
+    table = _parse_table(stdout.split("\n\n")[0])
     assert list(table) == list(MODELS)
     assert all(list(row) == list(COLUMNS) for row in table.values())
 
@@ -107,15 +139,18 @@ def test_demo_table_matches_metrics_recomputed_from_saved_result(demo):
     assert isinstance(result, mcdrop.ClassificationResult)
     assert result.n_samples == 10
     assert result.targets is not None
-    assert tuple(result.mean.shape) == (360, 10)
+    n_test = json.loads((out / "report.json").read_text())["dataset"]["n_test"]
+    assert tuple(result.mean.shape) == (n_test, 8)
     recomputed = evaluate(result)
 
     report = json.loads((out / "report.json").read_text())
+    mean = report["mean_over_seeds"]
     for key in COLUMNS:
-        assert table["MC dropout"][key] == pytest.approx(recomputed[key], abs=5e-5)
         assert report["metrics"]["MC dropout"][key] == pytest.approx(recomputed[key], rel=1e-9)
-        for model in MODELS:
-            assert table[model][key] == pytest.approx(report["metrics"][model][key], abs=5e-5)
+        for model in MODELS:  # the printed table: means over the seeds
+            assert table[model][key] == pytest.approx(mean[model]["in distribution"][key], abs=5e-5)
+            per_seed = [run["metrics"][model]["in distribution"][key] for run in report["per_seed"]]
+            assert mean[model]["in distribution"][key] == pytest.approx(np.mean(per_seed))
     # temperature scaling never changes the predicted class
     assert report["metrics"]["temperature-scaled"]["accuracy"] == pytest.approx(
         report["metrics"]["deterministic"]["accuracy"]
@@ -128,25 +163,26 @@ def test_demo_table_matches_metrics_recomputed_from_saved_result(demo):
 
 
 def test_report_on_the_demo_result(demo, tmp_path):
-    out, demo_stdout, _ = demo
+    out, _, _ = demo
     code, stdout, stderr = _run(["report", str(out / "result.npz"), "--out", str(tmp_path), "-q"])
     assert code == 0, stderr
     assert stderr == ""
-    for name in DEMO_FILES:
+    for name in REPORT_FILES:
         _assert_png(tmp_path / name)
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["command"] == "report"
     assert report["task"] == "classification"
-    assert report["n_examples"] == 360
+    n_test = json.loads((out / "report.json").read_text())["dataset"]["n_test"]
+    assert report["n_examples"] == n_test
     assert report["n_samples"] == 10
     assert report["targets"] == "result"
     (metrics,) = report["metrics"].values()
     assert {"accuracy", "nll", "brier", "ece", "mce", "aurc"} <= set(metrics)
 
     row = _parse_table(stdout)["result"]  # named after the file
-    mc_row = _parse_table(demo_stdout)["MC dropout"]
+    first_seed = json.loads((out / "report.json").read_text())["metrics"]["MC dropout"]
     for key in COLUMNS:
-        assert row[key] == mc_row[key]
+        assert row[key] == pytest.approx(first_seed[key], abs=5e-5)
 
 
 def test_report_with_targets_file_and_name(demo, tmp_path):
@@ -234,7 +270,7 @@ def _error_cases(tmp_path: Path, result_file: Path) -> dict[str, tuple[list[str]
         ),
         "wrong number of targets": (
             ["report", res, "--targets", str(short), "--out", out],
-            "expected 360 targets",
+            "targets (one per example of the result)",
         ),
         "unreadable targets": (
             ["report", res, "--targets", str(garbage), "--out", out],
@@ -314,3 +350,16 @@ def test_help_of_subcommands(capsys):
         text = capsys.readouterr().out
         assert f"usage: mcdrop {command}" in text
         assert "--out" in text and "--quiet" in text
+
+
+def test_demo_prints_what_the_numbers_show(demo):
+    _, stdout, _ = demo
+    assert "What the numbers show" in stdout
+    assert "Ovadia et al. (2019)" in stdout
+    assert "OOD AUROC" in stdout and "NLL under rotation" in stdout and "ECE under noise" in stdout
+
+
+def test_demo_refuses_a_single_sample_in_one_line(tmp_path):
+    code, stdout, stderr = _run(["demo", "--out", str(tmp_path), "--samples", "1", "-q"])
+    assert code == 2 and stdout == ""
+    assert stderr.startswith("mcdrop: error: Expected `samples`") and stderr.count("\n") == 1

@@ -49,3 +49,6 @@ def test_example_runs(script: Path, tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, f"{script.name} failed:\n{proc.stdout}\n{proc.stderr}"
     assert proc.stdout.strip(), "every example prints the numbers its text refers to"
+    saved = sorted(path.name for path in tmp_path.glob(f"{script.stem}_*.png"))
+    assert saved, "run as a script, an example saves its figures"
+    assert all((tmp_path / name).read_bytes()[:4] == b"\x89PNG" for name in saved)
