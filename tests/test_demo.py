@@ -65,5 +65,5 @@ def test_shift_changes_images_and_stays_in_range(kind):
 def test_options_are_validated():
     with pytest.raises(ValueError, match="Expected `members` to be an integer >= 2"):
         demo.run(members=1)
-    with pytest.raises(TypeError, match="Expected `quiet` to be True or False"):
+    with pytest.raises(TypeError, match="Expected `quiet` to be a bool"):
         demo.run(quiet=1)

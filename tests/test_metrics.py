@@ -956,7 +956,8 @@ def test_labels_are_valid_classes_or_refused(labels, n_classes):
     else:
         with pytest.raises(ValueError, match="y_true") as info:
             M.accuracy(labels, probs)
-        assert "-9223372036854775808" not in str(info.value)
+        if np.iinfo(np.int64).min not in labels.tolist():  # else that is the real label
+            assert "-9223372036854775808" not in str(info.value)
 
 
 def test_label_of_1e20_is_reported_as_itself():

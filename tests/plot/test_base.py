@@ -180,6 +180,6 @@ def test_import_mcdrop_imports_neither_scipy_stats_nor_sklearn():
 def test_flags_must_be_booleans(pyplot, call, flag):
     y, probs = _classification_data(n=60)
     before = pyplot.get_fignums()
-    with pytest.raises(TypeError, match=f"Expected `{flag}` to be True or False"):
+    with pytest.raises(TypeError, match=f"Expected `{flag}` to be True(,| or) False"):
         call(y, probs)
     assert pyplot.get_fignums() == before
