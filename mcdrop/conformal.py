@@ -30,10 +30,14 @@ Classification, from the MC predictive mean ``p`` (``result.mean``), for a candi
     The APS score plus ``lambda_reg * max(0, rank_c + 1 - k_reg)``: penalises long tails of
     unlikely classes.
 
-With ``randomized=True`` the APS/RAPS score subtracts ``U * p_c`` with one ``U ~ Uniform(0, 1)``
-per example (drawn from ``seed``), which makes the coverage exactly ``1 - alpha`` in expectation
-instead of at least. A class is in the set exactly when its score is ``<= q``, so the guarantee
-holds for every score.
+A class whose score is ``<= q`` is always in the set, which is what the guarantee needs. The
+APS/RAPS sets (``randomized=False``) also keep the class whose cumulative mass crosses ``q``
+(its score minus its own probability is ``< q``, MAPIE's ``include_last_label=True``): they are
+never empty and their coverage is ``>= 1 - alpha``, sometimes above it. With
+``randomized=True`` the score subtracts ``U * p_c`` with one ``U ~ Uniform(0, 1)`` per example
+(drawn from ``seed``) and only classes with score ``<= q`` are kept: coverage is then
+``1 - alpha`` in expectation (at most ``1 - alpha + 1 / (n + 1)``), with smaller sets. LAC sets
+keep the classes with ``1 - p_c <= q`` and may be empty.
 
 Regression: ``|y - mean| / std`` with ``std`` the MC predictive standard deviation (total or
 epistemic): intervals ``mean -/+ q * std`` are wide where dropout is unsure. For outputs of shape
@@ -194,6 +198,16 @@ def _class_scores(
     return scores
 
 
+def _members(
+    scores: np.ndarray, probs: np.ndarray, quantile: float, *, include_last: bool
+) -> np.ndarray:
+    """Sets: score ``<= q``; with ``include_last`` also the class whose mass crosses ``q``."""
+    inside = scores <= quantile
+    if include_last:
+        inside |= (scores - probs) < quantile
+    return inside
+
+
 class SplitConformalClassifier:
     """Prediction sets with coverage ``>= 1 - alpha`` from MC dropout probabilities.
 
@@ -209,7 +223,8 @@ class SplitConformalClassifier:
     lambda_reg : float, default=0.01
         RAPS: penalty per rank beyond ``k_reg`` (``>= 0``; 0 gives APS).
     randomized : bool, default=False
-        APS/RAPS: randomised scores (exact coverage in expectation, smaller sets).
+        APS/RAPS: randomised scores (exact coverage in expectation, smaller sets, may be
+        empty); otherwise sets keep the class crossing the threshold and are never empty.
     seed : int, default=0
         Seed of the uniform draws of ``randomized=True`` (one stream for ``fit``, one for each
         ``predict``); same inputs and seed give the same sets.
@@ -331,7 +346,8 @@ class SplitConformalClassifier:
             )
         self._predict_calls += 1
         scores = self.scores(probs, stream=self._predict_calls)
-        return torch.from_numpy(scores <= self.quantile_)
+        include_last = self.method != "lac" and not self.randomized
+        return torch.from_numpy(_members(scores, probs, self.quantile_, include_last=include_last))
 
 
 def _sets(sets: Any) -> np.ndarray:
