@@ -167,7 +167,7 @@ def test_trainer_helper_callback_and_model_left_as_it_was(tmp_path) -> None:
 def test_text_classification_pipeline_wrapper() -> None:
     tokenizer, model = _tokenizer(), _model()
     pipe = transformers.pipeline("text-classification", model=model, tokenizer=tokenizer)
-    classify = MCDropoutTextClassifier(pipe, n_samples=16, seed=0)
+    classify = MCDropoutTextClassifier(pipe, n_samples=8, seed=0)
     texts = _texts(6)[0]
     rows = classify(texts)
     assert len(rows) == 6
