@@ -184,4 +184,3 @@ def test_missing_targets_in_validation_say_what_to_do(tmp_path) -> None:
     callback = MCDropoutCallback(n_samples=4, batch_transform=lambda batch: (batch[0], None))
     with pytest.raises(ValueError, match="batch_transform"):
         _trainer(tmp_path, [callback]).validate(Classifier(), _loader(), verbose=False)
-
