@@ -43,7 +43,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+
+try:
+    from lightning.pytorch import Callback, LightningModule, Trainer
+except ImportError as error:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        'mcdrop.lightning needs PyTorch Lightning: pip install "mcdrop[lightning]"'
+    ) from error
 
 from mcdrop._validation import check_choice, check_int
 from mcdrop.results import ClassificationResult, RegressionResult

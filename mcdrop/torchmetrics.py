@@ -36,8 +36,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
+
+try:
+    from torchmetrics import Metric
+    from torchmetrics.utilities import dim_zero_cat
+except ImportError as error:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        'mcdrop.torchmetrics needs torchmetrics: pip install "mcdrop[torchmetrics]"'
+    ) from error
 
 from mcdrop import metrics as _m
 from mcdrop._validation import check_choice, check_int

@@ -268,8 +268,12 @@ def evaluate(
 
 
 def _trainer_callback_base() -> type:
-    from transformers import TrainerCallback
-
+    try:
+        from transformers import TrainerCallback
+    except ImportError as error:  # pragma: no cover - depends on the installed extras
+        raise ImportError(
+            'mcdrop.transformers needs Hugging Face transformers: pip install "mcdrop[transformers]"'
+        ) from error
     return TrainerCallback
 
 
