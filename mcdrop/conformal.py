@@ -56,7 +56,7 @@ import numpy as np
 import torch
 
 from mcdrop._validation import check_choice, check_float, check_int
-from mcdrop.metrics import _as_real, _classification_inputs, _match_shape
+from mcdrop.metrics import _as_real, _check_labels, _classification_inputs, _match_shape
 from mcdrop.results import ClassificationResult, RegressionResult
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -170,9 +170,7 @@ def _labels(y: Any, stored: Any, n_classes: int, n: int) -> np.ndarray:
         y = stored
     if y is None:
         raise ValueError("Expected `y` (or the result's `targets`) to hold labels, but got None.")
-    probs = np.full((n, n_classes), 1.0 / n_classes)
-    labels, _ = _classification_inputs(y, probs, allow_1d=False)
-    return labels
+    return _check_labels("y", y, n_classes, n)
 
 
 def _class_scores(
@@ -226,8 +224,8 @@ class SplitConformalClassifier:
         APS/RAPS: randomised scores (exact coverage in expectation, smaller sets, may be
         empty); otherwise sets keep the class crossing the threshold and are never empty.
     seed : int, default=0
-        Seed of the uniform draws of ``randomized=True`` (one stream for ``fit``, one for each
-        ``predict``); same inputs and seed give the same sets.
+        Seed of the uniform draws of ``randomized=True`` (one stream for ``fit``, another for
+        ``predict``); same inputs and seed give the same sets, call after call.
 
     Attributes
     ----------
@@ -270,7 +268,6 @@ class SplitConformalClassifier:
             raise ValueError("Expected `randomized=True` only with method 'aps' or 'raps'.")
         self.randomized = randomized
         self.seed = check_int("seed", seed, minimum=0)
-        self._predict_calls = 0
 
     def __repr__(self) -> str:
         return f"SplitConformalClassifier(alpha={self.alpha}, method={self.method!r})"
@@ -344,8 +341,7 @@ class SplitConformalClassifier:
                 f"Expected `result` with {self.n_classes_} classes like the calibration set, but "
                 f"got {probs.shape[1]}."
             )
-        self._predict_calls += 1
-        scores = self.scores(probs, stream=self._predict_calls)
+        scores = self.scores(probs, stream=1)
         include_last = self.method != "lac" and not self.randomized
         return torch.from_numpy(_members(scores, probs, self.quantile_, include_last=include_last))
 

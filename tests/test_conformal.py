@@ -80,7 +80,7 @@ def test_bad_options_and_unfitted_use() -> None:
     with pytest.raises(ValueError, match="call `fit` first"):
         SplitConformalClassifier().predict(np.full((2, 2), 0.5))
     probs, labels = _pool(n=50)
-    with pytest.raises(ValueError, match="y_true"):
+    with pytest.raises(ValueError, match=r"`y` to hold labels in \[0, 5\]"):
         SplitConformalClassifier().fit(probs, labels + 10)
     with pytest.raises(ValueError, match="hold labels"):
         SplitConformalClassifier().fit(probs)
@@ -313,6 +313,7 @@ def test_on_a_monte_carlo_dropout_result() -> None:
     first = SplitConformalClassifier(method="aps", randomized=True, seed=3).fit(result)
     again = SplitConformalClassifier(method="aps", randomized=True, seed=3).fit(result)
     assert torch.equal(first.predict(result), again.predict(result))
+    assert torch.equal(first.predict(result), first.predict(result))  # predict keeps no state
 
 
 def test_coverage_curve_and_display(tmp_path) -> None:
