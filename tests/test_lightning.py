@@ -6,6 +6,7 @@ import csv
 import logging
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -184,3 +185,31 @@ def test_missing_targets_in_validation_say_what_to_do(tmp_path) -> None:
     callback = MCDropoutCallback(n_samples=4, batch_transform=lambda batch: (batch[0], None))
     with pytest.raises(ValueError, match="batch_transform"):
         _trainer(tmp_path, [callback]).validate(Classifier(), _loader(), verbose=False)
+
+
+class Regressor(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(-1)
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+
+def test_regression_logs_gaussian_nll(tmp_path) -> None:
+    torch.manual_seed(0)
+    module = Regressor().eval()
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(40, 6, generator=g), torch.randn(40, generator=g)
+    loader = DataLoader(TensorDataset(x, y), batch_size=40)
+    callback = MCDropoutCallback(n_samples=6, task="regression", tau=4.0)
+    _trainer(tmp_path, [callback]).validate(module, loader, verbose=False)
+    seed = int(np.random.SeedSequence([0, 0, 0, 0]).generate_state(1)[0])
+    result = mcdrop.predict_with_uncertainty(
+        module, x, task="regression", tau=4.0, n_samples=6, seed=seed
+    )
+    expected = metrics.gaussian_nll(y, result.mean, result.variance)
+    assert callback.results_["val_mc_gaussian_nll"] == pytest.approx(expected, rel=1e-6)
