@@ -17,6 +17,7 @@ The numbers printed are those of this run.
 # A dropout classifier and four disjoint splits
 # ---------------------------------------------
 import os
+import sys
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -159,3 +160,12 @@ ax.fill_between(xr[1000:, 0][order], lower[order, 0], upper[order, 0], alpha=0.3
 ax.plot(xr[1000:, 0][order], results[1].mean[order, 0], color="C0", label="MC mean")
 ax.set(xlabel="x", ylabel="y", title="Intervals mean ± q · std from MC dropout")
 ax.legend(loc="upper left", fontsize="small")
+
+
+# %%
+# Run as a script (``python examples/plot_conformal_prediction.py``), the example also saves its figures as
+# ``plot_conformal_prediction_N.png`` in the working directory; the gallery shows them instead.
+if __name__ == "__main__" and "sphinx_gallery" not in sys.modules:
+    for number in plt.get_fignums():
+        plt.figure(number).savefig(f"plot_conformal_prediction_{number}.png", dpi=120)
+    print(f"saved {len(plt.get_fignums())} figure(s) as plot_conformal_prediction_N.png")

@@ -18,6 +18,7 @@ of this run.
 # ------------------------------------
 import logging
 import os
+import sys
 import tempfile
 import warnings
 
@@ -150,3 +151,12 @@ ax.barh(range(len(texts)), [row["mutual_information"] for row in rows], color="C
 ax.set_yticks(range(len(texts)), texts)
 ax.invert_yaxis()
 ax.set(xlabel="mutual information (nats)", title="Epistemic uncertainty per text")
+
+
+# %%
+# Run as a script (``python examples/plot_huggingface_text_classification.py``), the example also saves its figures as
+# ``plot_huggingface_text_classification_N.png`` in the working directory; the gallery shows them instead.
+if __name__ == "__main__" and "sphinx_gallery" not in sys.modules:
+    for number in plt.get_fignums():
+        plt.figure(number).savefig(f"plot_huggingface_text_classification_{number}.png", dpi=120)
+    print(f"saved {len(plt.get_fignums())} figure(s) as plot_huggingface_text_classification_N.png")

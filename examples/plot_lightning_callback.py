@@ -15,6 +15,7 @@ The numbers printed are those of this run.
 # ---------------------------
 import logging
 import os
+import sys
 import tempfile
 import warnings
 
@@ -122,3 +123,12 @@ ax.hist([mi[~wrong].numpy(), mi[wrong].numpy()], bins=30, density=True,
 ax.set(xlabel="mutual information (nats)", ylabel="density",
        title="Epistemic uncertainty of the predictions")  # fmt: skip
 ax.legend()
+
+
+# %%
+# Run as a script (``python examples/plot_lightning_callback.py``), the example also saves its figures as
+# ``plot_lightning_callback_N.png`` in the working directory; the gallery shows them instead.
+if __name__ == "__main__" and "sphinx_gallery" not in sys.modules:
+    for number in plt.get_fignums():
+        plt.figure(number).savefig(f"plot_lightning_callback_{number}.png", dpi=120)
+    print(f"saved {len(plt.get_fignums())} figure(s) as plot_lightning_callback_N.png")

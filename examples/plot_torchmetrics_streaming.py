@@ -13,6 +13,7 @@ metric. Their values equal :mod:`mcdrop.metrics` on all the data at once. Instal
 # A dropout classifier and a stream of batches
 # --------------------------------------------
 import os
+import sys
 
 import matplotlib.pyplot as plt
 import torch
@@ -94,3 +95,12 @@ ax.plot(range(1, len(running_ece) + 1), running_ece, marker="o")
 ax.axhline(functional["ece"], color="0.5", linestyle=":", label="ECE on all the data")
 ax.set(xlabel="batches seen", ylabel="ECE so far", title="Streaming ECE of MC dropout")
 ax.legend()
+
+
+# %%
+# Run as a script (``python examples/plot_torchmetrics_streaming.py``), the example also saves its figures as
+# ``plot_torchmetrics_streaming_N.png`` in the working directory; the gallery shows them instead.
+if __name__ == "__main__" and "sphinx_gallery" not in sys.modules:
+    for number in plt.get_fignums():
+        plt.figure(number).savefig(f"plot_torchmetrics_streaming_{number}.png", dpi=120)
+    print(f"saved {len(plt.get_fignums())} figure(s) as plot_torchmetrics_streaming_N.png")

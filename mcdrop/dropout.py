@@ -64,7 +64,7 @@ class Scope(str, Enum):
     TRAIN_EXCEPT_NORM = "train_except_norm"
 
 
-_DROPOUT_TYPES: tuple[type[nn.Module], ...] = (
+_DROPOUT_TYPES: tuple[type[nn.Module], ...] = (  # every PyTorch dropout module
     nn.Dropout,
     nn.Dropout1d,
     nn.Dropout2d,
@@ -78,6 +78,7 @@ _GATING_TYPES: tuple[type[nn.Module], ...] = (
     nn.TransformerEncoderLayer,
     nn.TransformerDecoderLayer,
 )
+_RATED_TYPES: tuple[type[nn.Module], ...] = (*_DROPOUT_TYPES, *_GATING_TYPES, nn.RNNBase)
 _NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase,  # BatchNorm1d/2d/3d, SyncBatchNorm, InstanceNorm*, lazy ones
 )
@@ -422,8 +423,7 @@ def _check_sites(model: nn.Module, sites: list[DropoutSite]) -> None:
     zero = [
         name
         for name, module in model.named_modules()
-        if isinstance(module, (*_DROPOUT_TYPES, *_GATING_TYPES, nn.RNNBase))
-        and _static_rate(module) == 0
+        if isinstance(module, _RATED_TYPES) and _static_rate(module) == 0
     ]
     if zero:
         raise ValueError(

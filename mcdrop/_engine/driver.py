@@ -151,6 +151,7 @@ class Engine:
         if error is not None:
             reason = f"{type(error).__name__}: {error}"
         elif outs is not None and outs[0].shape[0] > 1 and not varies(outs):
+            assert self.probe_batch is not None
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 if not varies(runner.run("loop", self.probe_batch, 2)):
                     return False  # the loop does not vary either: the checks will say why
