@@ -16,7 +16,7 @@ from torch import nn
 
 import mcdrop
 
-T = 300
+T = 200
 
 
 def _check(model, inputs: dict, *, class_dim=1, transform=None, keep_eval=(), **options):
