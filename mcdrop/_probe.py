@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry
 
 __all__: list[str] = []
@@ -145,15 +146,21 @@ class _Recorder(TorchFunctionMode):
     """Counts the dropout calls with an effective rate above zero, per innermost module, and the
     FLOPs done before the first of them."""
 
-    def __init__(self, stack: list[str], flops: _FlopCounter) -> None:
+    def __init__(self, stack: list[str], flops: _FlopCounter, *, no_layer_skip: bool) -> None:
         super().__init__()
         self.stack = stack
         self.flops = flops
+        self.no_layer_skip = no_layer_skip
         self.calls: Counter[Call] = Counter()
         self.prefix_flops: int | None = None
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
+        if self.no_layer_skip and func is torch.rand:
+            out = func(*args, **kwargs)
+            if out.numel() == 1:  # layer drop draws one number: "skip when < p" never skips
+                return torch.ones_like(out)
+            return out
         label, p = dropout_call(func, args, kwargs)
         if p > 0.0:
             self.calls[(self.stack[-1] if self.stack else "", label, p)] += 1
@@ -170,9 +177,26 @@ class Trace:
     called: set[str] = field(default_factory=set)
     prefix_flops: int = 0  # FLOPs before the first dropout call
     total_flops: int = 0
+    output: Any = None  # structure and shapes of what the pass returned (see ``signature``)
 
 
-def trace(modules: dict[str, nn.Module], run: Callable[[], Any], *, flops: bool) -> Trace:
+def signature(output: Any) -> Any:
+    """The pytree structure of ``output`` and the shapes (or types) of its leaves."""
+    leaves, spec = tree_flatten(output)
+    shapes = tuple(
+        tuple(leaf.shape) if isinstance(leaf, torch.Tensor) else type(leaf).__name__
+        for leaf in leaves
+    )
+    return str(spec), shapes
+
+
+def trace(
+    modules: dict[str, nn.Module],
+    run: Callable[[], Any],
+    *,
+    flops: bool,
+    no_layer_skip: bool = False,
+) -> Trace:
     """Run ``run()`` once with hooks on every module of ``modules`` (of a twin) and record.
 
     A ``TorchFunctionMode`` and hooks disable PyTorch's fused transformer fast path: the probe
@@ -197,10 +221,10 @@ def trace(modules: dict[str, nn.Module], run: Callable[[], Any], *, flops: bool)
         handles.append(mod.register_forward_pre_hook(pre_hook))
         handles.append(mod.register_forward_hook(post_hook, always_call=True))
     counter = _FlopCounter()
-    recorder = _Recorder(stack, counter)
+    recorder = _Recorder(stack, counter, no_layer_skip=no_layer_skip)
     try:
         with counter if flops else contextlib.nullcontext(), recorder:
-            run()
+            result.output = signature(run())
     finally:
         for handle in handles:
             handle.remove()

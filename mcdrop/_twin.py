@@ -20,6 +20,7 @@ import threading
 import types
 import weakref
 from collections import OrderedDict
+from typing import Any
 
 import torch
 from torch import nn
@@ -65,9 +66,19 @@ def _twin(model: nn.Module) -> nn.Module | None:
     """A twin of ``model`` (see the module docstring), or ``None`` when it holds TorchScript.
 
     Every twin module starts with the training flag of its original; the caller sets them.
+    Raises ``ValueError`` for what cannot be twinned safely: uninitialised lazy modules (their
+    first call rewrites the module itself) and ``forward`` wrappers that call an original module.
     """
-    if any(_is_scripted(module) for module in model.modules()):
+    modules = list(model.named_modules(remove_duplicate=False))
+    if any(_is_scripted(module) for _, module in modules):
         return None
+    lazy = [name or "<model>" for name, m in modules if _uninitialised_lazy(m)]
+    if lazy:
+        raise ValueError(
+            f"Expected a model with initialised parameters, but {', '.join(lazy)} "
+            "(lazy modules) have none yet: call the model once on a batch (model(x)) before "
+            "Monte Carlo dropout."
+        )
     memo: dict[int, nn.Module] = {}
     twin = _copy_tree(model, memo)
     for new in memo.values():
@@ -75,11 +86,24 @@ def _twin(model: nn.Module) -> nn.Module | None:
     return twin
 
 
+def _uninitialised_lazy(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.lazy.LazyModuleMixin) and bool(
+        module.has_uninitialized_params()
+    )
+
+
 def _copy_tree(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
     key = id(module)
     if key in memo:  # a module used twice in the tree stays one module in the twin
         return memo[key]
     cls = type(module)
+    if cls.__name__ == "OptimizedModule" and isinstance(
+        getattr(module, "_orig_mod", None), nn.Module
+    ):
+        # A compiled submodule: compile the twin of what it wraps, in the same dynamo context.
+        new = cls(_copy_tree(module._orig_mod, memo), module.dynamo_ctx)  # type: ignore[call-arg, arg-type]
+        memo[key] = new
+        return new
     new = cls.__new__(cls)
     state = dict(module.__dict__)
     for name in _OWN_DICTS:
@@ -100,27 +124,71 @@ def _copy_tree(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
 def _rebind(new: nn.Module, memo: dict[int, nn.Module]) -> None:
     """Point attributes that refer to modules of the original tree at their twins.
 
-    Covers a module kept in a plain attribute (not a registered child), a bound method of a
-    module stored on an instance (``model.forward = other.method``) and a ``functools.partial``
-    whose first argument is a module (how accelerate wraps ``forward``).
+    Covers a module kept in a plain attribute or in a list, tuple, dict or set (not a registered
+    child), a bound method of a module stored on an instance (``model.forward = other.method``)
+    and a ``functools.partial`` whose first argument is a module (how accelerate wraps
+    ``forward``). Plain lists, dicts and sets are copied, so a ``forward`` that appends to one
+    never writes into the model's. A wrapped function that calls an original module (a decorator
+    applied to ``module.forward``) cannot be redirected: ``ValueError``.
     """
     state = new.__dict__
     for name, value in list(state.items()):
         if name in _OWN_DICTS or name in _OWN_SETS:
             continue
-        if isinstance(value, nn.Module) and id(value) in memo:
-            state[name] = memo[id(value)]
-        elif isinstance(value, types.MethodType) and id(value.__self__) in memo:
-            state[name] = types.MethodType(value.__func__, memo[id(value.__self__)])
-        elif (
-            isinstance(value, functools.partial)
-            and value.args
-            and isinstance(value.args[0], nn.Module)
-            and id(value.args[0]) in memo
-        ):
-            state[name] = functools.partial(
-                value.func, memo[id(value.args[0])], *value.args[1:], **value.keywords
+        state[name] = _rebound(value, memo, depth=1)
+        if callable(value) and not isinstance(value, (nn.Module, type)):
+            _refuse_wrapped_original(name, state[name], memo)
+
+
+def _map(value: Any, memo: dict[int, nn.Module]) -> Any:
+    if isinstance(value, nn.Module) and id(value) in memo:
+        return memo[id(value)]
+    if isinstance(value, types.MethodType) and id(value.__self__) in memo:
+        return types.MethodType(value.__func__, memo[id(value.__self__)])
+    if (
+        isinstance(value, functools.partial)
+        and value.args
+        and isinstance(value.args[0], nn.Module)
+        and id(value.args[0]) in memo
+    ):
+        return functools.partial(
+            value.func, memo[id(value.args[0])], *value.args[1:], **value.keywords
+        )
+    return value
+
+
+def _rebound(value: Any, memo: dict[int, nn.Module], depth: int) -> Any:
+    """``value`` with modules of the original tree replaced by twins; builtin containers copied."""
+    if type(value) in (list, tuple, set) and depth >= 0:
+        items = [_rebound(item, memo, depth - 1) for item in value]
+        return type(value)(items)
+    if type(value) is dict and depth >= 0:
+        return {key: _rebound(item, memo, depth - 1) for key, item in value.items()}
+    return _map(value, memo)
+
+
+def _refuse_wrapped_original(name: str, fn: Any, memo: dict[int, nn.Module]) -> None:
+    """A function wrapping an original module's bound method (``torch.autocast(...)(m.forward)``)
+    would run the original, not the twin: refuse it rather than sample the wrong modules."""
+    inner = getattr(fn, "__wrapped__", None)
+    cells = [c.cell_contents for c in (getattr(fn, "__closure__", None) or ()) if _filled(c)]
+    for target in [inner, *cells]:
+        owner = getattr(target, "__self__", target)
+        if isinstance(owner, nn.Module) and id(owner) in memo:
+            raise ValueError(
+                f"Expected `{name}` of a `{type(owner).__name__}` to be a method mcdrop can "
+                "redirect to its sampling twin, but it is a wrapper (a decorator) around the "
+                "module's own method, which would run the model itself: wrap the module in a "
+                "new nn.Module whose forward applies the decorator, or remove the wrapper."
             )
+
+
+def _filled(cell: Any) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018
+    except ValueError:
+        return False
+    return True
 
 
 _LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()

@@ -248,7 +248,7 @@ def check_bool(name: str, value: Any, *, allow_none: bool = False) -> bool:
     raise a ``TypeError``: ``keep_samples="no"`` is an error, not True."""
     if value is None and allow_none:
         return None  # type: ignore[return-value]
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
+    if isinstance(value, (bool, np.bool_)):
         return bool(value)
     expected = "True, False or None" if allow_none else "True or False"
     raise TypeError(f"Expected `{name}` to be {expected}, but got {_describe(value)}.")

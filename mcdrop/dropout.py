@@ -31,7 +31,7 @@ import fnmatch
 import os
 import sys
 import warnings
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -221,10 +221,29 @@ def _static_sites(
 
 
 # -- the training-mode probe --------------------------------------------------------------------
+class _TwinModules(dict):  # type: ignore[type-arg]
+    """``{name: module}`` of a twin, with the buffers it shares with the model.
+
+    A module in training mode may update its buffers in place (spectral norm's power iteration,
+    EvoNorm's running variance): on the twin such a module gets private copies of its buffers, so
+    the model's are never written. Modules in eval mode share the model's buffers.
+    """
+
+    def __init__(self, twin: nn.Module) -> None:
+        super().__init__(twin.named_modules())
+        self.shared = {name: dict(module._buffers) for name, module in self.items()}
+
+
 def _set_flags(modules: dict[str, nn.Module], on: set[str] | None) -> None:
     """Training flag of every twin module: on for ``on`` (all when None), never for norms."""
+    shared = getattr(modules, "shared", None)
     for name, module in modules.items():
         module.training = (on is None or name in on) and not _is_norm(module)
+        if shared is not None and shared[name]:
+            module._buffers = OrderedDict(
+                (key, None if value is None else value.clone() if module.training else value)
+                for key, value in shared[name].items()
+            )
 
 
 @dataclass
@@ -245,12 +264,15 @@ def _run_probe(
     what: str,
     model: nn.Module,
     flops: bool = False,
+    training: bool = False,
 ) -> _probe.Trace:
     devices = probe.devices
     args, kwargs = probe.call
     try:
         with SAMPLING_LOCK, torch.random.fork_rng(devices=devices), torch.inference_mode():
-            return _probe.trace(modules, lambda: twin(*args, **kwargs), flops=flops)
+            return _probe.trace(
+                modules, lambda: twin(*args, **kwargs), flops=flops, no_layer_skip=training
+            )
     except Exception as error:
         # The user's own error (a wrong input width, ...), as the whole batch in eval mode gives it.
         flags = {name: module.training for name, module in modules.items()}
@@ -292,6 +314,7 @@ def _probed_sites(
         probe,
         what="in training mode (norm layers in eval)",
         model=model,
+        training=True,
     )
     expected: Counter[_probe.Call] = Counter()
     sites: dict[str, DropoutSite] = {}
@@ -322,9 +345,9 @@ def _add_gates(
     modules: dict[str, nn.Module],
     missing: set[str],
     exclude: ModuleFilter,
-) -> bool:
-    """Switch on the nearest parent of each module in ``missing``; False when none is left."""
-    added = False
+) -> dict[str, str]:
+    """Switch on the nearest parent of each module in ``missing``; return ``{parent: module}``."""
+    added: dict[str, str] = {}
     for name in sorted(missing):
         parent = _parent(name)
         while parent is not None and parent in sites:
@@ -338,7 +361,7 @@ def _add_gates(
             f"gates the dropout of {name or '<model>'!r}: it runs only while this module is "
             "training (fused fast path or `if self.training`)",
         )
-        added = True
+        added[parent] = name
     return added
 
 
@@ -359,6 +382,46 @@ def _fast_path_gates(sites: dict[str, DropoutSite], modules: dict[str, nn.Module
             )
 
 
+def _eval_signature(
+    twin: nn.Module, modules: dict[str, nn.Module], probe: _Probe, on: set[str]
+) -> Any:
+    """Output structure and shapes of the sampling twin before gates were added."""
+    _set_flags(modules, on)
+    args, kwargs = probe.call
+    with SAMPLING_LOCK, torch.random.fork_rng(devices=probe.devices), torch.inference_mode():
+        return _probe.signature(twin(*args, **kwargs))
+
+
+def _drop_auxiliary(
+    sites: dict[str, DropoutSite],
+    expected: Counter[_probe.Call],
+    gates: list[str],
+    missing: set[_probe.Call],
+    gated: dict[str, str],
+) -> None:
+    """Undo ``gates`` (their training mode changes what the model returns: auxiliary heads) and
+    stop expecting the dropout that runs only inside those training-only branches (and drop the
+    gates added for it in earlier rounds)."""
+    for gate in gates:
+        del sites[gate]
+        prefix = f"{gate}." if gate else ""
+        inside = {key for key in missing if key[0].startswith(prefix)}
+        for key in inside:
+            expected.pop(key, None)
+            sites.pop(key[0], None)
+        gone = {key[0] for key in inside}
+        for parent, child in list(gated.items()):
+            if child in gone and parent != gate:
+                sites.pop(parent, None)
+        warnings.warn(
+            f"Switching `{gate or '<model>'}` to training mode changes what the model returns "
+            "(an auxiliary branch); the dropout that runs only in that training-only branch ("
+            f"{', '.join(sorted({k[0] for k in inside}))}) is left off.",
+            UserWarning,
+            stacklevel=_user_stacklevel(),
+        )
+
+
 def _reproduce(
     twin: nn.Module,
     modules: dict[str, nn.Module],
@@ -373,15 +436,28 @@ def _reproduce(
     Returns the trace of the sampling twin's probe (its FLOPs decide the ``auto`` strategy)."""
     what = "with its dropout sites in training mode"
     missing: set[_probe.Call] = set()
+    eval_output: Any = None
+    gates: list[str] = []
+    gated: dict[str, str] = {}  # gate -> the module whose dropout it was switched on for
     for _ in range(_MAX_GATING_ROUNDS):
         _fast_path_gates(sites, modules)
         _set_flags(modules, set(sites))
         made = _run_probe(twin, modules, probe, what=what, model=model, flops=probe.flops)
+        if gates:  # a gate that changes what the model returns is an auxiliary branch
+            if eval_output is None:
+                eval_output = _eval_signature(twin, modules, probe, set(sites) - set(gates))
+            if made.output != eval_output:
+                _drop_auxiliary(sites, expected, gates, missing, gated)
+                gates = []
+                continue
         # Fewer calls in the training probe than now is a training-mode layer skip (layerdrop).
         missing = {key for key, count in expected.items() if made.calls[key] < count}
         if not missing:
             return made
-        if not _add_gates(sites, modules, {name for name, _, _ in missing}, exclude):
+        added = _add_gates(sites, modules, {name for name, _, _ in missing}, exclude)
+        gated.update(added)
+        gates = list(added)
+        if not gates:
             break
     listing = "; ".join(f"{n or '<model>'}: {label}(p={p:g})" for n, label, p in sorted(missing))
     raise ValueError(
@@ -402,7 +478,7 @@ def _plan(
 ) -> tuple[list[DropoutSite], _probe.Trace]:
     """Find the sites on ``twin`` and leave its flags set for sampling; also return the sampling
     probe's trace (empty without a probe)."""
-    modules = dict(twin.named_modules())
+    modules = _TwinModules(twin)
     trace = _probe.Trace()
     if probe is None or scope == Scope.TRAIN_EXCEPT_NORM.value:
         sites = _static_sites(twin, scope, include, exclude)
@@ -436,6 +512,21 @@ def _check_sites(model: nn.Module, sites: list[DropoutSite]) -> None:
         "other stochastic layers, pass `scope='train_except_norm'` or `include=` naming the "
         "modules to put in training mode."
     )
+
+
+def _check_patterns(model: nn.Module, include: ModuleFilter, exclude: ModuleFilter) -> None:
+    """Every ``include=`` / ``exclude=`` pattern must match a module: a typo is an error."""
+    names = [name for name, _ in model.named_modules()]
+    for label, selector in (("include", include), ("exclude", exclude)):
+        if selector is None or callable(selector):
+            continue
+        patterns = [selector] if isinstance(selector, str) else list(selector)
+        unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+        if unmatched:
+            raise ValueError(
+                f"Expected every `{label}` pattern to match a module of `{type(model).__name__}`, "
+                f"but {unmatched} match none (module names look like {names[1:4]})."
+            )
 
 
 def _validate(model: Any, scope: Any, include: ModuleFilter, exclude: ModuleFilter) -> str:
@@ -520,6 +611,7 @@ def _sampling_twin(
 ) -> Iterator[_Sampling]:
     """The module that samples and its sites: a twin, or for TorchScript the locked model."""
     inner, compiled = _unwrap_compiled(model)
+    _check_patterns(inner, include, exclude)
     twin = _twin(inner)
     if twin is None:
         with _scripted(model, scope, include, exclude, warn=warn) as found:

@@ -290,10 +290,21 @@ class MCDropout(nn.Module):
             raise TypeError(
                 f"Expected options of predict_with_uncertainty, but got unknown {sorted(unknown)}."
             )
+        if isinstance(n_samples, str):
+            raise TypeError(
+                f"Expected `n_samples` to be an integer >= 1 (forward returns that many stacked "
+                f"samples), but got {n_samples!r}; adaptive sampling is an option of "
+                "predict_with_uncertainty."
+            )
         self.model = model
         self.options = dict(options)
         sampling = {k: v for k, v in options.items() if k not in CALL_OPTIONS}
         self._sampling = SamplingOptions.create(n_samples=n_samples, **sampling)
+        for name in ("distributed", "rank0_only"):
+            check_bool(name, options.get(name, False))
+        if options.get("progress") is not None:
+            check_bool("progress", options["progress"])
+        resolve_device("result_device", options.get("result_device", "cpu"))
         self.n_samples = self._sampling.n_samples
         self._seed = seed_from(options.get("seed"), options.get("generator"))
         self._engine: driver.Engine | None = None  # built at the first call, then kept

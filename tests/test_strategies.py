@@ -543,3 +543,28 @@ def test_benchmark_script_quick_smoke(tmp_path):
     for row in rows:
         assert row["naive_loop_ms"] > 0 and row["deterministic_ms"] > 0
         assert row["auto_predict_ms"] > 0 and row["auto_strategy"] in ("vmap", "replicate", "loop")
+
+
+class SetModel(nn.Module):
+    """Examples interact (centred over the batch): replicating the batch would change them."""
+
+    def __init__(self):
+        super().__init__()
+        self.drop = nn.Dropout(0.3)
+        self.body = nn.Linear(6, 16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.body(self.drop(x))
+        return self.head(h - h.mean(0))
+
+
+def test_auto_does_not_replicate_a_model_whose_examples_interact(caplog):
+    model = SetModel().eval()
+    x = torch.randn(8, 6)
+    with caplog.at_level(logging.INFO, logger="mcdrop"):
+        mc = mcdrop.MCDropout(model, n_samples=300, seed=0)
+        samples = torch.softmax(mc(x), -1)
+    assert mc.last_strategy != "replicate"
+    assert any("'replicate' does not fit" in r.getMessage() for r in caplog.records)
+    _assert_same_distribution(samples, _naive_probs(model, x, 300, seed=1))

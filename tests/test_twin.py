@@ -185,3 +185,129 @@ def test_model_errors_are_the_users_own_with_their_batch():
     model = MLP().eval()
     with pytest.raises(RuntimeError, match="7x5"):  # the user's 7 rows, not the probe's 2
         mcdrop.predict_with_uncertainty(model, torch.randn(7, 5), n_samples=5)
+
+
+# -- cases found by a hostile review -----------------------------------------------------------------
+def test_training_mode_buffer_updates_never_reach_the_model():
+    base = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
+    base[0] = nn.utils.spectral_norm(base[0])  # power iteration updates weight_u in training
+    model = base.eval()
+    x = torch.randn(5, 6)
+    with torch.no_grad():
+        before = model(x)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for scope in ("dropout", "train_except_norm"):
+        mcdrop.predict_with_uncertainty(model, x, n_samples=5, scope=scope)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        assert torch.equal(model(x), before)
+
+
+def test_uninitialised_lazy_modules_are_refused_and_left_alone():
+    model = nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.Dropout(0.3), nn.Linear(8, 3)).eval()
+    hooks = len(model[0]._forward_pre_hooks)
+    with pytest.raises(ValueError, match="lazy modules.*call the model once"):
+        mcdrop.predict_with_uncertainty(model, torch.randn(4, 5), n_samples=3)
+    assert len(model[0]._forward_pre_hooks) == hooks and model[0].has_uninitialized_params()
+    model(torch.randn(2, 5))  # initialised: now it samples
+    assert mcdrop.predict_with_uncertainty(model, torch.randn(4, 5), n_samples=3).mean.shape == (
+        4,
+        3,
+    )
+
+
+class ListedBlocks(nn.Module):
+    """Blocks called through a plain list attribute; a forward that records into a list."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Dropout(0.4)) for _ in range(2)
+        )
+        self.order = [self.blocks[1], self.blocks[0]]
+        self.head = nn.Linear(8, 3)
+        self.seen: list[int] = []
+
+    def forward(self, x):
+        self.seen.append(len(x))
+        for block in self.order:
+            x = block(x)
+        return self.head(x)
+
+
+def test_modules_in_plain_containers_are_twinned_and_containers_copied():
+    model = ListedBlocks().eval()
+    x = torch.randn(2, 8)
+    names = {s.name for s in mcdrop.dropout_sites(model, example_inputs=x)}
+    assert names == {"blocks.0.2", "blocks.1.2"}
+    mcdrop.predict_with_uncertainty(model, torch.randn(4, 8), n_samples=4)
+    assert model.seen == []  # the twin appended to its own copy of the list
+
+
+def test_a_decorated_forward_that_would_run_the_model_is_refused():
+    model = MLP().eval()
+    model.body.forward = torch.autocast("cpu", enabled=False)(model.body.forward)
+    with pytest.raises(ValueError, match="wrapper.*decorator"):
+        mcdrop.predict_with_uncertainty(model, torch.randn(4, 6), n_samples=3)
+
+
+class LayerDrop(nn.Module):
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.2)) for _ in range(4)
+        )
+        self.p = p
+
+    def forward(self, x):
+        for layer in self.layers:
+            if self.training and torch.rand([]) < self.p:  # layer drop, as Hugging Face writes it
+                continue
+            x = layer(x)
+        return x
+
+
+def test_layer_drop_in_the_training_probe_never_hides_a_site():
+    model = LayerDrop().eval()
+    for seed in range(5):
+        torch.manual_seed(seed)
+        sites = mcdrop.dropout_sites(model, example_inputs=torch.randn(2, 8))
+        assert [s.name for s in sites] == [f"layers.{i}.1" for i in range(4)]
+
+
+class AuxHead(nn.Module):
+    """Like GoogLeNet: in training mode the model also returns an auxiliary head's logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(6, 16)
+        self.drop = nn.Dropout(0.3)
+        self.head = nn.Linear(16, 3)
+        self.aux = nn.Sequential(nn.Dropout(0.7), nn.Linear(16, 3))
+
+    def forward(self, x):
+        h = torch.relu(self.body(x))
+        out = self.head(self.drop(h))
+        return (out, self.aux(h)) if self.training else out
+
+
+def test_auxiliary_heads_stay_off():
+    model = AuxHead().eval()
+    with pytest.warns(UserWarning, match="auxiliary branch.*aux.0"):
+        sites = mcdrop.dropout_sites(model, example_inputs=torch.randn(2, 6))
+    assert [s.name for s in sites] == ["drop"]
+
+
+def test_mcdropout_checks_its_call_options_at_construction():
+    with pytest.raises(TypeError, match="`n_samples`.*integer"):
+        mcdrop.MCDropout(MLP(), n_samples="auto")
+    with pytest.raises(TypeError, match="`distributed`"):
+        mcdrop.MCDropout(MLP(), distributed="yes")
+    with pytest.raises(ValueError, match="`result_device`"):
+        mcdrop.MCDropout(MLP(), result_device="nope")
+
+
+def test_include_and_exclude_patterns_must_match_a_module():
+    with pytest.raises(ValueError, match="`exclude` pattern.*'dorp'"):
+        mcdrop.predict_with_uncertainty(MLP().eval(), torch.randn(4, 6), exclude="dorp")
+    assert mcdrop._validation.check_bool("x", np.True_) is True

@@ -131,6 +131,11 @@ class Engine:
                 "all the samples of a vmap pass. Use strategy='auto', 'replicate' or 'loop'."
             )
         self.candidates = planner.candidates(o.strategy, profile)
+        if len(self.candidates) > 1 and "replicate" in self.candidates:
+            reason = _rows_interact(runner, small)
+            if reason:
+                self.candidates.remove("replicate")
+                logger.info("mcdrop: strategy 'replicate' does not fit this model (%s).", reason)
         self.probe_batch = small
         self.profile = profile
         self._use(self.candidates[0])
@@ -197,6 +202,32 @@ class Engine:
         logger.info(
             "mcdrop: up to %d rows per pass (%.0f MiB free).", self.planner.budget, free / 2**20
         )
+
+
+def _rows_interact(runner: Runner, small: _Batch) -> str | None:
+    """Why replicating the batch would change each example's output (rows that interact: batch
+    statistics, graphs over the batch), from one plain and one replicated pass in eval mode."""
+    module = runner.module
+    modules = list(module.modules()) if isinstance(module, nn.Module) else []
+    flags = [m.training for m in modules]
+    try:
+        for m in modules:
+            m.training = False
+        plain = runner.run("loop", small, 1)
+        doubled = runner.run("replicate", small, 2)
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as error:
+        return f"{type(error).__name__}: {error}"
+    finally:
+        for m, flag in zip(modules, flags, strict=True):
+            m.training = flag
+    for a, b in zip(plain, doubled, strict=True):
+        if a.shape[1:] != b.shape[1:] or not torch.allclose(
+            b, a.expand_as(b), rtol=1e-4, atol=1e-5
+        ):
+            return "in eval mode a replicated batch gives other outputs than the batch itself"
+    return None
 
 
 class Session:
