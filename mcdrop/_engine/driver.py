@@ -111,12 +111,14 @@ class Engine:
                     output_transform=o.output_transform,
                 )
                 profile = _profile(sampling)
-                self._choose(runner, small, profile)
+                self._choose(runner, small, first, profile)
                 if self.memory_sized:
                     self.measure_memory(runner, first)
                 yield Session(self, runner, sampling.sites)
 
-    def _choose(self, runner: Runner, small: _Batch, profile: planner.Profile) -> None:
+    def _choose(
+        self, runner: Runner, small: _Batch, first: _Batch, profile: planner.Profile
+    ) -> None:
         """The ``auto`` rule's candidates; the first is used until it proves invalid.
 
         Validity is checked on the first chunk itself (:meth:`Session.chunk`), not by extra
@@ -132,7 +134,7 @@ class Engine:
             )
         self.candidates = planner.candidates(o.strategy, profile)
         if len(self.candidates) > 1 and "replicate" in self.candidates:
-            reason = _rows_interact(runner, small)
+            reason = _rows_interact(runner, first)
             if reason:
                 self.candidates.remove("replicate")
                 logger.info("mcdrop: strategy 'replicate' does not fit this model (%s).", reason)
@@ -204,17 +206,21 @@ class Engine:
         )
 
 
-def _rows_interact(runner: Runner, small: _Batch) -> str | None:
-    """Why replicating the batch would change each example's output (rows that interact: batch
-    statistics, graphs over the batch), from one plain and one replicated pass in eval mode."""
+def _rows_interact(runner: Runner, first: _Batch) -> str | None:
+    """Why one example's output depends on the other examples of its pass (batch statistics,
+    graphs over the batch) — replicating the batch would then mix samples. Compares two examples
+    run alone with the same two run beside two others, in eval mode; ``None`` when they agree
+    (or when the batch is too small to tell)."""
+    if first.size < 4:
+        return None
     module = runner.module
     modules = list(module.modules()) if isinstance(module, nn.Module) else []
     flags = [m.training for m in modules]
     try:
         for m in modules:
             m.training = False
-        plain = runner.run("loop", small, 1)
-        doubled = runner.run("replicate", small, 2)
+        alone = runner.run("loop", _slice(first, 0, 2), 1)
+        beside = runner.run("loop", _slice(first, 0, 4), 1)
     except torch.OutOfMemoryError:
         raise
     except Exception as error:
@@ -222,11 +228,13 @@ def _rows_interact(runner: Runner, small: _Batch) -> str | None:
     finally:
         for m, flag in zip(modules, flags, strict=True):
             m.training = flag
-    for a, b in zip(plain, doubled, strict=True):
-        if a.shape[1:] != b.shape[1:] or not torch.allclose(
-            b, a.expand_as(b), rtol=1e-4, atol=1e-5
+    for a, b in zip(alone, beside, strict=True):
+        low = runner.amp is not None or a.dtype in (torch.float16, torch.bfloat16)
+        rtol, atol = (3e-2, 3e-2) if low else (1e-4, 1e-5)  # kernels differ by batch size
+        if a.shape[2:] != b.shape[2:] or not torch.allclose(
+            a.float(), b[:, :2].float(), rtol=rtol, atol=atol
         ):
-            return "in eval mode a replicated batch gives other outputs than the batch itself"
+            return "in eval mode an example's output depends on the other examples of its batch"
     return None
 
 
