@@ -43,18 +43,21 @@ def _convnext() -> nn.Module:
     return model
 
 
+def _vit() -> nn.Module:
+    from torchvision.models import vit_b_16
+
+    model = vit_b_16(weights=None, image_size=32, dropout=0.1, attention_dropout=0.1)
+    nn.init.normal_(model.heads.head.weight, std=0.02)  # torchvision zero-initialises the head
+    return model
+
+
 def _models() -> dict[str, tuple[Callable[[], nn.Module], int, int, int]]:
     """name: (build, image size, batch, T)."""
-    from torchvision.models import swin_t, vit_b_16
+    from torchvision.models import swin_t
 
     return {
         "swin_t": (lambda: swin_t(weights=None, dropout=0.1, attention_dropout=0.1), 32, 4, 200),
-        "vit_b_16": (
-            lambda: vit_b_16(weights=None, image_size=32, dropout=0.1, attention_dropout=0.1),
-            32,
-            32,
-            20,
-        ),
+        "vit_b_16": (_vit, 32, 32, 20),
         "convnext_tiny": (_convnext, 32, 32, 100),
     }
 
@@ -84,6 +87,8 @@ def bench(name: str, repeats: int) -> dict[str, Any]:
         row[f"{strategy}_s"] = statistics.median(values) if values else None
     row["errors"] = errors
     fixed = [row[f"{s}_s"] for s in STRATEGIES[:-1] if row[f"{s}_s"] is not None]
+    if not fixed or row["auto_s"] is None:
+        raise RuntimeError(f"{name}: no strategy ran: {errors}")
     row["auto_vs_best_fixed"] = row["auto_s"] / min(fixed)
     mc = mcdrop.MCDropout(model, n_samples=T)
     mc(x[:1])

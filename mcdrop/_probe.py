@@ -95,30 +95,44 @@ def dropout_call(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tu
     return "", 0.0
 
 
-# Composite ops that reach the dispatcher whole under a dispatch mode but decompose into ops
-# that flop_registry counts (mm, addmm, bmm, convolution, ...).
-_COMPOSITE = frozenset(
-    getattr(torch.ops.aten, name)
-    for name in (
-        "linear",
-        "matmul",
-        "einsum",
-        "bilinear",
-        "conv1d",
-        "conv2d",
-        "conv3d",
-        "conv_transpose1d",
-        "conv_transpose2d",
-        "conv_transpose3d",
-        "convolution",
-        "scaled_dot_product_attention",
+def _linear_flops(args: tuple[Any, ...], out: Any) -> int:
+    x, w = args[0], args[1]
+    return 2 * (x.numel() // max(x.shape[-1], 1)) * w.shape[0] * w.shape[1]
+
+
+def _conv_flops(args: tuple[Any, ...], out: Any) -> int:
+    w = args[1]  # (out, in / groups, *kernel): each output element costs in/groups x kernel MACs
+    return 2 * out.numel() * w[0].numel()
+
+
+def _matmul_flops(args: tuple[Any, ...], out: Any) -> int:
+    return 2 * out.numel() * args[0].shape[-1]
+
+
+def _attention_flops(args: tuple[Any, ...], out: Any) -> int:
+    q, k = args[0], args[1]  # scores q k^T and weighted values: 2 matmuls of (Lq x Lk x D)
+    return 4 * q.numel() * k.shape[-2]
+
+
+# Composite ops reach a dispatch mode whole (aten.linear, not aten.addmm): their FLOPs from the
+# shapes, as torch.utils.flop_counter counts the ops they decompose into (without decomposing:
+# that would initialise dynamo, about a second, on the first call of a process).
+_COMPOSITE = {
+    getattr(torch.ops.aten, name): count
+    for name, count in (
+        ("linear", _linear_flops),
+        ("matmul", _matmul_flops),
+        ("conv1d", _conv_flops),
+        ("conv2d", _conv_flops),
+        ("conv3d", _conv_flops),
+        ("scaled_dot_product_attention", _attention_flops),
     )
     if hasattr(torch.ops.aten, name)
-)
+}
 
 
 class _FlopCounter(TorchDispatchMode):
-    """FLOPs of matmuls, convolutions and attention, by ``torch.utils.flop_counter``'s formulas.
+    """FLOPs of matmuls, convolutions and attention (``torch.utils.flop_counter``'s formulas).
 
     Unlike ``FlopCounterMode`` it installs no global module hooks (other threads are untouched).
     """
@@ -126,19 +140,22 @@ class _FlopCounter(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.total = 0
+        self.bytes = 0  # of every op's outputs: the activation traffic of the pass
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
-        packet = func._overloadpacket
-        if packet in _COMPOSITE:  # aten.linear, aten.conv2d: count what they decompose into
-            with self:
-                out = func.decompose(*args, **kwargs)
-            if out is not NotImplemented:
-                return out
-        count = flop_registry.get(packet)
         out = func(*args, **kwargs)
-        if count is not None:
-            self.total += int(count(*args, **kwargs, out_val=out))
+        for leaf in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(leaf, torch.Tensor):
+                self.bytes += leaf.numel() * leaf.element_size()
+        packet = func._overloadpacket
+        composite = _COMPOSITE.get(packet)
+        if composite is not None:
+            self.total += int(composite(args, out))
+        else:
+            count = flop_registry.get(packet)
+            if count is not None:
+                self.total += int(count(*args, **kwargs, out_val=out))
         return out
 
 
@@ -178,6 +195,7 @@ class Trace:
     prefix_flops: int = 0  # FLOPs before the first dropout call
     total_flops: int = 0
     output: Any = None  # structure and shapes of what the pass returned (see ``signature``)
+    output_bytes: int = 0  # bytes of all op outputs (with ``flops``)
 
 
 def signature(output: Any) -> Any:
@@ -230,5 +248,6 @@ def trace(
             handle.remove()
     result.calls = recorder.calls
     result.total_flops = counter.total
+    result.output_bytes = counter.bytes
     result.prefix_flops = counter.total if recorder.prefix_flops is None else recorder.prefix_flops
     return result

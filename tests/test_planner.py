@@ -66,3 +66,12 @@ def test_rows_that_fit_use_a_fraction_of_free_memory():
     assert planner.rows_that_fit(1000.0, 7.0) == int(planner.MEMORY_FRACTION * 1000 / 7)
     assert planner.rows_that_fit(1.0, 1e9) == 1
     assert planner.rows_that_fit(1e18, 1.0) == planner.MAX_MEMORY_ROWS
+
+
+def test_cpu_passes_are_capped_by_activation_bytes():
+    big = Profile(bytes_per_row=planner.CPU_PASS_BYTES / 64)
+    small = Profile(bytes_per_row=1024.0)
+    assert planner.cpu_rows(big, 16) == 64
+    assert planner.cpu_rows(small, 16) == planner.DEFAULT_CPU_BUDGET
+    assert planner.cpu_rows(Profile(bytes_per_row=planner.CPU_PASS_BYTES * 10), 16) == 16
+    assert planner.cpu_rows(Profile(), 16) == planner.DEFAULT_CPU_BUDGET  # nothing measured

@@ -254,9 +254,10 @@ def test_auto_picks_the_same_strategy_and_numbers_under_load():
     quiet = mcdrop.MCDropout(model, n_samples=64, seed=0)
     expected = quiet(x)
     stop = threading.Event()
+    a = torch.randn(256, 256) / 16  # drawn before: the busy thread computes, it draws nothing
 
     def busy():
-        a = torch.randn(256, 256)
+        nonlocal a
         while not stop.is_set():
             a = torch.tanh(a @ a)
 

@@ -54,12 +54,13 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _profile(sampling: _Sampling) -> planner.Profile:
+def _profile(sampling: _Sampling, probe_rows: int) -> planner.Profile:
     functions = {f for site in sampling.sites for f in site.functions}
     return planner.Profile(
         prefix_flops=sampling.trace.prefix_flops,
         total_flops=sampling.trace.total_flops,
         vmap_unsafe=tuple(sorted(functions & _VMAP_SHARES_MASK)),
+        bytes_per_row=sampling.trace.output_bytes / max(probe_rows, 1),
     )
 
 
@@ -82,6 +83,7 @@ class Engine:
         self.candidates: list[str] = []  # auto: the rule's order, the one in use first
         self.profile = planner.Profile()
         self.probe_batch: _Batch | None = None
+        self.first_size = 1
         self.last_samples_per_pass: int | None = None
 
     @contextlib.contextmanager
@@ -91,9 +93,7 @@ class Engine:
         with sampling_rng(seed, self.device), torch.inference_mode():
             first = first.to(self.device)
             small = _slice(first, 0, min(2, first.size))
-            probe = _Probe(
-                (small.args, small.kwargs), (first.args, first.kwargs), flops=o.strategy == "auto"
-            )
+            probe = _Probe((small.args, small.kwargs), (first.args, first.kwargs))
             with _sampling_twin(
                 self.model, o.scope, o.include, o.exclude, probe if o.detect_silent else None
             ) as sampling:
@@ -110,7 +110,7 @@ class Engine:
                     n_outputs=o.n_outputs,
                     output_transform=o.output_transform,
                 )
-                profile = _profile(sampling)
+                profile = _profile(sampling, small.size)
                 self._choose(runner, small, first, profile)
                 if self.memory_sized:
                     self.measure_memory(runner, first)
@@ -139,12 +139,19 @@ class Engine:
                 self.candidates.remove("replicate")
                 logger.info("mcdrop: strategy 'replicate' does not fit this model (%s).", reason)
         self.probe_batch = small
+        self.first_size = first.size
         self.profile = profile
         self._use(self.candidates[0])
 
     def _use(self, strategy: str) -> None:
         self.strategy = strategy
         self.planner.scale = planner.vmap_scale(self.profile) if strategy == "vmap" else 1
+        if self.device.type == "cpu" and self.options.batch_budget is None:
+            if strategy == "vmap":
+                self.planner.budget = planner.DEFAULT_CPU_BUDGET
+            else:
+                assert self.probe_batch is not None
+                self.planner.budget = planner.cpu_rows(self.profile, self.first_size)
         logger.info(
             "mcdrop: strategy %r (%.0f%% of the FLOPs before the first dropout).",
             strategy,

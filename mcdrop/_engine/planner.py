@@ -13,9 +13,12 @@ the first dropout call (``torch.utils.flop_counter``'s formulas):
 2. else ``replicate`` (one wide pass: the fastest way to run ``k`` full passes);
 3. ``loop`` when neither runs this model.
 
-Each candidate, in that order, must pass a 2-sample validity check on the probe's two examples
-(it runs, gives the loop's shapes and varies like the loop); the first that passes is used. The
-measurements behind the threshold are on the performance page of the docs.
+The first chunk checks the candidate (it must run and vary where the loop varies); one that fails
+is dropped and the chunk runs again with the next. ``replicate`` is not a candidate when an
+example's output depends on the other examples of its pass (checked in eval mode on four
+examples of the first batch). On the CPU, without an explicit ``batch_budget``, a replicate or
+loop pass holds at most ``CPU_PASS_BYTES`` of activations (the probe measures the bytes per
+example). The measurements behind the thresholds are on the performance page of the docs.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ DEFAULT_CPU_BUDGET = 1024
 DEFAULT_CUDA_BUDGET = 8192
 MEMORY_FRACTION = 0.7  # of free CUDA memory, for rows per pass without a batch_budget
 MAX_MEMORY_ROWS = 1 << 16  # larger passes gain nothing and stall the streaming statistics
+CPU_PASS_BYTES = 128 * 2**20  # CPU passes past this much activation traffic get slower
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class Profile:
     prefix_flops: int = 0
     total_flops: int = 0
     vmap_unsafe: tuple[str, ...] = ()
+    bytes_per_row: float = 0.0  # bytes of all op outputs of one example's pass
 
     @property
     def prefix_share(self) -> float:
@@ -66,6 +71,16 @@ def vmap_scale(profile: Profile) -> int:
 
 def default_budget(device: torch.device) -> int:
     return DEFAULT_CUDA_BUDGET if device.type == "cuda" else DEFAULT_CPU_BUDGET
+
+
+def cpu_rows(profile: Profile, batch_size: int) -> int:
+    """Rows per replicate/loop pass on the CPU: at most ``CPU_PASS_BYTES`` of activations (wide
+    passes of a large model leave the caches and run slower than a plain loop), at least one
+    batch, at most ``DEFAULT_CPU_BUDGET``."""
+    if profile.bytes_per_row <= 0:
+        return DEFAULT_CPU_BUDGET
+    rows = int(CPU_PASS_BYTES // profile.bytes_per_row)
+    return max(batch_size, min(DEFAULT_CPU_BUDGET, rows))
 
 
 def rows_that_fit(free_bytes: float, bytes_per_row: float) -> int:
