@@ -83,7 +83,8 @@ class Engine:
         self.candidates: list[str] = []  # auto: the rule's order, the one in use first
         self.profile = planner.Profile()
         self.probe_batch: _Batch | None = None
-        self.first_size = 1
+        self.first: _Batch | None = None  # the first batch of the current session
+        self.runner: Runner | None = None
         self.last_samples_per_pass: int | None = None
 
     @contextlib.contextmanager
@@ -114,7 +115,10 @@ class Engine:
                 self._choose(runner, small, first, profile)
                 if self.memory_sized:
                     self.measure_memory(runner, first)
-                yield Session(self, runner, sampling.sites)
+                try:
+                    yield Session(self, runner, sampling.sites)
+                finally:  # the engine outlives the call (MCDropout): keep no batch or twin
+                    self.first = self.runner = self.probe_batch = None
 
     def _choose(
         self, runner: Runner, small: _Batch, first: _Batch, profile: planner.Profile
@@ -133,25 +137,29 @@ class Engine:
                 "all the samples of a vmap pass. Use strategy='auto', 'replicate' or 'loop'."
             )
         self.candidates = planner.candidates(o.strategy, profile)
-        if len(self.candidates) > 1 and "replicate" in self.candidates:
-            reason = _rows_interact(runner, first)
-            if reason:
-                self.candidates.remove("replicate")
-                logger.info("mcdrop: strategy 'replicate' does not fit this model (%s).", reason)
         self.probe_batch = small
-        self.first_size = first.size
+        self.first = first
+        self.runner = runner
         self.profile = profile
         self._use(self.candidates[0])
 
     def _use(self, strategy: str) -> None:
+        if strategy == "replicate" and len(self.candidates) > 1:  # auto: check it fits first
+            assert self.first is not None and self.runner is not None
+            reason = _rows_interact(self.runner, self.first)
+            if reason:
+                logger.info("mcdrop: strategy 'replicate' does not fit this model (%s).", reason)
+                self.candidates.remove("replicate")
+                self._use(self.candidates[0])
+                return
         self.strategy = strategy
         self.planner.scale = planner.vmap_scale(self.profile) if strategy == "vmap" else 1
         if self.device.type == "cpu" and self.options.batch_budget is None:
             if strategy == "vmap":
                 self.planner.budget = planner.DEFAULT_CPU_BUDGET
             else:
-                assert self.probe_batch is not None
-                self.planner.budget = planner.cpu_rows(self.profile, self.first_size)
+                size = 1 if self.first is None else self.first.size
+                self.planner.budget = planner.cpu_rows(self.profile, size)
         logger.info(
             "mcdrop: strategy %r (%.0f%% of the FLOPs before the first dropout).",
             strategy,
