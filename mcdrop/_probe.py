@@ -159,6 +159,18 @@ class _FlopCounter(TorchDispatchMode):
         return out
 
 
+class NoLayerSkip(TorchFunctionMode):
+    """A one-element ``torch.rand`` returns 1 while sampling: random layer skipping (layer drop,
+    ``if torch.rand([]) < p: skip``) is training-only behaviour that is not dropout, and it stays
+    off even in a module whose own dropout samples (Hugging Face's ``BartEncoder``)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        if func is torch.rand and out.numel() == 1:  # a new tensor: unbatched under vmap too
+            return torch.ones(out.shape, dtype=out.dtype, device=out.device)
+        return out
+
+
 class _Recorder(TorchFunctionMode):
     """Counts the dropout calls with an effective rate above zero, per innermost module, and the
     FLOPs done before the first of them."""
@@ -170,13 +182,16 @@ class _Recorder(TorchFunctionMode):
         self.no_layer_skip = no_layer_skip
         self.calls: Counter[Call] = Counter()
         self.prefix_flops: int | None = None
+        self.layer_skips: set[str] = set()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
-        if self.no_layer_skip and func is torch.rand:
+        if func is torch.rand:
             out = func(*args, **kwargs)
-            if out.numel() == 1:  # layer drop draws one number: "skip when < p" never skips
-                return torch.ones_like(out)
+            if out.numel() == 1:  # layer drop draws one number: "if torch.rand([]) < p: skip"
+                self.layer_skips.add(self.stack[-1] if self.stack else "")
+                if self.no_layer_skip:
+                    return torch.ones_like(out)
             return out
         label, p = dropout_call(func, args, kwargs)
         if p > 0.0:
@@ -196,6 +211,7 @@ class Trace:
     total_flops: int = 0
     output: Any = None  # structure and shapes of what the pass returned (see ``signature``)
     output_bytes: int = 0  # bytes of all op outputs (with ``flops``)
+    layer_skips: set[str] = field(default_factory=set)  # modules that drew torch.rand([])
 
 
 def signature(output: Any) -> Any:
@@ -247,6 +263,7 @@ def trace(
         for handle in handles:
             handle.remove()
     result.calls = recorder.calls
+    result.layer_skips = recorder.layer_skips
     result.total_flops = counter.total
     result.output_bytes = counter.bytes
     result.prefix_flops = counter.total if recorder.prefix_flops is None else recorder.prefix_flops

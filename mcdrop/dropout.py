@@ -264,14 +264,13 @@ def _run_probe(
     what: str,
     model: nn.Module,
     flops: bool = False,
-    training: bool = False,
 ) -> _probe.Trace:
     devices = probe.devices
     args, kwargs = probe.call
     try:
         with SAMPLING_LOCK, torch.random.fork_rng(devices=devices), torch.inference_mode():
             return _probe.trace(
-                modules, lambda: twin(*args, **kwargs), flops=flops, no_layer_skip=training
+                modules, lambda: twin(*args, **kwargs), flops=flops, no_layer_skip=True
             )
     except Exception as error:
         # The user's own error (a wrong input width, ...), as the whole batch in eval mode gives it.
@@ -314,7 +313,6 @@ def _probed_sites(
         probe,
         what="in training mode (norm layers in eval)",
         model=model,
-        training=True,
     )
     expected: Counter[_probe.Call] = Counter()
     sites: dict[str, DropoutSite] = {}

@@ -275,3 +275,51 @@ def test_clip_vision_classifier_attention_dropout():
     _scale_head(model.classifier)
     # the eval model raised "Found no dropout" before sites came from training mode
     _check(model, {"pixel_values": torch.randn(4, 3, 8, 8)}, transform=lambda out: out.logits)
+
+
+class DropoutAndLayerDrop(nn.Module):
+    """Calls F.dropout itself (so it is a site) and skips layers at random in training mode, as
+    Hugging Face's BartEncoder does with ``encoder_layerdrop > 0``."""
+
+    def __init__(self, layerdrop: float = 0.5):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(8, 8) for _ in range(4))
+        self.head = nn.Linear(8, 3)
+        self.layerdrop = layerdrop
+
+    def forward(self, x):
+        x = nn.functional.dropout(x, 0.3, self.training)
+        for layer in self.layers:
+            if self.training and torch.rand([]) < self.layerdrop:
+                continue
+            x = torch.tanh(layer(x))
+        return self.head(x)
+
+
+@pytest.mark.parametrize("strategy", ["loop", "replicate", "vmap"])
+def test_layer_drop_stays_off_in_a_module_whose_dropout_samples(strategy):
+    model = DropoutAndLayerDrop().eval()
+    with torch.no_grad():
+        model.head.weight.mul_(6)
+    inputs = {"x": torch.randn(6, 8)}
+    result = mcdrop.predict_with_uncertainty(
+        model, inputs, n_samples=T, keep_samples=True, seed=0, strategy=strategy
+    )
+    model.layerdrop = 0.0  # the reference: training mode's dropout, no layer drop
+    reference = training_reference(model, lambda m: m(**inputs), T)
+    assert_matches_reference(result, reference)
+
+
+def test_bart_layer_drop_stays_off():
+    model = _bart("eager", 0.1)
+    model.model.encoder.layerdrop = model.model.decoder.layerdrop = 0.5
+    _scale_head(model.classification_head.out_proj)
+    ids = torch.randint(3, 32, (4, 6))
+    ids[:, -1] = model.config.eos_token_id
+    inputs = {"input_ids": ids}
+    result = mcdrop.predict_with_uncertainty(
+        model, inputs, n_samples=T, keep_samples=True, seed=0, output_transform=lambda o: o.logits
+    )
+    model.model.encoder.layerdrop = model.model.decoder.layerdrop = 0.0
+    reference = training_reference(model, lambda m: m(**inputs).logits, T)
+    assert_matches_reference(result, reference)

@@ -104,12 +104,16 @@ class Engine:
                     # Cheap: dynamo caches graphs on the forward's code object, guarded on the
                     # module's structure and flags, so a new twin per call reuses them.
                     module = torch.compile(module, **o.compile)
+                skips = sorted(sampling.trace.layer_skips)
+                if skips:
+                    logger.info("mcdrop: layer drop of %s kept off while sampling.", skips)
                 runner = Runner(
                     module,
                     device=self.device,
                     amp=o.amp,
                     n_outputs=o.n_outputs,
                     output_transform=o.output_transform,
+                    no_layer_skip=bool(skips),
                 )
                 profile = _profile(sampling, small.size)
                 self._choose(runner, small, first, profile)

@@ -24,6 +24,7 @@ from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
 from mcdrop._inputs import _Batch, extract_outputs
+from mcdrop._probe import NoLayerSkip
 
 __all__: list[str] = []
 
@@ -65,6 +66,8 @@ class Runner:
         1, or 2 for ``(mean, log_variance)`` regression heads.
     output_transform : callable or None
         Applied to the raw output first.
+    no_layer_skip : bool, default=False
+        Keep random layer skipping off (a site also does layer drop: see ``NoLayerSkip``).
     """
 
     def __init__(
@@ -75,8 +78,10 @@ class Runner:
         amp: torch.dtype | None,
         n_outputs: int,
         output_transform: Callable[[Any], Any] | None,
+        no_layer_skip: bool = False,
     ) -> None:
         self.module = module
+        self.no_layer_skip = no_layer_skip
         self.device = device
         self.amp = amp
         self.n_outputs = n_outputs
@@ -99,7 +104,8 @@ class Runner:
             else torch.autocast(device_type=self.device.type, dtype=self.amp)
         )
         fast = FastCPUDropout() if self.device.type == "cpu" else contextlib.nullcontext()
-        with autocast, fast:
+        keep_layers = NoLayerSkip() if self.no_layer_skip else contextlib.nullcontext()
+        with autocast, fast, keep_layers:
             if strategy == "vmap":
                 return self._vmap(batch, k)
             if strategy == "loop" or k == 1:
