@@ -159,6 +159,11 @@ class _FlopCounter(TorchDispatchMode):
         return out
 
 
+def _never_skip(out: torch.Tensor) -> torch.Tensor:
+    """1 in place of a one-element ``torch.rand``; a new tensor, so unbatched under vmap too."""
+    return torch.ones(out.shape, dtype=out.dtype, device=out.device)
+
+
 class NoLayerSkip(TorchFunctionMode):
     """A one-element ``torch.rand`` returns 1 while sampling: random layer skipping (layer drop,
     ``if torch.rand([]) < p: skip``) is training-only behaviour that is not dropout, and it stays
@@ -166,20 +171,17 @@ class NoLayerSkip(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         out = func(*args, **(kwargs or {}))
-        if func is torch.rand and out.numel() == 1:  # a new tensor: unbatched under vmap too
-            return torch.ones(out.shape, dtype=out.dtype, device=out.device)
-        return out
+        return _never_skip(out) if func is torch.rand and out.numel() == 1 else out
 
 
 class _Recorder(TorchFunctionMode):
     """Counts the dropout calls with an effective rate above zero, per innermost module, and the
     FLOPs done before the first of them."""
 
-    def __init__(self, stack: list[str], flops: _FlopCounter, *, no_layer_skip: bool) -> None:
+    def __init__(self, stack: list[str], flops: _FlopCounter) -> None:
         super().__init__()
         self.stack = stack
         self.flops = flops
-        self.no_layer_skip = no_layer_skip
         self.calls: Counter[Call] = Counter()
         self.prefix_flops: int | None = None
         self.layer_skips: set[str] = set()
@@ -190,8 +192,7 @@ class _Recorder(TorchFunctionMode):
             out = func(*args, **kwargs)
             if out.numel() == 1:  # layer drop draws one number: "if torch.rand([]) < p: skip"
                 self.layer_skips.add(self.stack[-1] if self.stack else "")
-                if self.no_layer_skip:
-                    return torch.ones_like(out)
+                return _never_skip(out)
             return out
         label, p = dropout_call(func, args, kwargs)
         if p > 0.0:
@@ -229,7 +230,6 @@ def trace(
     run: Callable[[], Any],
     *,
     flops: bool,
-    no_layer_skip: bool = False,
 ) -> Trace:
     """Run ``run()`` once with hooks on every module of ``modules`` (of a twin) and record.
 
@@ -255,7 +255,7 @@ def trace(
         handles.append(mod.register_forward_pre_hook(pre_hook))
         handles.append(mod.register_forward_hook(post_hook, always_call=True))
     counter = _FlopCounter()
-    recorder = _Recorder(stack, counter, no_layer_skip=no_layer_skip)
+    recorder = _Recorder(stack, counter)
     try:
         with counter if flops else contextlib.nullcontext(), recorder:
             result.output = signature(run())

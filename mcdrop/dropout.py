@@ -78,6 +78,7 @@ _GATING_TYPES: tuple[type[nn.Module], ...] = (
     nn.TransformerEncoderLayer,
     nn.TransformerDecoderLayer,
 )
+_FAST_PATH_TYPES = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 _RATED_TYPES: tuple[type[nn.Module], ...] = (*_DROPOUT_TYPES, *_GATING_TYPES, nn.RNNBase)
 _NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase,  # BatchNorm1d/2d/3d, SyncBatchNorm, InstanceNorm*, lazy ones
@@ -252,7 +253,6 @@ class _Probe:
 
     call: Call
     batch: Call | None = None
-    flops: bool = True  # count FLOPs in the sampling probe (the ``auto`` strategy needs them)
     devices: list[torch.device] = dataclasses.field(default_factory=list)  # CUDA RNGs to fork
 
 
@@ -269,18 +269,14 @@ def _run_probe(
     args, kwargs = probe.call
     try:
         with SAMPLING_LOCK, torch.random.fork_rng(devices=devices), torch.inference_mode():
-            return _probe.trace(
-                modules, lambda: twin(*args, **kwargs), flops=flops, no_layer_skip=True
-            )
+            return _probe.trace(modules, lambda: twin(*args, **kwargs), flops=flops)
     except Exception as error:
-        # The user's own error (a wrong input width, ...), as the whole batch in eval mode gives it.
-        flags = {name: module.training for name, module in modules.items()}
+        # The user's own error (a wrong input width, ...), as the whole batch in eval mode gives
+        # it; the twin is discarded after this error, so its flags need no restoring.
         _set_flags(modules, set())
         full_args, full_kwargs = probe.batch or probe.call
         with torch.random.fork_rng(devices=devices), torch.inference_mode():
             twin(*full_args, **full_kwargs)
-        for name, module in modules.items():
-            module.training = flags[name]
         raise ValueError(
             f"Running `{type(model).__name__}` {what} on 2 examples of the first batch raised "
             f"{type(error).__name__}: {error}; in eval mode it runs. mcdrop runs this probe to "
@@ -368,7 +364,7 @@ def _fast_path_gates(sites: dict[str, DropoutSite], modules: dict[str, nn.Module
     skips every dropout inside. A probe cannot see it: the fast path is off whenever a hook or a
     ``TorchFunctionMode`` is active."""
     for name, module in modules.items():
-        if name in sites or not isinstance(module, _GATING_TYPES[1:]):
+        if name in sites or not isinstance(module, _FAST_PATH_TYPES):
             continue
         inner = [s for s in sites if s.startswith(f"{name}.")]
         if inner:
@@ -378,16 +374,6 @@ def _fast_path_gates(sites: dict[str, DropoutSite], modules: dict[str, nn.Module
                 sites[inner[0]].rate,
                 "eval fast path skips dropout; training flag disables the fast path",
             )
-
-
-def _eval_signature(
-    twin: nn.Module, modules: dict[str, nn.Module], probe: _Probe, on: set[str]
-) -> Any:
-    """Output structure and shapes of the sampling twin before gates were added."""
-    _set_flags(modules, on)
-    args, kwargs = probe.call
-    with SAMPLING_LOCK, torch.random.fork_rng(devices=probe.devices), torch.inference_mode():
-        return _probe.signature(twin(*args, **kwargs))
 
 
 def _drop_auxiliary(
@@ -434,20 +420,19 @@ def _reproduce(
     Returns the trace of the sampling twin's probe (its FLOPs decide the ``auto`` strategy)."""
     what = "with its dropout sites in training mode"
     missing: set[_probe.Call] = set()
-    eval_output: Any = None
+    ungated: Any = None
     gates: list[str] = []
     gated: dict[str, str] = {}  # gate -> the module whose dropout it was switched on for
     for _ in range(_MAX_GATING_ROUNDS):
         _fast_path_gates(sites, modules)
         _set_flags(modules, set(sites))
-        made = _run_probe(twin, modules, probe, what=what, model=model, flops=probe.flops)
-        if gates:  # a gate that changes what the model returns is an auxiliary branch
-            if eval_output is None:
-                eval_output = _eval_signature(twin, modules, probe, set(sites) - set(gates))
-            if made.output != eval_output:
-                _drop_auxiliary(sites, expected, gates, missing, gated)
-                gates = []
-                continue
+        made = _run_probe(twin, modules, probe, what=what, model=model, flops=True)
+        if not gates:
+            ungated = made.output  # what the model returns before any gate is added
+        elif made.output != ungated:  # a gate that changes the output: an auxiliary branch
+            _drop_auxiliary(sites, expected, gates, missing, gated)
+            gates = []
+            continue
         # Fewer calls in the training probe than now is a training-mode layer skip (layerdrop).
         missing = {key for key, count in expected.items() if made.calls[key] < count}
         if not missing:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -194,9 +193,6 @@ class SamplingOptions:
             device=resolve_device("device", device),
             target_key=check_target_key(target_key),
         )
-
-    def replace(self, **changes: Any) -> SamplingOptions:
-        return dataclasses.replace(self, **changes)
 
 
 # Keyword options of predict_with_uncertainty that are not sampling options.
