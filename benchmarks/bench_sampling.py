@@ -9,8 +9,9 @@ layer, transformer encoder classifier with dropout everywhere), in fp32 and bf16
 * ``loop`` / ``replicate`` / ``vmap``: ``mcdrop.MCDropout(strategy=...)`` returning the ``T``
   stacked samples (raw sampling, mcdrop's chunking, no statistics);
 * ``auto``: the same with ``strategy="auto"`` (decided from the probe pass, never timed);
-* ``... 1st call``: the first call of a new ``MCDropout`` for each strategy (every call builds the
-  twin and runs the probes; nothing is cached between calls but compiled graphs);
+* ``... 1st call``: the first call of a new ``MCDropout`` on a copy of the model that mcdrop has
+  not seen (twin, both probes, the ``auto`` rule, memory sizing, the examples-interact check),
+  in a process already warm from the steady-state runs (median of rounds, like the rest);
 * ``auto e2e``: ``mcdrop.predict_with_uncertainty`` end to end (sampling, streaming statistics,
   result on the CPU), fixed seed, no progress bar;
 * ``compile`` (``--compile``): ``MCDropout(strategy="replicate", compile=True)``.
@@ -34,6 +35,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import json
 import platform
@@ -169,14 +171,21 @@ def _sync(device: torch.device) -> None:
 
 
 def timeit_interleaved(
-    fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int
+    fns: dict[str, Callable[[], Any]],
+    device: torch.device,
+    repeats: int,
+    *,
+    warm_up: bool = True,
 ) -> dict[str, float]:
     """Median ms of each function, timed round-robin so that every one sees the same load.
 
-    The deterministic pass is short: it runs 5 times per round.
+    The deterministic pass is short: it runs 5 times per round. Each function runs once untimed
+    first, unless ``warm_up`` is False (first calls: the process is already warm from the
+    steady-state runs on that model).
     """
-    for fn in fns.values():  # warm-up
-        fn()
+    if warm_up:
+        for fn in fns.values():
+            fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
@@ -219,6 +228,48 @@ def _warm_up_process() -> None:
         )
 
 
+def _peers(
+    model: nn.Module, x: torch.Tensor, T: int, device: torch.device, dtype: str
+) -> tuple[dict[str, Callable[[], Any]], dict[str, bool]]:
+    """baal and torch-uncertainty, when installed, each on its own copy of the model (both change
+    the model they wrap); and whether their samples vary at all (see the docs: neither switches
+    on dropout held in a float, so PyTorch's fused encoder runs without any)."""
+    fns: dict[str, Callable[[], Any]] = {}
+    samples: dict[str, Callable[[], torch.Tensor]] = {}
+    try:
+        from baal.bayesian.dropout import MCDropoutModule
+        from baal.modelwrapper import ModelWrapper, TrainingArgs
+    except ImportError:
+        pass
+    else:
+        wrapper = ModelWrapper(MCDropoutModule(copy.deepcopy(model)), TrainingArgs(use_cuda=False))
+
+        def baal() -> torch.Tensor:  # (B, C, T)
+            with torch.inference_mode(), _autocast(device, dtype):
+                return wrapper.predict_on_batch(x, iterations=T)
+
+        fns["baal"] = baal
+        samples["baal"] = lambda: baal().movedim(-1, 0)
+    try:
+        from torch_uncertainty.methods.mc_dropout import mc_dropout
+    except ImportError:
+        pass
+    else:
+        tu_model = mc_dropout(copy.deepcopy(model), num_estimators=T, on_batch=True).eval()
+
+        def tu() -> torch.Tensor:  # (T * B, C)
+            with torch.inference_mode(), _autocast(device, dtype):
+                return tu_model(x)
+
+        fns["torch_uncertainty"] = tu
+        samples["torch_uncertainty"] = lambda: tu().reshape(T, x.shape[0], -1)
+    drops = {}
+    for name, draw in samples.items():
+        out = draw()
+        drops[name] = bool((out != out[:1]).any())
+    return fns, drops
+
+
 def bench_one(
     name: str,
     model: nn.Module,
@@ -250,19 +301,21 @@ def bench_one(
 
     fns: dict[str, Callable[[], Any]] = {"deterministic": deterministic, "naive_loop": naive_loop}
     _warm_up_process()
+    first_calls: dict[str, Callable[[], Any]] = {}
     for strategy in ("loop", "replicate", "vmap", "auto"):
         mc = mcdrop.MCDropout(model, n_samples=T, strategy=strategy, amp=amp)
-        _sync(device)
-        start = time.perf_counter()
         try:
-            mc(x)  # the first call: twin, probes, strategy decision, sampling
+            mc(x)
         except Exception as error:  # vmap cannot run every model
             row[f"{strategy}_ms"] = None
             row[f"{strategy}_error"] = f"{type(error).__name__}: {str(error)[:120]}"
             continue
-        _sync(device)
-        row[f"{strategy}_first_ms"] = (time.perf_counter() - start) * 1e3
         fns[strategy] = lambda mc=mc: mc(x)
+        # A new MCDropout on a model object mcdrop has not seen: twin, both probes, the auto
+        # rule, memory sizing and the examples-interact check all run again.
+        first_calls[strategy] = lambda s=strategy: mcdrop.MCDropout(
+            copy.deepcopy(model), n_samples=T, strategy=s, amp=amp
+        )(x)
         if strategy == "auto":
             row["auto_strategy"] = mc.last_strategy
             row["auto_samples_per_pass"] = mc.last_samples_per_pass
@@ -271,6 +324,10 @@ def bench_one(
         mcdrop.predict_with_uncertainty(model, x, n_samples=T, amp=amp, seed=0, progress=False)
 
     fns["auto_predict"] = predict
+    peers, drops = _peers(model, x, T, device, dtype)
+    fns.update(peers)
+    for name, varies in drops.items():
+        row[f"{name}_samples_vary"] = varies
     if do_compile:
         mc_c = mcdrop.MCDropout(model, n_samples=T, strategy="replicate", amp=amp, compile=True)
         _sync(device)
@@ -280,6 +337,8 @@ def bench_one(
         row["compile_first_ms"] = (time.perf_counter() - start) * 1e3
         fns["compile"] = lambda: mc_c(x)
     row.update(timeit_interleaved(fns, device, repeats))
+    firsts = timeit_interleaved(first_calls, device, max(3, repeats // 2), warm_up=False)
+    row.update({key.replace("_ms", "_first_ms"): value for key, value in firsts.items()})
 
     det = row["deterministic_ms"]
     row["auto_vs_deterministic"] = row["auto_predict_ms"] / det
@@ -304,6 +363,39 @@ def bench_one(
     return row
 
 
+def memory_target(device: torch.device) -> dict[str, Any]:
+    """T=2000, N=4096, C=100 (the GPU MLP with 100 classes): peak memory above the level before
+    the call, against one deterministic pass of the 4096 examples, read as the highest
+    ``torch.cuda.memory_allocated`` after any op (the allocator's peak counter is left alone)."""
+    from mcdrop._engine import memory
+
+    torch.manual_seed(0)
+    model = DropoutMLP(1024, 4, classes=100).to(device).eval()
+    x = model.example(4096, device)
+    with torch.inference_mode():
+        det, _ = memory.pass_bytes(lambda: model(x), device)
+    _sync(device)
+    base = torch.cuda.memory_allocated(device)
+    with memory.PeakAllocated(device) as peak:
+        result = mcdrop.predict_with_uncertainty(model, x, n_samples=2000, seed=0, progress=False)
+    _sync(device)
+    start = time.perf_counter()
+    mcdrop.predict_with_uncertainty(model, x, n_samples=2000, seed=0, progress=False)
+    _sync(device)
+    seconds = time.perf_counter() - start
+    row = {
+        "model": "mlp C=100",
+        "samples": 2000,
+        "batch": 4096,
+        "deterministic_pass_bytes": det,
+        "peak_extra_bytes": peak.peak - base,
+        "samples_bytes_fp32": 2000 * 4096 * 100 * 4,
+        "seconds": seconds,
+        "n_samples": result.n_samples,
+    }
+    return row
+
+
 def targets(row: dict[str, Any], peak: float | None) -> list[str]:
     """The issue's targets that apply to this row, as 'met'/'NOT met' lines."""
     out = []
@@ -314,13 +406,14 @@ def targets(row: dict[str, Any], peak: float | None) -> list[str]:
     m, dt, dev = row["model"], row["dtype"], row["device"]
     if m == "conv":
         r = row["auto_vs_deterministic"]
-        check(f"conv {dt} {dev} <= 1.5x one pass", r <= 1.5, f"{r:.2f}x end to end")
+        limit = 1.2 if dev == "cuda" else 1.5
+        check(f"conv {dt} {dev} <= {limit}x one pass", r <= limit, f"{r:.2f}x end to end")
     if m == "transformer" and dt == "bf16" and dev == "cuda":
         s = row["speedup_vs_naive"]
         check("transformer bf16 >= 2x naive loop", s >= 2, f"{s:.2f}x")
         if peak:
             frac = row["tflops_auto"] / peak
-            check("transformer bf16 >= 40 % of peak", frac >= 0.4, f"{100 * frac:.0f} %")
+            check("transformer bf16 >= 50 % of peak", frac >= 0.5, f"{100 * frac:.0f} %")
     if m == "mlp" and dt == "bf16" and dev == "cuda":
         s = row["speedup_vs_naive"]
         check("mlp bf16 >= 15x naive loop", s >= 15, f"{s:.1f}x")
@@ -427,6 +520,8 @@ def main(argv: list[str] | None = None) -> int:
                     ("replicate 1st", "replicate_first_ms"),
                     ("vmap 1st call", "vmap_first_ms"),
                     ("auto 1st call", "auto_first_ms"),
+                    ("baal", "baal_ms"),
+                    ("torch-uncert.", "torch_uncertainty_ms"),
                 ]
                 if args.compile:
                     cols += [("compile", "compile_ms"), ("compile 1st", "compile_first_ms")]
@@ -435,6 +530,9 @@ def main(argv: list[str] | None = None) -> int:
                     ratio = "" if value is None else f"{value / row['deterministic_ms']:7.2f}x pass"
                     speed = "" if value is None else f"{row['naive_loop_ms'] / value:7.2f}x faster"
                     print(f"  {label:<14} {_fmt(value):>10} ms {ratio}  {speed} than naive loop")
+                for peer in ("baal", "torch_uncertainty"):
+                    if f"{peer}_samples_vary" in row and not row[f"{peer}_samples_vary"]:
+                        print(f"  {peer}: every sample identical (no dropout ran)")
                 if row.get("vmap_error"):
                     print(f"  vmap: {row['vmap_error']}")
                 print(
@@ -459,6 +557,22 @@ def main(argv: list[str] | None = None) -> int:
             del model
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+        if device.type == "cuda" and not args.quick:
+            mem = memory_target(device)
+            torch.cuda.empty_cache()
+            results.append(mem)
+            extra, det = mem["peak_extra_bytes"], mem["deterministic_pass_bytes"]
+            print(
+                f"\n[cuda] T=2000, N=4096, C=100: peak {extra / 2**30:.2f} GiB above the start "
+                f"(one deterministic pass {det / 2**30:.2f} GiB; the samples alone would be "
+                f"{mem['samples_bytes_fp32'] / 2**30:.2f} GiB in fp32); {mem['seconds']:.2f} s"
+            )
+            ok = extra - det <= 1e9
+            line = (
+                f"{'met    ' if ok else 'NOT met'} T=2000 N=4096 C=100 within 1 GB of one pass: "
+                f"{(extra - det) / 1e9:.2f} GB more"
+            )
+            lines.append(line)
     if devices == ["cpu"] and not args.quick:
         print(
             "\nCPU sizes are smaller than the GPU ones (see 'sizes'); no GPU figures in this run."

@@ -1,13 +1,15 @@
 """Time replicate (vmap for the conv net) against rows per pass (not a test).
 
-The measurements behind ``mcdrop._engine.planner.CPU_PASS_BYTES``: for each benchmark family of
-``bench_sampling.py`` (CPU sizes), the bytes of every op's output per example as the probe sees
-them, and ``MCDropout`` (T=100) with pass sizes of 1 to 16 batches and 1024 rows, against the
-loop; medians of 3 interleaved rounds, ms.
+The measurements behind ``mcdrop._engine.planner.CPU_PASS_BYTES`` and ``GPU_PASS_BYTES``: for
+each benchmark family of ``bench_sampling.py``, the bytes of every op's output per example as the
+probe sees them, and ``MCDropout`` (T=100) with pass sizes of 1 to 16 batches and 1024 rows (CPU
+sizes, fp32) or all ``T x B`` rows (GPU sizes, bf16), the default sizing, and the loop; medians
+of 3 (CPU) or 5 (GPU) interleaved rounds, ms.
 
 Run::
 
     python benchmarks/sweep_pass_size.py --threads 2
+    python benchmarks/sweep_pass_size.py --device cuda
 """
 
 from __future__ import annotations
@@ -37,28 +39,42 @@ def _bytes_per_row(model: nn.Module, x: torch.Tensor) -> float:
     return trace.output_bytes / 2
 
 
-def sweep(name: str, batch: int) -> None:
-    model = build(name, SIZES[name][1]).eval()
-    x = model.example(batch, torch.device("cpu"))  # type: ignore[operator]
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def sweep(name: str, batch: int, device: torch.device, amp: str | None) -> None:
+    cuda = device.type == "cuda"
+    model = build(name, SIZES[name][0 if cuda else 1]).to(device).eval()
+    x = model.example(batch, device)  # type: ignore[operator]
     strategy = "vmap" if name == "conv" else "replicate"
+    T = 100
     fns: dict[str, Callable[[], object]] = {}
-    for rows in (batch, 2 * batch, 4 * batch, 8 * batch, 16 * batch, 1024):
-        mc = mcdrop.MCDropout(model, n_samples=100, strategy=strategy, batch_budget=rows)
+    sizes = [batch * m for m in (1, 2, 4, 8, 16)] + ([T * batch] if cuda else [1024])
+    for rows in sizes:
+        mc = mcdrop.MCDropout(model, n_samples=T, strategy=strategy, batch_budget=rows, amp=amp)
         fns[str(rows)] = lambda mc=mc: mc(x)
-    loop = mcdrop.MCDropout(model, n_samples=100, strategy="loop")
+    default = mcdrop.MCDropout(model, n_samples=T, strategy=strategy, amp=amp)
+    fns["default"] = lambda: default(x)
+    loop = mcdrop.MCDropout(model, n_samples=T, strategy="loop", amp=amp)
     fns["loop"] = lambda: loop(x)
     times: dict[str, list[float]] = {key: [] for key in fns}
     for fn in fns.values():
         fn()
-    for _ in range(3):
+    for _ in range(5 if cuda else 3):
         for key, fn in fns.items():
+            _sync(device)
             start = time.perf_counter()
             fn()
+            _sync(device)
             times[key].append(time.perf_counter() - start)
-    medians = {key: round(statistics.median(v) * 1e3) for key, v in times.items()}
+    medians = {key: round(statistics.median(v) * 1e3, 1) for key, v in times.items()}
+    engine = default._engine
+    rows = None if engine is None else engine.planner.budget * engine.planner.scale
     print(
-        f"{name} ({strategy}): {_bytes_per_row(model, x) / 1024:.0f} KiB per row; ms by rows "
-        f"per pass: {medians}",
+        f"{device.type} {name} ({strategy}, amp={amp}): {_bytes_per_row(model, x) / 1024:.0f} KiB "
+        f"of op outputs per row; default rows per pass {rows}; ms by rows per pass: {medians}",
         flush=True,
     )
 
@@ -66,10 +82,16 @@ def sweep(name: str, batch: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        for name in ("transformer", "mlp", "conv"):
+            sweep(name, 64, device, "bf16")
+        return 0
     for name, batch in (("transformer", 16), ("mlp", 32), ("conv", 32)):
-        sweep(name, batch)
+        sweep(name, batch, device, None)
     return 0
 
 

@@ -62,10 +62,12 @@ def test_back_off_halves_samples_then_examples_then_raises():
         plan.back_off(1, 8)
 
 
-def test_rows_that_fit_use_a_fraction_of_free_memory():
+def test_rows_that_fit_a_fraction_of_capacity_and_at_most_one_pass_budget():
     assert planner.rows_that_fit(1000.0, 7.0) == int(planner.MEMORY_FRACTION * 1000 / 7)
     assert planner.rows_that_fit(1.0, 1e9) == 1
     assert planner.rows_that_fit(1e18, 1.0) == planner.MAX_MEMORY_ROWS
+    per_row = 1e6  # a large card: the pass budget binds, not the capacity
+    assert planner.rows_that_fit(1e12, per_row) == int(planner.GPU_PASS_BYTES / per_row)
 
 
 def test_cpu_passes_are_capped_by_activation_bytes():

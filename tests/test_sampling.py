@@ -601,14 +601,16 @@ def test_single_sample_is_allowed_with_infinite_standard_error():
     np.testing.assert_allclose(result.mutual_information, 0.0, atol=1e-6)  # float32 entropies
 
 
-@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9, 0.25, 0.375])  # the last three: one byte a unit
 @pytest.mark.parametrize("inplace", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
-def test_cpu_dropout_mask_is_bernoulli_and_rescaled(p, inplace, dtype):
-    """The cheaper CPU mask keeps each unit with probability 1 - p and scales it by 1 / (1 - p)."""
+@pytest.mark.parametrize("shape", [(20_000,), (40, 501)])
+def test_cpu_dropout_mask_is_bernoulli_and_rescaled(p, inplace, dtype, shape):
+    """The cheaper CPU mask keeps each unit with probability 1 - p and scales it by 1 / (1 - p);
+    neighbouring units (bytes of one random word) are independent."""
     from mcdrop._engine.strategies import FastCPUDropout as _FastCPUDropout
 
-    x = torch.ones(20_000, dtype=dtype)
+    x = torch.ones(shape, dtype=dtype)
     with _FastCPUDropout():
         out = torch.nn.functional.dropout(x.clone(), p, True, inplace)
         untouched = torch.nn.functional.dropout(x, p, False)
@@ -620,6 +622,19 @@ def test_cpu_dropout_mask_is_bernoulli_and_rescaled(p, inplace, dtype):
     scale = float((torch.ones((), dtype=dtype) / (1 - p)).float())
     np.testing.assert_allclose(out[kept].float(), np.full(int(kept.sum()), scale), rtol=1e-2)
     assert torch.equal(untouched, x) and torch.equal(alpha, x)
+    pairs = kept.reshape(-1, 2).long()  # units 2i and 2i+1: a 2x2 table of (kept, kept)
+    table = torch.zeros(2, 2)
+    table.index_put_((pairs[:, 0], pairs[:, 1]), torch.ones(len(pairs)), accumulate=True)
+    assert stats.chi2_contingency(table.numpy()).pvalue > 1e-4
+
+
+@pytest.mark.parametrize("p", [0.5, 0.25, 0.375, 0.1])
+def test_cpu_dropout_keep_rate_is_exact_to_a_256th(p):
+    """Two million units: a keep rate off by 1/256 would be 11 standard errors away."""
+    from mcdrop._engine.strategies import _keep_mask
+
+    kept = _keep_mask(torch.Size([1000, 2000]), p, torch.device("cpu"))
+    assert stats.binomtest(int(kept.sum()), kept.numel(), 1 - p).pvalue > 1e-4
 
 
 def test_mcdropout_forward_from_train_mode_warns_and_keeps_batchnorm():

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import FusedClassifier
 from torch import nn
 
 import mcdrop
@@ -206,7 +207,7 @@ def test_closed_form_through_mcdropout_forward(strategy):
 def test_auto_falls_back_when_vmap_cannot_run_the_model(model_cls, caplog):
     model = model_cls().eval()
     x = torch.randn(5, 6) if model_cls is InplaceDropout else torch.randn(5, 7, 16)
-    with pytest.raises(RuntimeError):  # explicitly asked: the error is the user's to see
+    with pytest.raises(ValueError, match="`strategy`.*'vmap'.*'auto'"):  # named, with the reason
         mcdrop.predict_with_uncertainty(model, x, n_samples=8, strategy="vmap")
     assert not any(m.training for m in model.modules())
     with caplog.at_level(logging.INFO, logger="mcdrop"):
@@ -569,3 +570,36 @@ def test_auto_does_not_replicate_a_model_whose_examples_interact(caplog):
     assert mc.last_strategy != "replicate"
     assert any("'replicate' does not fit" in r.getMessage() for r in caplog.records)
     _assert_same_distribution(samples, _naive_probs(model, x, 300, seed=1))
+
+
+def test_examples_interact_check_runs_once_per_model_and_input_signature(monkeypatch):
+    from mcdrop._engine import driver
+
+    calls: list[int] = []
+    real = driver._rows_interact
+
+    def counted(*args):
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(driver, "_rows_interact", counted)
+    model = SetModel().eval()
+    for _ in range(3):  # a new engine each call, one check
+        result = mcdrop.predict_with_uncertainty(model, torch.randn(8, 6), n_samples=20)
+        assert result.n_samples == 20
+    assert len(calls) == 1
+    mcdrop.predict_with_uncertainty(model, torch.randn(9, 6), n_samples=20)
+    assert len(calls) == 2  # another input shape
+    model.head = nn.Linear(16, 3)  # another module
+    mc = mcdrop.MCDropout(model, n_samples=20)
+    mc(torch.randn(8, 6))
+    assert len(calls) == 3 and mc.last_strategy != "replicate"
+
+
+def test_explicit_vmap_that_cannot_run_the_model_names_the_option():
+    """SDPA's fused dropout cannot draw per-sample masks under vmap: a clear error, not torch's."""
+    model = FusedClassifier().eval()
+    with pytest.raises(ValueError, match="`strategy`.*'vmap'.*'auto'"):
+        mcdrop.predict_with_uncertainty(model, torch.randn(4, 5, 16), n_samples=4, strategy="vmap")
+    auto = mcdrop.predict_with_uncertainty(model, torch.randn(4, 5, 16), n_samples=4)
+    assert auto.n_samples == 4

@@ -11,6 +11,10 @@
 ``planner``
     Plain arithmetic, no model: the ``auto`` rule (from the probe's profile, never a clock), rows
     per pass, memory sizing and the out-of-memory back-off.
+``memory``
+    CUDA rows per pass from quantities that are the same on every run of the same program: the
+    card's capacity and one measured pass (never free memory, never the allocator's peak
+    counter, which is the user's).
 ``driver``
     Batches -> chunks -> streaming statistics, with the NaN/Inf and "dropout changed nothing"
     checks in one place for every entry point.

@@ -10,12 +10,15 @@ the NaN/Inf and "dropout changed nothing" checks.
 from __future__ import annotations
 
 import contextlib
+import copy
+import itertools
 import logging
 import math
 import os
 import sys
 import time
 import warnings
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,7 +26,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mcdrop._engine import planner
+from mcdrop import _probe
+from mcdrop._engine import memory, planner
 from mcdrop._engine.options import SamplingOptions
 from mcdrop._engine.rng import sampling_rng
 from mcdrop._engine.strategies import Outputs, Runner, varies
@@ -41,17 +45,26 @@ __all__: list[str] = []
 
 logger = logging.getLogger("mcdrop")
 
-# Fused kernels with internal dropout that vmap does not batch: one mask for every sample.
-_VMAP_SHARES_MASK = frozenset({"torch.lstm", "torch.gru", "torch.rnn_tanh", "torch.rnn_relu"})
+# Fused kernels with internal dropout that vmap cannot give a mask per sample: the RNN kernels
+# draw one mask for every sample of a vmap pass; fused attention refuses (CPU) or is unverified.
+_VMAP_UNSAFE = frozenset(
+    {
+        "torch.lstm",
+        "torch.gru",
+        "torch.rnn_tanh",
+        "torch.rnn_relu",
+        "F.scaled_dot_product_attention",
+        "F.multi_head_attention_forward",
+    }
+)
 _ANNOUNCE_AFTER_S = 60.0  # without a progress bar, log the size of runs expected to take longer
 
 Accumulator = _ClassificationAccumulator | _RegressionAccumulator
 
 
 def model_device(model: nn.Module) -> torch.device:
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return torch.device("cpu") if tensor is None else tensor.device
 
 
 def _profile(sampling: _Sampling, probe_rows: int) -> planner.Profile:
@@ -59,7 +72,7 @@ def _profile(sampling: _Sampling, probe_rows: int) -> planner.Profile:
     return planner.Profile(
         prefix_flops=sampling.trace.prefix_flops,
         total_flops=sampling.trace.total_flops,
-        vmap_unsafe=tuple(sorted(functions & _VMAP_SHARES_MASK)),
+        vmap_unsafe=tuple(sorted(functions & _VMAP_UNSAFE)),
         bytes_per_row=sampling.trace.output_bytes / max(probe_rows, 1),
     )
 
@@ -86,6 +99,7 @@ class Engine:
         self.first: _Batch | None = None  # the first batch of the current session
         self.runner: Runner | None = None
         self.last_samples_per_pass: int | None = None
+        self.facts: dict[str, Any] = {}  # of the current session's model and inputs (_facts)
 
     @contextlib.contextmanager
     def session(self, first: _Batch, seed: int | None) -> Iterator[Session]:
@@ -93,6 +107,7 @@ class Engine:
         o = self.options
         with sampling_rng(seed, self.device), torch.inference_mode():
             first = first.to(self.device)
+            self.facts = _facts(self.model, first, o, self.device)
             small = _slice(first, 0, min(2, first.size))
             probe = _Probe((small.args, small.kwargs), (first.args, first.kwargs))
             with _sampling_twin(
@@ -118,7 +133,12 @@ class Engine:
                 profile = _profile(sampling, small.size)
                 self._choose(runner, small, first, profile)
                 if self.memory_sized:
-                    self.measure_memory(runner, first)
+                    if "budget" not in self.facts:  # measured eagerly: compiling would not pay
+                        eager = copy.copy(runner)
+                        eager.module = sampling.module
+                        self.facts["budget"] = self.measure_memory(eager, first)
+                    self.planner.budget = self.facts["budget"]
+                    self.memory_sized = False  # once per engine
                 try:
                     yield Session(self, runner, sampling.sites)
                 finally:  # the engine outlives the call (MCDropout): keep no batch or twin
@@ -137,8 +157,8 @@ class Engine:
         if profile.vmap_unsafe and o.strategy == "vmap":
             raise ValueError(
                 "Expected a `strategy` other than 'vmap' for this model: its dropout runs inside "
-                f"{', '.join(profile.vmap_unsafe)}, whose fused kernel draws one dropout mask for "
-                "all the samples of a vmap pass. Use strategy='auto', 'replicate' or 'loop'."
+                f"{', '.join(profile.vmap_unsafe)}, whose fused kernel cannot draw a dropout mask "
+                "per sample under vmap. Use strategy='auto', 'replicate' or 'loop'."
             )
         self.candidates = planner.candidates(o.strategy, profile)
         self.probe_batch = small
@@ -150,7 +170,9 @@ class Engine:
     def _use(self, strategy: str) -> None:
         if strategy == "replicate" and len(self.candidates) > 1:  # auto: check it fits first
             assert self.first is not None and self.runner is not None
-            reason = _rows_interact(self.runner, self.first)
+            if "rows_interact" not in self.facts:
+                self.facts["rows_interact"] = _rows_interact(self.runner, self.first)
+            reason = self.facts["rows_interact"]
             if reason:
                 logger.info("mcdrop: strategy 'replicate' does not fit this model (%s).", reason)
                 self.candidates.remove("replicate")
@@ -193,36 +215,57 @@ class Engine:
         self._use(self.candidates[0])
         return True
 
-    def measure_memory(self, runner: Runner, batch: _Batch) -> None:
-        """Rows per pass from free CUDA memory: one measured 2-sample replicate pass.
+    def measure_memory(self, runner: Runner, batch: _Batch) -> int:
+        """Rows per pass on CUDA from one 2-sample replicate pass (see :mod:`.memory`).
 
-        The peak is read from the difference of ``torch.cuda.max_memory_allocated`` around the
-        pass; the user's own peak counter is not reset.
+        Deterministic: the card's capacity, not its free memory, and the pass's own peak read
+        after each op, not the allocator's peak counter (the user's, never reset).
         """
         dev = self.device
-        torch.cuda.synchronize(dev)
-        free, _ = torch.cuda.mem_get_info(dev)
-        free += torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
-        base = torch.cuda.memory_allocated(dev)
-        before_peak = torch.cuda.max_memory_allocated(dev)
         k = 2
         try:
             with torch.random.fork_rng(devices=[dev]):
-                outs = runner.run("replicate", batch, k)
+                peak, outs = memory.pass_bytes(lambda: runner.run("replicate", batch, k), dev)
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()
-            self.planner.budget = max(1, batch.size // 2)
-            self.memory_sized = False
-            return
-        torch.cuda.synchronize(dev)
-        peak = max(1, max(torch.cuda.max_memory_allocated(dev), before_peak) - base)
+            logger.warning("mcdrop: out of memory measuring a 2-sample pass; sampling row-wise.")
+            return max(1, batch.size // 2)
         # float64 statistics of the outputs: about four temporaries of 8 bytes per element.
         out_bytes = sum(int(o[0, :1].numel()) for o in outs) * 8 * 4
-        self.planner.budget = planner.rows_that_fit(free, peak / (k * batch.size) + out_bytes)
-        self.memory_sized = False  # measured once per engine
+        capacity = memory.capacity(dev)
+        budget = planner.rows_that_fit(capacity, peak / (k * batch.size) + out_bytes)
         logger.info(
-            "mcdrop: up to %d rows per pass (%.0f MiB free).", self.planner.budget, free / 2**20
+            "mcdrop: up to %d rows per pass (%.2f MiB per row measured, %.0f MiB capacity).",
+            budget,
+            peak / (k * batch.size) / 2**20,
+            capacity / 2**20,
         )
+        return budget
+
+
+# Facts measured once per model and input signature, deterministic and independent of the
+# dropout sites (which are probed at every call): CUDA rows per pass, whether examples interact.
+_FACTS: weakref.WeakKeyDictionary[nn.Module, dict[Any, dict[str, Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+_FACTS_PER_MODEL = 16
+
+
+def _facts(model: nn.Module, first: _Batch, o: SamplingOptions, device: torch.device) -> dict:
+    """The facts of ``model`` for this input signature, structure and precision (kept while the
+    model lives; a module replaced or added gives a new key)."""
+    key = (
+        _probe.call_signature((first.args, first.kwargs)),
+        tuple((id(m), type(m)) for m in model.modules()),
+        str(device),
+        o.amp,
+        o.n_outputs,
+        id(o.output_transform),
+    )
+    per_model = _FACTS.setdefault(model, {})
+    if key not in per_model and len(per_model) >= _FACTS_PER_MODEL:
+        per_model.pop(next(iter(per_model)))
+    return per_model.setdefault(key, {})
 
 
 def _rows_interact(runner: Runner, first: _Batch) -> str | None:
@@ -289,6 +332,11 @@ class Session:
                 continue
             except Exception as error:
                 if self.validated or not engine.reject(self.runner, None, error):
+                    if engine.strategy == "vmap" and str(error).startswith("vmap:"):
+                        raise ValueError(
+                            "Expected a `strategy` that can run this model, but 'vmap' cannot "
+                            f"({error}). Use strategy='auto', 'replicate' or 'loop'."
+                        ) from error
                     raise
                 k = min(k, engine.planner.samples_per_pass(batch.size, k))
                 continue

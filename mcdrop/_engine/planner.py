@@ -18,7 +18,10 @@ is dropped and the chunk runs again with the next. ``replicate`` is not a candid
 example's output depends on the other examples of its pass (checked in eval mode on four
 examples of the first batch). On the CPU, without an explicit ``batch_budget``, a replicate or
 loop pass holds at most ``CPU_PASS_BYTES`` of activations (the probe measures the bytes per
-example). The measurements behind the thresholds are on the performance page of the docs.
+example). On CUDA a pass holds at most ``GPU_PASS_BYTES`` and ``MEMORY_FRACTION`` of the card
+(:mod:`mcdrop._engine.memory`: measured on one pass, never from the memory that other processes
+happen to hold, so the same seed gives the same numbers). The measurements behind the thresholds
+are on the performance page of the docs.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ PREFIX_SHARE_FOR_VMAP = 0.5
 MAX_VMAP_SCALE = 16  # a vmap pass may hold up to this many times the budget's rows
 DEFAULT_CPU_BUDGET = 1024
 DEFAULT_CUDA_BUDGET = 8192
-MEMORY_FRACTION = 0.7  # of free CUDA memory, for rows per pass without a batch_budget
+MEMORY_FRACTION = 0.7  # of the card's capacity, for rows per pass without a batch_budget
+GPU_PASS_BYTES = 2**30  # a CUDA pass holds at most this much (sweep in docs/performance.rst)
 MAX_MEMORY_ROWS = 1 << 16  # larger passes gain nothing and stall the streaming statistics
 CPU_PASS_BYTES = 128 * 2**20  # CPU passes past this much activation traffic get slower
 
@@ -83,9 +87,11 @@ def cpu_rows(profile: Profile, batch_size: int) -> int:
     return max(batch_size, min(DEFAULT_CPU_BUDGET, rows))
 
 
-def rows_that_fit(free_bytes: float, bytes_per_row: float) -> int:
-    """Rows per pass that fit ``MEMORY_FRACTION`` of ``free_bytes``, at least 1."""
-    rows = int(MEMORY_FRACTION * free_bytes / max(bytes_per_row, 1.0))
+def rows_that_fit(capacity_bytes: float, bytes_per_row: float) -> int:
+    """Rows per CUDA pass: at most ``GPU_PASS_BYTES`` and ``MEMORY_FRACTION`` of
+    ``capacity_bytes``, at most ``MAX_MEMORY_ROWS``, at least 1."""
+    allowed = min(MEMORY_FRACTION * capacity_bytes, GPU_PASS_BYTES)
+    rows = int(allowed / max(bytes_per_row, 1.0))
     return max(1, min(rows, MAX_MEMORY_ROWS))
 
 

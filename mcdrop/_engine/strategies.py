@@ -31,12 +31,25 @@ __all__: list[str] = []
 Outputs = tuple[torch.Tensor, ...]
 
 
+def _keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
+    """Bernoulli(1 - p) keep mask. For rates that are multiples of 1/256 (0.5, 0.25, ...) one
+    random byte per unit decides exactly (eight from each 64-bit draw: about 3x cheaper than a
+    float per unit); otherwise ``rand >= p`` in float32, as PyTorch's own masks resolve rates."""
+    threshold = p * 256
+    if len(shape) == 0 or threshold != int(threshold):
+        return torch.rand(shape, dtype=torch.float32, device=device).ge(p)
+    *lead, last = shape
+    words = torch.randint(-(2**63), 2**63 - 1, (*lead, (last + 7) // 8), device=device)
+    return words.view(torch.uint8)[..., :last].ge(int(threshold))
+
+
 class FastCPUDropout(TorchFunctionMode):
     """``F.dropout`` with a cheaper mask on the CPU: same distribution, about 5x faster.
 
     PyTorch's CPU dropout draws its mask with ``bernoulli_``, which dominates the cost of Monte
     Carlo dropout when little is computed after the dropout (a head-dropout network). Comparing
-    ``torch.rand`` against ``p`` gives the same Bernoulli(1 - p) mask, scaled by ``1 / (1 - p)``.
+    random numbers against ``p`` gives the same Bernoulli(1 - p) mask (:func:`_keep_mask`),
+    scaled by ``1 / (1 - p)``.
     Only standard ``F.dropout`` in training mode is replaced; everything else runs as it is.
     """
 
@@ -46,8 +59,7 @@ class FastCPUDropout(TorchFunctionMode):
             bound = dict(zip(("input", "p", "training", "inplace"), args, strict=False), **kwargs)
             x, p = bound["input"], float(bound.get("p", 0.5))
             if bound.get("training", True) and 0.0 < p < 1.0 and x.is_floating_point():
-                noise = torch.rand(x.shape, dtype=torch.float32, device=x.device)
-                mask = noise.ge(p).to(x.dtype).mul_(1.0 / (1.0 - p))
+                mask = _keep_mask(x.shape, p, x.device).to(x.dtype).mul_(1.0 / (1.0 - p))
                 return x.mul_(mask) if bound.get("inplace", False) else x * mask
         return func(*args, **kwargs)
 

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Every GPU check in one run (made for a lent H100/H200 with minutes to spare): environment, GPU
+# tests (CUDA sizing, real out-of-memory back-off, AMP, compile=True, NCCL under torchrun), the
+# sampling benchmark at GPU sizes with baal and torch-uncertainty, compile=True on the
+# transformer, then the whole suite with CUDA visible (the pass-size sweep is
+# benchmarks/sweep_pass_size.py --device cuda). Logs go to $OUT (or ./gpu_out). It uses the
+# machine's own torch: the repository is put on PYTHONPATH, and nothing is installed but the
+# wheels in .whl/ (baal, structlog, torch-uncertainty for the benchmark), if there are any.
+#
+#   bash benchmarks/gpu_check.sh
+set -u
+OUT=${OUT:-gpu_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 MCDROP_EXAMPLE_QUICK=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
+        .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+
+step() { echo; echo "== $1 ($(date +%T))"; }
+
+step environment
+{
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+    python3 -c "import torch, sys; print('python', sys.version.split()[0], '| torch', \
+torch.__version__, '| CUDA', torch.version.cuda, '| cuDNN', torch.backends.cudnn.version(), \
+'|', torch.cuda.get_device_name(0), torch.cuda.get_device_properties(0).total_memory >> 20, 'MiB')"
+    python3 -m pip list 2>/dev/null | grep -iE "^(torch|transformers|lightning|torchmetrics|timm|numpy|scipy|scikit-learn|hypothesis|pytest) "
+} 2>&1 | tee "$OUT/env.txt"
+
+step "GPU tests"
+timeout 100 python3 -m pytest -m gpu -v -p no:cacheprovider -p no:benchmark tests/test_gpu.py \
+    tests/test_strategies.py >"$OUT/gpu_tests.txt" 2>&1
+grep -E "PASSED|FAILED|ERROR|Error|assert|passed|failed" "$OUT/gpu_tests.txt" | tail -40
+
+step "diagnostic: fused attention dropout under vmap on CUDA (why mcdrop refuses it)"
+timeout 30 python3 - <<'PY' 2>&1 | tail -3 | tee "$OUT/vmap_sdpa.txt"
+import torch
+import torch.nn.functional as F
+q = torch.randn(2, 4, 16, 32, device="cuda")
+try:
+    out = torch.func.vmap(
+        lambda _: F.scaled_dot_product_attention(q, q, q, dropout_p=0.5), randomness="different"
+    )(torch.empty(8, device="cuda"))
+    print("ran; samples differ:", bool((out != out[:1]).any()), "| distinct of 8:",
+          len({o.sum().item() for o in out}))
+except Exception as error:
+    print("raised", type(error).__name__, str(error)[:200])
+PY
+
+step "sampling benchmark, GPU sizes"
+timeout 140 python3 benchmarks/bench_sampling.py --device cuda \
+    --json "$OUT/bench_sampling_cuda.json" >"$OUT/bench_sampling_cuda.txt" 2>&1
+tail -28 "$OUT/bench_sampling_cuda.txt"
+
+step "transformer bf16 with compile=True"
+timeout 90 python3 benchmarks/bench_sampling.py --device cuda --models transformer --dtype bf16 \
+    --compile --repeats 3 --json "$OUT/bench_compile_cuda.json" >"$OUT/bench_compile_cuda.txt" 2>&1
+grep -E "replicate|auto|compile|TFLOP|naive|determ" "$OUT/bench_compile_cuda.txt"
+
+step "whole suite with CUDA visible"
+timeout 130 python3 -m pytest -v -p no:cacheprovider -p no:benchmark -n 14 -m "not gpu" \
+    >"$OUT/suite.txt" 2>&1
+grep -E "FAILED|ERROR" "$OUT/suite.txt" | head -20
+tail -3 "$OUT/suite.txt"
+step done
