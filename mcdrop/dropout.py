@@ -30,9 +30,7 @@ import dataclasses
 import fnmatch
 import os
 import sys
-import threading
 import warnings
-import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -173,7 +171,11 @@ def _parent(name: str) -> str | None:
 
 def _user_stacklevel() -> int:
     """``stacklevel`` for ``warnings.warn`` that points at the first frame outside mcdrop."""
-    internal = (os.path.dirname(os.path.abspath(__file__)), os.path.abspath(contextlib.__file__))
+    internal = (
+        os.path.dirname(os.path.abspath(__file__)),
+        os.path.abspath(contextlib.__file__),
+        os.path.abspath(nn.modules.module.__file__),  # MCDropout called as a module
+    )
     frame = sys._getframe(1)
     level = 1
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(internal):
@@ -453,74 +455,6 @@ def _reproduce(
     )
 
 
-# The probes' outcome (sites and sampling trace) per model, for a key that holds everything it
-# depends on (_probe_key): a later call with the same key skips both probe passes.
-_PROBED: weakref.WeakKeyDictionary[nn.Module, dict[Any, tuple[dict[str, DropoutSite], Any]]] = (
-    weakref.WeakKeyDictionary()
-)
-_PROBED_PER_MODEL = 16
-_PROBED_LOCK = threading.Lock()
-_PLAIN = (bool, int, float, str, type(None))
-
-
-def _probe_key(
-    model: nn.Module, scope: str, include: ModuleFilter, exclude: ModuleFilter, probe: _Probe
-) -> Any:
-    """What the probes' outcome depends on: the options (callables by identity, kept alive by
-    the key), the probe inputs' signature, and the model's state (:func:`_state_key`)."""
-
-    def selector(value: ModuleFilter) -> Any:
-        return tuple(value) if isinstance(value, (list, tuple)) else value
-
-    return (
-        scope,
-        selector(include),
-        selector(exclude),
-        _probe.call_signature(probe.call),
-        _probe.call_signature(probe.batch),
-        torch.backends.mha.get_fastpath_enabled(),
-        _state_key(model),
-    )
-
-
-def _state_key(model: nn.Module) -> tuple[Any, ...]:
-    """Every module's identity, class, ``forward`` (class and instance), hook keys and plain
-    attribute values (rates, flags, attention implementation names), and the plain attributes of
-    the configuration objects the modules hold: a change to any of them probes again."""
-    items: list[Any] = []
-    configs: dict[int, Any] = {}
-    for module in model.modules():
-        state = module.__dict__
-        plain = []
-        for name, value in state.items():
-            if isinstance(value, _PLAIN):
-                plain.append((name, value))
-            elif hasattr(value, "to_dict") and id(value) not in configs:  # HF-style configs
-                configs[id(value)] = _plain_items(value)
-        items.append(
-            (
-                id(module),
-                type(module),
-                type(module).forward,
-                state.get("forward"),
-                tuple(module._forward_hooks),
-                tuple(module._forward_pre_hooks),
-                tuple(plain),
-            )
-        )
-    return tuple(items), tuple(configs.items())
-
-
-def _plain_items(obj: Any, depth: int = 2) -> tuple[Any, ...]:
-    out: list[Any] = []
-    for name, value in vars(obj).items():
-        if isinstance(value, _PLAIN):
-            out.append((name, value))
-        elif depth > 1 and hasattr(value, "to_dict"):  # nested configs (text_config, ...)
-            out.append((name, _plain_items(value, depth - 1)))
-    return tuple(out)
-
-
 def _plan(
     twin: nn.Module,
     scope: str,
@@ -536,24 +470,11 @@ def _plan(
     if probe is None or scope == Scope.TRAIN_EXCEPT_NORM.value:
         sites = _static_sites(twin, scope, include, exclude)
     else:
-        key = _probe_key(model, scope, include, exclude, probe)
-        with _PROBED_LOCK:
-            kept = _PROBED.get(model, {}).get(key)
-        if kept is not None:
-            sites, trace = kept
-        else:
-            devices = sorted(
-                {t.device for t in twin.parameters() if t.device.type == "cuda"}, key=str
-            )
-            probe = dataclasses.replace(probe, devices=devices)
-            sites, expected = _probed_sites(twin, modules, probe, include, exclude, model)
-            if expected:
-                trace = _reproduce(twin, modules, probe, sites, expected, exclude, model)
-            with _PROBED_LOCK:
-                per_model = _PROBED.setdefault(model, {})
-                if len(per_model) >= _PROBED_PER_MODEL:
-                    per_model.pop(next(iter(per_model)))
-                per_model[key] = (dict(sites), trace)
+        devices = sorted({t.device for t in twin.parameters() if t.device.type == "cuda"}, key=str)
+        probe = dataclasses.replace(probe, devices=devices)
+        sites, expected = _probed_sites(twin, modules, probe, include, exclude, model)
+        if expected:
+            trace = _reproduce(twin, modules, probe, sites, expected, exclude, model)
     _set_flags(modules, set(sites))
     order = {name: i for i, name in enumerate(modules)}
     return sorted(sites.values(), key=lambda site: order[site.name]), trace

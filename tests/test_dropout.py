@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from conftest import MLP, FunctionalDropout, FusedClassifier
@@ -135,116 +137,41 @@ def test_site_str_is_readable():
     assert str(site) == "drop (Dropout, p=0.3): dropout module"
 
 
-# -- the probes' outcome is kept per model and key --------------------------------------------
+# -- the probes run at every call ----------------------------------------------------------------
 
 
-class _Config:
-    """Hugging Face style configuration object (has ``to_dict``)."""
-
-    def __init__(self) -> None:
-        self.attention_dropout = 0.3
-        self.attn_implementation = "eager"
-
-    def to_dict(self) -> dict:
-        return dict(vars(self))
-
-
-class ConfigAttention(nn.Module):
-    """Reads its rate and its attention path from a shared config at call time."""
+class TensorRate(nn.Module):
+    """Reads its dropout rate from a buffer at call time (0 at first: not a site)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.config = _Config()
-        self.proj = nn.Linear(8, 3)
+        self.register_buffer("p", torch.tensor(0.0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q = x.unsqueeze(1)
-        p = self.config.attention_dropout if self.training else 0.0
-        if self.config.attn_implementation == "sdpa":
-            out = nn.functional.scaled_dot_product_attention(q, q, q, dropout_p=p)
-        else:
-            out = nn.functional.dropout(torch.softmax(q @ q.transpose(-1, -2), -1), p) @ q
-        return self.proj(out.squeeze(1))
+        return nn.functional.dropout(x, float(self.p), self.training)
 
 
-def _counting_probes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    from mcdrop import _probe
+def test_sites_follow_changes_no_attribute_shows():
+    """A rate held in a tensor, and a branch on the input values: every call probes its own
+    first batch, so neither is sampled stale (a kept probe outcome would miss both)."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), TensorRate(), nn.Linear(4, 2)).eval()
+    x = torch.randn(6, 4)
+    assert [s.name for s in mcdrop.dropout_sites(model, example_inputs=x)] == ["1"]
+    model[2].p.fill_(0.5)
+    assert [s.name for s in mcdrop.dropout_sites(model, example_inputs=x)] == ["1", "2"]
+    fresh = copy.deepcopy(model)
+    ours = mcdrop.predict_with_uncertainty(model, x, n_samples=8, seed=0, task="regression")
+    theirs = mcdrop.predict_with_uncertainty(fresh, x, n_samples=8, seed=0, task="regression")
+    assert torch.equal(ours.variance, theirs.variance)
 
-    calls: list[int] = []
-    real = _probe.trace
+    class Branch(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return nn.functional.dropout(x, 0.5, self.training) if x.sum() > 0 else x
 
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(_probe, "trace", counted)
-    return calls
-
-
-def _sites(
-    model: nn.Module, x: torch.Tensor, **options
-) -> list[tuple[str, tuple[str, ...], float]]:
-    return [
-        (s.name, s.functions, s.rate)
-        for s in mcdrop.dropout_sites(model, example_inputs=x, **options)
-    ]
-
-
-def test_probes_run_once_per_model_state_and_again_after_any_change(monkeypatch):
-    probes = _counting_probes(monkeypatch)
-    model = ConfigAttention().eval()
-    x = torch.randn(4, 8)
-    first = _sites(model, x)
-    assert first == [("", ("F.dropout",), 0.3)] and len(probes) == 2
-    assert _sites(model, x) == first and len(probes) == 2  # same key: no probe pass
-
-    def changed(action) -> list:
-        action()
-        before = len(probes)
-        sites = _sites(model, x)
-        assert len(probes) > before, "a change the probes depend on did not probe again"
-        return sites
-
-    impl = changed(lambda: setattr(model.config, "attn_implementation", "sdpa"))
-    assert impl == [("", ("F.scaled_dot_product_attention",), 0.3)]
-    rate = changed(lambda: setattr(model.config, "attention_dropout", 0.1))
-    assert rate[0][2] == 0.1
-    changed(lambda: setattr(model, "proj", nn.Sequential(nn.Linear(8, 3), nn.Dropout(0.2))))
-    assert [s[0] for s in _sites(model, x)] == ["", "proj.1"]
-    changed(lambda: model.proj[1].__setattr__("p", 0.4))
-    assert _sites(model, x)[1][2] == 0.4
-    changed(lambda: model.register_forward_hook(lambda m, a, out: out))
-    before = len(probes)
-    _sites(model, torch.randn(4, 8))  # other values, same signature: kept
-    assert len(probes) == before
-    _sites(model, torch.randn(3, 8))
-    assert len(probes) > before  # another batch size (the error path runs the whole batch)
-    before = len(probes)
-    model.double()
-    _sites(model, torch.randn(4, 8).double())
-    assert len(probes) > before  # another dtype
-
-
-def test_a_new_include_callable_probes_again(monkeypatch):
-    probes = _counting_probes(monkeypatch)
-    model = MLP().eval()
-    x = torch.randn(4, 6)
-    for _ in range(2):
-        _sites(model, x, include=lambda name, m: name == "head")
-    assert len(probes) == 4  # a fresh lambda each time: compared by identity
-    keep = lambda name, m: name == "head"  # noqa: E731
-    _sites(model, x, include=keep)
-    _sites(model, x, include=keep)
-    assert len(probes) == 6
-
-
-def test_kept_probe_outcome_gives_the_same_numbers_as_probing():
-    from mcdrop import dropout
-
-    model = MLP().eval()
-    x = torch.randn(16, 6)
-    dropout._PROBED.clear()
-    cold = mcdrop.predict_with_uncertainty(model, x, n_samples=50, seed=9, keep_samples=True)
-    assert model in dropout._PROBED
-    warm = mcdrop.predict_with_uncertainty(model, x, n_samples=50, seed=9, keep_samples=True)
-    assert torch.equal(cold.samples, warm.samples)
+    branch = nn.Sequential(nn.Linear(4, 4), Branch()).eval()
+    positive, negative = torch.ones(2, 4), -torch.ones(2, 4)
+    with torch.no_grad():
+        branch[0].weight.copy_(torch.eye(4))
+        branch[0].bias.zero_()
+    assert [s.name for s in mcdrop.dropout_sites(branch, example_inputs=positive)] == ["1"]
+    assert mcdrop.dropout_sites(branch, example_inputs=negative) == []

@@ -640,8 +640,9 @@ def test_cpu_dropout_keep_rate_is_exact_to_a_256th(p):
 def test_mcdropout_forward_from_train_mode_warns_and_keeps_batchnorm():
     model = MLP().train()
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.warns(UserWarning, match="is in training mode"):
+    with pytest.warns(UserWarning, match="is in training mode") as record:
         samples = mcdrop.MCDropout(model, n_samples=4)(torch.randn(8, 6) * 3 + 1)
+    assert record[0].filename == __file__  # the caller's line, not torch's module call
     assert samples.shape == (4, 8, 4)
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert all(m.training for m in model.modules())  # flags restored to train mode

@@ -16,6 +16,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import FusedClassifier
@@ -572,28 +573,50 @@ def test_auto_does_not_replicate_a_model_whose_examples_interact(caplog):
     _assert_same_distribution(samples, _naive_probs(model, x, 300, seed=1))
 
 
-def test_examples_interact_check_runs_once_per_model_and_input_signature(monkeypatch):
-    from mcdrop._engine import driver
+class MaybeCentred(SetModel):
+    """Examples interact only while ``centre`` is set: a plain attribute decides."""
 
-    calls: list[int] = []
-    real = driver._rows_interact
+    centre = False
 
-    def counted(*args):
-        calls.append(1)
-        return real(*args)
+    def forward(self, x):
+        h = self.body(self.drop(x))
+        return self.head(h - h.mean(0) if self.centre else h)
 
-    monkeypatch.setattr(driver, "_rows_interact", counted)
-    model = SetModel().eval()
-    for _ in range(3):  # a new engine each call, one check
-        result = mcdrop.predict_with_uncertainty(model, torch.randn(8, 6), n_samples=20)
-        assert result.n_samples == 20
-    assert len(calls) == 1
-    mcdrop.predict_with_uncertainty(model, torch.randn(9, 6), n_samples=20)
-    assert len(calls) == 2  # another input shape
-    model.head = nn.Linear(16, 3)  # another module
+
+def test_examples_interact_check_runs_again_when_an_attribute_changes():
+    model = MaybeCentred().eval()
+    x = torch.randn(8, 6)
     mc = mcdrop.MCDropout(model, n_samples=20)
-    mc(torch.randn(8, 6))
-    assert len(calls) == 3 and mc.last_strategy != "replicate"
+    mc(x)
+    assert mc.last_strategy == "replicate"
+    model.centre = True  # now a replicated batch would mix samples
+    mc = mcdrop.MCDropout(model, n_samples=20)
+    mc(x)
+    assert mc.last_strategy != "replicate"
+
+
+class HostRead(nn.Module):
+    """Reads its sampled activations on the host: fine in a loop, impossible under vmap."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x):
+        h = self.drop(self.fc(x))
+        np.asarray(h.detach())
+        return h
+
+
+def test_explicit_vmap_errors_name_the_option_only_when_the_model_runs_without_vmap():
+    with pytest.raises(ValueError, match="`strategy`.*'vmap' cannot.*storage.*'auto'"):
+        mcdrop.predict_with_uncertainty(HostRead().eval(), torch.randn(5, 4), strategy="vmap")
+    assert mcdrop.predict_with_uncertainty(HostRead().eval(), torch.randn(5, 4)).n_samples == 100
+    broken = HostRead().eval()
+    broken.fc = nn.Linear(5, 3).eval()  # the user's own shape error stays the user's error
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        mcdrop.predict_with_uncertainty(broken, torch.randn(5, 4), strategy="vmap")
 
 
 def test_explicit_vmap_that_cannot_run_the_model_names_the_option():
@@ -603,3 +626,25 @@ def test_explicit_vmap_that_cannot_run_the_model_names_the_option():
         mcdrop.predict_with_uncertainty(model, torch.randn(4, 5, 16), n_samples=4, strategy="vmap")
     auto = mcdrop.predict_with_uncertainty(model, torch.randn(4, 5, 16), n_samples=4)
     assert auto.n_samples == 4
+
+
+def test_vmap_is_refused_for_sites_whose_kernels_were_not_probed():
+    """Without a probe mcdrop cannot see an attention kernel inside a custom module (on CUDA its
+    dropout would share one mask between the samples of a vmap pass): vmap is refused there,
+    and auto does not try it; PyTorch's own plain layers stay vmap-able."""
+    with pytest.raises(ValueError, match="`strategy`.*FusedAttention \\(not probed\\)"):
+        mcdrop.predict_with_uncertainty(
+            FusedClassifier().eval(),
+            torch.randn(4, 5, 16),
+            n_samples=4,
+            strategy="vmap",
+            scope="train_except_norm",
+        )
+    mc = mcdrop.MCDropout(FusedClassifier().eval(), n_samples=4, scope="train_except_norm")
+    mc(torch.randn(4, 5, 16))
+    assert mc.last_strategy == "replicate"
+    plain = nn.Sequential(nn.Linear(6, 8), nn.Dropout(0.3), nn.Linear(8, 3)).eval()
+    result = mcdrop.predict_with_uncertainty(
+        plain, torch.randn(5, 6), n_samples=4, strategy="vmap", detect_silent=False
+    )
+    assert result.n_samples == 4

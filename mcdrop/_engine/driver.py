@@ -18,7 +18,6 @@ import os
 import sys
 import time
 import warnings
-import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,7 +45,8 @@ __all__: list[str] = []
 logger = logging.getLogger("mcdrop")
 
 # Fused kernels with internal dropout that vmap cannot give a mask per sample: the RNN kernels
-# draw one mask for every sample of a vmap pass; fused attention refuses (CPU) or is unverified.
+# and CUDA's fused attention draw one mask for every sample of a vmap pass (SDPA measured on an
+# H200, docs/performance.rst); on the CPU fused attention raises under vmap.
 _VMAP_UNSAFE = frozenset(
     {
         "torch.lstm",
@@ -67,12 +67,43 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu") if tensor is None else tensor.device
 
 
+# PyTorch layers whose dropout runs inside a fused kernel (attention, RNNs).
+_FUSED_TYPES = (
+    nn.MultiheadAttention,
+    nn.TransformerEncoderLayer,
+    nn.TransformerDecoderLayer,
+    nn.TransformerEncoder,
+    nn.TransformerDecoder,
+    nn.Transformer,
+    nn.RNNBase,
+)
+
+
+def _unprobed(sampling: _Sampling) -> set[str]:
+    """Sites found without a probe (``detect_silent=False``, ``scope='train_except_norm'``): the
+    kernels they run are unknown, so a site that is a fused PyTorch layer, or not one of PyTorch's
+    own layers at all, may hide a dropout kernel vmap cannot give a mask per sample."""
+    if sampling.trace.calls or not sampling.sites:
+        return set()
+    modules = dict(sampling.module.named_modules())
+    unsafe = set()
+    for site in sampling.sites:
+        module = modules.get(site.name)
+        if (
+            module is None
+            or isinstance(module, _FUSED_TYPES)
+            or not type(module).__module__.startswith("torch.nn.")
+        ):
+            unsafe.add(f"{site.type} (not probed)")
+    return unsafe
+
+
 def _profile(sampling: _Sampling, probe_rows: int) -> planner.Profile:
     functions = {f for site in sampling.sites for f in site.functions}
     return planner.Profile(
         prefix_flops=sampling.trace.prefix_flops,
         total_flops=sampling.trace.total_flops,
-        vmap_unsafe=tuple(sorted(functions & _VMAP_UNSAFE)),
+        vmap_unsafe=tuple(sorted((functions & _VMAP_UNSAFE) | _unprobed(sampling))),
         bytes_per_row=sampling.trace.output_bytes / max(probe_rows, 1),
     )
 
@@ -99,7 +130,6 @@ class Engine:
         self.first: _Batch | None = None  # the first batch of the current session
         self.runner: Runner | None = None
         self.last_samples_per_pass: int | None = None
-        self.facts: dict[str, Any] = {}  # of the current session's model and inputs (_facts)
 
     @contextlib.contextmanager
     def session(self, first: _Batch, seed: int | None) -> Iterator[Session]:
@@ -107,7 +137,6 @@ class Engine:
         o = self.options
         with sampling_rng(seed, self.device), torch.inference_mode():
             first = first.to(self.device)
-            self.facts = _facts(self.model, first, o, self.device)
             small = _slice(first, 0, min(2, first.size))
             probe = _Probe((small.args, small.kwargs), (first.args, first.kwargs))
             with _sampling_twin(
@@ -133,11 +162,14 @@ class Engine:
                 profile = _profile(sampling, small.size)
                 self._choose(runner, small, first, profile)
                 if self.memory_sized:
-                    if "budget" not in self.facts:  # measured eagerly: compiling would not pay
+                    key = _budget_key(self.model, first, o, self.device)
+                    if key not in _BUDGETS:  # measured eagerly: compiling would not pay
                         eager = copy.copy(runner)
                         eager.module = sampling.module
-                        self.facts["budget"] = self.measure_memory(eager, first)
-                    self.planner.budget = self.facts["budget"]
+                        if len(_BUDGETS) >= _MAX_BUDGETS:
+                            _BUDGETS.pop(next(iter(_BUDGETS)))
+                        _BUDGETS[key] = self.measure_memory(eager, first)
+                    self.planner.budget = _BUDGETS[key]
                     self.memory_sized = False  # once per engine
                 try:
                     yield Session(self, runner, sampling.sites)
@@ -157,8 +189,10 @@ class Engine:
         if profile.vmap_unsafe and o.strategy == "vmap":
             raise ValueError(
                 "Expected a `strategy` other than 'vmap' for this model: its dropout runs inside "
-                f"{', '.join(profile.vmap_unsafe)}, whose fused kernel cannot draw a dropout mask "
-                "per sample under vmap. Use strategy='auto', 'replicate' or 'loop'."
+                f"{', '.join(profile.vmap_unsafe)}: a fused kernel that cannot draw a dropout "
+                "mask per sample under vmap, or a site whose kernels were not probed "
+                "(detect_silent=False or scope='train_except_norm'). Use strategy='auto', "
+                "'replicate' or 'loop'."
             )
         self.candidates = planner.candidates(o.strategy, profile)
         self.probe_batch = small
@@ -170,9 +204,7 @@ class Engine:
     def _use(self, strategy: str) -> None:
         if strategy == "replicate" and len(self.candidates) > 1:  # auto: check it fits first
             assert self.first is not None and self.runner is not None
-            if "rows_interact" not in self.facts:
-                self.facts["rows_interact"] = _rows_interact(self.runner, self.first)
-            reason = self.facts["rows_interact"]
+            reason = _rows_interact(self.runner, self.first)
             if reason:
                 logger.info("mcdrop: strategy 'replicate' does not fit this model (%s).", reason)
                 self.candidates.remove("replicate")
@@ -243,29 +275,21 @@ class Engine:
         return budget
 
 
-# Facts measured once per model and input signature, deterministic and independent of the
-# dropout sites (which are probed at every call): CUDA rows per pass, whether examples interact.
-_FACTS: weakref.WeakKeyDictionary[nn.Module, dict[Any, dict[str, Any]]] = (
-    weakref.WeakKeyDictionary()
-)
-_FACTS_PER_MODEL = 16
+# CUDA rows per pass, measured once per model structure and input signature. A stale entry can
+# only change the pass size (speed, memory), never which dropout is sampled; the key holds ids,
+# types and strings, no reference to the model or its inputs.
+_BUDGETS: dict[Any, int] = {}
+_MAX_BUDGETS = 256
 
 
-def _facts(model: nn.Module, first: _Batch, o: SamplingOptions, device: torch.device) -> dict:
-    """The facts of ``model`` for this input signature, structure and precision (kept while the
-    model lives; a module replaced or added gives a new key)."""
-    key = (
+def _budget_key(model: nn.Module, first: _Batch, o: SamplingOptions, device: torch.device) -> Any:
+    return (
         _probe.call_signature((first.args, first.kwargs)),
-        tuple((id(m), type(m)) for m in model.modules()),
+        tuple((id(m), type(m).__qualname__) for m in model.modules()),
+        tuple((tuple(p.shape), p.dtype) for p in model.parameters()),
         str(device),
         o.amp,
-        o.n_outputs,
-        id(o.output_transform),
     )
-    per_model = _FACTS.setdefault(model, {})
-    if key not in per_model and len(per_model) >= _FACTS_PER_MODEL:
-        per_model.pop(next(iter(per_model)))
-    return per_model.setdefault(key, {})
 
 
 def _rows_interact(runner: Runner, first: _Batch) -> str | None:
@@ -332,10 +356,11 @@ class Session:
                 continue
             except Exception as error:
                 if self.validated or not engine.reject(self.runner, None, error):
-                    if engine.strategy == "vmap" and str(error).startswith("vmap:"):
+                    if engine.strategy == "vmap" and not self.validated and self._loop_runs(batch):
                         raise ValueError(
                             "Expected a `strategy` that can run this model, but 'vmap' cannot "
-                            f"({error}). Use strategy='auto', 'replicate' or 'loop'."
+                            f"({type(error).__name__}: {error}); without vmap the model runs. "
+                            "Use strategy='auto', 'replicate' or 'loop'."
                         ) from error
                     raise
                 k = min(k, engine.planner.samples_per_pass(batch.size, k))
@@ -366,6 +391,17 @@ class Session:
             for lo in range(0, batch.size, examples)
         ]
         return tuple(torch.cat(outs, 1) for outs in zip(*parts, strict=True))
+
+    def _loop_runs(self, batch: _Batch) -> bool:
+        """Whether one plain sample of two examples runs (so an error was vmap's, not the
+        model's); random state forked, nothing kept."""
+        dev = self.engine.device
+        try:
+            with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+                self.runner.run("loop", _slice(batch, 0, min(2, batch.size)), 1)
+        except Exception:
+            return False
+        return True
 
     def samples_per_pass(self, batch: _Batch, remaining: int) -> int:
         return self.engine.planner.samples_per_pass(batch.size, remaining)
