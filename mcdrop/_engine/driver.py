@@ -120,8 +120,8 @@ class Engine:
         self.options = options
         self.device = options.device or model_device(model)
         self.planner = planner.Planner(options.batch_budget or planner.default_budget(self.device))
-        # On CUDA without an explicit budget the rows per pass come from free memory, measured
-        # once per engine (see measure_memory).
+        # On CUDA without an explicit budget the rows per pass come from one measured pass (see
+        # measure_memory), once per engine.
         self.memory_sized = options.batch_budget is None and self.device.type == "cuda"
         self.strategy: str | None = None
         self.candidates: list[str] = []  # auto: the rule's order, the one in use first
