@@ -172,9 +172,9 @@ def _parent(name: str) -> str | None:
 def _user_stacklevel() -> int:
     """``stacklevel`` for ``warnings.warn`` that points at the first frame outside mcdrop."""
     internal = (
-        os.path.dirname(os.path.abspath(__file__)),
+        os.path.dirname(os.path.abspath(__file__)) + os.sep,
         os.path.abspath(contextlib.__file__),
-        os.path.abspath(nn.modules.module.__file__),  # MCDropout called as a module
+        os.path.dirname(os.path.abspath(nn.modules.module.__file__)) + os.sep,  # module calls
     )
     frame = sys._getframe(1)
     level = 1

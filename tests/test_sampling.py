@@ -643,6 +643,9 @@ def test_mcdropout_forward_from_train_mode_warns_and_keeps_batchnorm():
     with pytest.warns(UserWarning, match="is in training mode") as record:
         samples = mcdrop.MCDropout(model, n_samples=4)(torch.randn(8, 6) * 3 + 1)
     assert record[0].filename == __file__  # the caller's line, not torch's module call
+    with pytest.warns(UserWarning, match="is in training mode") as record:
+        nn.Sequential(nn.Identity(), mcdrop.MCDropout(model, n_samples=2))(torch.randn(8, 6))
+    assert record[0].filename == __file__  # through torch's containers too
     assert samples.shape == (4, 8, 4)
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert all(m.training for m in model.modules())  # flags restored to train mode

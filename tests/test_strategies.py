@@ -643,8 +643,42 @@ def test_vmap_is_refused_for_sites_whose_kernels_were_not_probed():
     mc = mcdrop.MCDropout(FusedClassifier().eval(), n_samples=4, scope="train_except_norm")
     mc(torch.randn(4, 5, 16))
     assert mc.last_strategy == "replicate"
+    # A parent reading its child nn.Dropout's rate into SDPA (timm/HF style): unseen without a
+    # probe, so any module outside torch.nn makes vmap unverifiable.
+    with pytest.raises(ValueError, match="`strategy`.*FusedAttention \\(not probed\\)"):
+        mcdrop.predict_with_uncertainty(
+            FusedClassifier().eval(),
+            torch.randn(4, 5, 16),
+            n_samples=4,
+            strategy="vmap",
+            detect_silent=False,
+            include="head",
+        )
     plain = nn.Sequential(nn.Linear(6, 8), nn.Dropout(0.3), nn.Linear(8, 3)).eval()
-    result = mcdrop.predict_with_uncertainty(
-        plain, torch.randn(5, 6), n_samples=4, strategy="vmap", detect_silent=False
-    )
-    assert result.n_samples == 4
+    for model in (plain, torch.compile(plain)):
+        result = mcdrop.predict_with_uncertainty(
+            model, torch.randn(5, 6), n_samples=4, strategy="vmap", detect_silent=False
+        )
+        assert result.n_samples == 4
+
+
+class RowCheck(nn.Module):
+    """Refuses inputs whose fifth row is negative: the user's own error, on any strategy."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x):
+        if x.shape[0] > 4 and bool(x[4, 0] < 0):
+            raise KeyError("row 4 is out of range")
+        return self.drop(self.fc(x))
+
+
+def test_explicit_vmap_keeps_the_users_own_errors():
+    x = torch.randn(6, 4)
+    x[4, 0] = -1.0
+    for strategy in ("vmap", "loop"):
+        with pytest.raises(KeyError, match="row 4"):
+            mcdrop.predict_with_uncertainty(RowCheck().eval(), x, n_samples=4, strategy=strategy)

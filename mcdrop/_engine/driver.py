@@ -80,21 +80,18 @@ _FUSED_TYPES = (
 
 
 def _unprobed(sampling: _Sampling) -> set[str]:
-    """Sites found without a probe (``detect_silent=False``, ``scope='train_except_norm'``): the
-    kernels they run are unknown, so a site that is a fused PyTorch layer, or not one of PyTorch's
-    own layers at all, may hide a dropout kernel vmap cannot give a mask per sample."""
+    """Modules that may hide a dropout kernel vmap cannot give a mask per sample, when the sites
+    were found without a probe (``detect_silent=False``, ``scope='train_except_norm'``): then
+    mcdrop cannot see which kernels run (a parent may read a child ``nn.Dropout``'s rate into
+    fused attention), so any module that is a fused PyTorch layer or not one of PyTorch's own
+    layers counts."""
     if sampling.trace.calls or not sampling.sites:
         return set()
-    modules = dict(sampling.module.named_modules())
+    root = getattr(sampling.module, "_orig_mod", sampling.module)  # torch.compile's wrapper
     unsafe = set()
-    for site in sampling.sites:
-        module = modules.get(site.name)
-        if (
-            module is None
-            or isinstance(module, _FUSED_TYPES)
-            or not type(module).__module__.startswith("torch.nn.")
-        ):
-            unsafe.add(f"{site.type} (not probed)")
+    for module in root.modules():
+        if isinstance(module, _FUSED_TYPES) or not type(module).__module__.startswith("torch.nn."):
+            unsafe.add(f"{type(module).__name__} (not probed)")
     return unsafe
 
 
@@ -163,13 +160,19 @@ class Engine:
                 self._choose(runner, small, first, profile)
                 if self.memory_sized:
                     key = _budget_key(self.model, first, o, self.device)
-                    if key not in _BUDGETS:  # measured eagerly: compiling would not pay
+                    budget = _BUDGETS.get(key)
+                    if budget is None:  # measured eagerly: compiling would not pay
                         eager = copy.copy(runner)
                         eager.module = sampling.module
-                        if len(_BUDGETS) >= _MAX_BUDGETS:
-                            _BUDGETS.pop(next(iter(_BUDGETS)))
-                        _BUDGETS[key] = self.measure_memory(eager, first)
-                    self.planner.budget = _BUDGETS[key]
+                        measured = self.measure_memory(eager, first)
+                        if measured is None:  # out of memory: this engine samples row-wise
+                            budget = max(1, first.size // 2)
+                        else:
+                            budget = measured
+                            if len(_BUDGETS) >= _MAX_BUDGETS:
+                                _BUDGETS.pop(next(iter(_BUDGETS)))
+                            _BUDGETS[key] = budget
+                    self.planner.budget = budget
                     self.memory_sized = False  # once per engine
                 try:
                     yield Session(self, runner, sampling.sites)
@@ -247,21 +250,25 @@ class Engine:
         self._use(self.candidates[0])
         return True
 
-    def measure_memory(self, runner: Runner, batch: _Batch) -> int:
-        """Rows per pass on CUDA from one 2-sample replicate pass (see :mod:`.memory`).
+    def measure_memory(self, runner: Runner, batch: _Batch) -> int | None:
+        """Rows per pass on CUDA from a 2-sample replicate pass (see :mod:`.memory`); None when
+        that pass does not fit.
 
         Deterministic: the card's capacity, not its free memory, and the pass's own peak read
-        after each op, not the allocator's peak counter (the user's, never reset).
+        after each op, not the allocator's peak counter (the user's, never reset). The pass runs
+        once unmeasured first, so that one-time allocations (library workspaces on a process's
+        first matrix product) do not count, whatever ran before.
         """
         dev = self.device
         k = 2
         try:
             with torch.random.fork_rng(devices=[dev]):
+                runner.run("replicate", batch, k)
                 peak, outs = memory.pass_bytes(lambda: runner.run("replicate", batch, k), dev)
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()
             logger.warning("mcdrop: out of memory measuring a 2-sample pass; sampling row-wise.")
-            return max(1, batch.size // 2)
+            return None
         # float64 statistics of the outputs: about four temporaries of 8 bytes per element.
         out_bytes = sum(int(o[0, :1].numel()) for o in outs) * 8 * 4
         capacity = memory.capacity(dev)
@@ -283,12 +290,18 @@ _MAX_BUDGETS = 256
 
 
 def _budget_key(model: nn.Module, first: _Batch, o: SamplingOptions, device: torch.device) -> Any:
+    """Everything the measured bytes per row depend on: inputs, structure, and the options that
+    change what runs (callables by id: no reference is kept)."""
     return (
         _probe.call_signature((first.args, first.kwargs)),
         tuple((id(m), type(m).__qualname__) for m in model.modules()),
         tuple((tuple(p.shape), p.dtype) for p in model.parameters()),
         str(device),
         o.amp,
+        o.scope,
+        o.detect_silent,
+        o.n_outputs,
+        *(id(f) for f in (o.include, o.exclude, o.output_transform)),
     )
 
 
@@ -393,12 +406,12 @@ class Session:
         return tuple(torch.cat(outs, 1) for outs in zip(*parts, strict=True))
 
     def _loop_runs(self, batch: _Batch) -> bool:
-        """Whether one plain sample of two examples runs (so an error was vmap's, not the
+        """Whether one plain sample of the same batch runs (so an error was vmap's, not the
         model's); random state forked, nothing kept."""
         dev = self.engine.device
         try:
             with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-                self.runner.run("loop", _slice(batch, 0, min(2, batch.size)), 1)
+                self.runner.run("loop", batch, 1)
         except Exception:
             return False
         return True
