@@ -77,3 +77,45 @@ def test_cpu_passes_are_capped_by_activation_bytes():
     assert planner.cpu_rows(small, 16) == planner.DEFAULT_CPU_BUDGET
     assert planner.cpu_rows(Profile(bytes_per_row=planner.CPU_PASS_BYTES * 10), 16) == 16
     assert planner.cpu_rows(Profile(), 16) == planner.DEFAULT_CPU_BUDGET  # nothing measured
+
+
+# -- CUDA pass sizing, with the CUDA reads replaced (the GPU tests measure it for real) ---------
+
+
+def test_cuda_pass_size_is_measured_once_per_key_and_an_out_of_memory_is_not_kept(monkeypatch):
+    import mcdrop
+    from mcdrop._engine import driver, memory
+
+    runs: list[int] = []
+
+    def pass_bytes(run, device):
+        runs.append(1)
+        return 65536 * 2 * 8, run()  # 64 KiB per row for 2 samples of 8 examples
+
+    monkeypatch.setattr(memory, "pass_bytes", pass_bytes)
+    monkeypatch.setattr(memory, "capacity", lambda device: 10 * 2**30)
+    driver._BUDGETS.clear()
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Dropout(0.3)).eval()
+    x = torch.randn(8, 3)
+    out_bytes = 4 * 8 * 4  # four float64 temporaries per output element, 4 outputs per row
+    expected = planner.rows_that_fit(10 * 2**30, 65536 + out_bytes)
+    assert 1 < expected < planner.MAX_MEMORY_ROWS  # the 1 GiB pass cap decides
+    for _ in range(2):
+        mc = mcdrop.MCDropout(model, n_samples=5)
+        assert mc._engine is None
+        mc._engine = driver.Engine(model, mc._sampling)
+        mc._engine.memory_sized = True
+        mc(x)
+        assert mc._engine.planner.budget == expected
+    assert len(runs) == 1  # the second engine reused the measurement
+
+    def out_of_memory(run, device):
+        raise torch.OutOfMemoryError("simulated")
+
+    monkeypatch.setattr(memory, "pass_bytes", out_of_memory)
+    driver._BUDGETS.clear()
+    mc = mcdrop.MCDropout(model, n_samples=5)
+    mc._engine = driver.Engine(model, mc._sampling)
+    mc._engine.memory_sized = True
+    mc(x)
+    assert mc._engine.planner.budget == 4 and not driver._BUDGETS  # row-wise, not kept

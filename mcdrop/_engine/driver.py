@@ -262,7 +262,7 @@ class Engine:
         dev = self.device
         k = 2
         try:
-            with torch.random.fork_rng(devices=[dev]):
+            with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
                 runner.run("replicate", batch, k)
                 peak, outs = memory.pass_bytes(lambda: runner.run("replicate", batch, k), dev)
         except torch.OutOfMemoryError:
