@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Every GPU check in one run (made for a lent H100/H200 with minutes to spare): environment, GPU
-# tests (CUDA sizing, real out-of-memory back-off, AMP, compile=True, NCCL under torchrun), the
-# sampling benchmark at GPU sizes with baal and torch-uncertainty, compile=True on the
-# transformer, then the whole suite with CUDA visible (the pass-size sweep is
-# benchmarks/sweep_pass_size.py --device cuda). Logs go to $OUT (or ./gpu_out). It uses the
-# machine's own torch: the repository is put on PYTHONPATH, and nothing is installed but the
-# wheels in .whl/ (baal, structlog, torch-uncertainty for the benchmark), if there are any.
+# Every GPU check in one run, for a lent H100/H200 (about 9 minutes at most; each step has its
+# own time limit, and every log lands in $OUT, or ./gpu_out): the environment; the GPU tests
+# (CUDA sizing, a real out-of-memory back-off, AMP, compile=True, NCCL under torchrun); why vmap
+# is refused for fused attention; the sampling benchmark at GPU sizes with baal and
+# torch-uncertainty; compile=True on the transformer; the per-call costs part by part; the whole
+# suite with CUDA visible. The pass-size sweep is benchmarks/sweep_pass_size.py --device cuda.
+# It uses the machine's own torch: the repository is put on PYTHONPATH, and nothing is installed
+# but the wheels in .whl/ (baal, structlog, torch-uncertainty for the benchmark), if any.
 #
 #   bash benchmarks/gpu_check.sh
 set -u
@@ -55,12 +56,18 @@ timeout 140 python3 benchmarks/bench_sampling.py --device cuda \
 tail -28 "$OUT/bench_sampling_cuda.txt"
 
 step "transformer bf16 with compile=True"
-timeout 90 python3 benchmarks/bench_sampling.py --device cuda --models transformer --dtype bf16 \
+timeout 80 python3 benchmarks/bench_sampling.py --device cuda --models transformer --dtype bf16 \
     --compile --repeats 3 --json "$OUT/bench_compile_cuda.json" >"$OUT/bench_compile_cuda.txt" 2>&1
 grep -E "replicate|auto|compile|TFLOP|naive|determ" "$OUT/bench_compile_cuda.txt"
 
+step "per-call costs, part by part (conv head dropout, MLP)"
+for model in conv mlp; do
+    timeout 45 python3 benchmarks/profile_fixed_costs.py --device cuda --model "$model" \
+        2>&1 | tee -a "$OUT/profile_fixed_costs_cuda.txt"
+done
+
 step "whole suite with CUDA visible"
-timeout 130 python3 -m pytest -v -p no:cacheprovider -p no:benchmark -n 14 -m "not gpu" \
+timeout 150 python3 -m pytest -v -p no:cacheprovider -p no:benchmark -n 14 -m "not gpu" \
     >"$OUT/suite.txt" 2>&1
 grep -E "FAILED|ERROR" "$OUT/suite.txt" | head -20
 tail -3 "$OUT/suite.txt"

@@ -1,14 +1,16 @@
 """Where the time of one ``predict_with_uncertainty`` call goes (not a test).
 
-For the CPU head-dropout benchmark (conv net of ``bench_sampling.py``, dropout only in the head,
-``T = 100``, ``B = 32``): one deterministic pass, and the parts of an ``auto`` call measured one by
-one — building the twin, the training-mode probe, the sampling probe (with FLOP counting), the
-vmap chunk of 100 samples and the streaming statistics. Medians of ``--repeats`` interleaved
-rounds, milliseconds.
+For a benchmark family of ``bench_sampling.py`` (default: the conv net with dropout only in the
+head; CPU sizes and ``B = 32`` on the CPU, GPU sizes and ``B = 64`` on CUDA; ``T = 100``): one
+deterministic pass, and the parts of an ``auto`` call measured one by one — building the twin,
+the training-mode probe, the sampling probe (with FLOP counting), the sampling chunk of 100
+samples (vmap for the conv net, replicate otherwise) and the streaming statistics. Medians of
+``--repeats`` interleaved rounds, milliseconds, with a device synchronisation around each.
 
 Run::
 
     python benchmarks/profile_fixed_costs.py --threads 2
+    python benchmarks/profile_fixed_costs.py --device cuda --model mlp
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_sampling import SIZES, ConvHead
+from bench_sampling import SIZES, build
 
 import mcdrop
 from mcdrop import _probe
@@ -36,20 +38,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--model", default="conv", choices=sorted(SIZES))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = ConvHead(**SIZES["conv"][1]).eval()
-    x = model.example(32, torch.device("cpu"))
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    sizes = SIZES[args.model][0 if cuda else 1]
+    batch = 64 if cuda else 32
+    model = build(args.model, sizes).to(device).eval()
+    x = model.example(batch, device)  # type: ignore[operator]
+    with mcdrop.dropout_enabled(model, example_inputs=x[:2]) as sampler:
+        on = {name for name, m in sampler.named_modules() if m.training}
     twin = _twin(model)
     assert twin is not None
     modules = dict(twin.named_modules())
     for name, module in modules.items():
-        module.training = name == "head.0"
-    runner = Runner(twin, device=x.device, amp=None, n_outputs=1, output_transform=None)
-    batch = _Batch((x,), {}, None, 32)
+        module.training = name in on
+    strategy = "vmap" if args.model == "conv" else "replicate"
+    runner = Runner(twin, device=device, amp=None, n_outputs=1, output_transform=None)
+    b = _Batch((x,), {}, None, batch)
     with torch.inference_mode():
-        outs = runner.run("vmap", batch, 100)
+        outs = runner.run(strategy, b, 100)
 
     def stats() -> None:
         acc = _ClassificationAccumulator(outputs="logits", class_dim=1, keep_samples=False)
@@ -61,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         "twin": lambda: _twin(model),
         "training probe (2 rows)": lambda: _probe.trace(modules, lambda: twin(x[:2]), flops=False),
         "sampling probe + FLOPs": lambda: _probe.trace(modules, lambda: twin(x[:2]), flops=True),
-        "vmap chunk, 100 samples": lambda: runner.run("vmap", batch, 100),
+        f"{strategy} chunk, 100 samples": lambda: runner.run(strategy, b, 100),
         "statistics": stats,
         "predict_with_uncertainty": lambda: mcdrop.predict_with_uncertainty(
             model, x, n_samples=100, seed=0, progress=False
@@ -73,14 +84,19 @@ def main(argv: list[str] | None = None) -> int:
             fn()
         for _ in range(args.repeats):
             for name, fn in parts.items():
+                if cuda:
+                    torch.cuda.synchronize(device)
                 start = time.perf_counter()
                 fn()
+                if cuda:
+                    torch.cuda.synchronize(device)
                 times[name].append(time.perf_counter() - start)
     det = statistics.median(times["deterministic pass"])
-    print(f"torch {torch.__version__}, {args.threads} threads, conv width 16, B=32, T=100")
+    where = torch.cuda.get_device_name(device) if cuda else f"{args.threads} threads"
+    print(f"torch {torch.__version__}, {where}, {args.model} {sizes}, B={batch}, T=100")
     for name, values in times.items():
         ms = statistics.median(values) * 1e3
-        print(f"  {name:<26} {ms:8.2f} ms  {ms / (det * 1e3):6.2f}x pass")
+        print(f"  {name:<30} {ms:8.2f} ms  {ms / (det * 1e3):7.2f}x pass")
     return 0
 
 
