@@ -108,6 +108,8 @@ def test_cuda_pass_size_is_measured_once_per_key_and_an_out_of_memory_is_not_kep
         mc(x)
         assert mc._engine.planner.budget == expected
     assert len(runs) == 1  # the second engine reused the measurement
+    mc(torch.randn(16, 3))  # other inputs: measured for them, as a new engine would
+    assert len(runs) == 2
 
     def out_of_memory(run, device):
         raise torch.OutOfMemoryError("simulated")

@@ -595,8 +595,12 @@ def test_dropout_that_never_changes_the_output_is_an_error():
 
 
 def test_single_sample_is_allowed_with_infinite_standard_error():
-    with pytest.warns(UserWarning, match="n_samples=1.*0 by construction"):
+    with pytest.warns(UserWarning, match="n_samples=1.*0 by construction") as record:
+        mcdrop.MCDropout(MLP().eval(), n_samples=1).predict_with_uncertainty(torch.randn(3, 6))
+    assert record[0].filename == __file__
+    with pytest.warns(UserWarning, match="n_samples=1.*0 by construction") as record:
         result = mcdrop.predict_with_uncertainty(MLP().eval(), torch.randn(3, 6), n_samples=1)
+    assert record[0].filename == __file__
     assert result.n_samples == 1 and torch.isinf(result.standard_error).all()
     np.testing.assert_allclose(result.mutual_information, 0.0, atol=1e-6)  # float32 entropies
 

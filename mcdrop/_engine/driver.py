@@ -31,7 +31,14 @@ from mcdrop._engine.options import SamplingOptions
 from mcdrop._engine.rng import sampling_rng
 from mcdrop._engine.strategies import Outputs, Runner, varies
 from mcdrop._inputs import _Batch, iter_batches
-from mcdrop.dropout import DropoutSite, _check_sites, _Probe, _Sampling, _sampling_twin
+from mcdrop.dropout import (
+    DropoutSite,
+    _check_sites,
+    _Probe,
+    _Sampling,
+    _sampling_twin,
+    _user_stacklevel,
+)
 from mcdrop.results import ClassificationResult, RegressionResult
 from mcdrop.uncertainty import (
     _ClassificationAccumulator,
@@ -118,7 +125,8 @@ class Engine:
         self.device = options.device or model_device(model)
         self.planner = planner.Planner(options.batch_budget or planner.default_budget(self.device))
         # On CUDA without an explicit budget the rows per pass come from one measured pass (see
-        # measure_memory), once per engine.
+        # measure_memory), per model structure and input signature (_BUDGETS): an engine that
+        # saw other inputs first sizes the passes as a new one would.
         self.memory_sized = options.batch_budget is None and self.device.type == "cuda"
         self.strategy: str | None = None
         self.candidates: list[str] = []  # auto: the rule's order, the one in use first
@@ -173,7 +181,6 @@ class Engine:
                                 _BUDGETS.pop(next(iter(_BUDGETS)))
                             _BUDGETS[key] = budget
                     self.planner.budget = budget
-                    self.memory_sized = False  # once per engine
                 try:
                     yield Session(self, runner, sampling.sites)
                 finally:  # the engine outlives the call (MCDropout): keep no batch or twin
@@ -295,7 +302,9 @@ def _budget_key(model: nn.Module, first: _Batch, o: SamplingOptions, device: tor
     return (
         _probe.call_signature((first.args, first.kwargs)),
         tuple((id(m), type(m).__qualname__) for m in model.modules()),
-        tuple((tuple(p.shape), p.dtype) for p in model.parameters()),
+        tuple(
+            (tuple(t.shape), t.dtype) for t in itertools.chain(model.parameters(), model.buffers())
+        ),
         str(device),
         o.amp,
         o.scope,
@@ -663,7 +672,7 @@ def predict(
             "n_samples=1: one pass has no spread, so mutual information, variances and standard "
             "errors are 0 by construction; use n_samples >= 2 (100 is typical).",
             UserWarning,
-            stacklevel=3,
+            stacklevel=_user_stacklevel(),
         )
     total = None if n_batches is None else n_batches * options.n_samples
     bar = _Progress(progress, total)
