@@ -595,13 +595,18 @@ def test_examples_interact_check_runs_again_when_an_attribute_changes():
     assert mc.last_strategy != "replicate"
 
 
-class HostRead(nn.Module):
-    """Reads its sampled activations on the host: fine in a loop, impossible under vmap."""
-
+class LinearDropout(nn.Module):
     def __init__(self):
         super().__init__()
         self.fc = nn.Linear(4, 3)
         self.drop = nn.Dropout(0.5)
+
+    def forward(self, x):
+        return self.drop(self.fc(x))
+
+
+class HostRead(LinearDropout):
+    """Reads its sampled activations on the host: fine in a loop, impossible under vmap."""
 
     def forward(self, x):
         h = self.drop(self.fc(x))
@@ -632,28 +637,20 @@ def test_vmap_is_refused_for_sites_whose_kernels_were_not_probed():
     """Without a probe mcdrop cannot see an attention kernel inside a custom module (on CUDA its
     dropout would share one mask between the samples of a vmap pass): vmap is refused there,
     and auto does not try it; PyTorch's own plain layers stay vmap-able."""
-    with pytest.raises(ValueError, match="`strategy`.*FusedAttention \\(not probed\\)"):
-        mcdrop.predict_with_uncertainty(
-            FusedClassifier().eval(),
-            torch.randn(4, 5, 16),
-            n_samples=4,
-            strategy="vmap",
-            scope="train_except_norm",
-        )
+    # Without a probe (either way), a parent reading its child nn.Dropout's rate into SDPA
+    # (timm/HF style) is unseen, so any module outside torch.nn makes vmap unverifiable.
+    for unprobed in ({"scope": "train_except_norm"}, {"detect_silent": False, "include": "head"}):
+        with pytest.raises(ValueError, match="`strategy`.*FusedAttention \\(not probed\\)"):
+            mcdrop.predict_with_uncertainty(
+                FusedClassifier().eval(),
+                torch.randn(4, 5, 16),
+                n_samples=4,
+                strategy="vmap",
+                **unprobed,
+            )
     mc = mcdrop.MCDropout(FusedClassifier().eval(), n_samples=4, scope="train_except_norm")
     mc(torch.randn(4, 5, 16))
     assert mc.last_strategy == "replicate"
-    # A parent reading its child nn.Dropout's rate into SDPA (timm/HF style): unseen without a
-    # probe, so any module outside torch.nn makes vmap unverifiable.
-    with pytest.raises(ValueError, match="`strategy`.*FusedAttention \\(not probed\\)"):
-        mcdrop.predict_with_uncertainty(
-            FusedClassifier().eval(),
-            torch.randn(4, 5, 16),
-            n_samples=4,
-            strategy="vmap",
-            detect_silent=False,
-            include="head",
-        )
     plain = nn.Sequential(nn.Linear(6, 8), nn.Dropout(0.3), nn.Linear(8, 3)).eval()
     for model in (plain, torch.compile(plain)):
         result = mcdrop.predict_with_uncertainty(
@@ -662,18 +659,13 @@ def test_vmap_is_refused_for_sites_whose_kernels_were_not_probed():
         assert result.n_samples == 4
 
 
-class RowCheck(nn.Module):
+class RowCheck(LinearDropout):
     """Refuses inputs whose fifth row is negative: the user's own error, on any strategy."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(4, 3)
-        self.drop = nn.Dropout(0.5)
 
     def forward(self, x):
         if x.shape[0] > 4 and bool(x[4, 0] < 0):
             raise KeyError("row 4 is out of range")
-        return self.drop(self.fc(x))
+        return super().forward(x)
 
 
 def test_explicit_vmap_keeps_the_users_own_errors():
