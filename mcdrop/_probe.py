@@ -225,18 +225,6 @@ def signature(output: Any) -> Any:
     return str(spec), shapes
 
 
-def call_signature(inputs: Any) -> Any:
-    """The pytree structure of ``inputs``, the shapes and dtypes of its tensors and the values of
-    the rest (shortened): what a probe's outcome may depend on."""
-    leaves, spec = tree_flatten(inputs)
-    return str(spec), tuple(
-        (tuple(leaf.shape), leaf.dtype, leaf.device)
-        if isinstance(leaf, torch.Tensor)
-        else repr(leaf)[:64]
-        for leaf in leaves
-    )
-
-
 def trace(
     modules: dict[str, nn.Module],
     run: Callable[[], Any],

@@ -23,15 +23,16 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_flatten
 from tqdm.auto import tqdm
 
-from mcdrop import _probe
 from mcdrop._engine import memory, planner
 from mcdrop._engine.options import SamplingOptions
-from mcdrop._engine.rng import sampling_rng
+from mcdrop._engine.rng import forked_rng, sampling_rng
 from mcdrop._engine.strategies import Outputs, Runner, varies
 from mcdrop._inputs import _Batch, iter_batches
 from mcdrop.dropout import (
+    _GATING_TYPES,
     DropoutSite,
     _check_sites,
     _Probe,
@@ -74,16 +75,9 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu") if tensor is None else tensor.device
 
 
-# PyTorch layers whose dropout runs inside a fused kernel (attention, RNNs).
-_FUSED_TYPES = (
-    nn.MultiheadAttention,
-    nn.TransformerEncoderLayer,
-    nn.TransformerDecoderLayer,
-    nn.TransformerEncoder,
-    nn.TransformerDecoder,
-    nn.Transformer,
-    nn.RNNBase,
-)
+# PyTorch layers whose dropout runs inside a fused kernel (attention, RNNs); containers such as
+# nn.Transformer hold them as submodules.
+_FUSED_TYPES = (*_GATING_TYPES, nn.RNNBase)
 
 
 def _unprobed(sampling: _Sampling) -> set[str]:
@@ -92,7 +86,7 @@ def _unprobed(sampling: _Sampling) -> set[str]:
     mcdrop cannot see which kernels run (a parent may read a child ``nn.Dropout``'s rate into
     fused attention), so any module that is a fused PyTorch layer or not one of PyTorch's own
     layers counts."""
-    if sampling.trace.calls or not sampling.sites:
+    if sampling.trace.calls or not sampling.sites:  # probed: the calls name the kernels
         return set()
     root = getattr(sampling.module, "_orig_mod", sampling.module)  # torch.compile's wrapper
     unsafe = set()
@@ -166,21 +160,10 @@ class Engine:
                 )
                 profile = _profile(sampling, small.size)
                 self._choose(runner, small, first, profile)
-                if self.memory_sized:
-                    key = _budget_key(self.model, first, o, self.device)
-                    budget = _BUDGETS.get(key)
-                    if budget is None:  # measured eagerly: compiling would not pay
-                        eager = copy.copy(runner)
-                        eager.module = sampling.module
-                        measured = self.measure_memory(eager, first)
-                        if measured is None:  # out of memory: this engine samples row-wise
-                            budget = max(1, first.size // 2)
-                        else:
-                            budget = measured
-                            if len(_BUDGETS) >= _MAX_BUDGETS:
-                                _BUDGETS.pop(next(iter(_BUDGETS)))
-                            _BUDGETS[key] = budget
-                    self.planner.budget = budget
+                if self.memory_sized:  # measured eagerly: compiling would not pay
+                    eager = copy.copy(runner)
+                    eager.module = sampling.module
+                    self.planner.budget = self._cuda_budget(eager, first)
                 try:
                     yield Session(self, runner, sampling.sites)
                 finally:  # the engine outlives the call (MCDropout): keep no batch or twin
@@ -242,7 +225,7 @@ class Engine:
             reason = f"{type(error).__name__}: {error}"
         elif outs is not None and outs[0].shape[0] > 1 and not varies(outs):
             assert self.probe_batch is not None
-            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            with forked_rng(self.device):
                 if not varies(runner.run("loop", self.probe_batch, 2)):
                     return False  # the loop does not vary either: the checks will say why
             reason = "it drew identical samples where the loop did not"
@@ -257,6 +240,19 @@ class Engine:
         self._use(self.candidates[0])
         return True
 
+    def _cuda_budget(self, runner: Runner, first: _Batch) -> int:
+        """Rows per pass for this model and input signature: kept (``_BUDGETS``) or measured."""
+        key = _budget_key(self.model, first, self.options, self.device)
+        if key in _BUDGETS:
+            return _BUDGETS[key]
+        measured = self.measure_memory(runner, first)
+        if measured is None:  # out of memory: this engine samples row-wise, nothing kept
+            return max(1, first.size // 2)
+        if len(_BUDGETS) >= _MAX_BUDGETS:
+            _BUDGETS.pop(next(iter(_BUDGETS)))
+        _BUDGETS[key] = measured
+        return measured
+
     def measure_memory(self, runner: Runner, batch: _Batch) -> int | None:
         """Rows per pass on CUDA from a 2-sample replicate pass (see :mod:`.memory`); None when
         that pass does not fit.
@@ -269,7 +265,7 @@ class Engine:
         dev = self.device
         k = 2
         try:
-            with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            with forked_rng(dev):
                 runner.run("replicate", batch, k)
                 peak, outs = memory.pass_bytes(lambda: runner.run("replicate", batch, k), dev)
         except torch.OutOfMemoryError:
@@ -300,7 +296,7 @@ def _budget_key(model: nn.Module, first: _Batch, o: SamplingOptions, device: tor
     """Everything the measured bytes per row depend on: inputs, structure, and the options that
     change what runs (callables by id: no reference is kept)."""
     return (
-        _probe.call_signature((first.args, first.kwargs)),
+        _input_signature((first.args, first.kwargs)),
         tuple((id(m), type(m).__qualname__) for m in model.modules()),
         tuple(
             (tuple(t.shape), t.dtype) for t in itertools.chain(model.parameters(), model.buffers())
@@ -311,6 +307,18 @@ def _budget_key(model: nn.Module, first: _Batch, o: SamplingOptions, device: tor
         o.detect_silent,
         o.n_outputs,
         *(id(f) for f in (o.include, o.exclude, o.output_transform)),
+    )
+
+
+def _input_signature(inputs: Any) -> Any:
+    """Pytree structure, tensor shapes, dtypes and devices, and the other values (shortened):
+    what the memory of a pass depends on besides the model."""
+    leaves, spec = tree_flatten(inputs)
+    return str(spec), tuple(
+        (tuple(leaf.shape), leaf.dtype, leaf.device)
+        if isinstance(leaf, torch.Tensor)
+        else repr(leaf)[:64]
+        for leaf in leaves
     )
 
 
@@ -419,7 +427,7 @@ class Session:
         model's); random state forked, nothing kept."""
         dev = self.engine.device
         try:
-            with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            with forked_rng(dev):
                 self.runner.run("loop", batch, 1)
         except Exception:
             return False

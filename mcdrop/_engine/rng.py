@@ -38,6 +38,12 @@ def seed_from(seed: object, generator: object) -> int | None:
     return value
 
 
+def forked_rng(device: torch.device) -> contextlib.AbstractContextManager[None]:
+    """The CPU generator and ``device``'s, restored on exit: passes that must not consume the
+    seeded stream (checks, measurements) run inside."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
+
 @contextlib.contextmanager
 def sampling_rng(seed: int | None, device: torch.device) -> Iterator[None]:
     """Hold the sampling lock; with a seed, seed the generators in play and restore them after."""
