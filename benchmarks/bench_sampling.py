@@ -10,7 +10,7 @@ layer, transformer encoder classifier with dropout everywhere), in fp32 and bf16
   stacked samples (raw sampling, mcdrop's chunking, no statistics);
 * ``auto``: the same with ``strategy="auto"`` (decided from the probe pass, never timed);
 * ``... 1st call``: the first call of a new ``MCDropout`` on a copy of the model that mcdrop has
-  not seen (twin, both probes, the ``auto`` rule, memory sizing, the examples-interact check),
+  not seen (twin, the probe, the ``auto`` rule, memory sizing, the examples-interact check),
   in a process already warm from the steady-state runs (median of rounds, like the rest);
 * ``auto e2e``: ``mcdrop.predict_with_uncertainty`` end to end (sampling, streaming statistics,
   result on the CPU), fixed seed, no progress bar;
@@ -311,7 +311,7 @@ def bench_one(
             row[f"{strategy}_error"] = f"{type(error).__name__}: {str(error)[:120]}"
             continue
         fns[strategy] = lambda mc=mc: mc(x)
-        # A new MCDropout on a model object mcdrop has not seen: twin, both probes, the auto
+        # A new MCDropout on a model object mcdrop has not seen: twin, the probe, the auto
         # rule, memory sizing and the examples-interact check all run again.
         first_calls[strategy] = lambda s=strategy: mcdrop.MCDropout(
             copy.deepcopy(model), n_samples=T, strategy=s, amp=amp

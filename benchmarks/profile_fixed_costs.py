@@ -3,8 +3,10 @@
 For a benchmark family of ``bench_sampling.py`` (default: the conv net with dropout only in the
 head; CPU sizes and ``B = 32`` on the CPU, GPU sizes and ``B = 64`` on CUDA; ``T = 100``): one
 deterministic pass, and the parts of an ``auto`` call measured one by one — building the twin,
-the training-mode probe, the sampling probe (with FLOP counting), the sampling chunk of 100
-samples (vmap for the conv net, replicate otherwise) and the streaming statistics. Medians of
+the training-mode probe (with FLOP counting), the sampling chunk of 100 samples (vmap for the conv
+net, replicate otherwise) plain and recorded (the first chunk of a call also checks the sampling
+twin's dropout calls), the examples-interact check (``auto`` before replicate) and the streaming
+statistics. Medians of
 ``--repeats`` interleaved rounds, milliseconds, with a device synchronisation around each.
 
 Run::
@@ -16,9 +18,12 @@ Run::
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -28,6 +33,7 @@ from bench_sampling import SIZES, build
 
 import mcdrop
 from mcdrop import _probe
+from mcdrop._engine.driver import _rows_interact
 from mcdrop._engine.strategies import Runner
 from mcdrop._inputs import _Batch
 from mcdrop._twin import _twin
@@ -40,6 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--model", default="conv", choices=sorted(SIZES))
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument(
+        "--cprofile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also profile N end-to-end calls with cProfile (host time per function)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -57,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, module in modules.items():
         module.training = name in on
     strategy = "vmap" if args.model == "conv" else "replicate"
-    runner = Runner(twin, device=device, amp=None, n_outputs=1, output_transform=None)
+    amp = torch.bfloat16 if args.dtype == "bf16" else None
+    runner = Runner(twin, device=device, amp=amp, n_outputs=1, output_transform=None)
     b = _Batch((x,), {}, None, batch)
     with torch.inference_mode():
         outs = runner.run(strategy, b, 100)
@@ -67,15 +82,20 @@ def main(argv: list[str] | None = None) -> int:
         acc.update(outs[0])
         acc.state()
 
+    def recorded() -> None:  # the first chunk: also checks the sampling twin's dropout calls
+        with _probe.recording(modules, flops=False) as rec:
+            runner.run(strategy, b, 100, record=rec.modes)
+
     parts = {
         "deterministic pass": lambda: model(x),
         "twin": lambda: _twin(model),
-        "training probe (2 rows)": lambda: _probe.trace(modules, lambda: twin(x[:2]), flops=False),
-        "sampling probe + FLOPs": lambda: _probe.trace(modules, lambda: twin(x[:2]), flops=True),
+        "training probe + FLOPs": lambda: _probe.trace(modules, lambda: twin(x[:2]), flops=True),
         f"{strategy} chunk, 100 samples": lambda: runner.run(strategy, b, 100),
+        "  the same, recorded": recorded,
+        "examples-interact check": lambda: _rows_interact(runner, b),
         "statistics": stats,
         "predict_with_uncertainty": lambda: mcdrop.predict_with_uncertainty(
-            model, x, n_samples=100, seed=0, progress=False
+            model, x, n_samples=100, seed=0, progress=False, amp=amp
         ),
     }
     times: dict[str, list[float]] = {name: [] for name in parts}
@@ -93,11 +113,29 @@ def main(argv: list[str] | None = None) -> int:
                 times[name].append(time.perf_counter() - start)
     det = statistics.median(times["deterministic pass"])
     where = torch.cuda.get_device_name(device) if cuda else f"{args.threads} threads"
-    print(f"torch {torch.__version__}, {where}, {args.model} {sizes}, B={batch}, T=100")
+    print(
+        f"torch {torch.__version__}, {where}, {args.model} {args.dtype} {sizes}, B={batch}, T=100"
+    )
     for name, values in times.items():
         ms = statistics.median(values) * 1e3
         print(f"  {name:<30} {ms:8.2f} ms  {ms / (det * 1e3):7.2f}x pass")
+    if args.cprofile:
+        _host_profile(parts["predict_with_uncertainty"], args.cprofile, cuda)
     return 0
+
+
+def _host_profile(call: Callable[[], object], n: int, cuda: bool) -> None:
+    """Where the host time of ``n`` calls goes (on CUDA a sync's wait shows in its caller)."""
+    profiler = cProfile.Profile()
+    with torch.inference_mode():
+        profiler.enable()
+        for _ in range(n):
+            call()
+        if cuda:
+            torch.cuda.synchronize()
+        profiler.disable()
+    print(f"  cProfile of {n} end-to-end calls, by cumulative time:")
+    pstats.Stats(profiler).sort_stats("cumulative").print_stats(45)
 
 
 if __name__ == "__main__":

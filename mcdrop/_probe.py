@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,15 +175,17 @@ class NoLayerSkip(TorchFunctionMode):
 
 
 class _Recorder(TorchFunctionMode):
-    """Counts the dropout calls with an effective rate above zero, per innermost module, and the
-    FLOPs done before the first of them."""
+    """Counts the dropout calls with an effective rate above zero, per innermost module (in all,
+    and per pass of the root module: ``passes``), and the FLOPs done before the first call of
+    each."""
 
     def __init__(self, stack: list[str], flops: _FlopCounter) -> None:
         super().__init__()
         self.stack = stack
         self.flops = flops
         self.calls: Counter[Call] = Counter()
-        self.prefix_flops: int | None = None
+        self.passes: list[Counter[Call]] = []  # one per call of the root module's forward
+        self.first_flops: dict[Call, int] = {}  # FLOPs done before each call's first occurrence
         self.layer_skips: set[str] = set()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
@@ -196,9 +198,11 @@ class _Recorder(TorchFunctionMode):
             return out
         label, p = dropout_call(func, args, kwargs)
         if p > 0.0:
-            self.calls[(self.stack[-1] if self.stack else "", label, p)] += 1
-            if self.prefix_flops is None:
-                self.prefix_flops = self.flops.total
+            key = (self.stack[-1] if self.stack else "", label, p)
+            self.calls[key] += 1
+            if self.passes:
+                self.passes[-1][key] += 1
+            self.first_flops.setdefault(key, self.flops.total)
         return func(*args, **kwargs)
 
 
@@ -208,11 +212,17 @@ class Trace:
 
     calls: Counter[Call] = field(default_factory=Counter)
     called: set[str] = field(default_factory=set)
-    prefix_flops: int = 0  # FLOPs before the first dropout call
+    first_flops: dict[Call, int] = field(default_factory=dict)  # FLOPs before each call's first
     total_flops: int = 0
     output: Any = None  # structure and shapes of what the pass returned (see ``signature``)
     output_bytes: int = 0  # bytes of all op outputs (with ``flops``)
     layer_skips: set[str] = field(default_factory=set)  # modules that drew torch.rand([])
+
+    def prefix_flops(self, calls: Any = None) -> int:
+        """FLOPs done before the first of ``calls`` (default: any dropout call); all of them
+        when none ran."""
+        keys = self.first_flops if calls is None else [k for k in calls if k in self.first_flops]
+        return min((self.first_flops[k] for k in keys), default=self.total_flops)
 
 
 def signature(output: Any) -> Any:
@@ -225,6 +235,71 @@ def signature(output: Any) -> Any:
     return str(spec), shapes
 
 
+class Recording:
+    """Hooks on every module of a twin (see :func:`recording`) and the modes that record.
+
+    ``modes()`` must be entered innermost, around the model call itself: a mode entered later
+    (mcdrop's CPU dropout) would otherwise answer the dropout calls before the recorder sees them.
+    """
+
+    def __init__(self, stack: list[str], called: set[str], flops: bool) -> None:
+        self.called = called
+        self.counting = flops
+        self.counter = _FlopCounter()
+        self.recorder = _Recorder(stack, self.counter)
+
+    def new_pass(self) -> None:
+        self.recorder.passes.append(Counter())
+
+    @contextlib.contextmanager
+    def modes(self) -> Iterator[None]:
+        with self.counter if self.counting else contextlib.nullcontext(), self.recorder:
+            yield
+
+    def trace(self, output: Any = None) -> Trace:
+        counter = self.counter
+        return Trace(
+            calls=self.recorder.calls,
+            called=self.called,
+            first_flops=self.recorder.first_flops,
+            total_flops=counter.total,
+            output=signature(output),
+            output_bytes=counter.bytes,
+            layer_skips=self.recorder.layer_skips,
+        )
+
+
+@contextlib.contextmanager
+def recording(modules: dict[str, nn.Module], *, flops: bool) -> Iterator[Recording]:
+    """Forward hooks on every module of ``modules`` (of a twin) naming the innermost module that
+    runs; the :class:`Recording` attributes each dropout call to it. Hooks are removed
+    afterwards; the caller owns the modules, so nobody else sees them."""
+    names = {id(m): name for name, m in modules.items()}
+    stack: list[str] = []
+    called: set[str] = set()
+    rec = Recording(stack, called, flops)
+
+    def pre_hook(mod: nn.Module, _args: Any) -> None:
+        if not stack:  # the root's forward: a new pass
+            rec.new_pass()
+        stack.append(names[id(mod)])
+
+    def post_hook(mod: nn.Module, _args: Any, _output: Any) -> None:
+        called.add(names[id(mod)])
+        if stack:
+            stack.pop()
+
+    handles = []
+    for mod in modules.values():
+        handles.append(mod.register_forward_pre_hook(pre_hook))
+        handles.append(mod.register_forward_hook(post_hook, always_call=True))
+    try:
+        yield rec
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def trace(
     modules: dict[str, nn.Module],
     run: Callable[[], Any],
@@ -235,36 +310,10 @@ def trace(
 
     A ``TorchFunctionMode`` and hooks disable PyTorch's fused transformer fast path: the probe
     sees the slow path's dropout calls (:mod:`mcdrop.dropout` switches on the layers whose fast
-    path would skip them). With ``flops``, the FLOPs before the first dropout call and in all are counted too.
-    Hooks are removed afterwards; the caller owns the modules, so nobody else sees them.
+    path would skip them). With ``flops``, the FLOPs before each dropout call and in all are
+    counted too.
     """
-    names = {id(m): name for name, m in modules.items()}
-    stack: list[str] = []
-    result = Trace()
-
-    def pre_hook(mod: nn.Module, _args: Any) -> None:
-        stack.append(names[id(mod)])
-
-    def post_hook(mod: nn.Module, _args: Any, _output: Any) -> None:
-        result.called.add(names[id(mod)])
-        if stack:
-            stack.pop()
-
-    handles = []
-    for mod in modules.values():
-        handles.append(mod.register_forward_pre_hook(pre_hook))
-        handles.append(mod.register_forward_hook(post_hook, always_call=True))
-    counter = _FlopCounter()
-    recorder = _Recorder(stack, counter)
-    try:
-        with counter if flops else contextlib.nullcontext(), recorder:
-            result.output = signature(run())
-    finally:
-        for handle in handles:
-            handle.remove()
-    result.calls = recorder.calls
-    result.layer_skips = recorder.layer_skips
-    result.total_flops = counter.total
-    result.output_bytes = counter.bytes
-    result.prefix_flops = counter.total if recorder.prefix_flops is None else recorder.prefix_flops
-    return result
+    with recording(modules, flops=flops) as rec:
+        with rec.modes():
+            output = run()
+        return rec.trace(output)

@@ -13,9 +13,11 @@ inter-layer dropout, functional ``F.dropout(x, p, self.training)``.
 
 The sampling twin then has exactly those modules in training mode and every other module in eval
 mode: normalisation layers, stochastic depth / DropPath, layer drop and auxiliary heads stay off
-unless ``include=`` or ``scope="train_except_norm"`` asks for them. A second probe checks that the
-sampling twin makes the same dropout calls (module, function, rate, count); where a fused fast path
-needs a parent's flag (``nn.TransformerEncoderLayer``), the nearest gating parents are switched on
+unless ``include=`` or ``scope="train_except_norm"`` asks for them. A second recorded pass checks
+that the sampling twin makes the same dropout calls (module, function, rate, count): when sampling
+(:mod:`mcdrop._engine`), the first sampling chunk itself, recorded; otherwise a second probe. Where
+the twin misses a call, because a parent's flag gates it (``if self.training: x = self.drop(x)``,
+the fused fast path of ``nn.TransformerEncoderLayer``), the nearest gating parents are switched on
 too, and a dropout that still cannot be reproduced is an error listing it.
 
 The user's model is never written to: not its flags, not its hooks. TorchScript models cannot be
@@ -79,6 +81,8 @@ _GATING_TYPES: tuple[type[nn.Module], ...] = (
     nn.TransformerDecoderLayer,
 )
 _FAST_PATH_TYPES = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+# Modules with a fused eval fast path that a TorchFunctionMode (a probe's recording) turns off.
+_FAST_PATH_MODULES = (*_FAST_PATH_TYPES, nn.TransformerEncoder, nn.MultiheadAttention)
 _RATED_TYPES: tuple[type[nn.Module], ...] = (*_DROPOUT_TYPES, *_GATING_TYPES, nn.RNNBase)
 _NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase,  # BatchNorm1d/2d/3d, SyncBatchNorm, InstanceNorm*, lazy ones
@@ -304,8 +308,11 @@ def _probed_sites(
     include: ModuleFilter,
     exclude: ModuleFilter,
     model: nn.Module,
-) -> tuple[dict[str, DropoutSite], Counter[_probe.Call]]:
-    """Sites from the training-mode probe, and the dropout calls the sampling twin must make."""
+    *,
+    flops: bool = False,
+) -> tuple[dict[str, DropoutSite], Counter[_probe.Call], _probe.Trace]:
+    """Sites from the training-mode probe, the dropout calls the sampling twin must make, and the
+    probe's trace."""
     _set_flags(modules, None)
     reference = _run_probe(
         twin,
@@ -313,6 +320,7 @@ def _probed_sites(
         probe,
         what="in training mode (norm layers in eval)",
         model=model,
+        flops=flops,
     )
     expected: Counter[_probe.Call] = Counter()
     sites: dict[str, DropoutSite] = {}
@@ -335,7 +343,7 @@ def _probed_sites(
             sites[name] = DropoutSite(
                 name, _class_name(module), _static_rate(module), "selected by include="
             )
-    return sites, expected
+    return sites, expected, reference
 
 
 def _add_gates(
@@ -455,6 +463,28 @@ def _reproduce(
     )
 
 
+@dataclass(frozen=True)
+class _Pending:
+    """The sampling twin's check, left to the first sampling chunk (``_plan(defer=True)``).
+
+    The chunk runs under :func:`mcdrop._probe.recording` on ``modules``; when it makes every
+    ``expected`` call, the twin samples exactly what training does and no second probe pass is
+    needed. Otherwise ``settle()`` runs the full check of :func:`_reproduce` (gating parents,
+    auxiliary branches, the error naming what cannot be reproduced) and returns the new sites and
+    the sampling probe's trace; the twin's flags are then set for them.
+    """
+
+    modules: dict[str, nn.Module]
+    expected: Counter[_probe.Call]
+    settle: Callable[[], tuple[list[DropoutSite], _probe.Trace]]
+
+    def confirmed_by(self, passes: list[Counter[_probe.Call]]) -> bool:
+        """Whether every pass (call of the root module) made every expected call."""
+        return bool(passes) and all(
+            calls[key] >= count for calls in passes for key, count in self.expected.items()
+        )
+
+
 def _plan(
     twin: nn.Module,
     scope: str,
@@ -462,22 +492,39 @@ def _plan(
     exclude: ModuleFilter,
     probe: _Probe | None,
     model: nn.Module,
-) -> tuple[list[DropoutSite], _probe.Trace]:
-    """Find the sites on ``twin`` and leave its flags set for sampling; also return the sampling
-    probe's trace (empty without a probe)."""
+    *,
+    defer: bool = False,
+) -> tuple[list[DropoutSite], _probe.Trace, _Pending | None]:
+    """Find the sites on ``twin`` and leave its flags set for sampling; also return the trace
+    whose FLOPs plan the sampling (empty without a probe). With ``defer``, the second probe pass
+    is left to the caller's first sampling chunk (:class:`_Pending`) and the FLOPs are counted in
+    the training-mode probe."""
     modules = _TwinModules(twin)
-    trace = _probe.Trace()
-    if probe is None or scope == Scope.TRAIN_EXCEPT_NORM.value:
-        sites = _static_sites(twin, scope, include, exclude)
-    else:
-        devices = sorted({t.device for t in twin.parameters() if t.device.type == "cuda"}, key=str)
-        probe = dataclasses.replace(probe, devices=devices)
-        sites, expected = _probed_sites(twin, modules, probe, include, exclude, model)
-        if expected:
-            trace = _reproduce(twin, modules, probe, sites, expected, exclude, model)
-    _set_flags(modules, set(sites))
     order = {name: i for i, name in enumerate(modules)}
-    return sorted(sites.values(), key=lambda site: order[site.name]), trace
+
+    def finish(sites: dict[str, DropoutSite]) -> list[DropoutSite]:
+        _set_flags(modules, set(sites))
+        return sorted(sites.values(), key=lambda site: order[site.name])
+
+    if probe is None or scope == Scope.TRAIN_EXCEPT_NORM.value:
+        return finish(_static_sites(twin, scope, include, exclude)), _probe.Trace(), None
+    devices = sorted({t.device for t in twin.parameters() if t.device.type == "cuda"}, key=str)
+    probe = dataclasses.replace(probe, devices=devices)
+    sites, expected, reference = _probed_sites(
+        twin, modules, probe, include, exclude, model, flops=defer
+    )
+    if not expected:
+        return finish(sites), _probe.Trace(), None
+    if not defer:
+        trace = _reproduce(twin, modules, probe, sites, expected, exclude, model)
+        return finish(sites), trace, None
+
+    def settle() -> tuple[list[DropoutSite], _probe.Trace]:
+        made = _reproduce(twin, modules, probe, sites, expected, exclude, model)
+        return finish(sites), made
+
+    _fast_path_gates(sites, modules)
+    return finish(sites), reference, _Pending(modules, expected, settle)
 
 
 def _check_sites(model: nn.Module, sites: list[DropoutSite]) -> None:
@@ -579,11 +626,13 @@ def dropout_sites(
 
 @dataclass(frozen=True)
 class _Sampling:
-    """What :func:`_sampling_twin` yields: the module to sample, its sites, the probe's trace."""
+    """What :func:`_sampling_twin` yields: the module to sample, its sites, the trace that plans
+    the sampling, and the check left to the first chunk (``defer=True``)."""
 
     module: nn.Module
     sites: list[DropoutSite]
     trace: _probe.Trace
+    pending: _Pending | None = None
 
 
 @contextlib.contextmanager
@@ -595,6 +644,7 @@ def _sampling_twin(
     probe: _Probe | None,
     *,
     warn: bool = True,
+    defer: bool = False,
 ) -> Iterator[_Sampling]:
     """The module that samples and its sites: a twin, or for TorchScript the locked model."""
     inner, compiled = _unwrap_compiled(model)
@@ -606,10 +656,18 @@ def _sampling_twin(
         return
     if warn:
         _warn_if_training(inner)
-    sites, trace = _plan(twin, scope, include, exclude, probe, inner)
+    # Checked up front instead: a compiled model's first chunk would trace the recording into its
+    # graph; PyTorch's transformer layers take their fused eval fast path except under the
+    # recording, and the first chunk must compute what the others do.
+    defer = (
+        defer
+        and not compiled
+        and not any(isinstance(m, _FAST_PATH_MODULES) for m in inner.modules())
+    )
+    sites, trace, pending = _plan(twin, scope, include, exclude, probe, inner, defer=defer)
     if compiled:  # same dynamo context (backend, options): graphs compiled once are reused
         twin = type(model)(twin, model.dynamo_ctx)  # type: ignore[call-arg]
-    yield _Sampling(twin, sites, trace)
+    yield _Sampling(twin, sites, trace, pending)
 
 
 @contextlib.contextmanager

@@ -88,7 +88,7 @@ class _ClassificationAccumulator:
         # flag, read in state() where the statistics are read anyway: no extra sync).
         self.looks_like_probs: torch.Tensor | None = None
 
-    def _probs(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _probs(self, raw: torch.Tensor) -> torch.Tensor:
         dim = self.class_dim + 1
         num_classes = raw.shape[dim]
         if self.moments.count == 0:
@@ -117,8 +117,7 @@ class _ClassificationAccumulator:
         if self.outputs == "logits" and self.looks_like_probs is None:
             self.looks_like_probs = (raw >= 0).all() & (raw.sum(dim) - 1).abs().le(atol).all()
         if self.outputs in ("logits", "binary_logits"):
-            log_p = F.log_softmax(raw, dim=dim)
-            return log_p.exp(), log_p
+            return F.softmax(raw, dim=dim)
         if self.outputs == "log_probs":
             probs = raw.exp()
         else:
@@ -137,14 +136,13 @@ class _ClassificationAccumulator:
                 f"{self.class_dim}, but a row is off by {worst:g}; pass `outputs='logits'` if the "
                 "model returns logits, or the right `class_dim`."
             )
-        probs = probs.clamp_min(0.0) / sums  # remove the rounding of low-precision outputs
-        return probs, torch.log(probs)
+        return probs.clamp_min(0.0) / sums  # remove the rounding of low-precision outputs
 
     def update(self, raw: torch.Tensor) -> None:
-        probs, log_p = self._probs(raw)
+        probs = self._probs(raw)
         dim = self.class_dim + 1
         dtype = _stat_dtype(probs.device)
-        entropy = -torch.where(probs > 0, probs * log_p, torch.zeros_like(probs)).sum(dim)
+        entropy = torch.special.entr(probs).sum(dim)  # -p log p, 0 at p = 0
         entropy_sum = entropy.to(dtype).sum(0)
         self.entropy_sum = (
             entropy_sum if self.entropy_sum is None else self.entropy_sum + entropy_sum

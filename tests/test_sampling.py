@@ -641,6 +641,27 @@ def test_cpu_dropout_keep_rate_is_exact_to_a_256th(p):
     assert stats.binomtest(int(kept.sum()), kept.numel(), 1 - p).pvalue > 1e-4
 
 
+def test_byte_masks_fall_back_to_floats_where_vmap_cannot_view_bytes(monkeypatch):
+    """Before torch 2.13 vmap has no batching rule for viewing words as bytes: every mask is then
+    drawn in float32, decided once per process without drawing random numbers."""
+    from mcdrop._engine import strategies
+
+    strategies._bytes_under_vmap.cache_clear()
+    before = torch.get_rng_state()
+    assert strategies._bytes_under_vmap() in (True, False)
+    assert torch.equal(torch.get_rng_state(), before)
+    monkeypatch.setattr(strategies, "_bytes_under_vmap", lambda: False)
+    kept = strategies._keep_mask(torch.Size([1000, 2000]), 0.25, torch.device("cpu"))
+    assert stats.binomtest(int(kept.sum()), kept.numel(), 0.75).pvalue > 1e-4
+    w = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64)
+    x = torch.tensor([[1.0, 2.0, -1.0, 0.5]], dtype=torch.float64)
+    model = nn.Sequential(nn.Dropout(0.25), nn.Linear(4, 1, bias=False, dtype=torch.float64))
+    model[1].weight.data = w[None]
+    samples = mcdrop.MCDropout(model.eval(), n_samples=4000, strategy="vmap", seed=0)(x)
+    var = 0.25 / 0.75 * float((w**2 * x**2).sum())
+    assert abs(float(samples.mean()) - float(x @ w)) < 5 * (var / 4000) ** 0.5
+
+
 def test_mcdropout_forward_from_train_mode_warns_and_keeps_batchnorm():
     model = MLP().train()
     state = {k: v.clone() for k, v in model.state_dict().items()}

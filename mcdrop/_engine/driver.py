@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import itertools
 import logging
 import math
@@ -26,10 +27,11 @@ from torch import nn
 from torch.utils._pytree import tree_flatten
 from tqdm.auto import tqdm
 
+from mcdrop import _probe
 from mcdrop._engine import memory, planner
 from mcdrop._engine.options import SamplingOptions
 from mcdrop._engine.rng import forked_rng, sampling_rng
-from mcdrop._engine.strategies import Outputs, Runner, varies
+from mcdrop._engine.strategies import Outputs, Recorded, Runner, varies
 from mcdrop._inputs import _Batch, iter_batches
 from mcdrop.dropout import (
     _GATING_TYPES,
@@ -98,8 +100,9 @@ def _unprobed(sampling: _Sampling) -> set[str]:
 
 def _profile(sampling: _Sampling, probe_rows: int) -> planner.Profile:
     functions = {f for site in sampling.sites for f in site.functions}
+    pending = sampling.pending  # the trace is the training probe's: FLOPs before a sampled call
     return planner.Profile(
-        prefix_flops=sampling.trace.prefix_flops,
+        prefix_flops=sampling.trace.prefix_flops(None if pending is None else pending.expected),
         total_flops=sampling.trace.total_flops,
         vmap_unsafe=tuple(sorted((functions & _VMAP_UNSAFE) | _unprobed(sampling))),
         bytes_per_row=sampling.trace.output_bytes / max(probe_rows, 1),
@@ -138,8 +141,14 @@ class Engine:
             first = first.to(self.device)
             small = _slice(first, 0, min(2, first.size))
             probe = _Probe((small.args, small.kwargs), (first.args, first.kwargs))
+            # Without compile, the sampling twin's check runs on the first chunk (Session).
             with _sampling_twin(
-                self.model, o.scope, o.include, o.exclude, probe if o.detect_silent else None
+                self.model,
+                o.scope,
+                o.include,
+                o.exclude,
+                probe if o.detect_silent else None,
+                defer=o.compile is None,
             ) as sampling:
                 _check_sites(self.model, sampling.sites)
                 module: Any = sampling.module
@@ -147,27 +156,42 @@ class Engine:
                     # Cheap: dynamo caches graphs on the forward's code object, guarded on the
                     # module's structure and flags, so a new twin per call reuses them.
                     module = torch.compile(module, **o.compile)
-                skips = sorted(sampling.trace.layer_skips)
-                if skips:
-                    logger.info("mcdrop: layer drop of %s kept off while sampling.", skips)
                 runner = Runner(
                     module,
                     device=self.device,
                     amp=o.amp,
                     n_outputs=o.n_outputs,
                     output_transform=o.output_transform,
-                    no_layer_skip=bool(skips),
+                    no_layer_skip=bool(sampling.trace.layer_skips),
                 )
-                profile = _profile(sampling, small.size)
-                self._choose(runner, small, first, profile)
-                if self.memory_sized:  # measured eagerly: compiling would not pay
-                    eager = copy.copy(runner)
-                    eager.module = sampling.module
+                if sampling.pending is None:
+                    _log_layer_skips(sampling.trace.layer_skips)
+                # The examples-interact check and the memory measurement run eagerly: compiling
+                # them (eval flags, other shapes) would not pay.
+                eager = copy.copy(runner)
+                eager.module = getattr(sampling.module, "_orig_mod", sampling.module)
+                self._choose(eager, small, first, _profile(sampling, small.size))
+                if self.memory_sized:
                     self.planner.budget = self._cuda_budget(eager, first)
                 try:
-                    yield Session(self, runner, sampling.sites)
+                    yield Session(self, runner, sampling)
                 finally:  # the engine outlives the call (MCDropout): keep no batch or twin
                     self.first = self.runner = self.probe_batch = None
+
+    def settle(self, runner: Runner, sampling: _Sampling) -> _Sampling:
+        """The full check of the sampling twin, when the first chunk did not confirm the
+        deferred one (:class:`mcdrop.dropout._Pending`): new sites, and the plan made again."""
+        assert sampling.pending is not None and self.probe_batch is not None
+        assert self.first is not None and self.runner is not None
+        sites, trace = sampling.pending.settle()
+        _check_sites(self.model, sites)  # an auxiliary branch may have held the only dropout
+        sampling = dataclasses.replace(sampling, sites=sites, trace=trace, pending=None)
+        runner.no_layer_skip = bool(trace.layer_skips)
+        _log_layer_skips(trace.layer_skips)
+        self._choose(
+            self.runner, self.probe_batch, self.first, _profile(sampling, self.probe_batch.size)
+        )
+        return sampling
 
     def _choose(
         self, runner: Runner, small: _Batch, first: _Batch, profile: planner.Profile
@@ -190,19 +214,26 @@ class Engine:
         self.candidates = planner.candidates(o.strategy, profile)
         self.probe_batch = small
         self.first = first
-        self.runner = runner
+        self.runner = runner  # eager: for the examples-interact check
         self.profile = profile
         self._use(self.candidates[0])
 
     def _use(self, strategy: str) -> None:
-        if strategy == "replicate" and len(self.candidates) > 1:  # auto: check it fits first
+        if strategy == "replicate":  # a replicated batch must not mix its samples
             assert self.first is not None and self.runner is not None
             reason = _rows_interact(self.runner, self.first)
-            if reason:
+            if reason and len(self.candidates) > 1:  # auto: the next candidate
                 logger.info("mcdrop: strategy 'replicate' does not fit this model (%s).", reason)
                 self.candidates.remove("replicate")
                 self._use(self.candidates[0])
                 return
+            if reason == _INTERACT:
+                raise ValueError(
+                    "Expected a `strategy` other than 'replicate' for this model: "
+                    f"{_INTERACT}, so a replicated batch would mix the samples of its copies. "
+                    "Use strategy='auto', 'vmap' or 'loop' (each sample then sees the batch as "
+                    "it is)."
+                )
         self.strategy = strategy
         self.planner.scale = planner.vmap_scale(self.profile) if strategy == "vmap" else 1
         if self.device.type == "cpu" and self.options.batch_budget is None:
@@ -350,24 +381,32 @@ def _rows_interact(runner: Runner, first: _Batch) -> str | None:
         if a.shape[2:] != b.shape[2:] or not torch.allclose(
             a.float(), b[:, :2].float(), rtol=rtol, atol=atol
         ):
-            return "in eval mode an example's output depends on the other examples of its batch"
+            return _INTERACT
     return None
+
+
+_INTERACT = "in eval mode an example's output depends on the other examples of its batch"
 
 
 class Session:
     """Sampling of one call's batches with a chosen strategy (see :meth:`Engine.session`)."""
 
-    def __init__(self, engine: Engine, runner: Runner, sites: list[DropoutSite]) -> None:
+    def __init__(self, engine: Engine, runner: Runner, sampling: _Sampling) -> None:
         self.engine = engine
         self.runner = runner
-        self.sites = sites
+        self.sampling = sampling
         self.validated = False  # the first chunk checks the auto candidate
+
+    @property
+    def sites(self) -> list[DropoutSite]:
+        return self.sampling.sites
 
     def chunk(self, batch: _Batch, k: int) -> tuple[int, Outputs]:
         """Up to ``k`` samples of ``batch``, backing off on out-of-memory; ``(k used, outputs)``.
 
         Only ``torch.OutOfMemoryError`` is retried (fewer samples, then fewer examples per pass);
-        any other error propagates.
+        any other error propagates. The first chunk also checks the ``auto`` candidate and the
+        sampling twin (:meth:`_confirmed`).
         """
         engine = self.engine
         plan = engine.planner
@@ -376,30 +415,23 @@ class Session:
             k = min(k, plan.sample_cap or k)
             examples = plan.examples_per_pass(batch.size)
             try:
-                outs = self._run_split(batch, k, examples)
+                outs, recording = self._sample(batch, k, examples)
             except torch.OutOfMemoryError:
-                change = plan.back_off(k, batch.size)
-                if engine.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                engine.last_samples_per_pass = None
-                logger.warning("mcdrop: %s", change)
+                self._back_off(k, batch)
                 continue
             except Exception as error:
                 if self.validated or not engine.reject(self.runner, None, error):
-                    if engine.strategy == "vmap" and not self.validated and self._loop_runs(batch):
-                        raise ValueError(
-                            "Expected a `strategy` that can run this model, but 'vmap' cannot "
-                            f"({type(error).__name__}: {error}); without vmap the model runs. "
-                            "Use strategy='auto', 'replicate' or 'loop'."
-                        ) from error
-                    raise
-                k = min(k, engine.planner.samples_per_pass(batch.size, k))
+                    self._raise(error, batch)  # returns when the twin's check changed the plan
+                k = min(k, plan.samples_per_pass(batch.size, k))
+                continue
+            if recording is not None and not self._confirmed(recording):
+                k = min(k, plan.samples_per_pass(batch.size, k))  # a new plan: run it again
                 continue
             if not self.validated:
                 self.validated = True
                 if engine.reject(self.runner, outs, None):
                     self.validated = False
-                    k = min(k, engine.planner.samples_per_pass(batch.size, k))
+                    k = min(k, plan.samples_per_pass(batch.size, k))
                     continue
             if engine.last_samples_per_pass is None or k > engine.last_samples_per_pass:
                 engine.last_samples_per_pass = k
@@ -411,13 +443,67 @@ class Session:
                 )
             return k, outs
 
-    def _run_split(self, batch: _Batch, k: int, examples: int) -> Outputs:
+    def _back_off(self, k: int, batch: _Batch) -> None:
+        change = self.engine.planner.back_off(k, batch.size)
+        if self.engine.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.engine.last_samples_per_pass = None
+        logger.warning("mcdrop: %s", change)
+
+    def _raise(self, error: Exception, batch: _Batch) -> None:
+        """Raise ``error`` from the first chunk, explained: by the full check of the sampling twin
+        while it is pending (its own error, or a new plan: then return, to run the chunk again),
+        or as a ``strategy='vmap'`` that cannot run a model that runs without vmap."""
+        engine = self.engine
+        if self.sampling.pending is not None:
+            before = self.sites
+            self.sampling = engine.settle(self.runner, self.sampling)
+            if self.sites != before:
+                return
+        if engine.strategy == "vmap" and not self.validated and self._loop_runs(batch):
+            raise ValueError(
+                "Expected a `strategy` that can run this model, but 'vmap' cannot "
+                f"({type(error).__name__}: {error}); without vmap the model runs. "
+                "Use strategy='auto', 'replicate' or 'loop'."
+            ) from error
+        raise error
+
+    def _sample(
+        self, batch: _Batch, k: int, examples: int
+    ) -> tuple[Outputs, _probe.Recording | None]:
+        """One chunk, recorded while the sampling twin's check is pending."""
+        pending = self.sampling.pending
+        if pending is None:
+            return self._run_split(batch, k, examples), None
+        with _probe.recording(pending.modules, flops=False) as rec:
+            return self._run_split(batch, k, examples, rec.modes), rec
+
+    def _confirmed(self, rec: _probe.Recording) -> bool:
+        """Whether every pass of the recorded chunk made the dropout calls training makes; if not,
+        the full check (gating parents, or the error naming what cannot be reproduced) makes a
+        new plan and the chunk must run again (False). Outside the chunk's error handling: an
+        error of the check is never taken for a strategy that cannot run the model."""
+        assert self.sampling.pending is not None
+        if not self.sampling.pending.confirmed_by(rec.recorder.passes):
+            self.sampling = self.engine.settle(self.runner, self.sampling)
+            return False
+        self.sampling = dataclasses.replace(self.sampling, pending=None)
+        # The recording kept layer drop off in this chunk; the runner does from now on.
+        self.runner.no_layer_skip = bool(rec.recorder.layer_skips)
+        _log_layer_skips(rec.recorder.layer_skips)
+        return True
+
+    def _run_split(
+        self, batch: _Batch, k: int, examples: int, record: Recorded | None = None
+    ) -> Outputs:
         strategy = self.engine.strategy
         assert strategy is not None
         if batch.size <= examples:
-            return self.runner.run(strategy, batch, k)
+            return self.runner.run(strategy, batch, k, record=record)
         parts = [
-            self.runner.run(strategy, _slice(batch, lo, min(lo + examples, batch.size)), k)
+            self.runner.run(
+                strategy, _slice(batch, lo, min(lo + examples, batch.size)), k, record=record
+            )
             for lo in range(0, batch.size, examples)
         ]
         return tuple(torch.cat(outs, 1) for outs in zip(*parts, strict=True))
@@ -435,6 +521,11 @@ class Session:
 
     def samples_per_pass(self, batch: _Batch, remaining: int) -> int:
         return self.engine.planner.samples_per_pass(batch.size, remaining)
+
+
+def _log_layer_skips(skips: set[str]) -> None:
+    if skips:
+        logger.info("mcdrop: layer drop of %s kept off while sampling.", sorted(skips))
 
 
 def _slice(batch: _Batch, lo: int, hi: int) -> _Batch:

@@ -3,9 +3,10 @@
 The ``auto`` rule
 -----------------
 ``strategy="auto"`` never times anything: the same model, inputs, options and seed give the same
-strategy, so the same numbers, on a busy machine as on an idle one. It decides from the probe
-pass that finds the dropout sites (:mod:`mcdrop.dropout`), which also counts the FLOPs done before
-the first dropout call (``torch.utils.flop_counter``'s formulas):
+strategy, so the same numbers, on a busy machine as on an idle one. It decides from the
+training-mode probe pass that finds the dropout sites (:mod:`mcdrop.dropout`), which also counts
+the FLOPs done before the first dropout call that samples (``torch.utils.flop_counter``'s
+formulas):
 
 1. ``vmap`` when at least ``PREFIX_SHARE_FOR_VMAP`` of the FLOPs come before the first dropout
    (prefix sharing then saves most of the work: a conv net with a dropout head costs about one

@@ -16,6 +16,7 @@ never changes the distribution of the results, only the speed and the memory:
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,19 @@ from mcdrop._probe import NoLayerSkip
 __all__: list[str] = []
 
 Outputs = tuple[torch.Tensor, ...]
+Recorded = Callable[[], contextlib.AbstractContextManager[Any]]  # modes entered innermost
+
+
+@functools.cache
+def _bytes_under_vmap() -> bool:
+    """Whether vmap can view 64-bit words as bytes (no batching rule for ``view.dtype`` before
+    torch 2.13): decided once per process, without random numbers, so that every call draws its
+    masks the same way."""
+    try:
+        torch.func.vmap(lambda w: w.view(torch.uint8))(torch.zeros(2, 1, dtype=torch.int64))
+    except RuntimeError:
+        return False
+    return True
 
 
 def _keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
@@ -36,7 +50,7 @@ def _keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tenso
     random byte per unit decides exactly (eight from each 64-bit draw: about 3x cheaper than a
     float per unit); otherwise ``rand >= p`` in float32, as PyTorch's own masks resolve rates."""
     threshold = p * 256
-    if len(shape) == 0 or threshold != int(threshold):
+    if len(shape) == 0 or threshold != int(threshold) or not _bytes_under_vmap():
         return torch.rand(shape, dtype=torch.float32, device=device).ge(p)
     *lead, last = shape
     words = torch.randint(-(2**63), 2**63 - 1, (*lead, (last + 7) // 8), device=device)
@@ -108,8 +122,12 @@ class Runner:
             batch_size=batch.rows(),
         )
 
-    def run(self, strategy: str, batch: _Batch, k: int) -> Outputs:
-        """``k`` samples of ``batch``: outputs of shape ``(k, B, ...)``."""
+    def run(
+        self, strategy: str, batch: _Batch, k: int, *, record: Recorded | None = None
+    ) -> Outputs:
+        """``k`` samples of ``batch``: outputs of shape ``(k, B, ...)``. ``record`` gives modes to
+        enter innermost, where they see every call before mcdrop's own modes (the first chunk's
+        check of the sampling twin, :func:`mcdrop._probe.recording`)."""
         autocast = (
             contextlib.nullcontext()
             if self.amp is None
@@ -117,7 +135,8 @@ class Runner:
         )
         fast = FastCPUDropout() if self.device.type == "cpu" else contextlib.nullcontext()
         keep_layers = NoLayerSkip() if self.no_layer_skip else contextlib.nullcontext()
-        with autocast, fast, keep_layers:
+        recording = contextlib.nullcontext() if record is None else record()
+        with autocast, fast, keep_layers, recording:
             if strategy == "vmap":
                 return self._vmap(batch, k)
             if strategy == "loop" or k == 1:
