@@ -174,6 +174,38 @@ class NoLayerSkip(TorchFunctionMode):
         return _never_skip(out) if func is torch.rand and out.numel() == 1 else out
 
 
+def _with_arg(
+    args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str, value: Any
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if name not in kwargs and len(args) > index:
+        return (*args[:index], value, *args[index + 1 :]), kwargs
+    return args, {**kwargs, name: value}
+
+
+class NoDropout(TorchFunctionMode):
+    """Every dropout call a probe records runs with rate 0, and layer drop never skips: the
+    sampling twin as a deterministic function of its inputs (the examples-interact check)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        if func is torch.rand:
+            out = func(*args, **kwargs)
+            return _never_skip(out) if out.numel() == 1 else out
+        _, p = dropout_call(func, args, kwargs)
+        if p <= 0.0:
+            return func(*args, **kwargs)
+        if func in _FUNCTIONAL or func in _ATEN:
+            return _arg(args, kwargs, 0, "input", None)
+        if func is F.scaled_dot_product_attention:
+            args, kwargs = _with_arg(args, kwargs, 4, "dropout_p", 0.0)
+        elif func is F.multi_head_attention_forward:
+            args, kwargs = _with_arg(args, kwargs, 10, "dropout_p", 0.0)
+        else:  # the RNN kernels: (..., num_layers, dropout, train, ...), positional
+            index = 5 + (0 if isinstance(args[3], bool) else 1)
+            args = (*args[:index], 0.0, *args[index + 1 :])
+        return func(*args, **kwargs)
+
+
 class _Recorder(TorchFunctionMode):
     """Counts the dropout calls with an effective rate above zero, per innermost module (in all,
     and per pass of the root module: ``passes``), and the FLOPs done before the first call of

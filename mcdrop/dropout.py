@@ -479,9 +479,11 @@ class _Pending:
     settle: Callable[[], tuple[list[DropoutSite], _probe.Trace]]
 
     def confirmed_by(self, passes: list[Counter[_probe.Call]]) -> bool:
-        """Whether every pass (call of the root module) made every expected call."""
+        """Whether every pass (call of the root module) made every expected call exactly as
+        often as the training probe. A count that depends on the rows (a loop over examples or
+        to a length in the inputs) is not confirmed: more calls there could hide a missing one."""
         return bool(passes) and all(
-            calls[key] >= count for calls in passes for key, count in self.expected.items()
+            calls[key] == count for calls in passes for key, count in self.expected.items()
         )
 
 

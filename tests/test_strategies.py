@@ -22,9 +22,11 @@ import pytest
 import torch
 from conftest import FusedClassifier
 from torch import nn
+from torch.nn import functional as F
 
 import mcdrop
 from mcdrop._engine.strategies import Runner
+from mcdrop._probe import NoDropout
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -319,9 +321,9 @@ def test_auto_probe_does_not_consume_the_callers_random_stream():
 # -- out of memory --------------------------------------------------------------------------------
 
 
-def _eval_check(runner: Runner) -> bool:
-    """Whether a run is replicate's examples-interact check (every module in eval mode)."""
-    return not any(m.training for m in runner.module.modules())
+def _eval_check(kw: dict) -> bool:
+    """Whether a run is replicate's examples-interact check (dropout at rate 0)."""
+    return kw.get("record") is NoDropout
 
 
 def _fail_first_calls(monkeypatch, error: BaseException, n_failures: int = 1):
@@ -329,7 +331,7 @@ def _fail_first_calls(monkeypatch, error: BaseException, n_failures: int = 1):
     original = Runner.run  # with a fixed strategy the first run is the first chunk
 
     def run(self, name, batch, k, **kw):
-        if _eval_check(self):
+        if _eval_check(kw):
             return original(self, name, batch, k, **kw)
         calls.append((name, k, batch.size))
         if len(calls) <= n_failures:
@@ -366,7 +368,7 @@ def test_out_of_memory_at_one_sample_splits_the_examples(monkeypatch, caplog):
     sizes: list[tuple[int, int]] = []
 
     def run(self, name, batch, k, **kw):  # "memory" for at most 3 rows per pass
-        if _eval_check(self):
+        if _eval_check(kw):
             return original(self, name, batch, k, **kw)
         sizes.append((k, batch.size))
         if k * batch.size > 3 and batch.size > 2:  # the 2-example probe passes fit
@@ -795,7 +797,7 @@ def test_every_pass_of_the_first_chunk_must_make_the_calls_training_makes(monkey
         original = Runner.run
 
         def run(self, name, batch, k, **kw):
-            if k * batch.size > oom_rows and not _eval_check(self):
+            if k * batch.size > oom_rows and not _eval_check(kw):
                 raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
             return original(self, name, batch, k, **kw)
 
@@ -907,3 +909,117 @@ def test_every_chunk_computes_the_same_function_around_fused_fast_paths(monkeypa
     )(x, mask)
     padded = samples[:, :, 4:]
     assert torch.equal(padded, padded[:1].expand_as(padded))
+
+
+class PerExample(nn.Module):
+    """Runs a block per example (its dropout count grows with the batch) and, while training,
+    the block's dropout once more: more calls on a full batch must not hide the missing one."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.drop, self.head = nn.Linear(4, 4), nn.Dropout(0.5), nn.Linear(4, 1)
+
+    def forward(self, x):
+        h = torch.cat([self.drop(self.lin(x[i : i + 1])) for i in range(x.shape[0])])
+        if self.training:
+            h = self.drop(h)
+        return self.head(h)
+
+
+@pytest.mark.parametrize("strategy", ["loop", "replicate", "vmap", "auto"])
+def test_dropout_counts_that_grow_with_the_batch_do_not_hide_a_gated_call(strategy):
+    torch.manual_seed(0)
+    model = PerExample().eval()
+    x = torch.randn(8, 4)
+    T = 3000
+    model.train()
+    with torch.no_grad():
+        reference = torch.stack([model(x) for _ in range(T)])
+    model.eval()
+    samples = mcdrop.predict_with_uncertainty(
+        model, x, n_samples=T, strategy=strategy, task="regression", keep_samples=True, seed=1
+    ).samples
+    _assert_same_distribution(samples, reference)
+
+
+class AlwaysOn(nn.Module):
+    """Hand-written MC dropout: random in eval mode, but its examples never interact."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 16), nn.Linear(16, 1)
+
+    def forward(self, x):
+        return self.b(F.dropout(torch.relu(self.a(x)), 0.3, training=True))
+
+
+class Noisy(AlwaysOn):
+    """Random in eval mode beyond dropout (noise injection): the check cannot tell."""
+
+    def forward(self, x):
+        return super().forward(x + 0.1 * torch.randn_like(x))
+
+
+class Mixer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.d, self.b = nn.Linear(4, 16), nn.Dropout(0.5), nn.Linear(16, 1)
+
+    def forward(self, x):
+        h = self.d(self.a(x))
+        return self.b(h - h.mean(0, keepdim=True))
+
+
+class TrainCentred(nn.Module):
+    """Centres over the batch while training, with a fixed buffer in eval mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("centre", torch.zeros(16))
+
+    def forward(self, h):
+        return h - (h.mean(0) if self.training else self.centre)
+
+
+class TrainOnlyMixer(Mixer):
+    def __init__(self):
+        super().__init__()
+        self.centre = TrainCentred()
+
+    def forward(self, x):
+        return self.b(self.centre(self.d(self.a(x))))
+
+
+def test_replicate_check_runs_the_twin_as_it_samples_with_its_dropout_off(caplog):
+    x = torch.randn(8, 4)
+    kw = {"n_samples": 20, "task": "regression", "strategy": "replicate", "seed": 0}
+    result = mcdrop.predict_with_uncertainty(AlwaysOn().eval(), x, **kw)  # not refused
+    assert (result.epistemic_variance > 0).all()
+    with caplog.at_level(logging.WARNING, logger="mcdrop"):
+        mcdrop.predict_with_uncertainty(Noisy().eval(), x, **kw)
+    assert any("cannot be checked" in r.getMessage() for r in caplog.records)
+    model = TrainOnlyMixer().eval()  # mixes only in the modules scope= puts in training mode
+    mcdrop.predict_with_uncertainty(model, x, **kw)
+    with pytest.raises(ValueError, match="other than 'replicate'"):
+        mcdrop.predict_with_uncertainty(model, x, scope="train_except_norm", **kw)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_small_batches_whose_examples_interact_are_not_replicated(n):
+    """Fewer than four examples: zero rows are the companions (one example's copies would mix
+    too)."""
+    torch.manual_seed(0)
+    model = Mixer().eval()
+    x = torch.randn(n, 4)
+    kw = {"task": "regression", "seed": 0}
+    with pytest.raises(ValueError, match="other than 'replicate'"):
+        mcdrop.predict_with_uncertainty(model, x, n_samples=4, strategy="replicate", **kw)
+    if n == 1:  # centred over one example the output is constant: nothing to sample
+        return
+    T = 3000
+    samples = mcdrop.predict_with_uncertainty(model, x, n_samples=T, keep_samples=True, **kw)
+    model.train()
+    with torch.no_grad():
+        reference = torch.stack([model(x) for _ in range(T)])
+    model.eval()
+    _assert_same_distribution(samples.samples, reference)

@@ -180,17 +180,19 @@ class Engine:
 
     def settle(self, runner: Runner, sampling: _Sampling) -> _Sampling:
         """The full check of the sampling twin, when the first chunk did not confirm the
-        deferred one (:class:`mcdrop.dropout._Pending`): new sites, and the plan made again."""
+        deferred one (:class:`mcdrop.dropout._Pending`); the plan is made again when it changed
+        the sites."""
         assert sampling.pending is not None and self.probe_batch is not None
         assert self.first is not None and self.runner is not None
         sites, trace = sampling.pending.settle()
         _check_sites(self.model, sites)  # an auxiliary branch may have held the only dropout
+        changed = sites != sampling.sites
         sampling = dataclasses.replace(sampling, sites=sites, trace=trace, pending=None)
         runner.no_layer_skip = bool(trace.layer_skips)
         _log_layer_skips(trace.layer_skips)
-        self._choose(
-            self.runner, self.probe_batch, self.first, _profile(sampling, self.probe_batch.size)
-        )
+        if changed:
+            profile = _profile(sampling, self.probe_batch.size)
+            self._choose(self.runner, self.probe_batch, self.first, profile)
         return sampling
 
     def _choose(
@@ -230,9 +232,15 @@ class Engine:
             if reason == _INTERACT:
                 raise ValueError(
                     "Expected a `strategy` other than 'replicate' for this model: "
-                    f"{_INTERACT}, so a replicated batch would mix the samples of its copies. "
-                    "Use strategy='auto', 'vmap' or 'loop' (each sample then sees the batch as "
-                    "it is)."
+                    f"{_INTERACT} (with its dropout off), so a replicated batch would mix the "
+                    "samples of its copies. Use strategy='auto', 'vmap' or 'loop' (each sample "
+                    "then sees the batch as it is)."
+                )
+            if reason == _RANDOM:
+                logger.warning(
+                    "mcdrop: strategy 'replicate': %s; a replicated batch would mix samples if "
+                    "they do ('auto' or 'loop' avoid it).",
+                    _RANDOM,
                 )
         self.strategy = strategy
         self.planner.scale = planner.vmap_scale(self.profile) if strategy == "vmap" else 1
@@ -355,37 +363,63 @@ def _input_signature(inputs: Any) -> Any:
 
 def _rows_interact(runner: Runner, first: _Batch) -> str | None:
     """Why one example's output depends on the other examples of its pass (batch statistics,
-    graphs over the batch) — replicating the batch would then mix samples. Compares two examples
-    run alone with the same two run beside two others, in eval mode; ``None`` when they agree
-    (or when the batch is too small to tell)."""
-    if first.size < 4:
-        return None
-    module = runner.module
-    modules = list(module.modules()) if isinstance(module, nn.Module) else []
-    flags = [m.training for m in modules]
+    graphs over the batch): replicating the batch would then mix the samples of its copies.
+
+    Runs the sampling twin as it samples, with every dropout call at rate 0
+    (:class:`mcdrop._probe.NoDropout`): the first two examples alone, then beside two others
+    (the next examples of the batch, or zero rows for a smaller batch). ``None`` when their
+    outputs agree; :data:`_INTERACT` when they differ and the first pass is repeatable;
+    :data:`_RANDOM` when it is not (other randomness in the model: the check cannot tell); the
+    error, when the passes raise.
+    """
+    alone, beside = _interaction_batches(first)
     try:
-        for m in modules:
-            m.training = False
-        alone = runner.run("loop", _slice(first, 0, 2), 1)
-        beside = runner.run("loop", _slice(first, 0, 4), 1)
+        a = runner.run("loop", alone, 1, record=_probe.NoDropout)
+        b = runner.run("loop", beside, 1, record=_probe.NoDropout)
+        if _outputs_agree(a, b, runner):
+            return None
+        again = runner.run("loop", alone, 1, record=_probe.NoDropout)
     except torch.OutOfMemoryError:
         raise
     except Exception as error:
         return f"{type(error).__name__}: {error}"
-    finally:
-        for m, flag in zip(modules, flags, strict=True):
-            m.training = flag
-    for a, b in zip(alone, beside, strict=True):
-        low = runner.amp is not None or a.dtype in (torch.float16, torch.bfloat16)
-        rtol, atol = (3e-2, 3e-2) if low else (1e-4, 1e-5)  # kernels differ by batch size
-        if a.shape[2:] != b.shape[2:] or not torch.allclose(
-            a.float(), b[:, :2].float(), rtol=rtol, atol=atol
+    return _INTERACT if _outputs_agree(a, again, runner) else _RANDOM
+
+
+_INTERACT = "an example's output depends on the other examples of its batch"
+_RANDOM = (
+    "the model is random with its dropout off, so whether its examples interact cannot be checked"
+)
+
+
+def _interaction_batches(first: _Batch) -> tuple[_Batch, _Batch]:
+    """The first (up to) two examples, and the same beside two companions: the next examples,
+    or zero rows where the batch has fewer."""
+    n = min(2, first.size)
+    alone = _slice(first, 0, n)
+    extra = min(2, first.size - n)
+    pad = 2 - extra
+
+    def companions(t: torch.Tensor) -> torch.Tensor:
+        return torch.cat([t[: n + extra], t.new_zeros((pad, *t.shape[1:]))])
+
+    beside = first.map_batched(companions)
+    beside.size = n + 2
+    return alone, beside
+
+
+def _outputs_agree(a: Outputs, b: Outputs, runner: Runner) -> bool:
+    """Whether ``a`` equals the first rows of ``b`` (kernels differ by batch size: a tolerance,
+    wider in low precision)."""
+    for x, y in zip(a, b, strict=True):
+        low = runner.amp is not None or x.dtype in (torch.float16, torch.bfloat16)
+        rtol, atol = (3e-2, 3e-2) if low else (1e-4, 1e-5)
+        rows = x.shape[1]
+        if x.shape[2:] != y.shape[2:] or not torch.allclose(
+            x.float(), y[:, :rows].float(), rtol=rtol, atol=atol, equal_nan=True
         ):
-            return _INTERACT
-    return None
-
-
-_INTERACT = "in eval mode an example's output depends on the other examples of its batch"
+            return False
+    return True
 
 
 class Session:
@@ -479,14 +513,16 @@ class Session:
             return self._run_split(batch, k, examples, rec.modes), rec
 
     def _confirmed(self, rec: _probe.Recording) -> bool:
-        """Whether every pass of the recorded chunk made the dropout calls training makes; if not,
-        the full check (gating parents, or the error naming what cannot be reproduced) makes a
-        new plan and the chunk must run again (False). Outside the chunk's error handling: an
-        error of the check is never taken for a strategy that cannot run the model."""
+        """Whether the recorded chunk stands: every pass made the dropout calls the training
+        probe made, or else the full check (gating parents, auxiliary branches, the error naming
+        what cannot be reproduced) kept the same sites. False when it changed them: the chunk
+        must run again with the new plan. Outside the chunk's error handling: an error of the
+        check is never taken for a strategy that cannot run the model."""
         assert self.sampling.pending is not None
         if not self.sampling.pending.confirmed_by(rec.recorder.passes):
+            before = self.sites
             self.sampling = self.engine.settle(self.runner, self.sampling)
-            return False
+            return self.sites == before
         self.sampling = dataclasses.replace(self.sampling, pending=None)
         # The recording kept layer drop off in this chunk; the runner does from now on.
         self.runner.no_layer_skip = bool(rec.recorder.layer_skips)
