@@ -550,6 +550,20 @@ def _check_sites(model: nn.Module, sites: list[DropoutSite]) -> None:
     )
 
 
+def _check_not_nested(model: nn.Module) -> None:
+    """An ``MCDropout`` inside the model would sample inside every sampled pass."""
+    for name, module in model.named_modules():
+        cls = type(module)
+        if cls.__name__ == "MCDropout" and cls.__module__ == "mcdrop.sampling":
+            where = f"`{name}` is" if name else "the model itself is"
+            raise ValueError(
+                f"Expected a model without an `mcdrop.MCDropout` inside, but {where} one: its "
+                "forward already returns Monte Carlo samples, so sampling around it would nest "
+                "one sampling in every pass. Pass the model it wraps (its `.model`), or call the "
+                "MCDropout itself."
+            )
+
+
 def _check_patterns(model: nn.Module, include: ModuleFilter, exclude: ModuleFilter) -> None:
     """Every ``include=`` / ``exclude=`` pattern must match a module: a typo is an error."""
     names = [name for name, _ in model.named_modules()]
@@ -650,6 +664,7 @@ def _sampling_twin(
 ) -> Iterator[_Sampling]:
     """The module that samples and its sites: a twin, or for TorchScript the locked model."""
     inner, compiled = _unwrap_compiled(model)
+    _check_not_nested(inner)
     _check_patterns(inner, include, exclude)
     twin = _twin(inner)
     if twin is None:

@@ -175,3 +175,16 @@ def test_sites_follow_changes_no_attribute_shows():
         branch[0].bias.zero_()
     assert [s.name for s in mcdrop.dropout_sites(branch, example_inputs=positive)] == ["1"]
     assert mcdrop.dropout_sites(branch, example_inputs=negative) == []
+
+
+def test_a_model_holding_an_mcdropout_is_refused_not_sampled_twice():
+    inner = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.3), nn.Linear(8, 2)).eval()
+    wrapper = mcdrop.MCDropout(inner, n_samples=3)
+    outer = nn.Sequential(nn.Linear(4, 4), wrapper).eval()
+    x = torch.randn(5, 4)
+    with pytest.raises(ValueError, match="`1` is one.*its `.model`"):
+        mcdrop.predict_with_uncertainty(outer, x, n_samples=4)
+    with pytest.raises(ValueError, match="the model itself is one"):
+        mcdrop.dropout_sites(wrapper, example_inputs=x)
+    assert wrapper(x).shape == (3, 5, 2)  # the wrapper itself still samples
+    assert not any(m.training for m in inner.modules())
