@@ -219,6 +219,7 @@ class _Recorder(TorchFunctionMode):
         self.passes: list[Counter[Call]] = []  # one per call of the root module's forward
         self.first_flops: dict[Call, int] = {}  # FLOPs done before each call's first occurrence
         self.layer_skips: set[str] = set()
+        self.on_weights: set[Call] = set()  # calls that drop out a parameter (DropConnect)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
@@ -235,6 +236,8 @@ class _Recorder(TorchFunctionMode):
             if self.passes:
                 self.passes[-1][key] += 1
             self.first_flops.setdefault(key, self.flops.total)
+            if isinstance(_arg(args, kwargs, 0, "input", None), nn.Parameter):
+                self.on_weights.add(key)
         return func(*args, **kwargs)
 
 
@@ -249,6 +252,7 @@ class Trace:
     output: Any = None  # structure and shapes of what the pass returned (see ``signature``)
     output_bytes: int = 0  # bytes of all op outputs (with ``flops``)
     layer_skips: set[str] = field(default_factory=set)  # modules that drew torch.rand([])
+    on_weights: set[Call] = field(default_factory=set)  # dropout calls on a parameter
 
     def prefix_flops(self, calls: Any = None) -> int:
         """FLOPs done before the first of ``calls`` (default: any dropout call); all of them
@@ -298,6 +302,7 @@ class Recording:
             output=signature(output),
             output_bytes=counter.bytes,
             layer_skips=self.recorder.layer_skips,
+            on_weights=self.recorder.on_weights,
         )
 
 

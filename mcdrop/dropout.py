@@ -552,9 +552,10 @@ def _check_sites(model: nn.Module, sites: list[DropoutSite]) -> None:
 
 def _check_not_nested(model: nn.Module) -> None:
     """An ``MCDropout`` inside the model would sample inside every sampled pass."""
+    from mcdrop.sampling import MCDropout  # imports this module
+
     for name, module in model.named_modules():
-        cls = type(module)
-        if cls.__name__ == "MCDropout" and cls.__module__ == "mcdrop.sampling":
+        if isinstance(module, MCDropout):
             where = f"`{name}` is" if name else "the model itself is"
             raise ValueError(
                 f"Expected a model without an `mcdrop.MCDropout` inside, but {where} one: its "

@@ -188,3 +188,9 @@ def test_a_model_holding_an_mcdropout_is_refused_not_sampled_twice():
         mcdrop.dropout_sites(wrapper, example_inputs=x)
     assert wrapper(x).shape == (3, 5, 2)  # the wrapper itself still samples
     assert not any(m.training for m in inner.modules())
+
+    class Sub(mcdrop.MCDropout):
+        pass
+
+    with pytest.raises(ValueError, match="the model itself is one"):
+        mcdrop.predict_with_uncertainty(Sub(inner, n_samples=3), x, n_samples=4)

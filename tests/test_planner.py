@@ -22,6 +22,14 @@ def test_auto_rule_prefers_prefix_sharing_only_for_prefix_heavy_models():
     assert planner.candidates("loop", heavy) == ["loop"]
 
 
+def test_auto_rule_never_replicates_dropout_on_a_weight():
+    """One weight mask per pass would be shared by every copy of a replicated batch."""
+    weights = Profile(prefix_flops=10, total_flops=100, replicate_unsafe=("lin",))
+    assert planner.candidates("auto", weights) == ["vmap", "loop"]
+    both = Profile(replicate_unsafe=("rnn",), vmap_unsafe=("torch.lstm",))
+    assert planner.candidates("auto", both) == ["loop"]
+
+
 @given(st.integers(0, 10**12), st.integers(0, 10**12))
 def test_vmap_scale_is_between_1_and_the_cap_and_grows_with_the_prefix(prefix, extra):
     profile = Profile(prefix_flops=prefix, total_flops=prefix + extra)

@@ -1023,3 +1023,77 @@ def test_small_batches_whose_examples_interact_are_not_replicated(n):
         reference = torch.stack([model(x) for _ in range(T)])
     model.eval()
     _assert_same_distribution(samples.samples, reference)
+
+
+class SumNormalised(nn.Module):
+    """Divides by a sum over the batch of non-negative units: zero rows would not change it."""
+
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        self.lin = nn.Linear(4, 8, bias=False)
+        self.drop = nn.Dropout(0.5)
+        self.out = nn.Linear(8, 1, bias=False)
+        self.scale = scale
+
+    def forward(self, x):
+        h = self.drop(torch.relu(self.lin(x)))
+        return self.scale * self.out(h / (h.abs().sum(0, keepdim=True) + 1e-3))
+
+
+@pytest.mark.parametrize(("n", "amp"), [(1, None), (2, None), (3, None), (8, torch.bfloat16)])
+def test_interactions_are_seen_in_small_batches_and_small_low_precision_outputs(n, amp):
+    torch.manual_seed(0)
+    model = SumNormalised(scale=0.1 if amp else 1.0).eval()
+    with pytest.raises(ValueError, match="other than 'replicate'"):
+        mcdrop.predict_with_uncertainty(
+            model, torch.randn(n, 4), n_samples=4, strategy="replicate", task="regression", amp=amp
+        )
+
+
+class FailsOnFour(LinearDropout):
+    def forward(self, x):
+        if x.shape[0] == 4:
+            raise RuntimeError("this model never sees four examples")
+        return super().forward(x)
+
+
+def test_replicate_that_cannot_be_checked_says_so(caplog):
+    with caplog.at_level(logging.WARNING, logger="mcdrop"):
+        mcdrop.predict_with_uncertainty(
+            FailsOnFour().eval(), torch.randn(8, 4), n_samples=4, strategy="replicate"
+        )
+    assert any(
+        "cannot be checked" in r.getMessage() and "four examples" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+class DropConnect(nn.Module):
+    """Dropout on a weight (as AWD-LSTM's WeightDrop): one mask per pass."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 1)
+
+    def forward(self, x):
+        weight = F.dropout(self.lin.weight, 0.5, self.training)
+        return F.linear(x, weight, self.lin.bias)
+
+
+def test_dropout_on_a_weight_is_never_replicated():
+    """Closed form per example: var = p / (1 - p) sum w^2 x^2, independent between samples."""
+    torch.manual_seed(0)
+    model = DropConnect().eval()
+    x = torch.randn(8, 4)
+    kw = {"task": "regression", "seed": 0}
+    with pytest.raises(ValueError, match="drops out a weight"):
+        mcdrop.predict_with_uncertainty(model, x, n_samples=4, strategy="replicate", **kw)
+    T = 4000
+    mc = mcdrop.MCDropout(model, n_samples=T, **kw)
+    samples = mc(x).squeeze(-1).double()
+    assert mc.last_strategy in ("vmap", "loop")
+    w = model.lin.weight.detach().double().squeeze(0)
+    var_true = (w**2 * x.double() ** 2).sum(1)  # p / (1 - p) = 1 at p = 0.5
+    sq = (samples - samples.mean(0)) ** 2
+    z_var = (sq.mean(0) - var_true) / (sq.std(0) / math.sqrt(T))
+    assert z_var.abs().max() < 5

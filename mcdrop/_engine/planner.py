@@ -50,6 +50,7 @@ class Profile:
     prefix_flops: int = 0
     total_flops: int = 0
     vmap_unsafe: tuple[str, ...] = ()
+    replicate_unsafe: tuple[str, ...] = ()  # sites whose dropout masks a weight (DropConnect)
     bytes_per_row: float = 0.0  # bytes of all op outputs of one example's pass
 
     @property
@@ -62,7 +63,9 @@ def candidates(strategy: str, profile: Profile) -> list[str]:
     if strategy != "auto":
         return [strategy]
     order = ["replicate", "loop"]
-    if not profile.vmap_unsafe and profile.prefix_share >= PREFIX_SHARE_FOR_VMAP:
+    if profile.replicate_unsafe:  # one weight mask per pass: every copy would share it
+        order = ["loop"] if profile.vmap_unsafe else ["vmap", "loop"]
+    elif not profile.vmap_unsafe and profile.prefix_share >= PREFIX_SHARE_FOR_VMAP:
         order.insert(0, "vmap")
     return order
 
