@@ -1097,3 +1097,16 @@ def test_dropout_on_a_weight_is_never_replicated():
     sq = (samples - samples.mean(0)) ** 2
     z_var = (sq.mean(0) - var_true) / (sq.std(0) / math.sqrt(T))
     assert z_var.abs().max() < 5
+
+
+def test_the_examples_interact_check_leaves_the_callers_random_stream():
+    from mcdrop._engine.driver import _rows_interact
+    from mcdrop._inputs import _Batch
+
+    runner = Runner(
+        Noisy().eval(), device=torch.device("cpu"), amp=None, n_outputs=1, output_transform=None
+    )
+    batch = _Batch((torch.randn(8, 4),), {}, None, 8)
+    before = torch.get_rng_state()
+    assert "random" in (_rows_interact(runner, batch) or "")
+    assert torch.equal(torch.get_rng_state(), before)

@@ -387,11 +387,12 @@ def _rows_interact(runner: Runner, first: _Batch) -> str | None:
     """
     alone, beside = _interaction_batches(first)
     try:
-        a = runner.run("loop", alone, 1, record=_probe.NoDropout)
-        b = runner.run("loop", beside, 1, record=_probe.NoDropout)
-        if _outputs_agree(a, b, runner):
-            return None
-        again = runner.run("loop", alone, 1, record=_probe.NoDropout)
+        with forked_rng(runner.device):  # other randomness of the model: not the caller's
+            a = runner.run("loop", alone, 1, record=_probe.NoDropout)
+            b = runner.run("loop", beside, 1, record=_probe.NoDropout)
+            if _outputs_agree(a, b, runner):
+                return None
+            again = runner.run("loop", alone, 1, record=_probe.NoDropout)
     except torch.OutOfMemoryError:
         raise
     except Exception as error:
