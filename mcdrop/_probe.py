@@ -67,11 +67,15 @@ def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str, d
     return args[index] if len(args) > index else default
 
 
-def _rnn_rate(args: tuple[Any, ...]) -> float:
+def _rnn_dropout_index(args: tuple[Any, ...]) -> int:
     # Two overloads: (input, hx, params, has_biases, num_layers, dropout, train, ...) and the
     # packed-sequence one (data, batch_sizes, hx, params, has_biases, num_layers, dropout, train).
-    offset = 0 if isinstance(args[3], bool) else 1
-    num_layers, p, train = args[4 + offset], args[5 + offset], args[6 + offset]
+    return 5 if isinstance(args[3], bool) else 6
+
+
+def _rnn_rate(args: tuple[Any, ...]) -> float:
+    i = _rnn_dropout_index(args)
+    num_layers, p, train = args[i - 1], args[i], args[i + 1]
     return float(p) if train and int(num_layers) > 1 else 0.0
 
 
@@ -200,8 +204,8 @@ class NoDropout(TorchFunctionMode):
             args, kwargs = _with_arg(args, kwargs, 4, "dropout_p", 0.0)
         elif func is F.multi_head_attention_forward:
             args, kwargs = _with_arg(args, kwargs, 10, "dropout_p", 0.0)
-        else:  # the RNN kernels: (..., num_layers, dropout, train, ...), positional
-            index = 5 + (0 if isinstance(args[3], bool) else 1)
+        else:  # the RNN kernels, positional arguments only
+            index = _rnn_dropout_index(args)
             args = (*args[:index], 0.0, *args[index + 1 :])
         return func(*args, **kwargs)
 
@@ -293,14 +297,13 @@ class Recording:
             yield
 
     def trace(self, output: Any = None) -> Trace:
-        counter = self.counter
         return Trace(
             calls=self.recorder.calls,
             called=self.called,
             first_flops=self.recorder.first_flops,
-            total_flops=counter.total,
+            total_flops=self.counter.total,
             output=signature(output),
-            output_bytes=counter.bytes,
+            output_bytes=self.counter.bytes,
             layer_skips=self.recorder.layer_skips,
             on_weights=self.recorder.on_weights,
         )

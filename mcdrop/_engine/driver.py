@@ -182,10 +182,10 @@ class Engine:
                 finally:  # the engine outlives the call (MCDropout): keep no batch or twin
                     self.first = self.runner = self.probe_batch = None
 
-    def settle(self, runner: Runner, sampling: _Sampling) -> _Sampling:
+    def settle(self, runner: Runner, sampling: _Sampling) -> tuple[_Sampling, bool]:
         """The full check of the sampling twin, when the first chunk did not confirm the
-        deferred one (:class:`mcdrop.dropout._Pending`); the plan is made again when it changed
-        the sites."""
+        deferred one (:class:`mcdrop.dropout._Pending`); whether it changed the sites, and then
+        the plan is made again."""
         assert sampling.pending is not None and self.probe_batch is not None
         assert self.first is not None and self.runner is not None
         sites, trace = sampling.pending.settle()
@@ -197,7 +197,7 @@ class Engine:
         if changed:
             profile = _profile(sampling, self.probe_batch.size)
             self._choose(self.runner, self.probe_batch, self.first, profile)
-        return sampling
+        return sampling, changed
 
     def _choose(
         self, runner: Runner, small: _Batch, first: _Batch, profile: planner.Profile
@@ -508,9 +508,8 @@ class Session:
         or as a ``strategy='vmap'`` that cannot run a model that runs without vmap."""
         engine = self.engine
         if self.sampling.pending is not None:
-            before = self.sites
-            self.sampling = engine.settle(self.runner, self.sampling)
-            if self.sites != before:
+            self.sampling, changed = engine.settle(self.runner, self.sampling)
+            if changed:
                 return
         if engine.strategy == "vmap" and not self.validated and self._loop_runs(batch):
             raise ValueError(
@@ -538,9 +537,8 @@ class Session:
         check is never taken for a strategy that cannot run the model."""
         assert self.sampling.pending is not None
         if not self.sampling.pending.confirmed_by(rec.recorder.passes):
-            before = self.sites
-            self.sampling = self.engine.settle(self.runner, self.sampling)
-            return self.sites == before
+            self.sampling, changed = self.engine.settle(self.runner, self.sampling)
+            return not changed
         self.sampling = dataclasses.replace(self.sampling, pending=None)
         # The recording kept layer drop off in this chunk; the runner does from now on.
         self.runner.no_layer_skip = bool(rec.recorder.layer_skips)
