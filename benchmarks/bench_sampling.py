@@ -1,7 +1,9 @@
 """Benchmark of Monte Carlo dropout sampling strategies (not a test).
 
-Times, for three model families (conv net with a dropout head, MLP with dropout after every
-layer, transformer encoder classifier with dropout everywhere), in fp32 and bf16 autocast:
+Times, for four model families (conv net with a dropout head, MLP with dropout after every
+layer, transformer encoder classifier with dropout everywhere: PyTorch's fused encoder, and the
+same written out with eager attention as Hugging Face's ``"eager"``), in fp32 and bf16
+autocast:
 
 * ``deterministic``: one plain pass, ``model.eval()``;
 * ``naive loop``: what a user writes by hand, dropout modules on and a Python loop of ``T``
@@ -74,11 +76,13 @@ SIZES = {
         {"d": 128, "layers": 2, "heads": 4, "ff": 512, "seq": 32},
     ),
 }
+SIZES["eager_transformer"] = SIZES["transformer"]
 QUICK_SIZES = {
     "conv": {"width": 4, "image": 8},
     "mlp": {"width": 16, "depth": 2},
     "transformer": {"d": 16, "layers": 1, "heads": 2, "ff": 32, "seq": 4},
 }
+QUICK_SIZES["eager_transformer"] = QUICK_SIZES["transformer"]
 
 
 class ConvHead(nn.Module):
@@ -154,11 +158,48 @@ class EncoderClassifier(nn.Module):
         return float(batch * seq * self.n_layers * (8 * d * d + 4 * d * ff + 4 * seq * d))
 
 
+class EagerBlock(nn.Module):
+    """Pre-norm encoder block with attention written out, as Hugging Face's "eager" attention:
+    ``softmax(q k^T / sqrt(d_h))`` with ``nn.Dropout`` on the weights, dropout after the output
+    projection and in the feed-forward. Plain ops: vmap can draw a mask per sample everywhere."""
+
+    def __init__(self, d: int, heads: int, ff: int, p: float = 0.1):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.out = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.attn_drop, self.drop = nn.Dropout(p), nn.Dropout(p)
+        self.ff = nn.Sequential(
+            nn.Linear(d, ff), nn.GELU(), nn.Dropout(p), nn.Linear(ff, d), nn.Dropout(p)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, -1).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, L, d_h)
+        weights = (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(-1)
+        attended = (self.attn_drop(weights) @ v).transpose(1, 2).reshape(b, n, d)
+        x = x + self.drop(self.out(attended))
+        return x + self.ff(self.norm2(x))
+
+
+class EagerEncoderClassifier(EncoderClassifier):
+    """The transformer family with :class:`EagerBlock` layers instead of PyTorch's fused
+    encoder (same sizes, same matmul FLOPs per pass)."""
+
+    def __init__(self, d: int, layers: int, heads: int, ff: int, seq: int, classes: int = 10):
+        super().__init__(d, 1, heads, ff, seq, classes)
+        self.encoder = nn.Sequential(*(EagerBlock(d, heads, ff) for _ in range(layers)))  # type: ignore[assignment]
+        self.n_layers = layers
+
+
 def build(name: str, sizes: dict[str, int]) -> nn.Module:
     if name == "conv":
         return ConvHead(**sizes)
     if name == "mlp":
         return DropoutMLP(**sizes)
+    if name == "eager_transformer":
+        return EagerEncoderClassifier(**sizes)
     return EncoderClassifier(**sizes)
 
 
@@ -449,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=100, help="T")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=None, help="default 5 on GPU, 3 on CPU")
-    parser.add_argument("--models", default="conv,mlp,transformer")
+    parser.add_argument("--models", default="conv,mlp,transformer,eager_transformer")
     parser.add_argument("--dtype", default="fp32,bf16")
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (seconds)")
@@ -496,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
                 QUICK_SIZES[name] if args.quick else gpu_sizes if dev_name == "cuda" else cpu_sizes
             )
             batch = args.batch
-            if name == "transformer" and dev_name == "cpu" and not args.quick:
+            if name.endswith("transformer") and dev_name == "cpu" and not args.quick:
                 batch = min(batch, 16)
             torch.manual_seed(0)
             model = build(name, sizes).to(device).eval()

@@ -4,7 +4,7 @@ For a benchmark family of ``bench_sampling.py`` (default: the conv net with drop
 head; CPU sizes and ``B = 32`` on the CPU, GPU sizes and ``B = 64`` on CUDA; ``T = 100``): one
 deterministic pass, and the parts of an ``auto`` call measured one by one — building the twin,
 the training-mode probe (with FLOP counting), the sampling chunk of 100 samples (vmap for the conv
-net, replicate otherwise) plain and recorded (the first chunk of a call also checks the sampling
+net, replicate for PyTorch's fused transformer, both otherwise) plain and recorded (the first chunk of a call also checks the sampling
 twin's dropout calls), the examples-interact check (``auto`` before replicate) and the streaming
 statistics. Medians of
 ``--repeats`` interleaved rounds, milliseconds, with a device synchronisation around each.
@@ -37,6 +37,7 @@ from mcdrop._engine.driver import _rows_interact
 from mcdrop._engine.strategies import Runner
 from mcdrop._inputs import _Batch
 from mcdrop._twin import _twin
+from mcdrop.dropout import _set_flags, _TwinModules
 from mcdrop.uncertainty import _ClassificationAccumulator
 
 
@@ -70,28 +71,50 @@ def main(argv: list[str] | None = None) -> int:
     modules = dict(twin.named_modules())
     for name, module in modules.items():
         module.training = name in on
-    strategy = "vmap" if args.model == "conv" else "replicate"
+    trainer = _twin(model)  # the probe's twin: training mode, norm layers in eval
+    assert trainer is not None
+    trainer_modules = _TwinModules(trainer)
+    _set_flags(trainer_modules, None)
+    # The conv net's replicate chunk runs its body 100 times (not what auto does); vmap cannot
+    # give PyTorch's fused attention a mask per sample.
+    fused = any(isinstance(m, torch.nn.MultiheadAttention) for m in model.modules())
+    strategies = (
+        ["vmap"]
+        if args.model == "conv"
+        else ["replicate"]
+        if fused
+        else [
+            "replicate",
+            "vmap",
+        ]
+    )
     amp = torch.bfloat16 if args.dtype == "bf16" else None
     runner = Runner(twin, device=device, amp=amp, n_outputs=1, output_transform=None)
     b = _Batch((x,), {}, None, batch)
     with torch.inference_mode():
-        outs = runner.run(strategy, b, 100)
+        outs = runner.run(strategies[0], b, 100)
 
     def stats() -> None:
         acc = _ClassificationAccumulator(outputs="logits", class_dim=1, keep_samples=False)
         acc.update(outs[0])
         acc.state()
 
-    def recorded() -> None:  # the first chunk: also checks the sampling twin's dropout calls
+    def recorded(strategy: str) -> None:  # the first chunk: also checks the twin's dropout calls
         with _probe.recording(modules, flops=False) as rec:
             runner.run(strategy, b, 100, record=rec.modes)
 
-    parts = {
+    parts: dict[str, Callable[[], object]] = {
         "deterministic pass": lambda: model(x),
         "twin": lambda: _twin(model),
-        "training probe + FLOPs": lambda: _probe.trace(modules, lambda: twin(x[:2]), flops=True),
-        f"{strategy} chunk, 100 samples": lambda: runner.run(strategy, b, 100),
-        "  the same, recorded": recorded,
+        "training probe + FLOPs": lambda: _probe.trace(
+            trainer_modules, lambda: trainer(x[:2]), flops=True
+        ),
+        "  its pass alone, unrecorded": lambda: trainer(x[:2]),
+    }
+    for strategy in strategies:
+        parts[f"{strategy} chunk, 100 samples"] = lambda s=strategy: runner.run(s, b, 100)
+        parts[f"  the same, recorded ({strategy})"] = lambda s=strategy: recorded(s)
+    parts |= {
         "examples-interact check": lambda: _rows_interact(runner, b),
         "statistics": stats,
         "predict_with_uncertainty": lambda: mcdrop.predict_with_uncertainty(
@@ -119,6 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     for name, values in times.items():
         ms = statistics.median(values) * 1e3
         print(f"  {name:<30} {ms:8.2f} ms  {ms / (det * 1e3):7.2f}x pass")
+    # What a call cannot go below while it probes at every call: the sampling itself, the
+    # probe's pass without its recording, the twin and the statistics.
+    floor_parts = (f"{strategies[0]} chunk, 100 samples", "  its pass alone, unrecorded")
+    floor = sum(statistics.median(times[k]) for k in (*floor_parts, "twin", "statistics"))
+    print(
+        f"  {'floor (chunk+pass+twin+stats)':<30} {floor * 1e3:8.2f} ms  {floor / det:7.2f}x pass"
+    )
     if args.cprofile:
         _host_profile(parts["predict_with_uncertainty"], args.cprofile, cuda)
     return 0

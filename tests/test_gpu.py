@@ -92,6 +92,24 @@ def test_strategy_matches_training_reference(name: str, strategy: str) -> None:
     assert_matches_reference(result, reference, class_dim=1)
 
 
+def test_auto_on_cuda_uses_vmap_for_small_calls_where_it_draws_a_mask_per_sample() -> None:
+    """vmap (no examples-interact check) for a small call with plain dropout; replicate for fused
+    attention, whose dropout vmap would share between samples, and for a large call."""
+    for name, expected in (("mlp", "vmap"), ("sdpa", "replicate"), ("encoder", "replicate")):
+        model, x = _models()[name]
+        mc = mcdrop.MCDropout(model, n_samples=8, seed=0)
+        mc(x)
+        assert mc.last_strategy == expected, name
+    head = nn.Linear(4096, 10)  # dropout first: no prefix to share
+    wide = nn.Sequential(nn.Dropout(0.2), nn.Linear(64, 4096), nn.ReLU(), nn.Dropout(0.5), head)
+    wide = _scaled(wide, head)
+    x = torch.randn(512, 64, device="cuda")  # 0.6 MFLOP per example: 0.6 TFLOP for T = 2000
+    for n_samples, expected in ((100, "vmap"), (2000, "replicate")):
+        mc = mcdrop.MCDropout(wide, n_samples=n_samples, seed=0)
+        mc(x)
+        assert mc.last_strategy == expected, n_samples
+
+
 class _Messages(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.WARNING)

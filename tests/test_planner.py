@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import given
@@ -10,24 +12,47 @@ from hypothesis import strategies as st
 from mcdrop._engine import planner
 from mcdrop._engine.planner import Planner, Profile
 
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
-def test_auto_rule_prefers_prefix_sharing_only_for_prefix_heavy_models():
+
+def test_auto_rule_prefers_prefix_sharing_only_for_prefix_heavy_models_on_the_cpu():
     heavy = Profile(prefix_flops=90, total_flops=100)
     light = Profile(prefix_flops=10, total_flops=100)
     rnn = Profile(prefix_flops=90, total_flops=100, vmap_unsafe=("torch.lstm",))
-    assert planner.candidates("auto", heavy) == ["vmap", "replicate", "loop"]
-    assert planner.candidates("auto", light) == ["replicate", "loop"]
-    assert planner.candidates("auto", rnn) == ["replicate", "loop"]
-    assert planner.candidates("auto", Profile()) == ["replicate", "loop"]  # nothing measured
-    assert planner.candidates("loop", heavy) == ["loop"]
+    assert planner.candidates("auto", heavy, CPU) == ["vmap", "replicate", "loop"]
+    assert planner.candidates("auto", light, CPU) == ["replicate", "loop"]
+    assert planner.candidates("auto", rnn, CPU) == ["replicate", "loop"]
+    assert planner.candidates("auto", Profile(), CPU) == ["replicate", "loop"]  # nothing measured
+    assert planner.candidates("loop", heavy, CPU) == ["loop"]
+
+
+def test_auto_rule_on_cuda_prefers_vmap_for_small_calls_where_it_draws_a_mask_per_sample():
+    """vmap needs no examples-interact check (about 1.3 ms per call), which outweighs its slower
+    dropout only while the call's work is small."""
+    light = Profile(prefix_flops=10, total_flops=100, flops_per_row=1e6)
+    limit = int(planner.CUDA_SMALL_CALL_FLOPS / 1e6)
+    assert planner.candidates("auto", light, CUDA, rows=limit) == ["vmap", "replicate", "loop"]
+    assert planner.candidates("auto", light, CUDA, rows=limit + 1) == ["replicate", "loop"]
+    assert planner.candidates("auto", light, CUDA, rows=None) == ["replicate", "loop"]  # unknown
+    assert planner.candidates("auto", light, CPU, rows=1) == ["replicate", "loop"]
+    unmeasured = Profile()  # no FLOPs counted: the size of the call is unknown
+    assert planner.candidates("auto", unmeasured, CUDA, rows=1) == ["replicate", "loop"]
+    fused = dataclasses.replace(light, vmap_unsafe=("F.scaled_dot_product_attention",))
+    assert planner.candidates("auto", fused, CUDA, rows=1) == ["replicate", "loop"]
+    assert planner.candidates("replicate", light, CUDA, rows=1) == ["replicate"]
+    # torch.compile does not compile inside vmap: a compiled pass stays a replicated one
+    assert planner.candidates("auto", light, CUDA, compiled=True, rows=1) == ["replicate", "loop"]
+    heavy = Profile(prefix_flops=90, total_flops=100, flops_per_row=1e12)
+    assert planner.candidates("auto", heavy, CUDA, compiled=True, rows=10**6)[0] == "vmap"
 
 
 def test_auto_rule_never_replicates_dropout_on_a_weight():
     """One weight mask per pass would be shared by every copy of a replicated batch."""
     weights = Profile(prefix_flops=10, total_flops=100, replicate_unsafe=("lin",))
-    assert planner.candidates("auto", weights) == ["vmap", "loop"]
     both = Profile(replicate_unsafe=("rnn",), vmap_unsafe=("torch.lstm",))
-    assert planner.candidates("auto", both) == ["loop"]
+    for device in (CPU, CUDA):
+        assert planner.candidates("auto", weights, device) == ["vmap", "loop"]
+        assert planner.candidates("auto", both, device) == ["loop"]
 
 
 @given(st.integers(0, 10**12), st.integers(0, 10**12))

@@ -554,7 +554,7 @@ def test_benchmark_script_quick_smoke(tmp_path):
     data = json.loads(out.read_text())
     assert data["torch"] == torch.__version__
     rows = data["results"]
-    assert {row["model"] for row in rows} == {"conv", "mlp", "transformer"}
+    assert {row["model"] for row in rows} == {"conv", "mlp", "transformer", "eager_transformer"}
     for row in rows:
         assert row["naive_loop_ms"] > 0 and row["deterministic_ms"] > 0
         assert row["auto_predict_ms"] > 0 and row["auto_strategy"] in ("vmap", "replicate", "loop")

@@ -33,6 +33,7 @@ from mcdrop._engine.options import SamplingOptions
 from mcdrop._engine.rng import forked_rng, sampling_rng
 from mcdrop._engine.strategies import Outputs, Recorded, Runner, varies
 from mcdrop._inputs import _Batch, iter_batches
+from mcdrop._twin import _unwrap_compiled
 from mcdrop.dropout import (
     _GATING_TYPES,
     DropoutSite,
@@ -110,6 +111,7 @@ def _profile(sampling: _Sampling, probe_rows: int) -> planner.Profile:
         vmap_unsafe=tuple(sorted((functions & _VMAP_UNSAFE) | _unprobed(sampling))),
         replicate_unsafe=tuple(sorted(on_weights)),
         bytes_per_row=trace.output_bytes / max(probe_rows, 1),
+        flops_per_row=trace.total_flops / max(probe_rows, 1),
     )
 
 
@@ -136,11 +138,14 @@ class Engine:
         self.first: _Batch | None = None  # the first batch of the current session
         self.runner: Runner | None = None
         self.last_samples_per_pass: int | None = None
+        self.call_rows: int | None = None  # samples x examples of the current call
 
     @contextlib.contextmanager
-    def session(self, first: _Batch, seed: int | None) -> Iterator[Session]:
-        """Seeded sampling of the batches of one call; ``first`` is probed for the sites."""
+    def session(self, first: _Batch, seed: int | None, n_examples: int | None) -> Iterator[Session]:
+        """Seeded sampling of the batches of one call (``n_examples`` in all, None when
+        unknown); ``first`` is probed for the sites."""
         o = self.options
+        self.call_rows = None if n_examples is None else n_examples * o.n_samples
         with sampling_rng(seed, self.device), torch.inference_mode():
             first = first.to(self.device)
             small = _slice(first, 0, min(2, first.size))
@@ -224,7 +229,10 @@ class Engine:
                 "draws one mask per pass that every copy of a replicated batch would share. Use "
                 "strategy='auto', 'vmap' or 'loop'."
             )
-        self.candidates = planner.candidates(o.strategy, profile)
+        compiled = o.compile is not None or _unwrap_compiled(self.model)[1]
+        self.candidates = planner.candidates(
+            o.strategy, profile, self.device, compiled=compiled, rows=self.call_rows
+        )
         self.probe_batch = small
         self.first = first
         self.runner = runner  # eager: for the examples-interact check
@@ -835,7 +843,7 @@ def predict(
     worst_se = 0.0
     start = 0
     try:
-        with engine.session(first, seed) as session:
+        with engine.session(first, seed, n_examples) as session:
             batch: _Batch | None = first
             index = 0
             while batch is not None:
@@ -879,7 +887,7 @@ def sample_stack(engine: Engine, batch: _Batch, seed: int | None) -> Outputs:
     """``T`` stacked samples of one batch (:meth:`mcdrop.MCDropout.forward`), with the checks."""
     n = engine.options.n_samples
     chunks: list[Outputs] = []
-    with engine.session(batch, seed) as session:
+    with engine.session(batch, seed, batch.size) as session:
         batch = batch.to(engine.device)
         checks = _Checks(check_variation=True)
         done = 0

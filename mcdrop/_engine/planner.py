@@ -8,16 +8,20 @@ training-mode probe pass that finds the dropout sites (:mod:`mcdrop.dropout`), w
 the FLOPs done before the first dropout call that samples (``torch.utils.flop_counter``'s
 formulas):
 
-1. ``vmap`` when at least ``PREFIX_SHARE_FOR_VMAP`` of the FLOPs come before the first dropout
-   (prefix sharing then saves most of the work: a conv net with a dropout head costs about one
-   pass) and no site runs a fused kernel that vmap cannot batch (RNNs);
+1. ``vmap`` when no site runs a fused kernel that vmap cannot batch (RNNs, fused attention) and
+   either at least ``PREFIX_SHARE_FOR_VMAP`` of the FLOPs come before the first dropout (prefix
+   sharing then saves most of the work: a conv net with a dropout head costs about one pass), or
+   on CUDA without ``torch.compile`` the whole call (samples x examples x the probe's FLOPs per
+   example) is at most ``CUDA_SMALL_CALL_FLOPS``: vmap needs no examples-interact check (1.3 ms
+   of launches per call for a small model on an H200), which outweighs its slower passes (1 to
+   4 ms more per TFLOP sampled than replicate's, measured) on calls that small;
 2. else ``replicate`` (one wide pass: the fastest way to run ``k`` full passes);
 3. ``loop`` when neither runs this model.
 
 The first chunk checks the candidate (it must run and vary where the loop varies); one that fails
 is dropped and the chunk runs again with the next. ``replicate`` is not a candidate when an
-example's output depends on the other examples of its pass (checked in eval mode on four
-examples of the first batch). On the CPU, without an explicit ``batch_budget``, a replicate or
+example's output depends on the other examples of its pass (checked on the first examples of
+the first batch, the sampling twin with its dropout at rate 0). On the CPU, without an explicit ``batch_budget``, a replicate or
 loop pass holds at most ``CPU_PASS_BYTES`` of activations (the probe measures the bytes per
 example). On CUDA a pass holds at most ``GPU_PASS_BYTES`` and ``MEMORY_FRACTION`` of the card
 (:mod:`mcdrop._engine.memory`: measured on one pass, never from the memory that other processes
@@ -41,6 +45,7 @@ MEMORY_FRACTION = 0.7  # of the card's capacity, for rows per pass without a bat
 GPU_PASS_BYTES = 2**30  # a CUDA pass holds at most this much (sweep in docs/performance.rst)
 MAX_MEMORY_ROWS = 1 << 16  # larger passes gain nothing and stall the streaming statistics
 CPU_PASS_BYTES = 128 * 2**20  # CPU passes past this much activation traffic get slower
+CUDA_SMALL_CALL_FLOPS = 3e11  # vmap's slower passes cost the interact check at 0.35-1.2 TFLOP
 
 
 @dataclass(frozen=True)
@@ -52,20 +57,42 @@ class Profile:
     vmap_unsafe: tuple[str, ...] = ()
     replicate_unsafe: tuple[str, ...] = ()  # sites whose dropout masks a weight (DropConnect)
     bytes_per_row: float = 0.0  # bytes of all op outputs of one example's pass
+    flops_per_row: float = 0.0  # FLOPs of one example's pass
 
     @property
     def prefix_share(self) -> float:
         return self.prefix_flops / self.total_flops if self.total_flops > 0 else 0.0
 
 
-def candidates(strategy: str, profile: Profile) -> list[str]:
-    """Strategies to try, best first (only ``strategy`` itself unless it is ``"auto"``)."""
+def candidates(
+    strategy: str,
+    profile: Profile,
+    device: torch.device,
+    *,
+    compiled: bool = False,
+    rows: int | None = None,
+) -> list[str]:
+    """Strategies to try, best first (only ``strategy`` itself unless it is ``"auto"``).
+
+    ``rows``: samples x examples of the whole call, None when the number of examples is unknown
+    (an iterable without a length). ``compiled``: the passes run through ``torch.compile``, which
+    does not compile inside vmap (the pass would run eagerly): then vmap only for a prefix.
+    """
     if strategy != "auto":
         return [strategy]
     order = ["replicate", "loop"]
+    small_cuda_call = (
+        device.type == "cuda"
+        and not compiled
+        and rows is not None
+        and profile.flops_per_row > 0
+        and rows * profile.flops_per_row <= CUDA_SMALL_CALL_FLOPS
+    )
     if profile.replicate_unsafe:  # one weight mask per pass: every copy would share it
         order = ["loop"] if profile.vmap_unsafe else ["vmap", "loop"]
-    elif not profile.vmap_unsafe and profile.prefix_share >= PREFIX_SHARE_FOR_VMAP:
+    elif not profile.vmap_unsafe and (
+        profile.prefix_share >= PREFIX_SHARE_FOR_VMAP or small_cuda_call
+    ):
         order.insert(0, "vmap")
     return order
 
