@@ -73,14 +73,20 @@ class _Moments:
 
 
 class _ClassificationAccumulator:
-    """Streaming statistics of sampled class probabilities for one batch."""
+    """Streaming statistics of sampled class probabilities for one batch.
+
+    Chunks ``(k, B, C, *S)`` are worked on class-major, ``(k, C, B, *S)``: reductions over the
+    classes then run across the examples (PyTorch's CPU softmax and sums along a short last
+    dimension are about 10x slower). The statistics are kept in that layout and returned as
+    ``(B, C, *S)``.
+    """
 
     def __init__(self, *, outputs: str, class_dim: int, keep_samples: bool, atol: float = 1e-3):
         self.outputs = outputs
         self.class_dim = class_dim  # of one sample (B, C, *S)
         self.keep_samples = keep_samples
         self.atol = atol
-        self.moments = _Moments()
+        self.moments = _Moments()  # of the probabilities, (C, B, *S)
         self.entropy_sum: torch.Tensor | None = None
         self.mode_counts: torch.Tensor | None = None
         self.samples: list[torch.Tensor] = []
@@ -88,7 +94,9 @@ class _ClassificationAccumulator:
         # flag, read in state() where the statistics are read anyway: no extra sync).
         self.looks_like_probs: torch.Tensor | None = None
 
-    def _probs(self, raw: torch.Tensor) -> torch.Tensor:
+    def _probs(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Class-major probabilities ``(k, C, B, *S)`` of a chunk, and their logarithms where
+        they come for free (softmax outputs)."""
         dim = self.class_dim + 1
         num_classes = raw.shape[dim]
         if self.moments.count == 0:
@@ -98,14 +106,15 @@ class _ClassificationAccumulator:
         atol = self.atol
         if raw.is_floating_point():
             atol = max(atol, 2 * num_classes * torch.finfo(raw.dtype).eps)
-        raw = raw.double() if raw.dtype == torch.float64 else raw.float()
+        dtype = torch.float64 if raw.dtype == torch.float64 else torch.float32
+        raw = raw.movedim(dim, 1).to(dtype, memory_format=torch.contiguous_format)
         if self.outputs == "binary_logits":
             if num_classes != 1:
                 raise ValueError(
                     "Expected `outputs='binary_logits'` model outputs with one logit along "
                     f"class_dim={self.class_dim}, but got {num_classes}."
                 )
-            raw = torch.cat([torch.zeros_like(raw), raw], dim)  # softmax([0, z]) = [1-s(z), s(z)]
+            raw = torch.cat([torch.zeros_like(raw), raw], 1)  # softmax([0, z]) = [1-s(z), s(z)]
         elif num_classes == 1:
             raise ValueError(
                 f"Expected at least 2 classes along class_dim={self.class_dim}, but the model "
@@ -115,9 +124,10 @@ class _ClassificationAccumulator:
                 "torch.cat([1 - p, p], dim=1)` with `outputs='probs'`."
             )
         if self.outputs == "logits" and self.looks_like_probs is None:
-            self.looks_like_probs = (raw >= 0).all() & (raw.sum(dim) - 1).abs().le(atol).all()
+            self.looks_like_probs = (raw >= 0).all() & (raw.sum(1) - 1).abs().le(atol).all()
         if self.outputs in ("logits", "binary_logits"):
-            return F.softmax(raw, dim=dim)
+            log_probs = F.log_softmax(raw, dim=1)
+            return log_probs.exp(), log_probs
         if self.outputs == "log_probs":
             probs = raw.exp()
         else:
@@ -128,7 +138,7 @@ class _ClassificationAccumulator:
                     f"{float(probs.min()):g} to {float(probs.max()):g}; pass `outputs='logits'` "
                     "if the model returns logits."
                 )
-        sums = probs.sum(dim, keepdim=True)
+        sums = probs.sum(1, keepdim=True)
         if not bool(torch.allclose(sums, torch.ones_like(sums), atol=atol)):
             worst = float((sums - 1).abs().max())
             raise ValueError(
@@ -136,25 +146,29 @@ class _ClassificationAccumulator:
                 f"{self.class_dim}, but a row is off by {worst:g}; pass `outputs='logits'` if the "
                 "model returns logits, or the right `class_dim`."
             )
-        return probs.clamp_min(0.0) / sums  # remove the rounding of low-precision outputs
+        return probs.clamp_min(0.0) / sums, None  # remove the rounding of low-precision outputs
 
     def update(self, raw: torch.Tensor) -> None:
-        probs = self._probs(raw)
-        dim = self.class_dim + 1
+        """Add a chunk of samples ``(k, B, C, *S)``."""
+        probs, log_probs = self._probs(raw)
         dtype = _stat_dtype(probs.device)
-        entropy = torch.special.entr(probs).sum(dim)  # -p log p, 0 at p = 0
-        entropy_sum = entropy.to(dtype).sum(0)
+        # -sum p log p, 0 at p = 0 (a softmax's log-probabilities are finite for finite logits)
+        per_class = torch.special.entr(probs) if log_probs is None else -(probs * log_probs)
+        entropy_sum = per_class.sum(1).to(dtype).sum(0)  # (B, *S)
         self.entropy_sum = (
             entropy_sum if self.entropy_sum is None else self.entropy_sum + entropy_sum
         )
+        # The most probable class of each sample, along the outputs' own layout (an argmax
+        # across the examples is slow); softmax keeps the order of the logits.
+        scores = raw if self.outputs == "logits" else probs.movedim(1, self.class_dim + 1)
+        winners = scores.argmax(self.class_dim + 1).movedim(0, -1)  # (B, *S, k)
         if self.mode_counts is None:  # votes per class, class dimension last: (B, *S, C)
-            shape = (*probs.shape[1:dim], *probs.shape[dim + 1 :], probs.shape[dim])
+            shape = (*winners.shape[:-1], probs.shape[1])
             self.mode_counts = torch.zeros(shape, dtype=torch.int64, device=probs.device)
-        winners = probs.argmax(dim).movedim(0, -1)  # (B, *S, k)
         self.mode_counts.scatter_add_(-1, winners, torch.ones_like(winners))
         self.moments.update(probs.to(dtype))
         if self.keep_samples:
-            self.samples.append(probs.cpu())
+            self.samples.append(probs.movedim(1, self.class_dim + 1).cpu())
 
     @property
     def count(self) -> int:
@@ -175,17 +189,16 @@ class _ClassificationAccumulator:
                 "`outputs='probs'`."
             )
         assert self.mode_counts is not None
-        mean = self.moments.mean
-        variance = self.moments.variance
+        mean = self.moments.mean  # (C, B, *S)
         count = self.count
-        predictive_entropy = -torch.special.xlogy(mean, mean).sum(self.class_dim)
+        predictive_entropy = -torch.special.xlogy(mean, mean).sum(0)
         expected_entropy = self.entropy_sum / count
         variation_ratio = 1.0 - self.mode_counts.amax(-1).to(mean.dtype) / count
-        standard_error = _standard_error(variance, count)
+        variance = self.moments.variance.movedim(0, self.class_dim)
         out = {
-            "mean": mean,
-            "variance": variance,
-            "standard_error": standard_error,
+            "mean": mean.movedim(0, self.class_dim).contiguous(),
+            "variance": variance.contiguous(),
+            "standard_error": _standard_error(variance, count).contiguous(),
             "predictive_entropy": predictive_entropy,
             "expected_entropy": expected_entropy,
             "variation_ratio": variation_ratio,

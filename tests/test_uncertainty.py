@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy.special import softmax
@@ -134,3 +134,55 @@ def test_low_precision_probabilities_are_accepted_and_renormalised():
     np.testing.assert_allclose(res.mean.sum(-1), 1.0, atol=1e-12)
     ref = mcdrop.summarize_samples(logits)
     np.testing.assert_allclose(res.mean, ref.mean, atol=2e-2)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 4), min_size=3, max_size=5),
+    class_axis=st.integers(0, 10),
+    outputs=st.sampled_from(["logits", "probs"]),
+    chunk=st.integers(1, 5),
+    data=st.data(),
+)
+def test_every_statistic_matches_numpy_for_any_class_dimension(
+    shape, class_axis, outputs, chunk, data
+):
+    """(T, N, ...) samples with the classes along any dimension after N (segmentation maps,
+    token layouts): every statistic against a numpy computation along that axis."""
+    shape[2:] = [max(2, n) if i == 0 else n for i, n in enumerate(shape[2:])]
+    cd = 1 + class_axis % (len(shape) - 2)  # class_dim of one sample (N, ...)
+    shape[cd + 1] = max(2, shape[cd + 1])
+    logits = data.draw(arrays(np.float64, tuple(shape), elements=st.floats(-8, 8)))
+    axis = cd + 1  # in the stacked samples
+    probs = softmax(logits, axis=axis)
+    looks_like_probs = (logits >= 0).all() and np.allclose(logits.sum(axis), 1, atol=1e-3)
+    assume(outputs == "probs" or not looks_like_probs)  # refused: a second softmax would flatten
+    given_values = logits if outputs == "logits" else probs
+    res = mcdrop.summarize_samples(
+        torch.from_numpy(given_values), outputs=outputs, class_dim=cd, chunk_size=chunk
+    )
+    T, C = shape[0], shape[axis]
+    np.testing.assert_allclose(res.mean, probs.mean(0), atol=1e-12)
+    np.testing.assert_allclose(res.variance, probs.var(0), atol=1e-12)
+    if T > 1:
+        np.testing.assert_allclose(
+            res.standard_error, probs.std(0, ddof=1) / math.sqrt(T), atol=1e-9
+        )
+    else:  # one sample: unknown
+        assert np.isinf(res.standard_error).all()
+    np.testing.assert_allclose(res.predictive_entropy, entropy(probs.mean(0), axis=cd), atol=1e-9)
+    np.testing.assert_allclose(res.expected_entropy, entropy(probs, axis=axis).mean(0), atol=1e-9)
+    votes = np.moveaxis(np.eye(C)[probs.argmax(axis)], -1, axis).sum(0)  # (N, ..., C, ...)
+    np.testing.assert_allclose(res.variation_ratio, 1 - votes.max(cd) / T, atol=1e-12)
+
+
+def test_kept_samples_are_probabilities_in_the_outputs_layout():
+    from mcdrop.uncertainty import _ClassificationAccumulator
+
+    logits = torch.randn(5, 3, 4, 6)  # (T, N, C, L): classes along dim 1 of a sample
+    acc = _ClassificationAccumulator(outputs="logits", class_dim=1, keep_samples=True)
+    acc.update(logits[:2])
+    acc.update(logits[2:])
+    state = acc.state()
+    torch.testing.assert_close(state["samples"], torch.softmax(logits, 2), rtol=0, atol=1e-6)
+    assert state["mean"].shape == (3, 4, 6) and state["mean"].is_contiguous()

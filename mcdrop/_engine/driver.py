@@ -828,8 +828,9 @@ def predict(
         raise ValueError("Expected `inputs` to hold at least one example, but it was empty.")
     if options.n_samples == 1:
         warnings.warn(
-            "n_samples=1: one pass has no spread, so mutual information, variances and standard "
-            "errors are 0 by construction; use n_samples >= 2 (100 is typical).",
+            "n_samples=1: one pass has no spread, so mutual information and variances are 0 by "
+            "construction and standard errors are unknown (inf); use n_samples >= 2 (100 is "
+            "typical).",
             UserWarning,
             stacklevel=_user_stacklevel(),
         )
