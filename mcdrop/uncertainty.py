@@ -153,15 +153,22 @@ class _ClassificationAccumulator:
         probs, log_probs = self._probs(raw)
         dtype = _stat_dtype(probs.device)
         # -sum p log p, 0 at p = 0 (a softmax's log-probabilities are finite for finite logits)
-        per_class = torch.special.entr(probs) if log_probs is None else -(probs * log_probs)
-        entropy_sum = per_class.sum(1).to(dtype).sum(0)  # (B, *S)
+        if log_probs is None:
+            entropy = torch.special.entr(probs).sum(1)
+        else:
+            entropy = (probs * log_probs).sum(1).neg_()
+        entropy_sum = entropy.to(dtype).sum(0)  # (B, *S)
         self.entropy_sum = (
             entropy_sum if self.entropy_sum is None else self.entropy_sum + entropy_sum
         )
-        # The most probable class of each sample, along the outputs' own layout (an argmax
-        # across the examples is slow); softmax keeps the order of the logits.
-        scores = raw if self.outputs == "logits" else probs.movedim(1, self.class_dim + 1)
-        winners = scores.argmax(self.class_dim + 1).movedim(0, -1)  # (B, *S, k)
+        # The most probable class of each sample, from the outputs as given, in their own
+        # layout (an argmax across the examples is slow): softmax, exp and normalising keep the
+        # order of the values, which rounding can turn into ties. One logit: class 1 if z > 0.
+        dim = self.class_dim + 1
+        winners = (
+            (raw > 0).squeeze(dim).long() if self.outputs == "binary_logits" else raw.argmax(dim)
+        )
+        winners = winners.movedim(0, -1)  # (B, *S, k)
         if self.mode_counts is None:  # votes per class, class dimension last: (B, *S, C)
             shape = (*winners.shape[:-1], probs.shape[1])
             self.mode_counts = torch.zeros(shape, dtype=torch.int64, device=probs.device)

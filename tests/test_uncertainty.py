@@ -123,6 +123,8 @@ def test_single_class_is_an_error_and_binary_logits_use_the_sigmoid():
     np.testing.assert_allclose(res.variance[:, 1], p.var(0), atol=1e-6)
     bern = -(p * np.log(p) + (1 - p) * np.log(1 - p))
     np.testing.assert_allclose(res.expected_entropy, bern.mean(0), atol=1e-5)
+    ones = (z.numpy()[..., 0] > 0).mean(0)  # share of samples voting class 1
+    np.testing.assert_allclose(res.variation_ratio, 1 - np.maximum(ones, 1 - ones), atol=1e-12)
     with pytest.raises(ValueError, match="one logit"):
         mcdrop.summarize_samples(torch.zeros(3, 2, 2), outputs="binary_logits")
 
@@ -172,7 +174,8 @@ def test_every_statistic_matches_numpy_for_any_class_dimension(
         assert np.isinf(res.standard_error).all()
     np.testing.assert_allclose(res.predictive_entropy, entropy(probs.mean(0), axis=cd), atol=1e-9)
     np.testing.assert_allclose(res.expected_entropy, entropy(probs, axis=axis).mean(0), atol=1e-9)
-    votes = np.moveaxis(np.eye(C)[probs.argmax(axis)], -1, axis).sum(0)  # (N, ..., C, ...)
+    # the most probable class: the largest value given (softmax keeps their order exactly)
+    votes = np.moveaxis(np.eye(C)[given_values.argmax(axis)], -1, axis).sum(0)  # (N, ..C.., ...)
     np.testing.assert_allclose(res.variation_ratio, 1 - votes.max(cd) / T, atol=1e-12)
 
 
