@@ -916,7 +916,8 @@ def _rms_difference(a: np.ndarray, b: np.ndarray) -> float:
         m = float(np.max(np.abs(diff)))
         if m == 0.0:
             return 0.0
-        return float(factor * m * np.sqrt(np.mean((diff / m) ** 2)))
+        # factor x root first: it is at most 2, while factor x m alone can pass the float64 limit
+        return float(m * (factor * np.sqrt(np.mean((diff / m) ** 2))))
 
 
 def gaussian_nll(

@@ -137,10 +137,11 @@ def predict_with_uncertainty(
     batch_size : int, optional
         Examples per batch when ``inputs`` is a tensor, tuple or dict (default: ``batch_budget``).
     batch_budget : int, optional
-        Rows per forward pass, samples x examples. Default: 1024 on CPU; on CUDA sized from free
-        memory (one measured pass, about 70 % of what is free). On CUDA out-of-memory the samples
-        per pass are halved and retried (then the examples per pass); the size used is logged on
-        the ``"mcdrop"`` logger. Other errors are not retried.
+        Rows per forward pass, samples x examples. Default: 1024 on CPU; on CUDA at most 1 GiB of
+        activations and 70 % of the card's capacity, from one measured pass (never from the free
+        memory other processes change, so the same seed gives the same numbers). On CUDA
+        out-of-memory the samples per pass are halved and retried (then the examples per pass);
+        the size used is logged on the ``"mcdrop"`` logger. Other errors are not retried.
     amp : {None, "bf16", "fp16"} or torch.dtype, default=None
         Autocast precision for the passes; statistics are still accumulated in float64.
     compile : bool or dict, default=False

@@ -933,6 +933,9 @@ def test_rmse_never_overflows_below_the_float64_limit(a, data):
 
 def test_rmse_of_huge_opposite_values():
     assert M.rmse([1e200], [-1e200]) == pytest.approx(2e200, rel=1e-15)
+    # the halved differences times 2 would pass the float64 limit before the root scales them
+    a, b = np.array([-1.79e308, 0.0]), np.array([7.69313486e305, 7.69313486e305])
+    assert M.rmse(a, b) == pytest.approx(_decimal_rmse(a, b), rel=1e-12)
     assert M.rmse([1.5e308], [-1.5e308]) == math.inf  # 3e308 is above the largest float64
     assert M.rmse([1e300, 1.0], [1e300, 0.0]) == pytest.approx(math.sqrt(0.5))  # no underflow
 
