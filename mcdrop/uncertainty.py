@@ -152,11 +152,12 @@ class _ClassificationAccumulator:
         """Add a chunk of samples ``(k, B, C, *S)``."""
         probs, log_probs = self._probs(raw)
         dtype = _stat_dtype(probs.device)
-        # -sum p log p, 0 at p = 0 (a softmax's log-probabilities are finite for finite logits)
+        # -sum p log p, 0 at p = 0 (a logit of -inf, a masked class, gives log p = -inf)
         if log_probs is None:
             entropy = torch.special.entr(probs).sum(1)
         else:
-            entropy = (probs * log_probs).sum(1).neg_()
+            finite = log_probs.clamp_min(torch.finfo(log_probs.dtype).min)
+            entropy = (probs * finite).sum(1).neg_()
         entropy_sum = entropy.to(dtype).sum(0)  # (B, *S)
         self.entropy_sum = (
             entropy_sum if self.entropy_sum is None else self.entropy_sum + entropy_sum

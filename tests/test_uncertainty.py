@@ -189,3 +189,12 @@ def test_kept_samples_are_probabilities_in_the_outputs_layout():
     state = acc.state()
     torch.testing.assert_close(state["samples"], torch.softmax(logits, 2), rtol=0, atol=1e-6)
     assert state["mean"].shape == (3, 4, 6) and state["mean"].is_contiguous()
+
+
+def test_masked_classes_with_minus_infinite_logits_have_zero_probability_and_no_nan():
+    logits = torch.tensor([[[0.0, 1.0, -math.inf]], [[1.0, 0.0, -math.inf]]])  # (T=2, N=1, C=3)
+    res = mcdrop.summarize_samples(logits)
+    p = softmax(np.array([[0.0, 1.0], [1.0, 0.0]]), axis=-1)  # the two unmasked classes
+    np.testing.assert_allclose(res.mean[0], [*p.mean(0), 0.0], atol=1e-7)
+    np.testing.assert_allclose(res.expected_entropy, entropy(p, axis=-1).mean(0), atol=1e-7)
+    np.testing.assert_allclose(res.predictive_entropy, entropy(p.mean(0)), atol=1e-7)
