@@ -248,6 +248,19 @@ def _recognisable_targets(args: tuple[Any, ...], kwargs: Mapping[str, Any], valu
     )
 
 
+def _loader_examples(inputs: Any) -> int | None:
+    """Examples a ``DataLoader`` yields: its sampler's length, less what ``drop_last`` drops;
+    None for anything else, and for a loader without automatic batching (``batch_size=None``,
+    a custom ``batch_sampler``) or with an unsized sampler (an ``IterableDataset``)."""
+    if not isinstance(inputs, torch.utils.data.DataLoader) or inputs.batch_size is None:
+        return None
+    try:
+        n = len(inputs.sampler)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+    return n - n % inputs.batch_size if inputs.drop_last else n
+
+
 def iter_batches(
     inputs: Any, *, batch_size: int, targets: Any = None, target_key: Any = "auto"
 ) -> tuple[Iterator[_Batch], int | None, int | None]:
@@ -312,12 +325,7 @@ def iter_batches(
             n_batches = len(inputs)  # type: ignore[arg-type]
         except TypeError:
             n_batches = None
-        dataset = getattr(inputs, "dataset", None)
-        try:
-            n_examples: int | None = len(dataset) if dataset is not None else None  # type: ignore[arg-type]
-        except TypeError:
-            n_examples = None
-        return _from_iterable(inputs, target_key), n_batches, n_examples
+        return _from_iterable(inputs, target_key), n_batches, _loader_examples(inputs)
     raise TypeError(
         "Expected `inputs` to be a Tensor, a tuple of tensors (positional arguments), a dict "
         f"(keyword arguments) or an iterable of batches such as a DataLoader, but got "

@@ -135,16 +135,26 @@ _COMPOSITE = {
 }
 
 
+# Heavy kernels without a FLOP formula: a pass that runs one has an unknown FLOP count.
+_UNCOUNTED = {
+    getattr(torch.ops.aten, name)
+    for name in ("lstm", "gru", "rnn_tanh", "rnn_relu", "_cudnn_rnn", "miopen_rnn")
+    if hasattr(torch.ops.aten, name)
+}
+
+
 class _FlopCounter(TorchDispatchMode):
     """FLOPs of matmuls, convolutions and attention (``torch.utils.flop_counter``'s formulas).
 
     Unlike ``FlopCounterMode`` it installs no global module hooks (other threads are untouched).
+    ``complete`` is False once a heavy kernel without a formula (the RNN kernels) has run.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.total = 0
         self.bytes = 0  # of every op's outputs: the activation traffic of the pass
+        self.complete = True
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
@@ -153,6 +163,8 @@ class _FlopCounter(TorchDispatchMode):
             if isinstance(leaf, torch.Tensor):
                 self.bytes += leaf.numel() * leaf.element_size()
         packet = func._overloadpacket
+        if packet in _UNCOUNTED:
+            self.complete = False
         composite = _COMPOSITE.get(packet)
         if composite is not None:
             self.total += int(composite(args, out))
@@ -253,6 +265,7 @@ class Trace:
     called: set[str] = field(default_factory=set)
     first_flops: dict[Call, int] = field(default_factory=dict)  # FLOPs before each call's first
     total_flops: int = 0
+    flops_complete: bool = True  # False: a kernel without a FLOP formula ran (an RNN)
     output: Any = None  # structure and shapes of what the pass returned (see ``signature``)
     output_bytes: int = 0  # bytes of all op outputs (with ``flops``)
     layer_skips: set[str] = field(default_factory=set)  # modules that drew torch.rand([])
@@ -302,6 +315,7 @@ class Recording:
             called=self.called,
             first_flops=self.recorder.first_flops,
             total_flops=self.counter.total,
+            flops_complete=self.counter.complete,
             output=signature(output),
             output_bytes=self.counter.bytes,
             layer_skips=self.recorder.layer_skips,

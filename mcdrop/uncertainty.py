@@ -33,6 +33,7 @@ from mcdrop.results import ClassificationResult, RegressionResult, _standard_err
 __all__ = ["summarize_samples"]
 
 _OUTPUT_KINDS = ("logits", "probs", "log_probs", "binary_logits")
+_CLASS_MAJOR_MAX = 16  # classes up to which the statistics run class-major (measured)
 
 
 def _stat_dtype(device: torch.device) -> torch.dtype:
@@ -75,10 +76,11 @@ class _Moments:
 class _ClassificationAccumulator:
     """Streaming statistics of sampled class probabilities for one batch.
 
-    Chunks ``(k, B, C, *S)`` are worked on class-major, ``(k, C, B, *S)``: reductions over the
-    classes then run across the examples (PyTorch's CPU softmax and sums along a short last
-    dimension are about 10x slower). The statistics are kept in that layout and returned as
-    ``(B, C, *S)``.
+    Chunks ``(k, B, C, *S)`` with at most ``_CLASS_MAJOR_MAX`` classes are worked on class-major,
+    ``(k, C, B, *S)``: reductions over the few classes then run across the examples (PyTorch's
+    CPU softmax along a last dimension of 10 was 4x slower). More classes stay where they are
+    (there a reduction along the classes is faster, and more accurate in float32). The
+    statistics are kept in the working layout and returned as ``(B, C, *S)``.
     """
 
     def __init__(self, *, outputs: str, class_dim: int, keep_samples: bool, atol: float = 1e-3):
@@ -86,7 +88,8 @@ class _ClassificationAccumulator:
         self.class_dim = class_dim  # of one sample (B, C, *S)
         self.keep_samples = keep_samples
         self.atol = atol
-        self.moments = _Moments()  # of the probabilities, (C, B, *S)
+        self.moments = _Moments()  # of the probabilities, in the working layout
+        self.major = False  # class-major working layout (decided on the first chunk)
         self.entropy_sum: torch.Tensor | None = None
         self.mode_counts: torch.Tensor | None = None
         self.samples: list[torch.Tensor] = []
@@ -94,27 +97,37 @@ class _ClassificationAccumulator:
         # flag, read in state() where the statistics are read anyway: no extra sync).
         self.looks_like_probs: torch.Tensor | None = None
 
+    @property
+    def _dim(self) -> int:
+        """The class dimension of a chunk in the working layout."""
+        return 1 if self.major else self.class_dim + 1
+
     def _probs(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Class-major probabilities ``(k, C, B, *S)`` of a chunk, and their logarithms where
-        they come for free (softmax outputs)."""
+        """Probabilities of a chunk in the working layout, and their logarithms where they
+        come for free (softmax outputs)."""
         dim = self.class_dim + 1
         num_classes = raw.shape[dim]
         if self.moments.count == 0:
             _note_token_layout(tuple(raw.shape[1:]), self.class_dim)
+            self.major = num_classes <= _CLASS_MAJOR_MAX
         # float64 outputs stay float64; low-precision outputs (bf16 under amp) get a tolerance
         # that matches their rounding.
         atol = self.atol
         if raw.is_floating_point():
             atol = max(atol, 2 * num_classes * torch.finfo(raw.dtype).eps)
         dtype = torch.float64 if raw.dtype == torch.float64 else torch.float32
-        raw = raw.movedim(dim, 1).to(dtype, memory_format=torch.contiguous_format)
+        if self.major:
+            raw = raw.movedim(dim, 1).to(dtype, memory_format=torch.contiguous_format)
+        else:
+            raw = raw.to(dtype)
+        dim = self._dim
         if self.outputs == "binary_logits":
             if num_classes != 1:
                 raise ValueError(
                     "Expected `outputs='binary_logits'` model outputs with one logit along "
                     f"class_dim={self.class_dim}, but got {num_classes}."
                 )
-            raw = torch.cat([torch.zeros_like(raw), raw], 1)  # softmax([0, z]) = [1-s(z), s(z)]
+            raw = torch.cat([torch.zeros_like(raw), raw], dim)  # softmax([0, z]) = [1-s(z), s(z)]
         elif num_classes == 1:
             raise ValueError(
                 f"Expected at least 2 classes along class_dim={self.class_dim}, but the model "
@@ -124,9 +137,9 @@ class _ClassificationAccumulator:
                 "torch.cat([1 - p, p], dim=1)` with `outputs='probs'`."
             )
         if self.outputs == "logits" and self.looks_like_probs is None:
-            self.looks_like_probs = (raw >= 0).all() & (raw.sum(1) - 1).abs().le(atol).all()
+            self.looks_like_probs = (raw >= 0).all() & (raw.sum(dim) - 1).abs().le(atol).all()
         if self.outputs in ("logits", "binary_logits"):
-            log_probs = F.log_softmax(raw, dim=1)
+            log_probs = F.log_softmax(raw, dim=dim)
             return log_probs.exp(), log_probs
         if self.outputs == "log_probs":
             probs = raw.exp()
@@ -138,7 +151,7 @@ class _ClassificationAccumulator:
                     f"{float(probs.min()):g} to {float(probs.max()):g}; pass `outputs='logits'` "
                     "if the model returns logits."
                 )
-        sums = probs.sum(1, keepdim=True)
+        sums = probs.sum(dim, keepdim=True)
         if not bool(torch.allclose(sums, torch.ones_like(sums), atol=atol)):
             worst = float((sums - 1).abs().max())
             raise ValueError(
@@ -154,10 +167,10 @@ class _ClassificationAccumulator:
         dtype = _stat_dtype(probs.device)
         # -sum p log p, 0 at p = 0 (a logit of -inf, a masked class, gives log p = -inf)
         if log_probs is None:
-            entropy = torch.special.entr(probs).sum(1)
+            entropy = torch.special.entr(probs).sum(self._dim)
         else:
             finite = log_probs.clamp_min(torch.finfo(log_probs.dtype).min)
-            entropy = (probs * finite).sum(1).neg_()
+            entropy = (probs * finite).sum(self._dim).neg_()
         entropy_sum = entropy.to(dtype).sum(0)  # (B, *S)
         self.entropy_sum = (
             entropy_sum if self.entropy_sum is None else self.entropy_sum + entropy_sum
@@ -166,17 +179,18 @@ class _ClassificationAccumulator:
         # layout (an argmax across the examples is slow): softmax, exp and normalising keep the
         # order of the values, which rounding can turn into ties. One logit: class 1 if z > 0.
         dim = self.class_dim + 1
-        winners = (
-            (raw > 0).squeeze(dim).long() if self.outputs == "binary_logits" else raw.argmax(dim)
-        )
+        if self.outputs == "binary_logits":
+            winners = (raw > 0).squeeze(dim).long()
+        else:
+            winners = (raw.to(torch.uint8) if raw.dtype == torch.bool else raw).argmax(dim)
         winners = winners.movedim(0, -1)  # (B, *S, k)
         if self.mode_counts is None:  # votes per class, class dimension last: (B, *S, C)
-            shape = (*winners.shape[:-1], probs.shape[1])
+            shape = (*winners.shape[:-1], probs.shape[self._dim])
             self.mode_counts = torch.zeros(shape, dtype=torch.int64, device=probs.device)
         self.mode_counts.scatter_add_(-1, winners, torch.ones_like(winners))
         self.moments.update(probs.to(dtype))
         if self.keep_samples:
-            self.samples.append(probs.movedim(1, self.class_dim + 1).cpu())
+            self.samples.append(probs.movedim(self._dim, self.class_dim + 1).cpu())
 
     @property
     def count(self) -> int:
@@ -197,14 +211,15 @@ class _ClassificationAccumulator:
                 "`outputs='probs'`."
             )
         assert self.mode_counts is not None
-        mean = self.moments.mean  # (C, B, *S)
+        kept = self._dim - 1  # the class dimension of the statistics as kept
         count = self.count
-        predictive_entropy = -torch.special.xlogy(mean, mean).sum(0)
+        predictive_entropy = -torch.special.xlogy(self.moments.mean, self.moments.mean).sum(kept)
         expected_entropy = self.entropy_sum / count
+        mean = self.moments.mean.movedim(kept, self.class_dim)
         variation_ratio = 1.0 - self.mode_counts.amax(-1).to(mean.dtype) / count
-        variance = self.moments.variance.movedim(0, self.class_dim)
+        variance = self.moments.variance.movedim(kept, self.class_dim)
         out = {
-            "mean": mean.movedim(0, self.class_dim).contiguous(),
+            "mean": mean.contiguous(),
             "variance": variance.contiguous(),
             "standard_error": _standard_error(variance, count).contiguous(),
             "predictive_entropy": predictive_entropy,

@@ -324,3 +324,31 @@ def test_a_hugging_face_model_gets_no_labels_and_the_result_keeps_them():
     result = _run(model, [batch], n_samples=3)
     assert torch.equal(result.targets, batch["labels"])
     assert seen and all("labels" not in keys for keys in seen)
+
+
+def test_examples_of_a_data_loader_count_what_it_yields():
+    """The call's size (the CUDA ``auto`` rule, the keep_samples memory check) counts the
+    examples a loader yields, not the dataset it reads from."""
+    from torch.utils.data import DataLoader, IterableDataset, SubsetRandomSampler, TensorDataset
+
+    from mcdrop._inputs import iter_batches
+
+    data = TensorDataset(torch.randn(10, 3))
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter(torch.randn(7, 3))
+
+    cases = [
+        (DataLoader(data, batch_size=4), 10),
+        (DataLoader(data, batch_size=4, drop_last=True), 8),
+        (DataLoader(data, batch_size=4, sampler=SubsetRandomSampler(range(6))), 6),
+        (DataLoader(data, batch_size=None), None),  # items are batches: unknown
+        (DataLoader(Stream(), batch_size=4), None),
+        ([torch.randn(4, 3), torch.randn(2, 3)], None),
+    ]
+    for loader, expected in cases:
+        _, _, n_examples = iter_batches(loader, batch_size=8, targets=None, target_key=None)
+        assert n_examples == expected, loader
+    yielded = sum(len(batch[0]) for batch in DataLoader(data, batch_size=4, drop_last=True))
+    assert yielded == 8

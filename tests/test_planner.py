@@ -130,7 +130,7 @@ def test_cuda_pass_size_is_measured_once_per_key_and_an_out_of_memory_is_not_kep
     driver._BUDGETS.clear()
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Dropout(0.3)).eval()
     x = torch.randn(8, 3)
-    out_bytes = 4 * 8 * 4  # four float64 temporaries per output element, 4 outputs per row
+    out_bytes = 4 * 8 * 5  # five float64 temporaries per output element, 4 outputs per row
     expected = planner.rows_that_fit(10 * 2**30, 65536 + out_bytes)
     assert 1 < expected < planner.MAX_MEMORY_ROWS  # the 1 GiB pass cap decides
     for _ in range(2):

@@ -225,6 +225,76 @@ def test_auto_falls_back_when_vmap_cannot_run_the_model(model_cls, caplog):
     _assert_same_distribution(samples, _naive_probs(model, x, 300, seed=2))
 
 
+class HostCheckAfterDropout(nn.Module):
+    """Prefix-heavy (auto tries vmap first), but a host-side check after the dropout makes vmap
+    fail only after it has drawn the masks."""
+
+    def __init__(self):
+        super().__init__()
+        self.body, self.drop, self.head = nn.Linear(6, 64), nn.Dropout(0.3), nn.Linear(64, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.drop(torch.relu(self.body(x)))
+        if not bool(torch.isfinite(h).all()):  # data-dependent: vmap cannot run it
+            raise ValueError("non-finite activations")
+        return self.head(h)
+
+
+def test_auto_gives_the_numbers_of_the_strategy_it_settles_on():
+    """A candidate that fails after drawing random numbers is rerun from the same random state:
+    auto then equals the strategy it falls back to, whatever it tried first."""
+    torch.manual_seed(0)
+    model = HostCheckAfterDropout().eval()
+    x = torch.randn(5, 6)
+    auto = mcdrop.MCDropout(model, n_samples=40, seed=3)
+    samples = auto(x)
+    assert auto.last_strategy == "replicate"
+    fixed = mcdrop.MCDropout(model, n_samples=40, strategy="replicate", seed=3)(x)
+    assert torch.equal(samples, fixed)
+    result = mcdrop.predict_with_uncertainty(model, x, n_samples=40, seed=3, progress=False)
+    same = mcdrop.predict_with_uncertainty(
+        model, x, n_samples=40, strategy="replicate", seed=3, progress=False
+    )
+    assert torch.equal(result.mean, same.mean)
+
+
+class _Counted(nn.Module):
+    """Convolution, linear layers and a matrix product: ops with a FLOP formula."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.proj, self.head = nn.Conv2d(3, 4, 3), nn.Linear(36, 16), nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.proj(self.conv(x).flatten(2).transpose(1, 2).reshape(x.shape[0], 4, 36))
+        return self.head((h @ h.transpose(1, 2)).mean(-1, keepdim=True) * h).mean(1)
+
+
+class _Attention(nn.Module):
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.scaled_dot_product_attention(q, q, q)
+
+
+def test_probe_flops_match_torch_flop_counter_and_say_when_a_kernel_is_not_counted():
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    from mcdrop import _probe
+
+    def probe(model: nn.Module, *args: torch.Tensor) -> _probe.Trace:
+        with torch.inference_mode():
+            return _probe.trace(dict(model.named_modules()), lambda: model(*args), flops=True)
+
+    model, x = _Counted().eval(), torch.randn(2, 3, 8, 8)
+    with FlopCounterMode(display=False) as reference, torch.no_grad():
+        model(x)
+    trace = probe(model, x)
+    assert trace.total_flops == reference.get_total_flops() > 0 and trace.flops_complete
+    q = torch.randn(2, 3, 5, 8)  # (B, heads, L, d): torch's counter misses the CPU kernel
+    assert probe(_Attention(), q).total_flops == sdpa_flop_count(q.shape, q.shape, q.shape)
+    rnn = nn.LSTM(6, 32, batch_first=True).eval()
+    assert not probe(rnn, torch.randn(2, 5, 6)).flops_complete  # no formula: size unknown
+
+
 def test_auto_picks_prefix_sharing_on_a_prefix_heavy_model_without_timing(caplog):
     model = HeadDropout().eval()
     x = torch.randn(32, 16)

@@ -19,7 +19,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from mcdrop import _probe
 from mcdrop._engine import memory, planner
 from mcdrop._engine.options import SamplingOptions
-from mcdrop._engine.rng import forked_rng, sampling_rng
+from mcdrop._engine.rng import forked_rng, rng_state, sampling_rng
 from mcdrop._engine.strategies import Outputs, Recorded, Runner, varies
 from mcdrop._inputs import _Batch, iter_batches
 from mcdrop._twin import _unwrap_compiled
@@ -111,7 +111,7 @@ def _profile(sampling: _Sampling, probe_rows: int) -> planner.Profile:
         vmap_unsafe=tuple(sorted((functions & _VMAP_UNSAFE) | _unprobed(sampling))),
         replicate_unsafe=tuple(sorted(on_weights)),
         bytes_per_row=trace.output_bytes / max(probe_rows, 1),
-        flops_per_row=trace.total_flops / max(probe_rows, 1),
+        flops_per_row=trace.total_flops / max(probe_rows, 1) if trace.flops_complete else 0.0,
     )
 
 
@@ -331,8 +331,8 @@ class Engine:
             torch.cuda.empty_cache()
             logger.warning("mcdrop: out of memory measuring a 2-sample pass; sampling row-wise.")
             return None
-        # float64 statistics of the outputs: about four temporaries of 8 bytes per element.
-        out_bytes = sum(int(o[0, :1].numel()) for o in outs) * 8 * 4
+        # float64 statistics of the outputs: about five temporaries of 8 bytes per element.
+        out_bytes = sum(int(o[0, :1].numel()) for o in outs) * 8 * 5
         capacity = memory.capacity(dev)
         budget = planner.rows_that_fit(capacity, peak / (k * batch.size) + out_bytes)
         logger.info(
@@ -471,6 +471,9 @@ class Session:
         engine = self.engine
         plan = engine.planner
         assert engine.strategy is not None
+        # A first chunk that is run again (another candidate, a new plan) starts from the same
+        # random state: auto then gives the numbers of the strategy it settles on.
+        rewind = None if self.validated else rng_state(engine.device)
         while True:
             k = min(k, plan.sample_cap or k)
             examples = plan.examples_per_pass(batch.size)
@@ -483,15 +486,18 @@ class Session:
                 if self.validated or not engine.reject(self.runner, None, error):
                     self._raise(error, batch)  # returns when the twin's check changed the plan
                 k = min(k, plan.samples_per_pass(batch.size, k))
+                _rewind(rewind)
                 continue
             if recording is not None and not self._confirmed(recording):
                 k = min(k, plan.samples_per_pass(batch.size, k))  # a new plan: run it again
+                _rewind(rewind)
                 continue
             if not self.validated:
                 self.validated = True
                 if engine.reject(self.runner, outs, None):
                     self.validated = False
                     k = min(k, plan.samples_per_pass(batch.size, k))
+                    _rewind(rewind)
                     continue
             if engine.last_samples_per_pass is None or k > engine.last_samples_per_pass:
                 engine.last_samples_per_pass = k
@@ -581,6 +587,11 @@ class Session:
 
     def samples_per_pass(self, batch: _Batch, remaining: int) -> int:
         return self.engine.planner.samples_per_pass(batch.size, remaining)
+
+
+def _rewind(restore: Callable[[], None] | None) -> None:
+    if restore is not None:
+        restore()
 
 
 def _log_layer_skips(skips: set[str]) -> None:

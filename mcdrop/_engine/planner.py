@@ -57,7 +57,7 @@ class Profile:
     vmap_unsafe: tuple[str, ...] = ()
     replicate_unsafe: tuple[str, ...] = ()  # sites whose dropout masks a weight (DropConnect)
     bytes_per_row: float = 0.0  # bytes of all op outputs of one example's pass
-    flops_per_row: float = 0.0  # FLOPs of one example's pass
+    flops_per_row: float = 0.0  # FLOPs of one example's pass; 0 when unknown (RNN kernels)
 
     @property
     def prefix_share(self) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -42,6 +42,19 @@ def forked_rng(device: torch.device) -> contextlib.AbstractContextManager[None]:
     """The CPU generator and ``device``'s, restored on exit: passes that must not consume the
     seeded stream (checks, measurements) run inside."""
     return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
+
+def rng_state(device: torch.device) -> Callable[[], None]:
+    """A function that puts the CPU generator and ``device``'s back in their present state."""
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+    def restore() -> None:
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, device)
+
+    return restore
 
 
 @contextlib.contextmanager
