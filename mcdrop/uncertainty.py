@@ -76,11 +76,12 @@ class _Moments:
 class _ClassificationAccumulator:
     """Streaming statistics of sampled class probabilities for one batch.
 
-    Chunks ``(k, B, C, *S)`` with at most ``_CLASS_MAJOR_MAX`` classes are worked on class-major,
-    ``(k, C, B, *S)``: reductions over the few classes then run across the examples (PyTorch's
-    CPU softmax along a last dimension of 10 was 4x slower). More classes stay where they are
-    (there a reduction along the classes is faster, and more accurate in float32). The
-    statistics are kept in the working layout and returned as ``(B, C, *S)``.
+    On the CPU, chunks ``(k, B, C, *S)`` with at most ``_CLASS_MAJOR_MAX`` classes are worked on
+    class-major, ``(k, C, B, *S)``: reductions over the few classes then run across the examples
+    (PyTorch's CPU softmax along a last dimension of 10 was 4x slower). More classes, and CUDA
+    (one more kernel, nothing gained), keep the outputs' layout (there a reduction along the
+    classes is faster, and more accurate in float32). The statistics are kept in the working
+    layout and returned as ``(B, C, *S)``.
     """
 
     def __init__(self, *, outputs: str, class_dim: int, keep_samples: bool, atol: float = 1e-3):
@@ -109,7 +110,7 @@ class _ClassificationAccumulator:
         num_classes = raw.shape[dim]
         if self.moments.count == 0:
             _note_token_layout(tuple(raw.shape[1:]), self.class_dim)
-            self.major = num_classes <= _CLASS_MAJOR_MAX
+            self.major = num_classes <= _CLASS_MAJOR_MAX and raw.device.type == "cpu"
         # float64 outputs stay float64; low-precision outputs (bf16 under amp) get a tolerance
         # that matches their rounding.
         atol = self.atol

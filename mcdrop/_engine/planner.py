@@ -19,7 +19,7 @@ formulas):
 3. ``loop`` when neither runs this model.
 
 The first chunk checks the candidate (it must run and vary where the loop varies); one that fails
-is dropped and the chunk runs again with the next. ``replicate`` is not a candidate when an
+is dropped and the chunk runs again with the next, from the same random state. ``replicate`` is not a candidate when an
 example's output depends on the other examples of its pass (checked on the first examples of
 the first batch, the sampling twin with its dropout at rate 0). On the CPU, without an explicit ``batch_budget``, a replicate or
 loop pass holds at most ``CPU_PASS_BYTES`` of activations (the probe measures the bytes per
