@@ -249,14 +249,20 @@ def _recognisable_targets(args: tuple[Any, ...], kwargs: Mapping[str, Any], valu
 
 
 def _loader_examples(inputs: Any) -> int | None:
-    """Examples a ``DataLoader`` yields: its sampler's length, less what ``drop_last`` drops;
-    None for anything else, and for a loader without automatic batching (``batch_size=None``,
-    a custom ``batch_sampler``) or with an unsized sampler (an ``IterableDataset``)."""
-    if not isinstance(inputs, torch.utils.data.DataLoader) or inputs.batch_size is None:
+    """Examples a ``DataLoader`` yields: its sampler's length, less what ``drop_last`` drops
+    (None without automatic batching, ``batch_size=None`` or a custom ``batch_sampler``, or with
+    an unsized sampler, an ``IterableDataset``'s). Another iterable with a sized ``dataset``
+    (a loader's wrapper): that length; else None."""
+    if not isinstance(inputs, torch.utils.data.DataLoader):
+        try:
+            return len(inputs.dataset)  # type: ignore[no-any-return]
+        except (AttributeError, TypeError):
+            return None
+    if inputs.batch_size is None:
         return None
     try:
         n = len(inputs.sampler)  # type: ignore[arg-type]
-    except TypeError:
+    except (TypeError, NotImplementedError):
         return None
     return n - n % inputs.batch_size if inputs.drop_last else n
 

@@ -118,6 +118,23 @@ def _attention_flops(args: tuple[Any, ...], out: Any) -> int:
     return 4 * q.numel() * k.shape[-2]
 
 
+def _rows(x: torch.Tensor) -> int:
+    return x.numel() // max(x.shape[-1], 1) if x.ndim else 0
+
+
+def _rnn_flops(args: tuple[Any, ...], out: Any) -> int:
+    """Every layer and direction runs its input and hidden weights over every token: 2 x tokens
+    x the weight matrices' entries (the gates' elementwise work is not counted). Padded input
+    ``(L, B, in)`` or ``(B, L, in)``, or a packed sequence's data ``(tokens, in)``."""
+    params = args[2] if isinstance(args[3], bool) else args[3]  # see _rnn_dropout_index
+    return 2 * _rows(args[0]) * sum(w.numel() for w in params if w.ndim == 2)
+
+
+def _cell_flops(args: tuple[Any, ...], out: Any) -> int:
+    x, w_ih, w_hh = args[0], args[2], args[3]  # (input, hx, w_ih, w_hh, b_ih, b_hh)
+    return 2 * _rows(x) * (w_ih.numel() + w_hh.numel())
+
+
 # Composite ops reach a dispatch mode whole (aten.linear, not aten.addmm): their FLOPs from the
 # shapes, as torch.utils.flop_counter counts the ops they decompose into (without decomposing:
 # that would initialise dynamo, about a second, on the first call of a process).
@@ -130,15 +147,18 @@ _COMPOSITE = {
         ("conv2d", _conv_flops),
         ("conv3d", _conv_flops),
         ("scaled_dot_product_attention", _attention_flops),
+        *((name, _rnn_flops) for name in ("lstm", "gru", "rnn_tanh", "rnn_relu")),
+        *((f"{name}_cell", _cell_flops) for name in ("lstm", "gru", "rnn_tanh", "rnn_relu")),
     )
     if hasattr(torch.ops.aten, name)
 }
 
 
-# Heavy kernels without a FLOP formula: a pass that runs one has an unknown FLOP count.
+# Heavy kernels without a FLOP formula, in case one reaches the mode itself rather than through
+# the RNN ops above: a pass that runs one has an unknown FLOP count.
 _UNCOUNTED = {
     getattr(torch.ops.aten, name)
-    for name in ("lstm", "gru", "rnn_tanh", "rnn_relu", "_cudnn_rnn", "miopen_rnn")
+    for name in ("_cudnn_rnn", "miopen_rnn", "mkldnn_rnn_layer", "_thnn_fused_lstm_cell")
     if hasattr(torch.ops.aten, name)
 }
 

@@ -326,6 +326,19 @@ def test_a_hugging_face_model_gets_no_labels_and_the_result_keeps_them():
     assert seen and all("labels" not in keys for keys in seen)
 
 
+class _Wrapped:
+    """A loader's wrapper that is not a DataLoader (as some trainers hand out)."""
+
+    def __init__(self, loader):
+        self.loader, self.dataset = loader, loader.dataset
+
+    def __iter__(self):
+        return iter(self.loader)
+
+    def __len__(self):
+        return len(self.loader)
+
+
 def test_examples_of_a_data_loader_count_what_it_yields():
     """The call's size (the CUDA ``auto`` rule, the keep_samples memory check) counts the
     examples a loader yields, not the dataset it reads from."""
@@ -346,6 +359,7 @@ def test_examples_of_a_data_loader_count_what_it_yields():
         (DataLoader(data, batch_size=None), None),  # items are batches: unknown
         (DataLoader(Stream(), batch_size=4), None),
         ([torch.randn(4, 3), torch.randn(2, 3)], None),
+        (_Wrapped(DataLoader(data, batch_size=4)), 10),  # a wrapper: its dataset's length
     ]
     for loader, expected in cases:
         _, _, n_examples = iter_batches(loader, batch_size=8, targets=None, target_key=None)

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import mcdrop
+from mcdrop._engine import driver
 from mcdrop._engine.strategies import Runner
 from mcdrop._probe import NoDropout
 
@@ -291,8 +292,108 @@ def test_probe_flops_match_torch_flop_counter_and_say_when_a_kernel_is_not_count
     assert trace.total_flops == reference.get_total_flops() > 0 and trace.flops_complete
     q = torch.randn(2, 3, 5, 8)  # (B, heads, L, d): torch's counter misses the CPU kernel
     assert probe(_Attention(), q).total_flops == sdpa_flop_count(q.shape, q.shape, q.shape)
-    rnn = nn.LSTM(6, 32, batch_first=True).eval()
-    assert not probe(rnn, torch.randn(2, 5, 6)).flops_complete  # no formula: size unknown
+
+
+def test_probe_counts_the_rnn_kernels_flops_in_closed_form(monkeypatch):
+    """2 x tokens x gates x H x (input + H) per layer and direction, for padded and packed
+    sequences and for the cells (torch's own counter has no formula for them)."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    from mcdrop import _probe
+
+    def flops(model: nn.Module, *args: object) -> int:
+        with torch.inference_mode():
+            trace = _probe.trace(dict(model.named_modules()), lambda: model(*args), flops=True)
+        assert trace.flops_complete
+        return trace.total_flops
+
+    def closed_form(tokens: int, gates: int, d_in: int, h: int, layers: int, dirs: int) -> int:
+        per_token = sum(gates * h * ((h * dirs if i else d_in) + h) for i in range(layers))
+        return 2 * tokens * dirs * per_token
+
+    lstm = nn.LSTM(6, 32, num_layers=2, bidirectional=True, batch_first=True).eval()
+    assert flops(lstm, torch.randn(2, 5, 6)) == closed_form(10, 4, 6, 32, 2, 2)
+    packed = pack_padded_sequence(torch.randn(3, 5, 6), [5, 3, 2], batch_first=True)
+    assert flops(lstm, packed) == closed_form(10, 4, 6, 32, 2, 2)  # 5 + 3 + 2 tokens
+    assert flops(nn.GRU(6, 16).eval(), torch.randn(4, 2, 6)) == closed_form(8, 3, 6, 16, 1, 1)
+    assert flops(nn.RNN(6, 16).eval(), torch.randn(4, 2, 6)) == closed_form(8, 1, 6, 16, 1, 1)
+    assert flops(nn.LSTMCell(6, 16).eval(), torch.randn(3, 6)) == closed_form(3, 4, 6, 16, 1, 1)
+    assert flops(nn.GRUCell(6, 16).eval(), torch.randn(3, 6)) == closed_form(3, 3, 6, 16, 1, 1)
+    # a heavy kernel without a formula leaves the count incomplete (the size of a call unknown)
+    monkeypatch.setattr(_probe, "_UNCOUNTED", {torch.ops.aten.relu})
+    with torch.inference_mode():
+        trace = _probe.trace({}, lambda: torch.relu(torch.randn(3)), flops=True)
+    assert not trace.flops_complete
+
+
+class LSTMEncoder(nn.Module):
+    """An LSTM encoder and a dropout head: nearly all the FLOPs come before the dropout."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.LSTM(8, 64, num_layers=2, batch_first=True)
+        self.drop, self.head = nn.Dropout(0.5), nn.Linear(64, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(x)
+        return self.head(self.drop(out[:, -1]))
+
+
+def test_auto_shares_an_rnn_encoder_before_a_dropout_head():
+    torch.manual_seed(0)
+    model = LSTMEncoder().eval()
+    with torch.no_grad():
+        model.head.weight.mul_(8.0)  # random-init heads are near-constant
+    x = torch.randn(6, 12, 8)
+    mc = mcdrop.MCDropout(model, n_samples=300, seed=1)
+    samples = torch.softmax(mc(x), -1)
+    assert mc.last_strategy == "vmap"  # the encoder runs once for all samples
+    _assert_same_distribution(samples, _naive_probs(model, x, 300, seed=2))
+
+
+class OutOfMemoryThenFailsUnderVmap(nn.Module):
+    """Under vmap: first a (simulated) out-of-memory error, then an error only vmap hits."""
+
+    def __init__(self):
+        super().__init__()
+        self.body, self.drop = nn.Linear(64, 256), nn.Dropout(0.3)
+        self.mid = nn.Sequential(nn.Linear(256, 16), nn.ReLU(), nn.Dropout(0.3))
+        self.head = nn.Linear(16, 3)
+        self.vmap_calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch._C._functorch import is_batchedtensor
+
+        h = self.drop(torch.relu(self.body(x)))
+        if is_batchedtensor(h):
+            self.vmap_calls += 1
+            if self.vmap_calls == 1:
+                raise torch.OutOfMemoryError("simulated")
+            raise RuntimeError("vmap-only failure")
+        return self.head(self.mid(h))
+
+
+def test_a_dropped_candidates_out_of_memory_cap_does_not_carry_over(monkeypatch):
+    """The fallback starts as if chosen first (same numbers as the fixed strategy), and only a
+    seeded call rewinds the generators (without a seed other threads would get the same numbers
+    again)."""
+    torch.manual_seed(0)
+    x = torch.randn(9, 64)
+    model = OutOfMemoryThenFailsUnderVmap().eval()
+    auto = mcdrop.MCDropout(model, n_samples=100, seed=1)
+    samples = auto(x)
+    assert auto.last_strategy == "replicate" and auto._engine.planner.sample_cap is None
+    fixed = mcdrop.MCDropout(model, n_samples=100, seed=1, strategy="replicate")
+    assert torch.equal(samples, fixed(x))
+    rewinds = []
+    monkeypatch.setattr(
+        driver, "rng_state", lambda device: rewinds.append(device) or (lambda: None)
+    )
+    model.vmap_calls = 1  # the next vmap attempt fails at once
+    mcdrop.MCDropout(model, n_samples=10)(x)
+    assert rewinds == []
+    mcdrop.MCDropout(model, n_samples=10, seed=2)(x)
+    assert len(rewinds) == 1
 
 
 def test_auto_picks_prefix_sharing_on_a_prefix_heavy_model_without_timing(caplog):

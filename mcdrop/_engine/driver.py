@@ -105,13 +105,14 @@ def _profile(sampling: _Sampling, probe_rows: int) -> planner.Profile:
     # With the check pending the trace is the training probe's: only the calls that sample.
     sampled = trace.calls if sampling.pending is None else sampling.pending.expected
     on_weights = {key[0] or "<model>" for key in trace.on_weights if key in sampled}
+    counted = trace.flops_complete  # else the FLOPs, the prefix share and the call's size unknown
     return planner.Profile(
-        prefix_flops=trace.prefix_flops(sampled),
-        total_flops=trace.total_flops,
+        prefix_flops=trace.prefix_flops(sampled) if counted else 0,
+        total_flops=trace.total_flops if counted else 0,
         vmap_unsafe=tuple(sorted((functions & _VMAP_UNSAFE) | _unprobed(sampling))),
         replicate_unsafe=tuple(sorted(on_weights)),
         bytes_per_row=trace.output_bytes / max(probe_rows, 1),
-        flops_per_row=trace.total_flops / max(probe_rows, 1) if trace.flops_complete else 0.0,
+        flops_per_row=trace.total_flops / max(probe_rows, 1) if counted else 0.0,
     )
 
 
@@ -139,6 +140,7 @@ class Engine:
         self.runner: Runner | None = None
         self.last_samples_per_pass: int | None = None
         self.call_rows: int | None = None  # samples x examples of the current call
+        self.dropped: set[str] = set()  # auto candidates that failed in the current call
 
     @contextlib.contextmanager
     def session(self, first: _Batch, seed: int | None, n_examples: int | None) -> Iterator[Session]:
@@ -146,6 +148,7 @@ class Engine:
         unknown); ``first`` is probed for the sites."""
         o = self.options
         self.call_rows = None if n_examples is None else n_examples * o.n_samples
+        self.dropped = set()
         with sampling_rng(seed, self.device), torch.inference_mode():
             first = first.to(self.device)
             small = _slice(first, 0, min(2, first.size))
@@ -183,7 +186,7 @@ class Engine:
                 if self.memory_sized:
                     self.planner.budget = self._cuda_budget(eager, first)
                 try:
-                    yield Session(self, runner, sampling)
+                    yield Session(self, runner, sampling, seeded=seed is not None)
                 finally:  # the engine outlives the call (MCDropout): keep no batch or twin
                     self.first = self.runner = self.probe_batch = None
 
@@ -230,9 +233,10 @@ class Engine:
                 "strategy='auto', 'vmap' or 'loop'."
             )
         compiled = o.compile is not None or _unwrap_compiled(self.model)[1]
-        self.candidates = planner.candidates(
+        ranked = planner.candidates(
             o.strategy, profile, self.device, compiled=compiled, rows=self.call_rows
         )
+        self.candidates = [c for c in ranked if c not in self.dropped] or ranked[-1:]
         self.probe_batch = small
         self.first = first
         self.runner = runner  # eager: for the examples-interact check
@@ -290,12 +294,17 @@ class Engine:
             reason = "it drew identical samples where the loop did not"
         else:
             return False
+        dropped = self.candidates.pop(0)
+        self.dropped.add(dropped)
         logger.info(
             "mcdrop: strategy %r does not work for %s (%s); falling back.",
-            self.candidates.pop(0),
+            dropped,
             type(self.model).__name__,
             reason,
         )
+        # An out-of-memory cap of the dropped candidate (vmap may hold more rows) is not the
+        # next one's: it starts as it would have, had it been chosen first.
+        self.planner.sample_cap = self.planner.example_cap = None
         self._use(self.candidates[0])
         return True
 
@@ -451,11 +460,14 @@ def _outputs_agree(a: Outputs, b: Outputs, runner: Runner) -> bool:
 class Session:
     """Sampling of one call's batches with a chosen strategy (see :meth:`Engine.session`)."""
 
-    def __init__(self, engine: Engine, runner: Runner, sampling: _Sampling) -> None:
+    def __init__(
+        self, engine: Engine, runner: Runner, sampling: _Sampling, *, seeded: bool = False
+    ) -> None:
         self.engine = engine
         self.runner = runner
         self.sampling = sampling
         self.validated = False  # the first chunk checks the auto candidate
+        self.seeded = seeded  # a seed was given: a rerun first chunk rewinds the generators
 
     @property
     def sites(self) -> list[DropoutSite]:
@@ -471,9 +483,12 @@ class Session:
         engine = self.engine
         plan = engine.planner
         assert engine.strategy is not None
-        # A first chunk that is run again (another candidate, a new plan) starts from the same
-        # random state: auto then gives the numbers of the strategy it settles on.
-        rewind = None if self.validated else rng_state(engine.device)
+        # With a seed, a first chunk that is run again (another candidate, a new plan) starts
+        # from the same random state: auto then gives the numbers of the strategy it settles on.
+        # Without one nothing is to be reproduced, and rewinding the process-wide generators
+        # would hand other threads the same numbers again.
+        rewind = rng_state(engine.device) if self.seeded and not self.validated else None
+        requested = k  # a rerun with another plan is sized as if that plan had come first
         while True:
             k = min(k, plan.sample_cap or k)
             examples = plan.examples_per_pass(batch.size)
@@ -485,18 +500,18 @@ class Session:
             except Exception as error:
                 if self.validated or not engine.reject(self.runner, None, error):
                     self._raise(error, batch)  # returns when the twin's check changed the plan
-                k = min(k, plan.samples_per_pass(batch.size, k))
+                k = plan.samples_per_pass(batch.size, requested)
                 _rewind(rewind)
                 continue
             if recording is not None and not self._confirmed(recording):
-                k = min(k, plan.samples_per_pass(batch.size, k))  # a new plan: run it again
+                k = plan.samples_per_pass(batch.size, requested)  # a new plan: run it again
                 _rewind(rewind)
                 continue
             if not self.validated:
                 self.validated = True
                 if engine.reject(self.runner, outs, None):
                     self.validated = False
-                    k = min(k, plan.samples_per_pass(batch.size, k))
+                    k = plan.samples_per_pass(batch.size, requested)
                     _rewind(rewind)
                     continue
             if engine.last_samples_per_pass is None or k > engine.last_samples_per_pass:
