@@ -6,7 +6,7 @@ The ``auto`` rule
 strategy, so the same numbers, on a busy machine as on an idle one. It decides from the
 training-mode probe pass that finds the dropout sites (:mod:`mcdrop.dropout`), which also counts
 the FLOPs done before the first dropout call that samples (``torch.utils.flop_counter``'s
-formulas):
+formulas, closed forms for the RNN kernels; a kernel without one leaves the FLOPs unknown):
 
 1. ``vmap`` when no site runs a fused kernel that vmap cannot batch (RNNs, fused attention) and
    either at least ``PREFIX_SHARE_FOR_VMAP`` of the FLOPs come before the first dropout (prefix
@@ -19,14 +19,15 @@ formulas):
 3. ``loop`` when neither runs this model.
 
 The first chunk checks the candidate (it must run and vary where the loop varies); one that fails
-is dropped and the chunk runs again with the next, from the same random state. ``replicate`` is not a candidate when an
-example's output depends on the other examples of its pass (checked on the first examples of
-the first batch, the sampling twin with its dropout at rate 0). On the CPU, without an explicit ``batch_budget``, a replicate or
-loop pass holds at most ``CPU_PASS_BYTES`` of activations (the probe measures the bytes per
-example). On CUDA a pass holds at most ``GPU_PASS_BYTES`` and ``MEMORY_FRACTION`` of the card
-(:mod:`mcdrop._engine.memory`: measured on one pass, never from the memory that other processes
-happen to hold, so the same seed gives the same numbers). The measurements behind the thresholds
-are on the performance page of the docs.
+is dropped and the chunk runs again with the next, sized as if it had come first and, with a
+seed, from the same random state. ``replicate`` is not a candidate when an example's output
+depends on the other examples of its pass (checked on the first examples of the first batch,
+the sampling twin with its dropout at rate 0). On the CPU, without an explicit
+``batch_budget``, a replicate or loop pass holds at most ``CPU_PASS_BYTES`` of activations (the
+probe measures the bytes per example). On CUDA a pass holds at most ``GPU_PASS_BYTES`` and
+``MEMORY_FRACTION`` of the card (:mod:`mcdrop._engine.memory`: measured on one pass, never from
+the memory that other processes happen to hold, so the same seed gives the same numbers). The
+measurements behind the thresholds are on the performance page of the docs.
 """
 
 from __future__ import annotations
