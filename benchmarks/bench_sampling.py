@@ -138,12 +138,27 @@ class DropoutMLP(nn.Module):
 
 
 class EncoderClassifier(nn.Module):
-    """Transformer encoder classifier, dropout everywhere (attention, feed-forward, residual)."""
+    """Transformer encoder classifier, dropout everywhere (attention, feed-forward, residual):
+    PyTorch's fused encoder, or with ``eager`` the same sizes as :class:`EagerBlock` layers."""
 
-    def __init__(self, d: int, layers: int, heads: int, ff: int, seq: int, classes: int = 10):
+    def __init__(
+        self,
+        d: int,
+        layers: int,
+        heads: int,
+        ff: int,
+        seq: int,
+        classes: int = 10,
+        *,
+        eager: bool = False,
+    ):
         super().__init__()
-        layer = nn.TransformerEncoderLayer(d, heads, ff, dropout=0.1, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.encoder: nn.Module
+        if eager:
+            self.encoder = nn.Sequential(*(EagerBlock(d, heads, ff) for _ in range(layers)))
+        else:
+            layer = nn.TransformerEncoderLayer(d, heads, ff, dropout=0.1, batch_first=True)
+            self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.head = nn.Linear(d, classes)
         self.d, self.n_layers, self.ff, self.seq = d, layers, ff, seq
 
@@ -183,23 +198,13 @@ class EagerBlock(nn.Module):
         return x + self.ff(self.norm2(x))
 
 
-class EagerEncoderClassifier(EncoderClassifier):
-    """The transformer family with :class:`EagerBlock` layers instead of PyTorch's fused
-    encoder (same sizes, same matmul FLOPs per pass)."""
-
-    def __init__(self, d: int, layers: int, heads: int, ff: int, seq: int, classes: int = 10):
-        super().__init__(d, 1, heads, ff, seq, classes)
-        self.encoder = nn.Sequential(*(EagerBlock(d, heads, ff) for _ in range(layers)))  # type: ignore[assignment]
-        self.n_layers = layers
-
-
 def build(name: str, sizes: dict[str, int]) -> nn.Module:
     if name == "conv":
         return ConvHead(**sizes)
     if name == "mlp":
         return DropoutMLP(**sizes)
     if name == "eager_transformer":
-        return EagerEncoderClassifier(**sizes)
+        return EncoderClassifier(**sizes, eager=True)
     return EncoderClassifier(**sizes)
 
 

@@ -78,16 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     # The conv net's replicate chunk runs its body 100 times (not what auto does); vmap cannot
     # give PyTorch's fused attention a mask per sample.
     fused = any(isinstance(m, torch.nn.MultiheadAttention) for m in model.modules())
-    strategies = (
-        ["vmap"]
-        if args.model == "conv"
-        else ["replicate"]
-        if fused
-        else [
-            "replicate",
-            "vmap",
-        ]
-    )
+    strategies = ["vmap"] if args.model == "conv" else ["replicate"] + ([] if fused else ["vmap"])
     amp = torch.bfloat16 if args.dtype == "bf16" else None
     runner = Runner(twin, device=device, amp=amp, n_outputs=1, output_transform=None)
     b = _Batch((x,), {}, None, batch)

@@ -67,10 +67,14 @@ def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str, d
     return args[index] if len(args) > index else default
 
 
+def _rnn_packed(args: tuple[Any, ...]) -> int:
+    """1 for the packed-sequence overload of the RNN kernels, 0 for the padded one: (input, hx,
+    params, has_biases, num_layers, dropout, train, ...) or (data, batch_sizes, hx, params, ...)."""
+    return 0 if isinstance(args[3], bool) else 1
+
+
 def _rnn_dropout_index(args: tuple[Any, ...]) -> int:
-    # Two overloads: (input, hx, params, has_biases, num_layers, dropout, train, ...) and the
-    # packed-sequence one (data, batch_sizes, hx, params, has_biases, num_layers, dropout, train).
-    return 5 if isinstance(args[3], bool) else 6
+    return 5 + _rnn_packed(args)
 
 
 def _rnn_rate(args: tuple[Any, ...]) -> float:
@@ -126,7 +130,7 @@ def _rnn_flops(args: tuple[Any, ...], out: Any) -> int:
     """Every layer and direction runs its input and hidden weights over every token: 2 x tokens
     x the weight matrices' entries (the gates' elementwise work is not counted). Padded input
     ``(L, B, in)`` or ``(B, L, in)``, or a packed sequence's data ``(tokens, in)``."""
-    params = args[2] if isinstance(args[3], bool) else args[3]  # see _rnn_dropout_index
+    params = args[2 + _rnn_packed(args)]
     return 2 * _rows(args[0]) * sum(w.numel() for w in params if w.ndim == 2)
 
 

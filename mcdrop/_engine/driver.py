@@ -19,7 +19,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -249,7 +249,7 @@ class Engine:
             reason = _rows_interact(self.runner, self.first)
             if reason and len(self.candidates) > 1:  # auto: the next candidate
                 logger.info("mcdrop: strategy 'replicate' does not fit this model (%s).", reason)
-                self.candidates.remove("replicate")
+                self._drop("replicate")
                 self._use(self.candidates[0])
                 return
             if reason == _INTERACT:
@@ -280,6 +280,13 @@ class Engine:
             100 * self.profile.prefix_share,
         )
 
+    def _drop(self, strategy: str) -> str:
+        """Take an ``auto`` candidate out for the rest of the call: a new plan (the sampling
+        twin's check changed the sites) does not bring it back."""
+        self.candidates.remove(strategy)
+        self.dropped.add(strategy)
+        return strategy
+
     def reject(self, runner: Runner, outs: Outputs | None, error: Exception | None) -> bool:
         """After the first chunk with an ``auto`` candidate: drop it (True) if it is invalid."""
         if len(self.candidates) < 2:
@@ -294,8 +301,7 @@ class Engine:
             reason = "it drew identical samples where the loop did not"
         else:
             return False
-        dropped = self.candidates.pop(0)
-        self.dropped.add(dropped)
+        dropped = self._drop(self.candidates[0])
         logger.info(
             "mcdrop: strategy %r does not work for %s (%s); falling back.",
             dropped,
@@ -487,8 +493,8 @@ class Session:
         # from the same random state: auto then gives the numbers of the strategy it settles on.
         # Without one nothing is to be reproduced, and rewinding the process-wide generators
         # would hand other threads the same numbers again.
-        rewind = rng_state(engine.device) if self.seeded and not self.validated else None
-        requested = k  # a rerun with another plan is sized as if that plan had come first
+        rewind = rng_state(engine.device) if self.seeded and not self.validated else _unchanged
+        requested = k
         while True:
             k = min(k, plan.sample_cap or k)
             examples = plan.examples_per_pass(batch.size)
@@ -500,29 +506,31 @@ class Session:
             except Exception as error:
                 if self.validated or not engine.reject(self.runner, None, error):
                     self._raise(error, batch)  # returns when the twin's check changed the plan
-                k = plan.samples_per_pass(batch.size, requested)
-                _rewind(rewind)
-                continue
-            if recording is not None and not self._confirmed(recording):
-                k = plan.samples_per_pass(batch.size, requested)  # a new plan: run it again
-                _rewind(rewind)
-                continue
-            if not self.validated:
-                self.validated = True
-                if engine.reject(self.runner, outs, None):
-                    self.validated = False
-                    k = plan.samples_per_pass(batch.size, requested)
-                    _rewind(rewind)
-                    continue
-            if engine.last_samples_per_pass is None or k > engine.last_samples_per_pass:
-                engine.last_samples_per_pass = k
-                logger.info(
-                    "mcdrop: strategy %r, %d samples per pass of %d examples.",
-                    engine.strategy,
-                    k,
-                    examples,
-                )
-            return k, outs
+            else:
+                if self._stands(outs, recording):
+                    break
+            # Another candidate or a new plan: the chunk again, sized as if it had come first.
+            k = plan.samples_per_pass(batch.size, requested)
+            rewind()
+        if engine.last_samples_per_pass is None or k > engine.last_samples_per_pass:
+            engine.last_samples_per_pass = k
+            logger.info(
+                "mcdrop: strategy %r, %d samples per pass of %d examples.",
+                engine.strategy,
+                k,
+                examples,
+            )
+        return k, outs
+
+    def _stands(self, outs: Outputs, recording: _probe.Recording | None) -> bool:
+        """Whether a chunk is kept: the sampling twin's check confirmed it (:meth:`_confirmed`)
+        and, the first time, the ``auto`` candidate proved valid (:meth:`Engine.reject`)."""
+        if recording is not None and not self._confirmed(recording):
+            return False
+        if self.validated:
+            return True
+        self.validated = not self.engine.reject(self.runner, outs, None)
+        return self.validated
 
     def _back_off(self, k: int, batch: _Batch) -> None:
         change = self.engine.planner.back_off(k, batch.size)
@@ -604,9 +612,8 @@ class Session:
         return self.engine.planner.samples_per_pass(batch.size, remaining)
 
 
-def _rewind(restore: Callable[[], None] | None) -> None:
-    if restore is not None:
-        restore()
+def _unchanged() -> None:
+    """What rewinds the generators when nothing is to be rewound (no seed, a later chunk)."""
 
 
 def _log_layer_skips(skips: set[str]) -> None:
