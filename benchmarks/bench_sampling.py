@@ -413,7 +413,7 @@ def memory_target(device: torch.device) -> dict[str, Any]:
     """T=2000, N=4096, C=100 (the GPU MLP with 100 classes): peak memory above the level before
     the call, against one deterministic pass of the 4096 examples, read as the highest
     ``torch.cuda.memory_allocated`` after any op (the allocator's peak counter is left alone)."""
-    from mcdrop._engine import memory
+    from mcdrop.sampling import _memory as memory
 
     torch.manual_seed(0)
     model = DropoutMLP(1024, 4, classes=100).to(device).eval()

@@ -33,8 +33,8 @@ torch.__version__, '| CUDA', torch.version.cuda, '| cuDNN', torch.backends.cudnn
 } 2>&1 | tee "$OUT/env.txt"
 
 step "GPU tests"
-timeout 100 python3 -m pytest -m gpu -v -p no:cacheprovider -p no:benchmark tests/test_gpu.py \
-    tests/test_strategies.py >"$OUT/gpu_tests.txt" 2>&1
+timeout 100 python3 -m pytest -m gpu -v -p no:cacheprovider -p no:benchmark tests/sampling/test_gpu.py \
+    tests/sampling/test_strategies.py >"$OUT/gpu_tests.txt" 2>&1
 grep -E "PASSED|FAILED|ERROR|Error|assert|passed|failed" "$OUT/gpu_tests.txt" | tail -40
 
 step "sampling benchmark, GPU sizes"

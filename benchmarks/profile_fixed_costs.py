@@ -32,13 +32,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_sampling import SIZES, build
 
 import mcdrop
-from mcdrop import _probe
-from mcdrop._engine.driver import _rows_interact
-from mcdrop._engine.strategies import Runner
-from mcdrop._inputs import _Batch
-from mcdrop._twin import _twin
-from mcdrop.dropout import _set_flags, _TwinModules
-from mcdrop.uncertainty import _ClassificationAccumulator
+from mcdrop.dropout import _probe, _set_flags, _TwinModules
+from mcdrop.dropout._twin import _twin
+from mcdrop.sampling._driver import _rows_interact
+from mcdrop.sampling._inputs import _Batch
+from mcdrop.sampling._strategies import Runner
+from mcdrop.stats import ClassificationAccumulator
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         outs = runner.run(strategies[0], b, 100)
 
     def stats() -> None:
-        acc = _ClassificationAccumulator(outputs="logits", class_dim=1, keep_samples=False)
+        acc = ClassificationAccumulator(outputs="logits", class_dim=1, keep_samples=False)
         acc.update(outs[0])
         acc.state()
 

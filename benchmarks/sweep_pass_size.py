@@ -1,6 +1,6 @@
 """Time replicate (vmap for the conv net) against rows per pass (not a test).
 
-The measurements behind ``mcdrop._engine.planner.CPU_PASS_BYTES`` and ``GPU_PASS_BYTES``: for
+The measurements behind ``mcdrop.sampling._planner.CPU_PASS_BYTES`` and ``GPU_PASS_BYTES``: for
 each benchmark family of ``bench_sampling.py``, the bytes of every op's output per example as the
 probe sees them, and ``MCDropout`` (T=100) with pass sizes of 1 to 16 batches and 1024 rows (CPU
 sizes, fp32) or all ``T x B`` rows (GPU sizes, bf16), the default sizing, and the loop; medians
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_sampling import SIZES, build
 
 import mcdrop
-from mcdrop import _probe
+from mcdrop.dropout import _probe
 
 
 def _bytes_per_row(model: nn.Module, x: torch.Tensor) -> float:

@@ -4,7 +4,7 @@ Run from the repository root::
 
     python docs/make_readme_figure.py
 
-It runs :func:`mcdrop.demo.run` with its defaults (one torch thread), copies ``shift.png`` and
+It runs :func:`mcdrop.cli.demo.run` with its defaults (one torch thread), copies ``shift.png`` and
 ``reliability.png`` to ``docs/_static/demo_shift.png`` and ``docs/_static/reliability_demo.png``,
 and writes the printed tables and summary, with the wall time of the run, to
 ``docs/_static/demo_summary.txt`` (the numbers quoted in README.md come from that file).
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 import mcdrop
-from mcdrop.demo import run
+from mcdrop.cli.demo import run
 
 STATIC = Path(__file__).resolve().parent / "_static"
 

@@ -2,7 +2,7 @@
 MC dropout for Hugging Face text classifiers
 ============================================
 
-:mod:`mcdrop.transformers` runs Monte Carlo dropout on a ``datasets.Dataset``, evaluates a
+:mod:`mcdrop.integrations.huggingface` runs Monte Carlo dropout on a ``datasets.Dataset``, evaluates a
 ``Trainer``'s model with ``T`` passes (instead of one pass with dropout left on), and wraps a
 text-classification pipeline so that every text gets a label, its probability and the mutual
 information. Only the dropout modules sample (BERT's attention dropout included); the model's
@@ -29,7 +29,7 @@ import transformers
 from datasets import Dataset, disable_progress_bars
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
-from mcdrop.transformers import (
+from mcdrop.integrations.huggingface import (
     MCDropoutTextClassifier,
     MCDropoutTrainerCallback,
     evaluate,

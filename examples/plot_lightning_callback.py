@@ -2,7 +2,7 @@
 MC dropout in a PyTorch Lightning Trainer
 =========================================
 
-:class:`mcdrop.lightning.MCDropoutCallback` adds Monte Carlo dropout to Lightning's
+:class:`mcdrop.integrations.lightning.MCDropoutCallback` adds Monte Carlo dropout to Lightning's
 ``validate``, ``test`` and ``predict`` loops without touching the LightningModule: during
 ``fit`` every validation epoch logs the MC dropout NLL, Brier score, ECE and the
 misclassification AUROC of the mutual information through the Trainer's logger, and
@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from mcdrop.lightning import MCDropoutCallback, merge_results
+from mcdrop.integrations.lightning import MCDropoutCallback, merge_results
 from mcdrop.metrics import evaluate
 
 QUICK = os.environ.get("MCDROP_EXAMPLE_QUICK") == "1"  # smaller run for the test suite

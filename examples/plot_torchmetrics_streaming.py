@@ -2,7 +2,7 @@
 Streaming uncertainty metrics with torchmetrics
 ===============================================
 
-:mod:`mcdrop.torchmetrics` holds :class:`torchmetrics.Metric` versions of mcdrop's calibration
+:mod:`mcdrop.integrations.torchmetrics` holds :class:`torchmetrics.Metric` versions of mcdrop's calibration
 and uncertainty metrics: ``update`` them batch by batch with MC dropout results, ``compute``
 at the end, and under DDP their states are reduced across processes like any torchmetrics
 metric. Their values equal :mod:`mcdrop.metrics` on all the data at once. Install with
@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import mcdrop
 from mcdrop import metrics
-from mcdrop.torchmetrics import (
+from mcdrop.integrations.torchmetrics import (
     BrierScore,
     CalibrationError,
     MisclassificationAUROC,

@@ -6,14 +6,13 @@
 """
 
 from mcdrop import calibration, metrics, plot
+from mcdrop._version import __version__
 from mcdrop.calibration import StdScaling, TemperatureScaling
 from mcdrop.dropout import DropoutSite, Scope, dropout_enabled, dropout_sites
 from mcdrop.reporting import Report, report
 from mcdrop.results import ClassificationResult, RegressionResult, load_result
 from mcdrop.sampling import MCDropout, predict_with_uncertainty
-from mcdrop.uncertainty import summarize_samples
-
-__version__ = "0.1.0"
+from mcdrop.stats import summarize_samples
 
 __all__ = [
     "ClassificationResult",

@@ -9,12 +9,16 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike as _NPArrayLike
 
 __all__: list[str] = []
+
+
+ArrayLike: TypeAlias = "_NPArrayLike | torch.Tensor"
 
 
 def _describe(value: Any) -> str:

@@ -183,10 +183,11 @@ def report(
         No targets, targets that do not match the result, or an output directory that cannot
         be made. ``TypeError`` for a ``result`` that is not a result.
     """
-    import mcdrop
+    from mcdrop._version import __version__
     from mcdrop.metrics import evaluate
+    from mcdrop.results import ClassificationResult, RegressionResult
 
-    if not isinstance(result, (mcdrop.ClassificationResult, mcdrop.RegressionResult)):
+    if not isinstance(result, (ClassificationResult, RegressionResult)):
         raise TypeError(
             "Expected `result` to be a ClassificationResult or RegressionResult, but got "
             f"{type(result).__name__}."
@@ -205,7 +206,7 @@ def report(
         raise ValueError(f"cannot score the result against its targets: {error}") from None
 
     figures: dict[str, Figure] = {}
-    if isinstance(result, mcdrop.ClassificationResult):
+    if isinstance(result, ClassificationResult):
         columns: tuple[str, ...] = CLASSIFICATION_COLUMNS
         if result.mean.ndim == 2:
             _plot_classification(figures, models, result, labels.reshape(-1), n_bins=n_bins)
@@ -215,7 +216,7 @@ def report(
         columns = REGRESSION_COLUMNS
         _plot_regression(figures, result, labels)
     payload = {
-        "mcdrop_version": mcdrop.__version__,
+        "mcdrop_version": __version__,
         **dict(info or {}),
         "task": result.task,
         "n_examples": int(result.mean.shape[0]),

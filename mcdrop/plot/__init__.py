@@ -37,14 +37,14 @@ They are grouped by task in :mod:`mcdrop.plot.classification`, :mod:`mcdrop.plot
   number of samples ``T``.
 """
 
-from mcdrop.plot.classification import (
+from mcdrop.plot._classification import (
     AccuracyRejectionDisplay,
     ReliabilityDisplay,
     plot_reliability_comparison,
 )
-from mcdrop.plot.convergence import ConvergenceDisplay
-from mcdrop.plot.ood import OODHistogramDisplay, OODRocDisplay
-from mcdrop.plot.regression import (
+from mcdrop.plot._convergence import ConvergenceDisplay
+from mcdrop.plot._ood import OODHistogramDisplay, OODRocDisplay
+from mcdrop.plot._regression import (
     PredictiveBandsDisplay,
     RegressionCalibrationDisplay,
     ResidualStdDisplay,

@@ -1,0 +1,74 @@
+"""Seeds, and the lock that keeps seeded sampling reproducible when threads share the process.
+
+PyTorch's default random generators are process-wide: two threads that sample at once draw from
+one stream, and ``fork_rng`` in one thread would rewind the other's. mcdrop therefore runs its
+sampling and its probes one call at a time per process (``SAMPLING_LOCK``); plain model calls in
+other threads are never blocked, and they never see the twin's dropout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+
+from mcdrop._validation import check_int
+from mcdrop.dropout import SAMPLING_LOCK
+
+__all__: list[str] = []
+
+_MAX_SEED = 2**63 - 1
+
+
+def seed_from(seed: object, generator: object) -> int | None:
+    """The seed of a call, from ``seed=`` or one draw of ``generator=`` (at most one of them)."""
+    if seed is not None and generator is not None:
+        raise ValueError("Expected at most one of `seed` and `generator`, but got both.")
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"Expected `generator` to be a torch.Generator, but got {generator!r}.")
+        return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    if seed is None:
+        return None
+    value = check_int("seed", seed, minimum=0)
+    if value > _MAX_SEED:
+        raise ValueError(f"Expected `seed` to be an integer in [0, 2**63 - 1], but got {value}.")
+    return value
+
+
+def forked_rng(device: torch.device) -> contextlib.AbstractContextManager[None]:
+    """The CPU generator and ``device``'s, restored on exit: passes that must not consume the
+    seeded stream (checks, measurements) run inside."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
+
+def rng_state(device: torch.device) -> Callable[[], None]:
+    """A function that puts the CPU generator and ``device``'s back in their present state."""
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+    def restore() -> None:
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, device)
+
+    return restore
+
+
+@contextlib.contextmanager
+def sampling_rng(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Hold the sampling lock; with a seed, seed the generators in play and restore them after."""
+    with SAMPLING_LOCK:
+        if seed is None:
+            yield
+            return
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
+            # Seed only the generators in play: torch.manual_seed also queues lazy seeding of
+            # every accelerator backend, which formats a stack trace each time (~0.5 ms a call).
+            torch.default_generator.manual_seed(seed)
+            if devices:
+                with torch.cuda.device(device):
+                    torch.cuda.manual_seed(seed)
+            yield
