@@ -2,41 +2,68 @@
 
 Each checkout runs in its own process (``sys.path`` puts it first), one after the other, and the
 sequence repeats ``--repeats`` times, so that load from other processes hits the checkouts
-alike. Model: the conv net with a dropout head of ``bench_sampling.py`` (CPU sizes), ``B = 32``,
-``T = 100``, ``predict_with_uncertainty`` with ``seed=0``; medians of ``--rounds`` interleaved
-rounds of one pass and one call. For example, against an older commit::
+alike. Models: the families of ``bench_sampling.py`` (CPU sizes; default: the conv net with a
+dropout head), ``B = 32``, ``T = 100``, with ``seed=0``; for each family the median of
+``--rounds`` interleaved rounds of one deterministic pass, one ``predict_with_uncertainty`` call
+and one call of a held ``MCDropout`` (steady state). ``--import-time`` also times ``import
+mcdrop`` in fresh processes (median of ``--rounds``). At the end, per family, the median over
+repeats of each checkout's ratios and their ratio to the first checkout. For example, against an
+older commit::
 
     git worktree add /tmp/old 5ec108d
-    python benchmarks/compare_checkouts.py /tmp/old .
+    python benchmarks/compare_checkouts.py /tmp/old . --families conv,mlp --import-time
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 import subprocess
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 _CHILD = """
-import statistics, sys, time, torch
-root = sys.argv[1]
+import json, statistics, sys, time, torch
+root, threads, rounds, families = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 sys.path[:0] = [root, root + "/benchmarks"]
 from bench_sampling import SIZES, build
 import mcdrop
-torch.set_num_threads(int(sys.argv[2])); torch.manual_seed(0)
-model = build("conv", SIZES["conv"][1]).eval()
-x = model.example(32, torch.device("cpu"))
-call = lambda: mcdrop.predict_with_uncertainty(model, x, n_samples=100, seed=0, progress=False)
-with torch.inference_mode():
-    for _ in range(3):
-        call(); model(x)
-    calls, passes = [], []
-    for _ in range(int(sys.argv[3])):
-        start = time.perf_counter(); model(x); passes.append(time.perf_counter() - start)
-        start = time.perf_counter(); call(); calls.append(time.perf_counter() - start)
-c, p = statistics.median(calls) * 1e3, statistics.median(passes) * 1e3
-print(f"pass {p:.2f} ms  call {c:.2f} ms  ratio {c / p:.2f}x")
+torch.set_num_threads(threads)
+out = {}
+for family in families.split(","):
+    torch.manual_seed(0)
+    model = build(family, SIZES[family][1]).eval()
+    x = model.example(32, torch.device("cpu"))
+    held = mcdrop.MCDropout(model, n_samples=100, progress=False)
+    call = lambda: mcdrop.predict_with_uncertainty(model, x, n_samples=100, seed=0, progress=False)
+    with torch.inference_mode():
+        for _ in range(3):
+            call(); model(x); held(x)
+        calls, passes, helds = [], [], []
+        for _ in range(rounds):
+            start = time.perf_counter(); model(x); passes.append(time.perf_counter() - start)
+            start = time.perf_counter(); call(); calls.append(time.perf_counter() - start)
+            start = time.perf_counter(); held(x); helds.append(time.perf_counter() - start)
+    p = statistics.median(passes)
+    out[family] = {"pass_ms": p * 1e3, "call_x": statistics.median(calls) / p,
+                   "mcdropout_x": statistics.median(helds) / p}
+print(json.dumps(out))
 """
+
+_IMPORT = "import sys, time; sys.path.insert(0, sys.argv[1]); s = time.perf_counter(); import mcdrop; print(time.perf_counter() - s)"
+
+
+def _run(code: str, *args: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip()
+
+
+def _import_ms(root: str, rounds: int) -> float:
+    return statistics.median(float(_run(_IMPORT, root)) for _ in range(rounds)) * 1e3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,17 +72,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--families", default="conv")
+    parser.add_argument("--import-time", action="store_true")
     args = parser.parse_args(argv)
+    table: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for _ in range(args.repeats):
         for checkout in args.checkouts:
             root = str(checkout.resolve())
-            out = subprocess.run(
-                [sys.executable, "-c", _CHILD, root, str(args.threads), str(args.rounds)],
-                capture_output=True,
-                text=True,
-                check=True,
+            rows = json.loads(
+                _run(_CHILD, root, str(args.threads), str(args.rounds), args.families)
             )
-            print(f"{checkout}: {out.stdout.strip()}", flush=True)
+            for family, row in rows.items():
+                print(
+                    f"{checkout}: {family:<18} pass {row['pass_ms']:.2f} ms  "
+                    f"call {row['call_x']:.2f}x  MCDropout {row['mcdropout_x']:.2f}x",
+                    flush=True,
+                )
+                table[(str(checkout), family, "call")].append(row["call_x"])
+                table[(str(checkout), family, "MCDropout")].append(row["mcdropout_x"])
+            if args.import_time:
+                ms = _import_ms(root, args.rounds)
+                print(f"{checkout}: import mcdrop {ms:.0f} ms", flush=True)
+                table[(str(checkout), "import", "ms")].append(ms)
+    print("\nmedians over repeats (x one pass; import in ms), and the ratio to the first checkout")
+    first = str(args.checkouts[0])
+    for (checkout, family, what), values in sorted(table.items(), key=lambda kv: kv[0][1:]):
+        median = statistics.median(values)
+        base = statistics.median(table[(first, family, what)])
+        print(f"  {family:<18} {what:<10} {checkout:<30} {median:8.2f}  {median / base:.3f}")
     return 0
 
 

@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_sampling import SIZES, build
 
 import mcdrop
-from mcdrop.dropout import _probe, _set_flags, _TwinModules
+from mcdrop.dropout import _probe
+from mcdrop.dropout._sites import _set_flags, _TwinModules
 from mcdrop.dropout._twin import _twin
 from mcdrop.sampling._driver import _rows_interact
 from mcdrop.sampling._inputs import _Batch
