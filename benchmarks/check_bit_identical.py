@@ -149,6 +149,21 @@ class SetModel(nn.Module):
         return self.head(self.drop(h - h.mean(0, keepdim=True)))
 
 
+class SetAfterDropout(nn.Module):
+    """Dropout first, then a heavy layer and a batch mean: auto tries replicate, which the
+    examples-interact check refuses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drop = nn.Dropout(0.3)
+        self.fc = nn.Linear(6, 128)
+        self.head = nn.Linear(128, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.fc(self.drop(x)))
+        return self.head(h - h.mean(0, keepdim=True))
+
+
 class DropConnect(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -255,6 +270,7 @@ def zoo() -> Iterator[tuple[str, nn.Module, Any, dict[str, Any]]]:
     yield "gru", _scaled(Recurrent(nn.GRU), 2.0), torch.randn(6, 7, 6), {}
     yield "conv", _scaled(Conv(), 2.0), torch.randn(6, 3, 12, 12), {}
     yield "set", _scaled(SetModel()), torch.randn(10, 6), {}
+    yield "set2", _scaled(SetAfterDropout()), torch.randn(10, 6), {}
     yield "dropconnect", _scaled(DropConnect()), torch.randn(10, 6), {}
     yield "hetero", _scaled(Heteroscedastic()), torch.randn(10, 6), {
         "task": "regression",
