@@ -439,18 +439,20 @@ def _reproduce(
 
 @dataclass(frozen=True)
 class _Pending:
-    """The sampling twin's check, left to the first sampling chunk (``_plan(defer=True)``).
+    """The sampling twin's own check, left to its first sampling chunk (``_plan(defer=True)``).
 
-    The chunk runs under :func:`mcdrop.dropout._probe.recording` on ``modules``; when it makes every
-    ``expected`` call, the twin samples exactly what training does and no second probe pass is
-    needed. Otherwise ``settle()`` runs the full check of :func:`_reproduce` (gating parents,
-    auxiliary branches, the error naming what cannot be reproduced) and returns the new sites and
-    the sampling probe's trace; the twin's flags are then set for them.
+    Everything the full check of :func:`_reproduce` needs (gating parents, auxiliary branches,
+    the error naming what cannot be reproduced); :meth:`Sampling.confirm` decides whether it
+    runs.
     """
 
-    modules: dict[str, nn.Module]
+    twin: nn.Module
+    modules: _TwinModules
+    probe: Probe
+    sites: dict[str, DropoutSite]
     expected: Counter[_probe.Call]
-    settle: Callable[[], tuple[list[DropoutSite], _probe.Trace]]
+    exclude: ModuleFilter
+    model: nn.Module
 
     def confirmed_by(self, passes: list[Counter[_probe.Call]]) -> bool:
         """Whether every pass (call of the root module) made every expected call exactly as
@@ -459,6 +461,22 @@ class _Pending:
         return bool(passes) and all(
             calls[key] == count for calls in passes for key, count in self.expected.items()
         )
+
+    def settle(self) -> tuple[list[DropoutSite], _probe.Trace]:
+        """The full check: the sites (flags set on the twin) and the sampling probe's trace."""
+        made = _reproduce(
+            self.twin, self.modules, self.probe, self.sites, self.expected, self.exclude, self.model
+        )
+        sites = _finish(self.modules, self.sites)
+        check_sites(self.model, sites)  # an auxiliary branch may have held the only dropout
+        return sites, made
+
+
+def _finish(modules: _TwinModules, sites: dict[str, DropoutSite]) -> list[DropoutSite]:
+    """Set the twin's flags for ``sites``; the sites in ``named_modules`` order."""
+    _set_flags(modules, set(sites))
+    order = {name: i for i, name in enumerate(modules)}
+    return sorted(sites.values(), key=lambda site: order[site.name])
 
 
 def _plan(
@@ -476,31 +494,22 @@ def _plan(
     is left to the caller's first sampling chunk (:class:`_Pending`) and the FLOPs are counted in
     the training-mode probe."""
     modules = _TwinModules(twin)
-    order = {name: i for i, name in enumerate(modules)}
-
-    def finish(sites: dict[str, DropoutSite]) -> list[DropoutSite]:
-        _set_flags(modules, set(sites))
-        return sorted(sites.values(), key=lambda site: order[site.name])
-
     if probe is None or scope == Scope.TRAIN_EXCEPT_NORM.value:
-        return finish(_static_sites(twin, scope, include, exclude)), _probe.Trace(), None
+        sites = _static_sites(twin, scope, include, exclude)
+        return _finish(modules, sites), _probe.Trace(), None
     devices = sorted({t.device for t in twin.parameters() if t.device.type == "cuda"}, key=str)
     probe = dataclasses.replace(probe, devices=devices)
     sites, expected, reference = _probed_sites(
         twin, modules, probe, include, exclude, model, flops=defer
     )
     if not expected:
-        return finish(sites), _probe.Trace(), None
+        return _finish(modules, sites), _probe.Trace(), None
     if not defer:
         trace = _reproduce(twin, modules, probe, sites, expected, exclude, model)
-        return finish(sites), trace, None
-
-    def settle() -> tuple[list[DropoutSite], _probe.Trace]:
-        made = _reproduce(twin, modules, probe, sites, expected, exclude, model)
-        return finish(sites), made
-
+        return _finish(modules, sites), trace, None
     _fast_path_gates(sites, modules)
-    return finish(sites), reference, _Pending(modules, expected, settle)
+    pending = _Pending(twin, modules, probe, sites, expected, exclude, model)
+    return _finish(modules, sites), reference, pending
 
 
 def check_sites(model: nn.Module, sites: list[DropoutSite]) -> None:
@@ -559,14 +568,29 @@ def _check_patterns(model: nn.Module, include: ModuleFilter, exclude: ModuleFilt
             )
 
 
-def check_scope(model: Any, scope: Any, include: ModuleFilter, exclude: ModuleFilter) -> str:
+def check_scope(scope: Any) -> str:
+    """``scope`` as the name of a :class:`Scope`, or a ``ValueError`` naming it."""
+    return check_choice("scope", str(getattr(scope, "value", scope)), [s.value for s in Scope])
+
+
+def check_filter(name: str, selector: Any) -> ModuleFilter:
+    """``include=`` / ``exclude=``: a name pattern, a list of patterns or a predicate."""
+    _check_selector(name, selector)
+    return selector  # type: ignore[no-any-return]
+
+
+def _check_model(model: Any) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"Expected `model` to be a torch.nn.Module, but got {type(model).__name__}."
         )
+
+
+def _check_options(model: Any, scope: Any, include: ModuleFilter, exclude: ModuleFilter) -> str:
+    _check_model(model)
     _check_selector("include", include)
     _check_selector("exclude", exclude)
-    return check_choice("scope", str(getattr(scope, "value", scope)), [s.value for s in Scope])
+    return check_scope(scope)
 
 
 def _warn_if_training(model: nn.Module) -> None:
@@ -614,7 +638,7 @@ def dropout_sites(
     list of DropoutSite
         In ``model.named_modules()`` order.
     """
-    scope = check_scope(model, scope, include, exclude)
+    scope = _check_options(model, scope, include, exclude)
     probe = None if example_inputs is None else Probe(_as_call(example_inputs))
     with sampling_twin(model, scope, include, exclude, probe, warn=False) as sampling:
         return sampling.sites
@@ -622,13 +646,38 @@ def dropout_sites(
 
 @dataclass(frozen=True)
 class Sampling:
-    """What :func:`sampling_twin` yields: the module to sample, its sites, the trace that plans
-    the sampling, and the check left to the first chunk (``defer=True``)."""
+    """The sampling twin: what :func:`sampling_twin` yields.
+
+    The module to sample, its sites, the trace that plans the sampling, and, with
+    ``defer=True``, its own check left to the first sampling chunk (``pending``): the chunk runs
+    under :meth:`recording`, and :meth:`confirm` gives the twin that stands after it.
+    """
 
     module: nn.Module
     sites: list[DropoutSite]
     trace: _probe.Trace
     pending: _Pending | None = None
+
+    def recording(self) -> contextlib.AbstractContextManager[_probe.Recording]:
+        """Hooks that record which dropout each pass of the first chunk makes (check pending)."""
+        assert self.pending is not None
+        return _probe.recording(self.pending.modules, flops=False)
+
+    def confirm(self, recording: _probe.Recording | None) -> Sampling:
+        """The twin once its first chunk has run (``recording`` of that chunk, or None when it
+        raised): confirmed when every pass made the dropout calls the training probe made (no
+        second probe pass), else after the full check, which may change the sites (gating
+        parents, auxiliary branches) or raise naming what cannot be reproduced. The trace's
+        ``layer_skips`` are then those the sampling twin makes."""
+        pending = self.pending
+        if pending is None:
+            return self
+        if recording is not None and pending.confirmed_by(recording.recorder.passes):
+            skips = set(recording.recorder.layer_skips)
+            trace = dataclasses.replace(self.trace, layer_skips=skips)
+            return dataclasses.replace(self, trace=trace, pending=None)
+        sites, trace = pending.settle()
+        return dataclasses.replace(self, sites=sites, trace=trace, pending=None)
 
 
 @contextlib.contextmanager
@@ -743,7 +792,7 @@ def dropout_enabled(
     ...     sampler[1].training, sampler[2].training, model[2].training
     (False, True, False)
     """
-    scope = check_scope(model, scope, include, exclude)
+    scope = _check_options(model, scope, include, exclude)
     probe = None if example_inputs is None else Probe(_as_call(example_inputs))
     with sampling_twin(model, scope, include, exclude, probe) as sampling:
         check_sites(model, sampling.sites)

@@ -14,6 +14,7 @@ import torch
 
 from mcdrop._validation import check_float
 from mcdrop.results._file import FORMAT, FORMAT_VERSION, check_result, read_result_file
+from mcdrop.results._record import SamplingRecord
 
 __all__ = ["ClassificationResult", "RegressionResult", "load_result"]
 
@@ -71,6 +72,8 @@ class _ResultMixin:
             value = getattr(self, field.name)
             if isinstance(value, torch.Tensor):
                 arrays[field.name] = value.detach().cpu().numpy()
+            elif isinstance(value, SamplingRecord):
+                meta[field.name] = value.to_json()
             else:
                 meta[field.name] = value
         # The schema that load_result applies: a result that could not be loaded is not written.
@@ -141,6 +144,10 @@ class ClassificationResult(_ResultMixin):
     standard_error_reached : float or None, default=None
         Largest Monte Carlo standard error of ``mean`` when sampling stopped (adaptive
         ``n_samples``); ``None`` for a fixed ``n_samples``.
+    sampling : SamplingRecord or None, default=None
+        How the samples were drawn: strategy, samples per pass, the ``auto`` fallbacks and
+        their reasons (:class:`mcdrop.results.SamplingRecord`); ``None`` when the result did
+        not come from sampling a model (:func:`mcdrop.summarize_samples`, older files).
 
     Notes
     -----
@@ -168,6 +175,7 @@ class ClassificationResult(_ResultMixin):
     samples: torch.Tensor | None = None
     standard_error: torch.Tensor | None = None
     standard_error_reached: float | None = None
+    sampling: SamplingRecord | None = None
 
     def __post_init__(self) -> None:
         for name in ("variance", "standard_error"):
@@ -248,6 +256,8 @@ class RegressionResult(_ResultMixin):
         ``epistemic_variance`` and ``n_samples`` when not given.
     standard_error_reached : float or None, default=None
         Largest Monte Carlo standard error of ``mean`` when adaptive sampling stopped.
+    sampling : SamplingRecord or None, default=None
+        How the samples were drawn (see :class:`ClassificationResult`).
     """
 
     task: ClassVar[str] = "regression"
@@ -262,6 +272,7 @@ class RegressionResult(_ResultMixin):
     samples: torch.Tensor | None = None
     standard_error: torch.Tensor | None = None
     standard_error_reached: float | None = None
+    sampling: SamplingRecord | None = None
 
     def __post_init__(self) -> None:
         if self.standard_error is None:
@@ -366,6 +377,8 @@ def load_result(path: str | os.PathLike[str]) -> ClassificationResult | Regressi
     for field in dataclasses.fields(cls):  # type: ignore[arg-type]
         if field.name in arrays:
             kwargs[field.name] = torch.from_numpy(arrays[field.name])
+        elif field.name == "sampling" and meta.get("sampling") is not None:
+            kwargs[field.name] = SamplingRecord.from_json(meta["sampling"])
         elif field.name in meta:
             kwargs[field.name] = meta[field.name]
     try:

@@ -166,9 +166,3 @@ class Runner:
 
         dummy = torch.empty(k, device=self.device)
         return tuple(torch.func.vmap(one, randomness="different")(dummy))
-
-
-def varies(outputs: Outputs) -> bool:
-    """Whether the samples (dim 0) of the first output differ."""
-    first = outputs[0]
-    return first.shape[0] > 1 and bool((first != first[:1]).any())

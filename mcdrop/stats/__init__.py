@@ -27,6 +27,7 @@ from mcdrop.stats._accumulators import (
     RegressionAccumulator,
     concat_states,
     normalise_class_dim,
+    result_from_state,
     summarize_samples,
 )
 
@@ -40,4 +41,5 @@ __internal__ = [
     "RegressionAccumulator",
     "concat_states",
     "normalise_class_dim",
+    "result_from_state",
 ]

@@ -270,6 +270,30 @@ class RegressionAccumulator:
         return out
 
 
+def result_from_state(
+    task: str,
+    state: dict[str, torch.Tensor],
+    *,
+    n_samples: int,
+    class_dim: int = 1,
+    tau: float | None = None,
+    targets: torch.Tensor | None = None,
+    standard_error_reached: float | None = None,
+    sampling: Any = None,
+) -> ClassificationResult | RegressionResult:
+    """The result of ``task`` from accumulator states (one batch's, or joined by
+    :func:`concat_states`): the one place a result is assembled from statistics."""
+    common: dict[str, Any] = {
+        "n_samples": n_samples,
+        "targets": targets,
+        "standard_error_reached": standard_error_reached,
+        "sampling": sampling,
+    }
+    if task == "classification":
+        return ClassificationResult(class_dim=class_dim, **state, **common)
+    return RegressionResult(tau=tau, **state, **common)
+
+
 def concat_states(states: list[dict[str, torch.Tensor]], device: torch.device) -> dict[str, Any]:
     """Join per-batch statistics along the example dimension (dim 1 for samples)."""
     return {
@@ -334,8 +358,9 @@ def summarize_samples(
         acc = ClassificationAccumulator(outputs=outputs, class_dim=cd, keep_samples=False)
         for start in range(0, samples.shape[0], chunk_size):
             acc.update(samples[start : start + chunk_size])
-        state: dict[str, Any] = dict(acc.state())
-        return ClassificationResult(n_samples=acc.count, class_dim=cd, targets=targets, **state)
+        return result_from_state(
+            task, acc.state(), n_samples=acc.count, class_dim=cd, targets=targets
+        )
     if tau is not None:
         tau = check_float("tau", tau, low=0.0, low_inclusive=False)
     acc = RegressionAccumulator(
@@ -344,8 +369,7 @@ def summarize_samples(
     for start in range(0, samples.shape[0], chunk_size):
         lv = None if log_variance is None else log_variance[start : start + chunk_size]
         acc.update(samples[start : start + chunk_size], lv)
-    reg_state: dict[str, Any] = dict(acc.state())
-    return RegressionResult(n_samples=acc.count, tau=tau, targets=targets, **reg_state)
+    return result_from_state(task, acc.state(), n_samples=acc.count, tau=tau, targets=targets)
 
 
 _TOKEN_LAYOUTS_NOTED: set[tuple[int, ...]] = set()
