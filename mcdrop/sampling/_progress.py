@@ -24,6 +24,7 @@ __all__: list[str] = []
 logger = logging.getLogger("mcdrop")
 
 _ANNOUNCE_AFTER_S = 60.0  # without a progress bar, log the size of runs expected to take longer
+_clock = time.perf_counter
 
 
 class Progress:
@@ -34,7 +35,7 @@ class Progress:
         self.bar: Any = _bar_class()(**_BAR_OPTIONS, total=total) if shown else None
         self.total = total
         self.announce = enabled is None and not shown and bool(total)
-        self.started = time.perf_counter()
+        self.started = _clock()
         self.done = 0
 
     @property
@@ -54,7 +55,7 @@ class Progress:
     def estimate(self, n: int, seconds: float | None) -> float:
         """Seconds the whole run takes: the time spent so far, and the samples still to draw at
         the speed of the first chunk (``n`` samples in ``seconds``)."""
-        elapsed = time.perf_counter() - self.started
+        elapsed = _clock() - self.started
         per_sample = (elapsed if seconds is None else seconds) / max(n, 1)
         return elapsed + max((self.total or 0) - self.done, 0) * per_sample
 

@@ -115,7 +115,8 @@ class ClassificationAccumulator:
             raise ValueError(
                 f"Expected at least 2 classes along class_dim={self.class_dim}, but the model "
                 "output has 1: a softmax over one class is always 1 (zero uncertainty). For a "
-                "binary classifier with one logit (BCEWithLogitsLoss) pass "
+                "regression model (one output per example) pass `task='regression'`; for a "
+                "binary classifier with one logit (BCEWithLogitsLoss), "
                 "`outputs='binary_logits'`; for one probability, `output_transform=lambda p: "
                 "torch.cat([1 - p, p], dim=1)` with `outputs='probs'`."
             )
@@ -396,7 +397,15 @@ def _note_token_layout(shape: tuple[int, ...], class_dim: int) -> None:
 
 def normalise_class_dim(class_dim: int, ndim: int) -> int:
     class_dim = check_int("class_dim", class_dim)
-    if not -ndim <= class_dim < ndim or ndim < 2:
+    if ndim < 2:
+        raise ValueError(
+            f"Expected a classifier's output (N, C, ...) with a class dimension, but the model "
+            f"output has {ndim} dimension (N,): one value per example, as a regression model "
+            "gives. Pass `task='regression'` for a regression model; a binary classifier with "
+            "one logit per example needs `outputs='binary_logits'` and its logits as (N, 1) "
+            "(`output_transform=lambda z: z.unsqueeze(1)`)."
+        )
+    if not -ndim <= class_dim < ndim:
         raise ValueError(
             f"Expected `class_dim` to index a dimension of the model output with {ndim} "
             f"dimensions (batch first), but got {class_dim}."

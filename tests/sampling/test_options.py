@@ -72,7 +72,7 @@ def test_single_sample_warns_that_spreads_are_zero():
 
 
 def test_long_runs_without_a_terminal_say_how_long(monkeypatch, caplog):
-    from mcdrop.sampling import _driver as driver
+    from mcdrop.sampling import _progress as driver
 
     monkeypatch.setattr(driver, "_ANNOUNCE_AFTER_S", 0.0)
     monkeypatch.setattr(driver, "_interactive", lambda: False)
