@@ -107,7 +107,7 @@ def record_of(run: Run) -> SamplingRecord:
     plan = run.plan
     fallbacks = tuple((f.strategy, f.reason) for f in plan.fallbacks)
     if fallbacks:
-        tried = ", then ".join(f"{name!r} ({reason})" for name, reason in fallbacks)
+        tried = ", then ".join(f"{name!r} ({_first_line(reason)})" for name, reason in fallbacks)
         warnings.warn(
             f"mcdrop: strategy='auto' fell back to {plan.strategy!r} for "
             f"`{type(run.engine.model).__name__}`: {tried} did not fit this model. The numbers "
@@ -122,6 +122,11 @@ def record_of(run: Run) -> SamplingRecord:
         reason=plan.reason,
         fallbacks=fallbacks,
     )
+
+
+def _first_line(text: str, limit: int = 120) -> str:
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def predict(

@@ -218,14 +218,15 @@ def rows_per_pass(
     first_rows: int,
     measured_rows: int | None,
 ) -> int:
-    """Rows per pass: ``batch_budget`` when given; on the CPU ``DEFAULT_CPU_BUDGET`` for vmap
-    and :func:`cpu_rows` for the others; on CUDA the measured rows (else the default)."""
+    """Rows per pass: ``batch_budget`` when given, else the rows measured on one pass (CUDA),
+    else on the CPU ``DEFAULT_CPU_BUDGET`` for vmap and :func:`cpu_rows` for the others, else
+    the device's default."""
     if batch_budget is not None:
         return batch_budget
+    if measured_rows is not None:
+        return measured_rows
     if device.type == "cpu":
         return DEFAULT_CPU_BUDGET if strategy == "vmap" else cpu_rows(profile, first_rows)
-    if device.type == "cuda" and measured_rows is not None:
-        return measured_rows
     return default_budget(device)
 
 

@@ -377,15 +377,16 @@ def test_numpy_arrays_are_taken_as_tensors_everywhere():
     model = Head().eval()
     x = np.random.default_rng(0).normal(size=(12, 5)).astype(np.float32)
     y = np.arange(12) % 3
-    reference = _run(model, torch.as_tensor(x), targets=torch.as_tensor(y))
-    for inputs, kwargs in [
-        (x, {"targets": y}),
-        ((x,), {"targets": y}),
-        ([(x[:6], y[:6]), (x[6:], y[6:])], {}),  # (inputs, targets) pairs of arrays
-    ]:
+    tx, ty = torch.as_tensor(x), torch.as_tensor(y)
+    reference = _run(model, tx, targets=ty)
+    for inputs, kwargs in [(x, {"targets": y}), ((x,), {"targets": y})]:
         result = _run(model, inputs, **kwargs)
         assert torch.equal(result.mean, reference.mean)
         assert torch.equal(result.targets, reference.targets)
+    pairs = _run(model, [(x[:6], y[:6]), (x[6:], y[6:])])  # (inputs, targets) pairs of arrays
+    tensor_pairs = _run(model, [(tx[:6], ty[:6]), (tx[6:], ty[6:])])
+    assert torch.equal(pairs.mean, tensor_pairs.mean)
+    assert torch.equal(pairs.targets, ty)
 
     class Keyword(Head):
         def forward(self, features):  # type: ignore[override]
