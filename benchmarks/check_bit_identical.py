@@ -272,10 +272,15 @@ def zoo() -> Iterator[tuple[str, nn.Module, Any, dict[str, Any]]]:
     yield "set", _scaled(SetModel()), torch.randn(10, 6), {}
     yield "set2", _scaled(SetAfterDropout()), torch.randn(10, 6), {}
     yield "dropconnect", _scaled(DropConnect()), torch.randn(10, 6), {}
-    yield "hetero", _scaled(Heteroscedastic()), torch.randn(10, 6), {
-        "task": "regression",
-        "heteroscedastic": True,
-    }
+    yield (
+        "hetero",
+        _scaled(Heteroscedastic()),
+        torch.randn(10, 6),
+        {
+            "task": "regression",
+            "heteroscedastic": True,
+        },
+    )
     yield "inplace", _scaled(InplaceDropout(), 2.0), torch.randn(10, 6), {}
     yield "hostcheck", _scaled(HostCheck(), 2.0), torch.randn(10, 6), {}
     regression = {"task": "regression"}

@@ -297,7 +297,11 @@ class MCDropoutTrainerCallback(_trainer_callback_base()):  # type: ignore[misc]
     """
 
     def __init__(
-        self, n_samples: int = _DEFAULT_SAMPLES, *, metric_key_prefix: str = "eval_mc", **options: Any
+        self,
+        n_samples: int = _DEFAULT_SAMPLES,
+        *,
+        metric_key_prefix: str = "eval_mc",
+        **options: Any,
     ) -> None:
         self.n_samples = check_int("n_samples", n_samples, minimum=1)
         self.metric_key_prefix = metric_key_prefix

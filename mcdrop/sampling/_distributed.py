@@ -23,9 +23,9 @@ from torch.utils.data.distributed import DistributedSampler
 
 from mcdrop.results import ClassificationResult, RegressionResult
 from mcdrop.sampling._driver import predict
+from mcdrop.sampling._inputs import shard
 from mcdrop.sampling._options import SamplingOptions
 from mcdrop.stats import result_from_state
-from mcdrop.sampling._inputs import shard
 
 __all__ = ["shard_indices"]
 
@@ -373,6 +373,4 @@ def predict_distributed(
     if rank0_only and rank != 0:
         return None
     targets_joined = gathered.pop("targets", None)
-    return result_from_state(
-        ref["task"], gathered, targets=targets_joined, **_merge_scalars(metas)
-    )
+    return result_from_state(ref["task"], gathered, targets=targets_joined, **_merge_scalars(metas))

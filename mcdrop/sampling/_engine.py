@@ -33,6 +33,7 @@ __all__: list[str] = []
 
 logger = logging.getLogger("mcdrop")
 
+
 def model_device(model: nn.Module) -> torch.device:
     tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
     return torch.device("cpu") if tensor is None else tensor.device

@@ -7,6 +7,7 @@ validates its ``**options`` with it, the distributed path receives it, and the i
 their defaults from it (:func:`default_of`).
 """
 
+# ruff: noqa: RUF009  (every field's default is `option(...)`: a dataclasses.field with metadata)
 from __future__ import annotations
 
 import dataclasses

@@ -1,10 +1,10 @@
 """Progress: a tqdm bar where one is shown, else one log line for a long run.
 
 No bar object exists unless a bar is shown (``progress=True``, or by default a terminal or a
-notebook): tqdm is not even imported otherwise. A shown bar redraws under tqdm's process-wide
-lock; tqdm's own ``refresh`` releases that lock only when the redraw returns, so an interrupt
-raised while it writes (Ctrl-C on a slow terminal) would leave it held and hang every later bar
-of every thread. The bar here releases it whatever the redraw raises.
+notebook): ``tqdm.auto`` is not even imported otherwise. A shown bar redraws under tqdm's
+process-wide lock; tqdm's own ``refresh`` releases that lock only when the redraw returns, so an
+interrupt raised while it writes (Ctrl-C on a slow terminal) would leave it held and hang every
+later bar of every thread. The bar here releases it whatever the redraw raises.
 
 Without a bar, a run expected to take longer than ``_ANNOUNCE_AFTER_S`` logs how long once, after
 its first chunk: the time already spent (the probe, the checks) plus the samples still to draw at

@@ -156,12 +156,12 @@ class Run:
             except Exception as error:
                 if self.validated:
                     raise
-                plan = self._after_error(error, batch)
+                self._adopt(self._after_error(error, batch))
             else:
                 plan = self._after_chunk(outs, recording)
                 if plan is None:
                     break
-            self._adopt(plan)
+                self._adopt(plan)
             k = plans.samples_per_pass(batch.size, requested)
             rewind()
         if timed and self.first_chunk_seconds is None:

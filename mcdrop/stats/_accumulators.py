@@ -284,15 +284,16 @@ def result_from_state(
 ) -> ClassificationResult | RegressionResult:
     """The result of ``task`` from accumulator states (one batch's, or joined by
     :func:`concat_states`): the one place a result is assembled from statistics."""
-    common: dict[str, Any] = {
+    fields: dict[str, Any] = {
+        **state,
         "n_samples": n_samples,
         "targets": targets,
         "standard_error_reached": standard_error_reached,
         "sampling": sampling,
     }
     if task == "classification":
-        return ClassificationResult(class_dim=class_dim, **state, **common)
-    return RegressionResult(tau=tau, **state, **common)
+        return ClassificationResult(class_dim=class_dim, **fields)
+    return RegressionResult(tau=tau, **fields)
 
 
 def concat_states(states: list[dict[str, torch.Tensor]], device: torch.device) -> dict[str, Any]:
