@@ -33,51 +33,51 @@ def predict_with_uncertainty(
 ) -> ClassificationResult | RegressionResult:
     """Monte Carlo dropout predictive distribution of ``model`` on ``inputs``.
 
-        Exactly the dropout that training applies samples (see :func:`mcdrop.dropout_sites`), on a twin
-        of the model that shares its parameters: the model itself is never written to (flags, hooks,
-        attributes), so other threads may call it meanwhile. Normalisation layers stay in eval mode.
+    Exactly the dropout that training applies samples (see :func:`mcdrop.dropout_sites`), on a twin
+    of the model that shares its parameters: the model itself is never written to (flags, hooks,
+    attributes), so other threads may call it meanwhile. Normalisation layers stay in eval mode.
 
-        Parameters
-        ----------
-        model : nn.Module
-            A trained model containing dropout.
-        inputs : Tensor, ndarray, tuple, dict or iterable of batches
-            ``Tensor`` or NumPy array of shape (N, ...) (one positional argument; an array is
-            converted with ``torch.as_tensor``, keeping its dtype); ``tuple`` of positional
-            arguments; ``dict`` of keyword arguments (e.g. ``input_ids`` and ``attention_mask``); or
-            an iterable of batches — a ``list``, ``DataLoader``, generator — each item a Tensor,
-            tuple or dict. Targets are never passed to the model; ``target_key`` says where they
-            are. Tensors whose leading dimension is not the batch size are passed unchanged;
-            which arguments are batched is decided once (from ``N``, or from the first batch of an
-            iterable) and kept for every batch. An unbatched tensor argument whose leading dimension
-            equals ``N`` cannot be told apart from a batched one: bind it to the model instead
-            (a wrapper module or ``functools.partial``).
-        targets : array-like of shape (N, ...), optional
-            Targets for tensor or array inputs, stored on the result.
+    Parameters
+    ----------
+    model : nn.Module
+        A trained model containing dropout.
+    inputs : Tensor, ndarray, tuple, dict or iterable of batches
+        ``Tensor`` or NumPy array of shape (N, ...) (one positional argument; an array is
+        converted with ``torch.as_tensor``, keeping its dtype); ``tuple`` of positional
+        arguments; ``dict`` of keyword arguments (e.g. ``input_ids`` and ``attention_mask``); or
+        an iterable of batches — a ``list``, ``DataLoader``, generator — each item a Tensor,
+        tuple or dict. Targets are never passed to the model; ``target_key`` says where they
+        are. Tensors whose leading dimension is not the batch size are passed unchanged;
+        which arguments are batched is decided once (from ``N``, or from the first batch of an
+        iterable) and kept for every batch. An unbatched tensor argument whose leading dimension
+        equals ``N`` cannot be told apart from a batched one: bind it to the model instead
+        (a wrapper module or ``functools.partial``).
+    targets : array-like of shape (N, ...), optional
+        Targets for tensor or array inputs, stored on the result.
     {options}
 
-        Returns
-        -------
-        ClassificationResult or RegressionResult
-            Statistics of the ``T`` samples, see :mod:`mcdrop.results` for the shapes (``None`` on
-            ranks other than 0 with ``rank0_only=True``).
+    Returns
+    -------
+    ClassificationResult or RegressionResult
+        Statistics of the ``T`` samples, see :mod:`mcdrop.results` for the shapes (``None`` on
+        ranks other than 0 with ``rank0_only=True``).
 
-        Raises
-        ------
-        ValueError
-            No dropout in the model, every rate 0, dropout that does not change the output, NaN/Inf
-            outputs, empty inputs, invalid options; ``TypeError`` for wrong types.
+    Raises
+    ------
+    ValueError
+        No dropout in the model, every rate 0, dropout that does not change the output, NaN/Inf
+        outputs, empty inputs, invalid options; ``TypeError`` for wrong types.
 
-        Examples
-        --------
-        >>> import torch
-        >>> from torch import nn
-        >>> import mcdrop
-        >>> model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
-        >>> _ = model.eval()
-        >>> result = mcdrop.predict_with_uncertainty(model, torch.randn(8, 4), n_samples=50, seed=0)
-        >>> result.mean.shape, result.mutual_information.shape
-        (torch.Size([8, 3]), torch.Size([8]))
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> import mcdrop
+    >>> model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
+    >>> _ = model.eval()
+    >>> result = mcdrop.predict_with_uncertainty(model, torch.randn(8, 4), n_samples=50, seed=0)
+    >>> result.mean.shape, result.mutual_information.shape
+    (torch.Size([8, 3]), torch.Size([8]))
     """
     o = SamplingOptions.create(**options)
     if o.distributed:
@@ -88,7 +88,7 @@ def predict_with_uncertainty(
     return driver.predict(model, inputs, targets, o, o.draw_seed())
 
 
-predict_with_uncertainty.__doc__ = (predict_with_uncertainty.__doc__ or "").replace(
+predict_with_uncertainty.__doc__ = inspect.cleandoc(predict_with_uncertainty.__doc__ or "").replace(
     "{options}", parameters_doc()
 )
 predict_with_uncertainty.__signature__ = inspect.Signature(  # type: ignore[attr-defined]

@@ -404,12 +404,13 @@ def default_of(name: str) -> Any:
     return SamplingOptions.__dataclass_fields__[name].default
 
 
-def parameters_doc(indent: str = "    ") -> str:
-    """The numpydoc entries of every option, in declaration order, indented by ``indent``."""
+def parameters_doc() -> str:
+    """The numpydoc entries of every option, in declaration order (not indented: for a
+    docstring cleaned by :func:`inspect.cleandoc`)."""
     entries = []
     for field in dataclasses.fields(SamplingOptions):
         head, _, body = field.metadata["doc"].partition("\n")
-        entries.append(indent + head + "\n" + textwrap.indent(textwrap.dedent(body), indent * 2))
+        entries.append(head + "\n" + textwrap.indent(textwrap.dedent(body), "    "))
     return "\n".join(entries)
 
 

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from mcdrop.dropout import GATING_TYPES, Recording, Sampling, unwrap_compiled
+from mcdrop.dropout import GATING_TYPES, DropoutSite, Recording, Sampling, unwrap_compiled
 from mcdrop.sampling import _planner as planner
 from mcdrop.sampling._checks import INTERACT, rows_interact, varies
 from mcdrop.sampling._inputs import _Batch
@@ -116,12 +116,8 @@ class Run:
         engine.planner.adopt(plan)
 
     @property
-    def sites(self) -> list[Any]:
+    def sites(self) -> list[DropoutSite]:
         return self.twin.sites
-
-    @property
-    def strategy(self) -> str:
-        return self.plan.strategy
 
     def samples_for(self, batch: _Batch, remaining: int) -> int:
         """Samples of the next chunk of ``batch`` (at most ``remaining``)."""
