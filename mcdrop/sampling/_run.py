@@ -130,8 +130,8 @@ class Run:
         Only ``torch.OutOfMemoryError`` is retried (fewer samples, then fewer examples per pass);
         any other error propagates. The first chunk also settles the twin's check and the
         ``auto`` candidate: while either fails, the next plan is adopted and the chunk runs
-        again, sized as if it had come first. ``timed``: time the chunk that stands (the first
-        one only), synchronising a CUDA device.
+        again, sized as if it had come first. ``timed``: time the passes of the chunk that
+        stands (kept for the first one only), synchronising a CUDA device.
         """
         plans = self.engine.planner
         # With a seed, a first chunk that is run again (another candidate, a new plan) starts
@@ -146,6 +146,7 @@ class Run:
             started = time.perf_counter()
             try:
                 outs, recording = self._sample(batch, k, examples)
+                took = self._seconds_since(started) if timed else 0.0
             except torch.OutOfMemoryError:
                 self._back_off(k, batch)
                 continue
@@ -161,9 +162,7 @@ class Run:
             k = plans.samples_per_pass(batch.size, requested)
             rewind()
         if timed and self.first_chunk_seconds is None:
-            if self.engine.device.type == "cuda":
-                torch.cuda.synchronize(self.engine.device)
-            self.first_chunk_seconds = time.perf_counter() - started
+            self.first_chunk_seconds = took
         if self.samples_per_pass is None or k > self.samples_per_pass:
             self.samples_per_pass = k
             logger.info(
@@ -173,6 +172,12 @@ class Run:
                 examples,
             )
         return k, outs
+
+    def _seconds_since(self, started: float) -> float:
+        """Seconds the passes took since ``started`` (the device synchronised)."""
+        if self.engine.device.type == "cuda":
+            torch.cuda.synchronize(self.engine.device)
+        return time.perf_counter() - started
 
     def _sample(self, batch: _Batch, k: int, examples: int) -> tuple[Outputs, Recording | None]:
         """One chunk, recorded while the sampling twin's check is pending."""
