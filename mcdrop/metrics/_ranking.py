@@ -211,5 +211,6 @@ def energy_ood_score(logits: ArrayLike, *, temperature: float = 1.0) -> np.ndarr
         )
     # -(m + τ log Σ exp((z - m) / τ)) with m = max z: (z - m) / τ <= 0 never overflows
     top = values.max(axis=-1, keepdims=True)
-    shifted = logsumexp((values - top) / tau, axis=-1)
+    with np.errstate(over="ignore"):  # -inf: a class with no weight
+        shifted = logsumexp((values - top) / tau, axis=-1)
     return np.asarray(-(top[..., 0] + tau * shifted), dtype=np.float64)
