@@ -112,7 +112,7 @@ class Persistent:
         with open(path, encoding="utf-8") as handle:
             try:
                 data = json.load(handle)
-            except json.JSONDecodeError as error:
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
                 raise ValueError(
                     f"Expected `path` to be a JSON file written by save(), but {os.fspath(path)!r} "
                     f"is not JSON ({error})."

@@ -17,8 +17,9 @@ class IsotonicQuantileCalibration(Persistent):
     ``F(y) = Φ((y - mean) / std)``. On validation data the probability integral transforms
     ``p_i = F_i(y_i)`` of a calibrated model are uniform; otherwise their empirical CDF
     ``P̂(p) = #{j : p_j <= p} / N`` departs from the diagonal. A non-decreasing map
-    ``R`` is fitted by isotonic regression of ``P̂(p_i)`` on ``p_i`` (with the end points
-    ``R(0) = 0`` and ``R(1) = 1`` added, linear in between), and ``R ∘ F`` is the
+    ``R`` is fitted by isotonic regression of ``P̂(p_i)`` on ``p_i``
+    (:class:`sklearn.isotonic.IsotonicRegression`, linear between its knots) and extended
+    linearly to ``R(0) = 0`` and ``R(1) = 1`` outside the fitted range; ``R ∘ F`` is the
     recalibrated CDF: its quantile at level ``τ`` is ``F^{-1}(R^{-1}(τ))``. Unlike
     :class:`StdScaling` it corrects a predictive spread of the wrong *shape* (e.g. heavy
     tails), not just of the wrong scale; it does not change the predicted median much.
@@ -100,16 +101,17 @@ class IsotonicQuantileCalibration(Persistent):
         mean_arr, std_arr = self._gaussian(mean, std, "y", y_arr)
         pit = ndtr((y_arr - mean_arr) / std_arr).ravel()
         frequency = rankdata(pit, method="max") / pit.size  # #{j: p_j <= p_i} / N
-        x = np.concatenate([[0.0], pit, [1.0]])
-        target = np.concatenate([[0.0], frequency, [1.0]])
-        regression = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(x, target)
+        regression = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
+        regression.fit(pit, frequency)
         knots = np.asarray(regression.X_thresholds_, dtype=np.float64)
         values = np.asarray(regression.y_thresholds_, dtype=np.float64)
-        # the anchors R(0) = 0, R(1) = 1 (scikit-learn merges inputs closer than 1e-15, so a
-        # probability transform within that of 0 or 1 moves the end knots by as much)
-        knots[0], knots[-1] = 0.0, 1.0
+        # A CDF runs from (0, 0) to (1, 1): linear from there to the first and last knots.
+        if knots[0] > 0.0:
+            knots, values = np.r_[0.0, knots], np.r_[0.0, values]
+        if knots[-1] < 1.0:
+            knots, values = np.r_[knots, 1.0], np.r_[values, 1.0]
         values[0], values[-1] = 0.0, 1.0
-        self.thresholds_ = (knots, np.maximum.accumulate(values))
+        self.thresholds_ = (knots, values)
         return self
 
     def transform(self, probabilities: ArrayLike) -> np.ndarray:
