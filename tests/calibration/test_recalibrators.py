@@ -127,7 +127,7 @@ def test_dirichlet_objective_is_at_most_torch_uncertainty_s():
     )
     logging.disable(logging.WARNING)
     try:
-        peer = tu.DirichletScaler(num_classes=4, max_iter=300, lambda_reg=0.1, mu_reg=0.05)
+        peer = tu.DirichletScaler(num_classes=4, max_iter=100, lambda_reg=0.1, mu_reg=0.05)
         peer.fit(loader, progress=False)
     finally:
         logging.disable(logging.NOTSET)
