@@ -142,6 +142,8 @@ class _AffineScaling(Persistent):
     """Shared fit / transform of the affine recalibrators."""
 
     _kind: ClassVar[str]
+    reg_lambda: float | None
+    reg_mu: float | None
 
     def __init__(self, *, inputs: str, reg_lambda: float, reg_mu: float) -> None:
         self.inputs = check_inputs(inputs)
@@ -218,7 +220,7 @@ class _AffineScaling(Persistent):
         self
         """
         x, labels = self._training_data(logits, y)
-        theta, converged = _fit(x, labels, self._kind, self.reg_lambda, self.reg_mu)
+        theta, converged = _fit(x, labels, self._kind, self.reg_lambda or 0.0, self.reg_mu or 0.0)
         self._set(theta, x.shape[1], converged)
         return self
 
@@ -387,10 +389,11 @@ class DirichletCalibration(_AffineScaling):
         cv: int = 5,
     ):
         super().__init__(inputs=inputs, reg_lambda=0.0, reg_mu=0.0)
-        self.reg_lambda = (
-            None if reg_lambda is None else check_float("reg_lambda", reg_lambda, low=0.0)
-        )  # type: ignore[assignment]
-        self.reg_mu = None if reg_mu is None else check_float("reg_mu", reg_mu, low=0.0)  # type: ignore[assignment]
+        if reg_lambda is not None:
+            reg_lambda = check_float("reg_lambda", reg_lambda, low=0.0)
+        if reg_mu is not None:
+            reg_mu = check_float("reg_mu", reg_mu, low=0.0)
+        self.reg_lambda, self.reg_mu = reg_lambda, reg_mu
         values = as_real("grid", np.asarray(grid, dtype=np.float64), ndim=1)
         if np.any(values < 0.0):
             raise ValueError(
