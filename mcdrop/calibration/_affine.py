@@ -330,7 +330,7 @@ class MatrixScaling(_AffineScaling):
         super().__init__(inputs=inputs, reg_lambda=reg_lambda, reg_mu=reg_mu)
 
 
-_DEFAULT_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+_DEFAULT_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 
 
 class DirichletCalibration(_AffineScaling):
@@ -358,7 +358,7 @@ class DirichletCalibration(_AffineScaling):
         ``result.mean``), or logits / log-probabilities, whose log-softmax is used.
     reg_lambda, reg_mu : float or None, default=None
         The ODIR weights ``λ, μ >= 0``; ``None`` chooses each by cross-validation.
-    grid : sequence of float, default=(1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0)
+    grid : sequence of float, default=(1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0)
         Candidate values for the weights chosen by cross-validation.
     cv : int, default=5
         Number of folds, >= 2.
