@@ -51,6 +51,15 @@ def test_smooth_ece_at_a_bandwidth_is_the_integral(n, seed, sigma):
     assert got == pytest.approx(_exact_smooth_ece(f, y, sigma), rel=1e-5, abs=1e-12)
 
 
+@pytest.mark.parametrize("sigma", [0.3, 0.03])
+def test_smooth_ece_at_the_ends_of_the_unit_interval(sigma):
+    """Predictions of exactly 0 and 1 (and within one grid cell of them) are reflected too."""
+    f = np.array([0.0, 0.0, 1e-5, 3e-4, 0.02, 0.5, 0.97, 1 - 3e-4, 1 - 1e-5, 1.0, 1.0])
+    y = np.array([0, 1, 0, 1, 0, 1, 1, 0, 1, 1, 0])
+    got = M.smooth_calibration_error(y, f, bandwidth=sigma)
+    assert got == pytest.approx(_exact_smooth_ece(f, y, sigma), rel=1e-5)
+
+
 def test_smooth_ece_top_label_equals_binary_on_confidences():
     rng = np.random.default_rng(3)
     probs = softmax(rng.normal(scale=2.0, size=(400, 4)), axis=1)
