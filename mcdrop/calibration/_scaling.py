@@ -197,18 +197,25 @@ class TemperatureScaling(Persistent):
 
         Parameters
         ----------
-        logits : array-like or Tensor of shape (N, C)
-            Outputs of the kind given by ``inputs``.
+        logits : array-like or Tensor of shape (N, C) or (..., N, C)
+            Outputs of the kind given by ``inputs``, e.g. the ``(T, N, C)`` outputs of ``T``
+            Monte Carlo samples (each scaled alike).
 
         Returns
         -------
-        ndarray of shape (N, C)
+        ndarray of the shape of ``logits``
             Probabilities (``float64``).
         """
         temperature = self.temperature
+        shape = tuple(logits.shape) if hasattr(logits, "shape") else np.shape(logits)
+        leading = shape[:-1] if len(shape) > 2 else None
+        if leading is not None:  # per-sample outputs: scale every row alike
+            flat = logits if hasattr(logits, "reshape") else np.asarray(logits)
+            logits = flat.reshape(-1, shape[-1])  # type: ignore[union-attr]
         scores = self._scores("logits", logits)
         with np.errstate(over="ignore"):  # scores <= 0: an overflow is a zero probability
-            return np.asarray(softmax(scores / temperature, axis=1), dtype=np.float64)
+            probs = np.asarray(softmax(scores / temperature, axis=1), dtype=np.float64)
+        return probs if leading is None else probs.reshape(*leading, probs.shape[-1])
 
     def fit_transform(self, logits: ArrayLike, y: ArrayLike) -> np.ndarray:
         """:meth:`fit` then :meth:`transform` on the same data."""

@@ -330,12 +330,9 @@ def test_each_recalibrator_maps_per_sample_outputs_and_keeps_the_simplex(cls, op
     logits, labels = _miscalibrated(600, 3, 21)
     model = cls(**options).fit(logits, labels)
     samples = logits[None] + np.random.default_rng(22).normal(size=(4, 600, 3))
-    if cls is TemperatureScaling:  # its transform takes (N, C) only
-        out = np.stack([model.transform(s) for s in samples])
-    else:
-        out = model.transform(samples)
-        for t in range(4):
-            np.testing.assert_allclose(out[t], model.transform(samples[t]), atol=1e-15)
+    out = model.transform(samples)
+    for t in range(4):
+        np.testing.assert_allclose(out[t], model.transform(samples[t]), atol=1e-15)
     assert out.shape == (4, 600, 3)
     assert np.all(out >= 0) and np.all(out <= 1)
     np.testing.assert_allclose(out.sum(axis=-1), 1.0, atol=1e-12)
