@@ -21,8 +21,6 @@ from mcdrop.calibration._base import (
     state_array,
 )
 
-_KINDS = ("vector", "matrix")
-
 
 def _unpack(theta: np.ndarray, kind: str, c: int) -> tuple[np.ndarray, np.ndarray]:
     if kind == "vector":
@@ -281,8 +279,11 @@ class VectorScaling(_AffineScaling):
 
     _kind = "vector"
 
-    def __init__(self, *, inputs: str = "logits", reg_lambda: float = 0.0, reg_mu: float = 0.0):
-        super().__init__(inputs=inputs, reg_lambda=reg_lambda, reg_mu=reg_mu)
+    def __init__(self, *, inputs: str = "logits"):
+        super().__init__(inputs=inputs, reg_lambda=0.0, reg_mu=0.0)
+
+    def _options(self) -> dict[str, Any]:
+        return {"inputs": self.inputs}
 
 
 class MatrixScaling(_AffineScaling):
