@@ -227,6 +227,68 @@ class ClassificationResult(_ResultMixin):
         """Tensor of shape (N, C, *S): per-class standard deviation of the sampled probabilities."""
         return self.variance.sqrt()
 
+    def _kept_samples(self, quantity: str) -> torch.Tensor:
+        """``samples`` in float64 with the class dimension last: ``(T, N, *S, C)``."""
+        if self.samples is None:
+            raise ValueError(
+                f"Expected `samples` to compute `{quantity}` (it needs every sampled "
+                "distribution: predict with keep_samples=True), but the result holds none."
+            )
+        return self.samples.to(torch.float64).movedim(self.class_dim + 1, -1)
+
+    @property
+    def disagreement(self) -> torch.Tensor:
+        r"""Tensor of shape (N, *S): fraction of pairs of samples that predict different classes.
+
+        ``1 - sum_c n_c (n_c - 1) / (T (T - 1))`` with ``n_c`` the number of the ``T`` samples
+        whose most probable class is ``c`` (torch-uncertainty's ``Disagreement``); 0 when every
+        sample predicts the same class. Needs ``samples`` (``keep_samples=True``) and ``T >= 2``.
+        """
+        samples = self._kept_samples("disagreement")
+        n = samples.shape[0]
+        if n < 2:
+            raise ValueError(
+                f"Expected at least 2 samples to compute `disagreement` (pairs of samples), "
+                f"but got {n}."
+            )
+        votes = torch.nn.functional.one_hot(samples.argmax(-1), samples.shape[-1]).sum(0)
+        agreeing = (votes * (votes - 1)).sum(-1).to(torch.float64)
+        return 1.0 - agreeing / (n * (n - 1))
+
+    def _entropies_and_cross(self, quantity: str) -> tuple[torch.Tensor, ...]:
+        """``E_t H[p_t]``, ``H[p]`` and ``-sum_c p_c E_t log p_t,c`` from the kept samples."""
+        samples = self._kept_samples(quantity)
+        mean = samples.mean(0)
+        expected_entropy = -torch.special.xlogy(samples, samples).sum(-1).mean(0)
+        entropy = -torch.special.xlogy(mean, mean).sum(-1)
+        mean_log = samples.log().mean(0)  # -inf where a sample gives the class probability 0
+        cross = -torch.where(mean > 0, mean * mean_log, torch.zeros_like(mean)).sum(-1)
+        return expected_entropy, entropy, cross
+
+    @property
+    def expected_pairwise_kl(self) -> torch.Tensor:
+        r"""Tensor of shape (N, *S): expected pairwise KL divergence between samples (EPKL), nats.
+
+        ``E_{t,s} KL(p_t || p_s) = -sum_c p_c E_t[log p_t,c] - E_t H[p_t]`` (Malinin & Gales
+        2021), an epistemic measure; equals ``mutual_information + reverse_mutual_information``.
+        ``inf`` when a class has probability 0 in one sample and not in another. Needs
+        ``samples`` (``keep_samples=True``).
+        """
+        expected_entropy, _, cross = self._entropies_and_cross("expected_pairwise_kl")
+        return (cross - expected_entropy).clamp_min(0.0)
+
+    @property
+    def reverse_mutual_information(self) -> torch.Tensor:
+        r"""Tensor of shape (N, *S): reverse mutual information (RMI), nats.
+
+        ``E_t KL(p || p_t) = -sum_c p_c E_t[log p_t,c] - H[p]`` with ``p`` the mean of the
+        samples (Malinin & Gales 2021), the KL "the other way round" from the mutual
+        information ``E_t KL(p_t || p)``. ``inf`` when a class has probability 0 in one sample
+        and not on average. Needs ``samples`` (``keep_samples=True``).
+        """
+        _, entropy, cross = self._entropies_and_cross("reverse_mutual_information")
+        return (cross - entropy).clamp_min(0.0)
+
 
 @dataclass(frozen=True, eq=False)
 class RegressionResult(_ResultMixin):
