@@ -15,11 +15,12 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from mcdrop._version import __version__
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
 
 __all__ = ["main"]
 
@@ -272,6 +273,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _load_targets(path: str) -> np.ndarray:
+    import numpy as np
+
     if not os.path.exists(path):
         raise CLIError(f"targets file not found: {path}")
     try:
