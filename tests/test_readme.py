@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -54,3 +56,34 @@ def test_docs_quickstart_matches_readme() -> None:
             break
         lines.append(line[3:])
     assert "\n".join(lines).strip() == readme_code.strip()
+
+
+def test_what_examples_quickstart_and_demo_write_is_git_ignored() -> None:
+    """Running an example, the quickstart or the demo in the clone leaves ``git status`` clean."""
+    root = README.parent
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    written = ["reliability.png", "mcdrop-demo/shift.png", "mcdrop-report/report.json"]
+    for example in sorted((root / "examples").glob("plot_*.py")):
+        for number in (1, 12):
+            written += [f"{example.stem}_{number}.png", f"examples/{example.stem}_{number}.png"]
+    proc = subprocess.run(
+        ["git", "check-ignore", "--no-index", "--stdin", "-v", "-n"],
+        input="\n".join(written),
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    not_ignored = [
+        line.split("\t")[1] for line in proc.stdout.splitlines() if line.startswith("::")
+    ]
+    assert not not_ignored, not_ignored
+    tracked = subprocess.run(
+        ["git", "ls-files", "--", "docs/_static", "examples"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert "docs/_static/demo_shift.png" in tracked  # the README's figures stay tracked
