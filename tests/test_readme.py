@@ -194,3 +194,48 @@ def test_readme_commands_in_a_fresh_venv(tmp_path: Path) -> None:
     # the whole suite after the same install on a clean clone).
     assert " tests collected" in shell(f"{develop[1]} --collect-only -q -p no:cacheprovider")
     shell(f"{develop[1]} -q -p no:cacheprovider tests/test_readme.py tests/test_layout.py")
+
+
+# ----------------------------------------------------------------------------------------------
+# README's demo numbers and figures: those of the run that docs/make_readme_figure.py recorded
+# ----------------------------------------------------------------------------------------------
+
+
+def _readme_script():
+    import importlib.util
+
+    path = README.parent / "docs" / "make_readme_figure.py"
+    spec = importlib.util.spec_from_file_location("make_readme_figure", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_numbers_are_those_the_demo_printed() -> None:
+    script = _readme_script()
+    summary = script.SUMMARY.read_text(encoding="utf-8")
+    readme = README.read_text(encoding="utf-8")
+    block = readme[readme.index(script.BEGIN) : readme.index(script.END) + len(script.END)]
+    assert block == script.readme_block(summary), "run python docs/make_readme_figure.py"
+    quoted = re.findall(r"\d+\.\d+", block.split("\n", 1)[1])
+    assert len(quoted) > 20
+    printed = summary.split("\n", 2)[2]  # the demo's own output, below the script's header
+    missing = [n for n in quoted if n not in printed and n not in summary.splitlines()[0]]
+    assert not missing, missing
+
+
+def test_readme_figures_are_those_of_the_recorded_run() -> None:
+    import hashlib
+
+    script = _readme_script()
+    summary = script.SUMMARY.read_text(encoding="utf-8")
+    line = summary.strip().splitlines()[-1]
+    assert line.startswith("Figures of this run (sha256): ")
+    recorded = dict(item.split(" ") for item in line.split(": ", 1)[1].split(", "))
+    assert set(recorded) == set(script.FIGURES.values())
+    readme = README.read_text(encoding="utf-8")
+    for name, digest in recorded.items():
+        data = (script.STATIC / name).read_bytes()
+        assert hashlib.sha256(data).hexdigest()[:16] == digest, name
+        assert f"(docs/_static/{name})" in readme, name

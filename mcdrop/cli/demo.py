@@ -704,14 +704,17 @@ def _uncertainty_figure(run: Mapping[str, Any], scored: list[dict[str, Any]]) ->
             yscale="linear",
             score_name=f"{measure.capitalize()} (nats)",
         )
-        low, high = _auroc_interval(values[wrong], values[~wrong], seed=run["seed"])
+        if min(wrong.sum(), (~wrong).sum()) >= 2:
+            low, high = _auroc_interval(values[wrong], values[~wrong], seed=run["seed"])
+            interval = f"95% interval {low:.3f}–{high:.3f}, stratified bootstrap"
+        else:
+            interval = "one wrong prediction: no interval"
         mean = float(_stack(scored, "misclassification_auroc", measure).mean())
         hist.hist_in_.set_label(f"right ({int((~wrong).sum())})")
         hist.hist_out_.set_label(f"wrong ({int(wrong.sum())})")
         auroc = first["misclassification_auroc"][measure]
         ax.set_title(
-            f"AUROC {_both(auroc, mean, 3, scored)}\n(seed {run['seed']}: 95% interval "
-            f"{low:.3f}–{high:.3f}, stratified bootstrap)",
+            f"AUROC {_both(auroc, mean, 3, scored)}\n(seed {run['seed']}: {interval})",
             fontsize="medium",
         )
         ax.legend(loc="upper right", fontsize="small")
