@@ -15,6 +15,7 @@ import torch
 from mcdrop._validation import check_float
 from mcdrop.results._file import FORMAT, FORMAT_VERSION, check_result, read_result_file
 from mcdrop.results._record import SamplingRecord
+from mcdrop.results._summary import summarize_result
 
 __all__ = ["ClassificationResult", "RegressionResult", "load_result"]
 
@@ -37,6 +38,25 @@ class _ResultMixin:
 
     task: ClassVar[str]
     _derived: ClassVar[tuple[str, ...]]
+
+    def summary(self) -> str:
+        """A few lines: task, ``N``, ``T``, output shape, headline statistics, standard error.
+
+        Returns
+        -------
+        str
+            At most ten lines whatever the size of the result: the task, the number of examples
+            ``N`` and samples ``T``, the shape of ``mean``, the mean (and largest) predictive
+            entropy and mutual information (classification) or predictive standard deviation
+            (regression), the largest Monte Carlo standard error of ``mean`` and whether
+            adaptive sampling reached it, what else is kept (targets, samples) and the sampling
+            record when the result carries one. ``repr(result)`` is the same text; every array
+            stays available as an attribute and through :meth:`to_dict`.
+        """
+        return summarize_result(self)
+
+    def __repr__(self) -> str:
+        return summarize_result(self)
 
     def to_dict(self) -> dict[str, Any]:
         """Every stored field and every derived quantity, by name.
@@ -109,7 +129,7 @@ class _ResultMixin:
             )
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class ClassificationResult(_ResultMixin):
     """Monte Carlo dropout predictive distribution of a classifier.
 
@@ -290,7 +310,7 @@ class ClassificationResult(_ResultMixin):
         return (cross - entropy).clamp_min(0.0)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class RegressionResult(_ResultMixin):
     """Monte Carlo dropout predictive distribution of a regressor.
 

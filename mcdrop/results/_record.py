@@ -41,6 +41,13 @@ class SamplingRecord:
     reason: str = ""
     fallbacks: tuple[tuple[str, str], ...] = ()
 
+    def summary(self) -> str:
+        """One line for the strategy and samples per pass, one per fallback with its reason."""
+        per_pass = "" if self.samples_per_pass is None else f", {self.samples_per_pass} per pass"
+        lines = [f"strategy {self.strategy!r}{per_pass}"]
+        lines += [f"fell back from {name!r}: {why}" for name, why in self.fallbacks]
+        return "\n".join(lines)
+
     def to_json(self) -> dict[str, Any]:
         """A JSON object (the result file keeps it in its metadata)."""
         return {
