@@ -29,6 +29,7 @@ LAYERS: dict[str, int] = {
     "calibration": 4,
     "conformal": 4,
     "plot": 5,
+    "active": 5,
     "reporting": 6,
     "integrations": 6,
     "cli": 7,
