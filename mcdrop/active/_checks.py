@@ -61,8 +61,10 @@ def sample_probs(
             f"first dimension{why}, but got shape {_shape(probs)} (T = {t})."
         )
     if n == 0:
-        raise ValueError(f"Expected `{name}` to hold at least one example, but got shape "
-                         f"{_shape(probs)} (N = 0).")
+        raise ValueError(
+            f"Expected `{name}` to hold at least one example, but got shape "
+            f"{_shape(probs)} (N = 0)."
+        )
     if c < 2:
         raise ValueError(
             f"Expected `{name}` to have at least 2 classes along dimension 2, but got shape "
@@ -118,9 +120,7 @@ def generator(seed: Any) -> torch.Generator:
     return gen
 
 
-def per_example(
-    probs: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]
-) -> torch.Tensor:
+def per_example(probs: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """``fn`` on float64 chunks ``(T, b, C, *S)`` of the examples, concatenated along dim 0.
 
     Memory stays within a chunk of ``CHUNK_ELEMENTS`` float64 values, whatever ``N``.

@@ -42,9 +42,7 @@ def epig(pool_probs: Any, target_probs: Any) -> torch.Tensor:
     Subsample the target inputs (a few hundred suffice in Bickford Smith et al.) for large pools.
     """
     pool = sample_probs("pool_probs", pool_probs, min_samples=2, classes_last=True, why=_WHY)
-    target = sample_probs(
-        "target_probs", target_probs, min_samples=2, classes_last=True, why=_WHY
-    )
+    target = sample_probs("target_probs", target_probs, min_samples=2, classes_last=True, why=_WHY)
     if target.shape[0] != pool.shape[0]:
         raise ValueError(
             "Expected `target_probs` to hold as many samples as `pool_probs` "

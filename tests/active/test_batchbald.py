@@ -23,14 +23,16 @@ def _batch_information(p: np.ndarray, batch: list[int]) -> float:
     t_count, _, c_count = p.shape
     joint = 0.0
     for labels in itertools.product(range(c_count), repeat=len(batch)):
-        prob = sum(
-            math.prod(p[t, i, y] for i, y in zip(batch, labels, strict=True))
-            for t in range(t_count)
-        ) / t_count
+        prob = (
+            sum(
+                math.prod(p[t, i, y] for i, y in zip(batch, labels, strict=True))
+                for t in range(t_count)
+            )
+            / t_count
+        )
         joint -= prob * math.log(prob) if prob > 0 else 0.0
     conditional = sum(
-        -sum(p[t, i, y] * math.log(p[t, i, y]) for y in range(c_count) if p[t, i, y] > 0)
-        / t_count
+        -sum(p[t, i, y] * math.log(p[t, i, y]) for y in range(c_count) if p[t, i, y] > 0) / t_count
         for i in batch
         for t in range(t_count)
     )

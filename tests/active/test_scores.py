@@ -167,7 +167,9 @@ def test_identical_samples_have_no_epistemic_score() -> None:
     one = _probs((1, 7, 4), seed=7)
     same = np.repeat(one, 5, axis=0)
     for fn in (bald, variation_ratio, mean_std):
-        torch.testing.assert_close(fn(same), torch.zeros(7, dtype=torch.float64), atol=1e-12, rtol=0)
+        torch.testing.assert_close(
+            fn(same), torch.zeros(7, dtype=torch.float64), atol=1e-12, rtol=0
+        )
 
 
 # ------------------------------------------------------------------------------------------
