@@ -10,6 +10,10 @@ oriented so that larger means "acquire first":
 * :func:`epig` (Bickford Smith et al. 2023): information about the labels of target inputs;
 * :func:`stochastic_batch` (Kirsch et al. 2023): a batch sampled from any score.
 
+:func:`acquire` runs Monte Carlo dropout on a model and a pool and returns an
+:class:`Acquisition`; :class:`LabelledSet` and :func:`active_learning_step` keep the labelled /
+unlabelled bookkeeping of a loop around your own training function.
+
 BatchBALD and EPIG need **one network per sample**: ``probs[t]`` of every example (and target)
 must come from the same dropout mask. With independent masks per example (the default of
 :func:`mcdrop.predict_with_uncertainty`, and of other libraries) the joint factorises:
@@ -18,8 +22,10 @@ BatchBALD reduces to top-k BALD and EPIG to about zero.
 
 from __future__ import annotations
 
+from mcdrop.active._acquire import acquire
 from mcdrop.active._batchbald import batchbald
 from mcdrop.active._epig import epig
+from mcdrop.active._loop import ActiveStep, LabelledSet, active_learning_step
 from mcdrop.active._result import Acquisition
 from mcdrop.active._scores import (
     bald,
@@ -33,6 +39,10 @@ from mcdrop.active._stochastic import stochastic_batch
 
 __all__ = [
     "Acquisition",
+    "ActiveStep",
+    "LabelledSet",
+    "acquire",
+    "active_learning_step",
     "bald",
     "batchbald",
     "entropy",
