@@ -9,7 +9,7 @@ Protocol (after Kirsch et al. 2019, scaled to a CPU):
 * start: 20 labels, 2 per class; each step acquires ``--acquire`` (10) examples and retrains the
   network from scratch;
 * network: ``64 -> 128 -> ReLU -> Dropout(0.5) -> 128 -> ReLU -> Dropout(0.5) -> 10``; Adam
-  (lr 1e-3, weight decay 1e-4), ``--steps`` full-batch steps on the labelled set;
+  (lr 1e-3, weight decay 1e-4), ``--steps`` (200) full-batch steps on the labelled set;
 * acquisition from ``T = --samples`` Monte Carlo dropout networks with masks **shared** by every
   pool and target example (one network per sample, what BatchBALD and EPIG need; single-point
   scores are the same in distribution with independent masks). The test accuracy is that of the
@@ -24,9 +24,11 @@ Every (dataset, method, seed) run is seeded: the same command gives the same num
 
 Usage::
 
-    python benchmarks/active_learning.py --json benchmarks/results/active_learning.json \\
-        --figure docs/_static/active_learning_digits.png
-    python benchmarks/active_learning.py --plot-only benchmarks/results/active_learning.json \\
+    python benchmarks/active_learning.py --datasets plain --threads 1 \\
+        --json benchmarks/results/active_learning_plain.json
+    python benchmarks/active_learning.py --datasets repeated --threads 1 \\
+        --json benchmarks/results/active_learning_repeated.json
+    python benchmarks/active_learning.py --plot-only benchmarks/results/active_learning_*.json \\
         --figure docs/_static/active_learning_digits.png
 """
 
@@ -52,8 +54,10 @@ HIDDEN, P = 128, 0.5
 class Net(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.fc1, self.fc2, self.fc3 = nn.Linear(64, HIDDEN), nn.Linear(HIDDEN, HIDDEN), nn.Linear(
-            HIDDEN, 10
+        self.fc1, self.fc2, self.fc3 = (
+            nn.Linear(64, HIDDEN),
+            nn.Linear(HIDDEN, HIDDEN),
+            nn.Linear(HIDDEN, 10),
         )
         self.drop = nn.Dropout(P)
 
@@ -205,20 +209,24 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--initial", type=int, default=20)
     parser.add_argument("--acquire", type=int, default=10)
-    parser.add_argument("--max-labels", type=int, default=150)
+    parser.add_argument("--max-labels", type=int, default=160)
     parser.add_argument("--samples", type=int, default=50)
     parser.add_argument("--configurations", type=int, default=1000)
     parser.add_argument("--targets", type=int, default=200)
-    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--level", type=float, default=0.9)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--figure", type=Path)
-    parser.add_argument("--plot-only", type=Path, help="read results from this JSON file")
+    parser.add_argument(
+        "--plot-only", type=Path, nargs="+", help="read (and merge) results from JSON files"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.plot_only:
-        results = json.loads(args.plot_only.read_text())["results"]
+        results = {}
+        for path in args.plot_only:
+            results.update(json.loads(path.read_text())["results"])
     else:
         results = {}
         for kind in args.datasets:
