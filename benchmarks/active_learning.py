@@ -119,7 +119,7 @@ def choose(method: str, probs: torch.Tensor, target: torch.Tensor, n: int, args,
         return torch.sort(epig(probs, target), descending=True, stable=True).indices[:n]
     from baal.active.heuristics import BatchBALD
 
-    np.random.seed(seed)  # baal draws from the global generators
+    np.random.seed(seed)  # noqa: NPY002 (baal draws from the global generators)
     torch.manual_seed(seed)
     ranks = BatchBALD(num_samples=n, num_draw=500)(probs.permute(1, 2, 0).numpy())
     return torch.as_tensor(np.asarray(ranks)[:n])
