@@ -169,7 +169,15 @@ def test_the_checker_sees_imports_inside_functions(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "face", ["mcdrop", "mcdrop.metrics", "mcdrop.plot", "mcdrop.calibration", "mcdrop.conformal"]
+    "face",
+    [
+        "mcdrop",
+        "mcdrop.metrics",
+        "mcdrop.plot",
+        "mcdrop.calibration",
+        "mcdrop.conformal",
+        "mcdrop.active",
+    ],
 )
 def test_importing_a_face_does_not_import_matplotlib_or_integrations(face: str) -> None:
     code = (
