@@ -70,7 +70,7 @@ def _train(subset: Subset) -> nn.Module:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(2, 64), nn.ReLU(), nn.Dropout(0.3), nn.Linear(64, 4))
     optimiser = torch.optim.Adam(model.parameters(), lr=0.02)
-    for _ in range(15):
+    for _ in range(8):
         for x, y in DataLoader(subset, batch_size=64):
             optimiser.zero_grad()
             nn.functional.cross_entropy(model(x), y).backward()
@@ -141,7 +141,7 @@ def test_a_lightning_trainer_fits_as_the_training_function() -> None:
     def train(subset: Subset) -> nn.Module:
         module = Module()
         trainer = lightning.Trainer(
-            max_epochs=2,
+            max_epochs=1,
             accelerator="cpu",
             logger=False,
             enable_checkpointing=False,
