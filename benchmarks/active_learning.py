@@ -29,7 +29,8 @@ Usage::
     python benchmarks/active_learning.py --datasets repeated --threads 1 \\
         --json benchmarks/results/active_learning_repeated.json
     python benchmarks/active_learning.py --plot-only benchmarks/results/active_learning_*.json \\
-        --figure docs/_static/active_learning_digits.png
+        --figure docs/_static/active_learning_digits.png \\
+        --summary docs/_static/active_learning_digits.txt
 """
 
 from __future__ import annotations
@@ -218,15 +219,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--figure", type=Path)
+    parser.add_argument("--summary", type=Path, help="write the table of labels to this file")
     parser.add_argument(
         "--plot-only", type=Path, nargs="+", help="read (and merge) results from JSON files"
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.plot_only:
-        results = {}
+        merged: dict = {}
         for path in args.plot_only:
-            results.update(json.loads(path.read_text())["results"])
+            for kind, by_method in json.loads(path.read_text())["results"].items():
+                merged.setdefault(kind, {}).update(by_method)
+        results = {
+            kind: {m: merged[kind][m] for m in METHODS if m in merged[kind]}
+            for kind in ("plain", "repeated")
+            if kind in merged
+        }
     else:
         results = {}
         for kind in args.datasets:
@@ -245,7 +253,10 @@ def main() -> None:
                 if args.json:
                     config = {k: v for k, v in vars(args).items() if not isinstance(v, Path)}
                     args.json.write_text(json.dumps({"config": config, "results": results}))
-    print(summary(results, args.level))
+    text = summary(results, args.level)
+    print(text)
+    if args.summary:
+        args.summary.write_text(text + "\n")
     if args.figure:
         plot(results, args.figure, args.level)
 
