@@ -19,7 +19,7 @@ from torch import nn
 
 from mcdrop._validation import check_choice
 from mcdrop.dropout import _probe
-from mcdrop.dropout._twin import SAMPLING_LOCK, _model_lock, _twin, unwrap_compiled
+from mcdrop.dropout._twin import SAMPLING_LOCK, Untwinned, _model_lock, twin_of, unwrap_compiled
 
 __all__ = ["DropoutSite", "Scope", "dropout_enabled", "dropout_sites"]
 
@@ -172,13 +172,20 @@ def _as_call(example_inputs: Any) -> Call:
 
 # -- static scan (no inputs, TorchScript) -------------------------------------------------------
 def _static_sites(
-    model: nn.Module, scope: str, include: ModuleFilter, exclude: ModuleFilter
+    model: nn.Module,
+    scope: str,
+    include: ModuleFilter,
+    exclude: ModuleFilter,
+    trained: set[str] | None = None,
 ) -> dict[str, DropoutSite]:
-    """Sites recognisable without running the model: dropout modules, attention, RNNs."""
+    """Sites recognisable without running the model: dropout modules, attention, RNNs; only
+    among the modules ``trained`` (what the model's ``train()`` switches on; all when None)."""
     sites: dict[str, DropoutSite] = {}
     for name, module in model.named_modules():
         if _matches(exclude, name, module) or _is_norm(module):
             continue
+        if trained is not None and name not in trained and not _matches(include, name, module):
+            continue  # the model's own train() keeps it in eval mode
         kind = _class_name(module)
         rate = _static_rate(module)
         if rate == 0 and not _matches(include, name, module):
@@ -212,13 +219,63 @@ class _TwinModules(dict):  # type: ignore[type-arg]
     the model's are never written. Modules in eval mode share the model's buffers.
     """
 
-    def __init__(self, twin: nn.Module) -> None:
+    def __init__(
+        self, twin: nn.Module, untwinned: Untwinned | None = None, trained: set[str] | None = None
+    ) -> None:
         super().__init__(twin.named_modules())
         self.shared = {name: dict(module._buffers) for name, module in self.items()}
+        self.untwinned = untwinned  # what the twin could not redirect: the probe checks it
+        self.trained = set(self) if trained is None else trained  # on under the model's train()
+
+
+def _overrides_train(module: nn.Module) -> bool:
+    return type(module).train is not nn.Module.train or "train" in vars(module)
+
+
+def _trained(model: nn.Module) -> set[str] | None:
+    """Names of the modules that ``model.train()`` puts in training mode, as the model's own
+    ``train()`` decides (a frozen sub-network, "dropout only in the adapter"); None when no module
+    overrides ``train()`` (then every module).
+
+    The model's ``train()`` runs on a throwaway twin whose parameters and buffers are stand-ins
+    on the meta device: what it writes (flags, ``requires_grad``, statistics reset) never reaches
+    the model. A ``train()`` that is not supported (``torch.export``'s graphs) gives None.
+    """
+    if not any(_overrides_train(m) for m in model.modules()):
+        return None
+    twin, _ = twin_of(model)
+    if twin is None:
+        return None
+    modules = dict(twin.named_modules())
+    for module in modules.values():
+        module._parameters = OrderedDict(
+            (k, None if v is None else nn.Parameter(_meta(v), requires_grad=v.requires_grad))
+            for k, v in module._parameters.items()
+        )
+        module._buffers = OrderedDict(
+            (k, None if v is None else _meta(v)) for k, v in module._buffers.items()
+        )
+    try:
+        twin.train(True)
+    except NotImplementedError:
+        return None
+    except Exception as error:
+        raise ValueError(
+            f"Expected `{type(model).__name__}.train()` to run, as mcdrop takes training mode "
+            f"from it, but it raised {type(error).__name__}: {error}."
+        ) from error
+    return {name for name, module in modules.items() if module.training}
+
+
+def _meta(tensor: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(tensor, device="meta")
 
 
 def _set_flags(modules: dict[str, nn.Module], on: set[str] | None) -> None:
-    """Training flag of every twin module: on for ``on`` (all when None), never for norms."""
+    """Training flag of every twin module: on for ``on`` (what the model's ``train()`` switches
+    on when None), never for norms."""
+    if on is None:
+        on = getattr(modules, "trained", None)
     shared = getattr(modules, "shared", None)
     for name, module in modules.items():
         module.training = (on is None or name in on) and not _is_norm(module)
@@ -249,9 +306,10 @@ def _run_probe(
 ) -> _probe.Trace:
     devices = probe.devices
     args, kwargs = probe.call
+    guard = getattr(modules, "untwinned", None)
     try:
         with SAMPLING_LOCK, torch.random.fork_rng(devices=devices), torch.inference_mode():
-            return _probe.trace(modules, lambda: twin(*args, **kwargs), flops=flops)
+            made = _probe.trace(modules, lambda: twin(*args, **kwargs), flops=flops, guard=guard)
     except Exception as error:
         # The user's own error (a wrong input width, ...), as the whole batch in eval mode gives
         # it; the twin is discarded after this error, so its flags need no restoring.
@@ -259,6 +317,13 @@ def _run_probe(
         full_args, full_kwargs = probe.batch or probe.call
         with torch.random.fork_rng(devices=devices), torch.inference_mode():
             twin(*full_args, **full_kwargs)
+        if isinstance(model, torch.fx.GraphModule) and "Guard failed" in str(error):
+            raise ValueError(
+                f"Expected a `{type(model).__name__}` that runs on any number of examples, but "
+                f"the exported graph fixes the batch size ({error}); mcdrop runs it on other "
+                "batch sizes. Export with a dynamic batch dimension: torch.export.export(model, "
+                "args, dynamic_shapes=...) with torch.export.Dim('batch') for dimension 0."
+            ) from error
         raise ValueError(
             f"Running `{type(model).__name__}` {what} on 2 examples of the first batch raised "
             f"{type(error).__name__}: {error}; in eval mode it runs. mcdrop runs this probe to "
@@ -267,11 +332,66 @@ def _run_probe(
             "are recognisably dropout (nn.Dropout, attention, RNNs), or `include=` naming the "
             "modules to sample."
         ) from error
+    if made.intruders and guard is not None:
+        _refuse_intruders(model, made.intruders, guard)
+    return made
+
+
+def _refuse_intruders(model: nn.Module, intruders: dict[int, str], guard: Untwinned) -> None:
+    """Modules of the user's model ran inside the twin: they would sample in eval mode."""
+    parts = []
+    for key, name in intruders.items():
+        path = guard.left.get(key)
+        how = f"reached through `{path}`" if path else "reached from outside its attributes"
+        parts.append(f"`{name or '<model>'}` ({how})")
+    raise ValueError(
+        f"Expected the forward of `{type(model).__name__}`'s sampling twin to run only the twin's "
+        f"modules, but it ran the model's own {', '.join(parts)}: mcdrop could not redirect "
+        "that reference (a container it cannot copy, a closure, a global, a cache), so those "
+        "modules would run in eval mode and their dropout would never sample. Reach submodules "
+        "through attributes, lists, tuples, dicts or plain objects of the model, or pass the "
+        "module as a registered submodule."
+    )
+
+
+def _refuse_dead_dropout(
+    model: nn.Module, modules: dict[str, nn.Module], trace: _probe.Trace
+) -> None:
+    """A traced or exported graph that calls dropout with ``training=False`` baked in (traced in
+    eval mode): that dropout can never sample."""
+    dead = [
+        (name, label, p)
+        for name, label, p in trace.dead
+        if _in_graph(name, modules) and (name, label, p) not in trace.calls
+    ]
+    if not dead:
+        return
+    listing = "; ".join(
+        f"{n or '<model>'}: {label}(p={p:g}, training=False)" for n, label, p in dead
+    )
+    raise ValueError(
+        f"Expected the graph of `{type(model).__name__}` (torch.fx / torch.export) to keep its "
+        f"dropout switchable, but it was traced in eval mode and bakes training=False into: "
+        f"{listing}. Those dropout calls can never sample. Trace or export the model in training "
+        "mode (model.train() before torch.fx.symbolic_trace or torch.export.export: mcdrop still "
+        "samples only its dropout), or sample the eager model."
+    )
+
+
+def _in_graph(name: str, modules: dict[str, nn.Module]) -> bool:
+    """Whether the module ``name`` is an fx ``GraphModule`` or inside one."""
+    parts = name.split(".") if name else []
+    return any(
+        isinstance(modules.get(".".join(parts[:i])), torch.fx.GraphModule)
+        for i in range(len(parts) + 1)
+    )
 
 
 def _reason(label: str, module: nn.Module) -> str:
     if isinstance(module, _DROPOUT_TYPES):
         return "dropout module"
+    if "bernoulli" in label:
+        return f"hand-written dropout: draws a mask with {label} in training mode"
     return f"calls {label} in training mode"
 
 
@@ -296,6 +416,7 @@ def _probed_sites(
         model=model,
         flops=flops,
     )
+    _refuse_dead_dropout(model, modules, reference)
     expected: Counter[_probe.Call] = Counter()
     sites: dict[str, DropoutSite] = {}
     for (name, label, p), count in reference.calls.items():
@@ -304,7 +425,10 @@ def _probed_sites(
         expected[(name, label, p)] = count
         site = sites.get(name)
         if site is None:
-            site = DropoutSite(name, _class_name(modules[name]), p, _reason(label, modules[name]))
+            rate = None if p == _probe.UNKNOWN_RATE else p
+            site = DropoutSite(
+                name, _class_name(modules[name]), rate, _reason(label, modules[name])
+            )
         if label not in site.functions:
             site = dataclasses.replace(site, functions=(*site.functions, label))
         sites[name] = site
@@ -328,9 +452,12 @@ def _add_gates(
 ) -> dict[str, str]:
     """Switch on the nearest parent of each module in ``missing``; return ``{parent: module}``."""
     added: dict[str, str] = {}
+    trained = getattr(modules, "trained", None)
     for name in sorted(missing):
         parent = _parent(name)
-        while parent is not None and parent in sites:
+        while parent is not None and (
+            parent in sites or (trained is not None and parent not in trained)
+        ):
             parent = _parent(parent)
         if parent is None or _matches(exclude, parent, modules[parent]):
             continue
@@ -470,12 +597,15 @@ def _plan(
     model: nn.Module,
     *,
     defer: bool = False,
+    untwinned: Untwinned | None = None,
+    trained: set[str] | None = None,
 ) -> tuple[list[DropoutSite], _probe.Trace, _Pending | None]:
     """Find the sites on ``twin`` and leave its flags set for sampling; also return the trace
     whose FLOPs plan the sampling (empty without a probe). With ``defer``, the second probe pass
     is left to the caller's first sampling chunk (:class:`_Pending`) and the FLOPs are counted in
-    the training-mode probe."""
-    modules = _TwinModules(twin)
+    the training-mode probe. ``untwinned`` is what the twin could not redirect (checked),
+    ``trained`` the modules the model's own ``train()`` switches on (all when None)."""
+    modules = _TwinModules(twin, untwinned, trained)
     order = {name: i for i, name in enumerate(modules)}
 
     def finish(sites: dict[str, DropoutSite]) -> list[DropoutSite]:
@@ -483,12 +613,19 @@ def _plan(
         return sorted(sites.values(), key=lambda site: order[site.name])
 
     if probe is None or scope == Scope.TRAIN_EXCEPT_NORM.value:
-        return finish(_static_sites(twin, scope, include, exclude)), _probe.Trace(), None
+        static = _static_sites(twin, scope, include, exclude, trained)
+        if untwinned is not None:
+            _refuse_left(model, twin, untwinned, static)
+        return finish(static), _probe.Trace(), None
     devices = sorted({t.device for t in twin.parameters() if t.device.type == "cuda"}, key=str)
     probe = dataclasses.replace(probe, devices=devices)
     sites, expected, reference = _probed_sites(
         twin, modules, probe, include, exclude, model, flops=defer
     )
+    if reference.random:  # random draws besides dropout: which of them sampling leaves out
+        made = _reproduce(twin, modules, probe, sites, expected, exclude, model)
+        _warn_random(model, modules, reference, made, exclude)
+        return finish(sites), made, None
     if not expected:
         return finish(sites), _probe.Trace(), None
     if not defer:
@@ -501,6 +638,62 @@ def _plan(
 
     _fast_path_gates(sites, modules)
     return finish(sites), reference, _Pending(modules, expected, settle)
+
+
+def _warn_random(
+    model: nn.Module,
+    modules: dict[str, nn.Module],
+    reference: _probe.Trace,
+    made: _probe.Trace,
+    exclude: ModuleFilter,
+) -> None:
+    """Warn about random draws that training mode makes and the sampling twin does not, where
+    they are neither recognised dropout nor known not-dropout (stochastic depth, layer drop,
+    router noise): noise injection, hand-written dropout from ``torch.rand_like``, per-example
+    masks. They are left out (only dropout samples), but never silently."""
+    missed: dict[str, list[str]] = {}
+    for (name, label), count in sorted(reference.random.items()):
+        if made.random[(name, label)] >= count or _matches(exclude, name, modules[name]):
+            continue
+        missed.setdefault(name, []).append(label)
+    if not missed:
+        return
+    listing = "; ".join(
+        f"`{name or '<model>'}` ({_class_name(modules[name])}: {', '.join(labels)})"
+        for name, labels in missed.items()
+    )
+    names = [name for name in missed]
+    warnings.warn(
+        f"Training mode of `{type(model).__name__}` draws random numbers that are not dropout "
+        f"mcdrop recognises, and Monte Carlo dropout leaves them out (only dropout samples): "
+        f"{listing}. If they are dropout (a mask from torch.rand_like, a per-example mask), "
+        f"pass include={names!r} to sample them; if they are not (noise injection), pass "
+        f"exclude={names!r} to leave them out without this warning.",
+        UserWarning,
+        stacklevel=user_stacklevel(),
+    )
+
+
+def _refuse_left(
+    model: nn.Module, twin: nn.Module, untwinned: Untwinned, sites: dict[str, DropoutSite]
+) -> None:
+    """Without a probe nothing proves the forward reaches only the twin: refuse a reference to
+    a module of the model that the twin could not redirect where that module holds a site."""
+    held = [
+        (name, untwinned.left[key])
+        for key, name in untwinned.originals.items()
+        if key in untwinned.left
+        and any(s == name or s.startswith(f"{name}.") or not name for s in sites)
+    ]
+    if held:
+        name, path = held[0]
+        raise ValueError(
+            f"Expected every reference to a module of `{type(model).__name__}` to lead to its "
+            f"sampling twin, but `{path}` holds the model's own `{name or '<model>'}` in a "
+            "container mcdrop cannot copy: that module would run in eval mode and its dropout "
+            "would never sample. Keep submodules in attributes, lists, tuples, dicts or plain "
+            "objects, or pass example inputs (a probe then checks what the forward runs)."
+        )
 
 
 def check_sites(model: nn.Module, sites: list[DropoutSite]) -> None:
@@ -646,7 +839,7 @@ def sampling_twin(
     inner, compiled = unwrap_compiled(model)
     _check_not_nested(inner)
     _check_patterns(inner, include, exclude)
-    twin = _twin(inner)
+    twin, untwinned = twin_of(inner)
     if twin is None:
         with _scripted(model, scope, include, exclude, warn=warn) as found:
             yield Sampling(model, found, _probe.Trace())
@@ -661,7 +854,17 @@ def sampling_twin(
         and not compiled
         and not any(isinstance(m, _FAST_PATH_MODULES) for m in inner.modules())
     )
-    sites, trace, pending = _plan(twin, scope, include, exclude, probe, inner, defer=defer)
+    sites, trace, pending = _plan(
+        twin,
+        scope,
+        include,
+        exclude,
+        probe,
+        inner,
+        defer=defer,
+        untwinned=untwinned,
+        trained=_trained(inner),
+    )
     if compiled:  # same dynamo context (backend, options): graphs compiled once are reused
         twin = type(model)(twin, model.dynamo_ctx)  # type: ignore[call-arg]
     yield Sampling(twin, sites, trace, pending)
