@@ -262,9 +262,36 @@ class _Rebinder:
             return self._rebuilt_dict(value, path, depth, copies)
         if isinstance(value, (list, tuple, set, frozenset)):
             return self._rebuilt_collection(value, path, depth, copies)
+        if isinstance(value, types.FunctionType):
+            return self._rebuilt_function(value, path, depth)
         if isinstance(value, _FUNCTIONS) or _opaque(type(value)):
             return value
         return self._rebuilt_object(value, path, depth)
+
+    def _rebuilt_function(self, fn: types.FunctionType, path: str, depth: int) -> Any:
+        """A closure (a lambda, a decorator's wrapper) over modules of the model: a new function
+        with the same code over new cells holding the twins. Its ``__dict__`` (``__wrapped__``)
+        too."""
+        cells = fn.__closure__ or ()
+        old = [c.cell_contents if _filled(c) else _EMPTY for c in cells]
+        new = [
+            v if v is _EMPTY else self.value(v, f"{path}.<closure {name}>", depth + 1)
+            for v, name in zip(old, fn.__code__.co_freevars, strict=True)
+        ]
+        attrs = {k: self.value(v, f"{path}.{k}", depth + 1) for k, v in vars(fn).items()}
+        if _same(new, old) and _same(attrs.values(), vars(fn).values()):
+            return fn
+        closure = tuple(
+            cell if a is b else types.CellType(b)
+            for cell, a, b in zip(cells, old, new, strict=True)
+        )
+        twin = types.FunctionType(
+            fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, closure
+        )
+        twin.__kwdefaults__ = fn.__kwdefaults__
+        twin.__qualname__ = fn.__qualname__
+        twin.__dict__.update(attrs)
+        return twin
 
     def _rebuilt_dict(self, value: dict[Any, Any], path: str, depth: int, copies: int) -> Any:
         items = {
@@ -328,8 +355,8 @@ class _Rebinder:
         return twin
 
 
+_EMPTY = object()  # an empty closure cell
 _FUNCTIONS = (
-    types.FunctionType,
     types.BuiltinFunctionType,
     types.MethodWrapperType,
     types.WrapperDescriptorType,
