@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fnmatch
+import itertools
 import os
 import sys
 import warnings
@@ -752,6 +753,20 @@ def _check_patterns(model: nn.Module, include: ModuleFilter, exclude: ModuleFilt
             )
 
 
+def check_materialised(model: nn.Module) -> None:
+    """Refuse a model on the meta device: shapes without data, nothing can be computed."""
+    named = itertools.chain(model.named_parameters(), model.named_buffers())
+    meta = next((name for name, t in named if t is not None and t.is_meta), None)
+    if meta is not None:
+        raise ValueError(
+            f"Expected `model` with its weights on a real device (cpu, cuda, ...), but "
+            f"`{type(model).__name__}` is on the meta device (`{meta}` is a meta tensor: shapes "
+            "without data), so nothing can be computed. Materialise it first, e.g. "
+            "model.to_empty(device='cpu') and model.load_state_dict(...), or load it with its "
+            "weights."
+        )
+
+
 def check_scope(model: Any, scope: Any, include: ModuleFilter, exclude: ModuleFilter) -> str:
     if not isinstance(model, nn.Module):
         raise TypeError(
@@ -837,6 +852,8 @@ def sampling_twin(
 ) -> Iterator[Sampling]:
     """The module that samples and its sites: a twin, or for TorchScript the locked model."""
     inner, compiled = unwrap_compiled(model)
+    if probe is not None:
+        check_materialised(inner)
     _check_not_nested(inner)
     _check_patterns(inner, include, exclude)
     twin, untwinned = twin_of(inner)

@@ -45,6 +45,7 @@ from mcdrop.sampling import _memory as memory
 from mcdrop.sampling import _planner as planner
 from mcdrop.sampling._inputs import _Batch, iter_batches
 from mcdrop.sampling._options import SamplingOptions
+from mcdrop.sampling._refusals import refuse_up_front
 from mcdrop.sampling._rng import forked_rng, rng_state, sampling_rng
 from mcdrop.sampling._strategies import Outputs, Recorded, Runner, varies
 from mcdrop.stats import (
@@ -149,6 +150,7 @@ class Engine:
     def session(self, first: _Batch, seed: int | None, n_examples: int | None) -> Iterator[Session]:
         """Seeded sampling of the batches of one call (``n_examples`` in all, None when
         unknown); ``first`` is probed for the sites."""
+        refuse_up_front(self.model, first, self.device)
         o = self.options
         self.call_rows = None if n_examples is None else n_examples * o.n_samples
         self.dropped = set()
