@@ -160,10 +160,10 @@ class GaussianNLL(_SumMetric):
             raise ValueError("Expected `target` (or the result's `targets`), but got None.")
         # Validated here so that the errors name the arguments of update(preds, target).
         y = _v.as_real(t_name, target)
-        mean = _v.match_shape(m_name, _v.as_real(m_name, mean), t_name, y)
-        var = _v.match_shape(v_name, _v.as_real(v_name, var), t_name, y)
-        _v.check_positive(v_name, var)
-        values = _m.gaussian_nll(y, mean, var, reduction="none")
+        means = _v.match_shape(m_name, _v.as_real(m_name, mean), t_name, y)
+        variances = _v.match_shape(v_name, _v.as_real(v_name, var), t_name, y)
+        _v.check_positive(v_name, variances)
+        values = _m.gaussian_nll(y, means, variances, reduction="none")
         self._add(float(np.mean(values)), int(np.size(values)))
 
 
