@@ -778,6 +778,8 @@ def check_scope(model: Any, scope: Any, include: ModuleFilter, exclude: ModuleFi
 
 
 def _warn_if_training(model: nn.Module) -> None:
+    if isinstance(model, torch.fx.GraphModule) and _overrides_train(model):
+        return  # torch.export's graphs: always "training", and eval() is not supported
     if any(module.training for module in model.modules()):
         warnings.warn(
             f"`{type(model).__name__}` is in training mode; mcdrop samples a twin of it with only "

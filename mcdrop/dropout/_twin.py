@@ -52,6 +52,7 @@ _OWN_DICTS = (
     "_load_state_dict_post_hooks",
 )
 _OWN_SETS = ("_non_persistent_buffers_set",)
+_HOOK_DICTS = frozenset(_OWN_DICTS[3:])
 
 
 def _is_scripted(module: nn.Module) -> bool:
@@ -206,6 +207,9 @@ class _Rebinder:
         state = new.__dict__
         where = name or "<model>"
         for attr, value in list(state.items()):
+            if attr in _HOOK_DICTS:  # a hook that is a method of a module runs on its twin
+                for key, hook in list(value.items()):
+                    value[key] = self.value(hook, f"{where}.{attr}[{key}]", 1)
             if attr in _OWN_DICTS or attr in _OWN_SETS:
                 continue
             state[attr] = self.value(value, f"{where}.{attr}", 0, copies=2)
