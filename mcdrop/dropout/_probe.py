@@ -109,9 +109,10 @@ _RANDOM: dict[Any, str] = {
         )
     },
 }
+_RRELU = {F.rrelu, *(getattr(torch, n) for n in ("rrelu", "rrelu_") if hasattr(torch, n))}
 _RANDOM_OPS = {
     getattr(torch.ops.aten, n): f"aten.{n}"
-    for n in ("rand", "rand_like", "randn", "randn_like", "uniform_", "normal_", "rrelu")
+    for n in ("rand", "rand_like", "randn", "randn_like", "uniform_", "normal_")
     if hasattr(torch.ops.aten, n)
 }
 
@@ -197,8 +198,11 @@ def mask_call(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple
     return label, rate, size
 
 
-def random_call(func: Any) -> str:
-    """The label of a random draw that is not a dropout mask; ``""`` for anything else."""
+def random_call(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """The label of a random draw that is not a dropout mask; ``""`` for anything else (a
+    randomized ReLU in eval mode, ``training=False``, draws nothing)."""
+    if func in _RRELU:
+        return _RANDOM[func] if _arg(args, kwargs, 3, "training", False) else ""
     label = _RANDOM.get(func)
     if label is None:
         packet = getattr(func, "_overloadpacket", None)
@@ -423,7 +427,8 @@ class _Recorder(TorchFunctionMode):
         label, p, training = _dropout(func, args, kwargs)
         if label and p > 0.0 and not training:
             self.dead[(where, label, p)] += 1
-        if not (label and p > 0.0 and training):
+        mask = not (label and p > 0.0 and training)
+        if mask:
             label, p, _ = mask_call(func, args, kwargs)
             if label and (p == 0.0 or not_dropout(where, self.modules.get(where))):
                 label = ""
@@ -431,7 +436,7 @@ class _Recorder(TorchFunctionMode):
                 self._random(where, label)  # stochastic depth written by hand: reported
                 label = ""
             elif not label:
-                other = random_call(func)
+                other = random_call(func, args, kwargs)
                 if other:
                     self._random(where, other)
         if label:
@@ -440,9 +445,9 @@ class _Recorder(TorchFunctionMode):
             if self.passes:
                 self.passes[-1][key] += 1
             self.first_flops.setdefault(key, self.flops.total)
-            if func not in _MASKS and isinstance(
-                _arg(args, kwargs, 0, "input", None), nn.Parameter
-            ):
+            # A weight dropped out (DropConnect), or a mask of a shape mcdrop cannot relate to
+            # the rows: one mask per pass, which the copies of a replicated batch could share.
+            if mask or isinstance(_arg(args, kwargs, 0, "input", None), nn.Parameter):
                 self.on_weights.add(key)
         return func(*args, **kwargs)
 

@@ -233,8 +233,9 @@ class Engine:
         if profile.replicate_unsafe and o.strategy == "replicate":
             raise ValueError(
                 "Expected a `strategy` other than 'replicate' for this model: "
-                f"{', '.join(profile.replicate_unsafe)} drops out a weight (DropConnect), which "
-                "draws one mask per pass that every copy of a replicated batch would share. Use "
+                f"{', '.join(profile.replicate_unsafe)} drops out a weight (DropConnect) or draws "
+                "its own mask (hand-written dropout): one mask per pass, which every copy of a "
+                "replicated batch could share. Use "
                 "strategy='auto', 'vmap' or 'loop'."
             )
         compiled = o.compile is not None or unwrap_compiled(self.model)[1]
