@@ -20,7 +20,14 @@ from torch import nn
 
 from mcdrop._validation import check_choice
 from mcdrop.dropout import _probe
-from mcdrop.dropout._twin import SAMPLING_LOCK, Untwinned, _model_lock, twin_of, unwrap_compiled
+from mcdrop.dropout._twin import (
+    _REGISTRIES,
+    SAMPLING_LOCK,
+    Untwinned,
+    _model_lock,
+    twin_of,
+    unwrap_compiled,
+)
 
 __all__ = ["DropoutSite", "Scope", "dropout_enabled", "dropout_sites"]
 
@@ -256,6 +263,7 @@ def _trained(model: nn.Module) -> set[str] | None:
         module._buffers = OrderedDict(
             (k, None if v is None else _meta(v)) for k, v in module._buffers.items()
         )
+    before = {name: _plain_state(module) for name, module in modules.items()}
     try:
         twin.train(True)
     except NotImplementedError:
@@ -265,7 +273,42 @@ def _trained(model: nn.Module) -> set[str] | None:
             f"Expected `{type(model).__name__}.train()` to run, as mcdrop takes training mode "
             f"from it, but it raised {type(error).__name__}: {error}."
         ) from error
+    _warn_train_writes(model, before, modules)
     return {name for name, module in modules.items() if module.training}
+
+
+def _plain_state(module: nn.Module) -> dict[str, Any]:
+    return {k: v for k, v in vars(module).items() if k not in _REGISTRIES and k != "training"}
+
+
+def _warn_train_writes(
+    model: nn.Module, before: dict[str, dict[str, Any]], modules: dict[str, nn.Module]
+) -> None:
+    """A ``train()`` that changes attributes besides the flags (a rate, a switch): mcdrop takes
+    only the flags from it and samples the model's attributes as they are; say so."""
+    changed = []
+    for name, module in modules.items():
+        after = _plain_state(module)
+        for key in before[name].keys() | after.keys():
+            old, new = before[name].get(key, "<unset>"), after.get(key, "<unset>")
+            if old is not new and not (type(old) is type(new) and _equal(old, new)):
+                changed.append(f"{name + '.' if name else ''}{key}: {old!r} -> {new!r}")
+    if changed:
+        warnings.warn(
+            f"`{type(model).__name__}.train()` changes attributes besides the training flags "
+            f"({'; '.join(changed[:5])}). mcdrop takes only the flags from it and samples the "
+            "model with its attributes as they are: where one of them sets a dropout rate or "
+            "switches dropout, set it on the model before sampling.",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
+
+
+def _equal(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
 
 
 def _meta(tensor: torch.Tensor) -> torch.Tensor:
@@ -626,6 +669,10 @@ def _plan(
     if reference.random:  # random draws besides dropout: which of them sampling leaves out
         made = _reproduce(twin, modules, probe, sites, expected, exclude, model)
         _warn_random(model, modules, reference, made, exclude)
+        if any(name in sites for name, _ in made.random):
+            _set_flags(modules, set())
+            plain = _run_probe(twin, modules, probe, what="in eval mode", model=model)
+            _warn_sampled_noise(model, modules, made, plain, sites, include)
         return finish(sites), made, None
     if not expected:
         return finish(sites), _probe.Trace(), None
@@ -670,6 +717,38 @@ def _warn_random(
         f"{listing}. If they are dropout (a mask from torch.rand_like, a per-example mask), "
         f"pass include={names!r} to sample them; if they are not (noise injection), pass "
         f"exclude={names!r} to leave them out without this warning.",
+        UserWarning,
+        stacklevel=user_stacklevel(),
+    )
+
+
+def _warn_sampled_noise(
+    model: nn.Module,
+    modules: dict[str, nn.Module],
+    made: _probe.Trace,
+    plain: _probe.Trace,
+    sites: dict[str, DropoutSite],
+    include: ModuleFilter,
+) -> None:
+    """A site whose training mode also draws random numbers that are not dropout (noise next
+    to its dropout, in one ``if self.training``): they sample with its dropout, as one flag
+    switches both; say so (not for modules the caller named with ``include=``)."""
+    extra = sorted(
+        (name, label)
+        for (name, label), count in made.random.items()
+        if name in sites
+        and count > plain.random[(name, label)]
+        and not _matches(include, name, modules[name])
+    )
+    if not extra:
+        return
+    listing = "; ".join(f"`{name or '<model>'}`: {label}" for name, label in extra)
+    names = sorted({name for name, _ in extra})
+    warnings.warn(
+        f"Dropout sites of `{type(model).__name__}` also draw random numbers in training mode "
+        f"that are not dropout ({listing}); one training flag switches both, so they sample "
+        f"with the dropout. Pass exclude={names!r} to leave those modules (and their dropout) "
+        "off, or move the other randomness into a module of its own.",
         UserWarning,
         stacklevel=user_stacklevel(),
     )

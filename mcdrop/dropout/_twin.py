@@ -15,6 +15,7 @@ for them and the caller falls back to switching flags under a per-model lock.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import enum
@@ -53,6 +54,8 @@ _OWN_DICTS = (
 )
 _OWN_SETS = ("_non_persistent_buffers_set",)
 _HOOK_DICTS = frozenset(_OWN_DICTS[3:])
+_REGISTRIES = frozenset(_OWN_DICTS + _OWN_SETS)
+_PLAIN = frozenset({bool, int, float, str, type(None)})  # attribute values never looked into
 
 
 def _is_scripted(module: nn.Module) -> bool:
@@ -131,8 +134,20 @@ def _new_instance(module: nn.Module) -> nn.Module:
         return cls.__new__(cls)
 
 
-def _slots(cls: type) -> Iterator[tuple[str, Any]]:
+_SLOTS: weakref.WeakKeyDictionary[type, tuple[tuple[str, Any], ...]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _slots(cls: type) -> tuple[tuple[str, Any], ...]:
     """``(name, descriptor)`` of every ``__slots__`` entry of ``cls`` and its bases."""
+    found = _SLOTS.get(cls)
+    if found is None:
+        found = _SLOTS[cls] = tuple(_slot_entries(cls))
+    return found
+
+
+def _slot_entries(cls: type) -> Iterator[tuple[str, Any]]:
     for klass in cls.__mro__:
         names = klass.__dict__.get("__slots__", ())
         for name in (names,) if isinstance(names, str) else names:
@@ -207,10 +222,12 @@ class _Rebinder:
         state = new.__dict__
         where = name or "<model>"
         for attr, value in list(state.items()):
-            if attr in _HOOK_DICTS:  # a hook that is a method of a module runs on its twin
-                for key, hook in list(value.items()):
-                    value[key] = self.value(hook, f"{where}.{attr}[{key}]", 1)
-            if attr in _OWN_DICTS or attr in _OWN_SETS:
+            if type(value) in _PLAIN:
+                continue
+            if attr in _REGISTRIES:
+                if value and attr in _HOOK_DICTS:  # a hook that is a method of a module
+                    for key, hook in list(value.items()):
+                        value[key] = self.value(hook, f"{where}.{attr}[{key}]", 1)
                 continue
             state[attr] = self.value(value, f"{where}.{attr}", 0, copies=2)
             if callable(value) and not isinstance(value, (nn.Module, type)):
@@ -264,7 +281,12 @@ class _Rebinder:
             return functools.partial(value.func, *args, **keywords)
         if isinstance(value, dict):
             return self._rebuilt_dict(value, path, depth, copies)
-        if isinstance(value, (list, tuple, set, frozenset)):
+        if isinstance(value, weakref.ReferenceType):
+            target = value()
+            if isinstance(target, nn.Module) and id(target) in self.memo:
+                return weakref.ref(self.memo[id(target)])
+            return value
+        if isinstance(value, _COLLECTIONS):
             return self._rebuilt_collection(value, path, depth, copies)
         if isinstance(value, types.FunctionType):
             return self._rebuilt_function(value, path, depth)
@@ -327,6 +349,8 @@ class _Rebinder:
             new = copy.copy(value)
             new[:] = items
             return new
+        if isinstance(value, collections.deque):
+            return kind(items, maxlen=value.maxlen)
         return kind(items)
 
     def _rebuilt_object(self, value: Any, path: str, depth: int) -> Any:
@@ -360,6 +384,7 @@ class _Rebinder:
 
 
 _EMPTY = object()  # an empty closure cell
+_COLLECTIONS = (list, tuple, set, frozenset, collections.deque)
 _FUNCTIONS = (
     types.BuiltinFunctionType,
     types.MethodWrapperType,
@@ -384,10 +409,12 @@ def _direct_modules(value: Any) -> list[nn.Module]:
     """The modules a container or object holds directly (for naming what was not redirected)."""
     if isinstance(value, dict):
         items = list(value.values())
-    elif isinstance(value, (list, tuple, set, frozenset)):
+    elif isinstance(value, _COLLECTIONS):
         items = list(value)
     elif isinstance(value, types.MethodType):
         items = [value.__self__]
+    elif isinstance(value, weakref.ReferenceType):
+        items = [value()]
     else:
         items = list(getattr(value, "__dict__", {}).values())
         for _, descriptor in _slots(type(value)):

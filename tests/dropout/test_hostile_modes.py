@@ -8,6 +8,7 @@ randomness mcdrop does not sample is never left out silently.
 
 from __future__ import annotations
 
+import types
 import warnings
 
 import pytest
@@ -182,6 +183,40 @@ class RaisingTrain(nn.Module):
 def test_a_train_that_raises_is_reported_not_guessed():
     with pytest.raises(ValueError, match=r"RaisingTrain.train\(\)` to run.*use fit"):
         mcdrop.predict_with_uncertainty(RaisingTrain(), torch.randn(4, 5), n_samples=5)
+
+
+class RateFromTrain(nn.Module):
+    """train() sets a rate instead of a flag: mcdrop takes only flags from train(), and says so."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.drop, self.other = nn.Linear(5, 16), nn.Dropout(0.0), nn.Dropout(0.1)
+        self.head = nn.Linear(16, 3)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.drop.p = 0.5 if mode else 0.0
+        return self
+
+    def forward(self, x):
+        return self.head(self.other(self.drop(self.a(x))))
+
+
+def test_a_train_that_sets_attributes_besides_flags_is_reported():
+    model = _init(RateFromTrain)
+    before = _snapshot(model)
+    with pytest.warns(UserWarning, match=r"changes attributes besides the training flags \(drop.p"):
+        mcdrop.predict_with_uncertainty(model, torch.randn(4, 5), n_samples=5)
+    _assert_untouched(model, before)
+    assert model.drop.p == 0.0
+
+
+def test_a_train_set_on_the_instance_is_the_models_training_mode():
+    model = _init(AdapterOnly)
+    model.train = types.MethodType(lambda self, mode=True: nn.Module.train(self, mode), model)
+    sites = [s.name for s in mcdrop.dropout_sites(model, example_inputs=torch.randn(2, 5))]
+    assert sites == ["encoder.2", "adapter"]  # the instance's train() trains everything
+    assert model.train.__self__ is model
 
 
 # -- group 6: randomness in training mode that is not a dropout call -------------------------------
@@ -415,6 +450,26 @@ class EvalNoise(nn.Module):
     def forward(self, x):
         h = torch.relu(self.a(x))
         return self.b(self.drop(h + 0.1 * torch.randn_like(h)))
+
+
+class NoiseBesideDropout(nn.Module):
+    """Noise and dropout behind one training flag: sampling the dropout samples the noise."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(5, 32), nn.Linear(32, 3)
+
+    def forward(self, x):
+        h = self.a(x)
+        if self.training:
+            h = h + torch.randn_like(h)
+        return self.b(F.dropout(h, 0.3, self.training))
+
+
+def test_noise_that_samples_with_a_sites_dropout_is_reported():
+    model = _init_plain(NoiseBesideDropout)
+    with pytest.warns(UserWarning, match=r"also draw random numbers.*`<model>`: torch.randn_like"):
+        mcdrop.predict_with_uncertainty(model, torch.randn(4, 5), n_samples=5)
 
 
 def test_randomness_that_eval_mode_runs_too_is_not_reported():

@@ -11,7 +11,9 @@ from __future__ import annotations
 import collections
 import copy
 import dataclasses
+import threading
 import types
+import weakref
 
 import pytest
 import torch
@@ -180,6 +182,16 @@ class InClosure(_Base):
         return self.apply_drop
 
 
+class InDequeAndWeakref(_Base):
+    def __init__(self):
+        super().__init__()
+        self.recent = collections.deque([self.drop], maxlen=2)
+        self.ref = weakref.ref(self.drop)
+
+    def held(self):
+        return self.ref() if self.recent[0] is self.ref() else None
+
+
 CONTAINERS = [
     InOrderedDict,
     InNamedTuple,
@@ -189,6 +201,7 @@ CONTAINERS = [
     NestedThreeDeep,
     InDefaultDictOfTuples,
     InClosure,
+    InDequeAndWeakref,
 ]
 
 
@@ -369,3 +382,35 @@ def test_a_hook_that_is_a_method_of_the_model_writes_to_the_twin():
     assert model.calls == 0  # before, the twin ran the model's own method: 1 per pass
     model(torch.randn(2, 5))
     assert model.calls == 1
+
+
+def test_other_threads_see_the_eval_model_while_odd_models_are_sampled():
+    models = [InOrderedDict().eval(), InClosure().eval(), SlottedModule().eval()]
+    x = torch.randn(8, 5)
+    with torch.no_grad():
+        expected = [m(x) for m in models]
+    before = [_snapshot(m) for m in models]
+    stop, errors, mismatches = threading.Event(), [], []
+
+    def sample():
+        try:
+            while not stop.is_set():
+                for m in models:
+                    mcdrop.predict_with_uncertainty(m, x, n_samples=20, strategy="loop")
+        except BaseException as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    thread = threading.Thread(target=sample)
+    thread.start()
+    try:
+        for _ in range(60):
+            for m, want in zip(models, expected, strict=True):
+                with torch.no_grad():
+                    if not torch.equal(m(x), want):
+                        mismatches.append(type(m).__name__)
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors and not mismatches
+    for m, snap in zip(models, before, strict=True):
+        _assert_untouched(m, snap)
