@@ -6,6 +6,13 @@ objects (no copy, no extra memory), but whose ``training`` flag and hook registr
 Switching the twin's dropout on, or registering probe hooks on it, writes nothing the model can
 see, so any number of threads may call the model and mcdrop at once.
 
+Every reference a twin module holds to a module of the model (in attributes, ``__slots__``,
+containers and plain objects nested to any reasonable depth, bound methods, partials, closures,
+hooks) is pointed at its twin (:class:`_Rebinder`); what cannot be redirected is returned in
+:class:`Untwinned`, and the training-mode probe refuses a model whose forward runs it
+(:mod:`mcdrop.dropout._probe`). fx ``GraphModule`` classes, made per instance with the generated
+``forward``, are kept.
+
 A twin is built at every call (O(number of modules), about a microsecond each), so a submodule,
 parameter or attribute replaced between calls is never sampled stale.
 
