@@ -141,9 +141,7 @@ def _new_instance(module: nn.Module) -> nn.Module:
         return cls.__new__(cls)
 
 
-_SLOTS: weakref.WeakKeyDictionary[type, tuple[tuple[str, Any], ...]] = (
-    weakref.WeakKeyDictionary()
-)
+_SLOTS: weakref.WeakKeyDictionary[type, tuple[tuple[str, Any], ...]] = weakref.WeakKeyDictionary()
 
 
 def _slots(cls: type) -> tuple[tuple[str, Any], ...]:

@@ -414,3 +414,32 @@ def test_other_threads_see_the_eval_model_while_odd_models_are_sampled():
     assert not errors and not mismatches
     for m, snap in zip(models, before, strict=True):
         _assert_untouched(m, snap)
+
+
+_INTERRUPTS = [1]
+
+
+class InterruptedOnce(_Base):
+    """Raises KeyboardInterrupt in the first forward it runs (the probe): a user's Ctrl-C."""
+
+    def held(self):
+        if _INTERRUPTS:
+            _INTERRUPTS.pop()
+            raise KeyboardInterrupt
+        return self.table["drop"]
+
+    def __init__(self):
+        super().__init__()
+        self.table = collections.OrderedDict(drop=self.drop)
+
+
+def test_an_interrupt_inside_the_probe_leaves_the_model_and_the_next_call_intact():
+    torch.manual_seed(0)
+    model = InterruptedOnce().eval()
+    before = _snapshot(model)
+    x = torch.randn(16, 5)
+    with pytest.raises(KeyboardInterrupt):
+        mcdrop.predict_with_uncertainty(model, x, n_samples=5)
+    _assert_untouched(model, before)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    _check_against_training(model, x)
