@@ -67,19 +67,21 @@ _SCORES = ("mutual_information", "predictive_entropy", "expected_entropy", "vari
 
 def _classification(preds: Any, target: Any) -> tuple[np.ndarray, np.ndarray]:
     """Validated ``(labels (M,), probs (M, C))`` of one batch, dense outputs flattened."""
+    names = ("target", "preds")  # the errors name the arguments of update(preds, target)
     if isinstance(preds, ClassificationResult):
         mean = preds.mean.movedim(preds.class_dim, -1)
         probs: Any = mean.reshape(-1, mean.shape[-1])
+        names = ("target", "preds.mean")
         if target is None:
-            target = preds.targets
+            target, names = preds.targets, ("preds.targets", "preds.mean")
     else:
         probs = preds
     if target is None:
         raise ValueError(
             "Expected `target` (or the result's `targets`) to hold labels, but got None."
         )
-    labels = _v.to_array("target", target).reshape(-1)
-    return _v.check_classification(labels, probs, allow_1d=False)
+    labels = _v.to_array(names[0], target).reshape(-1)
+    return _v.check_classification(labels, probs, allow_1d=False, names=names)
 
 
 class _SumMetric(Metric):
@@ -145,14 +147,26 @@ class GaussianNLL(_SumMetric):
 
     def update(self, preds: Any, target: Any = None) -> None:
         """Add a batch: ``preds`` a RegressionResult or a ``(mean, variance)`` pair."""
+        t_name, m_name, v_name = "target", "preds.mean", "preds.variance"
         if isinstance(preds, RegressionResult):
             mean, var = preds.mean, preds.variance
-            target = preds.targets if target is None else target
+            if target is None:
+                target, t_name = preds.targets, "preds.targets"
+        elif isinstance(preds, (tuple, list)) and len(preds) == 2:
+            (mean, var), m_name, v_name = preds, "preds[0]", "preds[1]"
         else:
-            mean, var = preds
+            raise TypeError(
+                "Expected `preds` to be a RegressionResult or a (mean, variance) pair, but got "
+                f"{type(preds).__name__}."
+            )
         if target is None:
             raise ValueError("Expected `target` (or the result's `targets`), but got None.")
-        values = _m.gaussian_nll(target, mean, var, reduction="none")
+        # Validated here so that the errors name the arguments of update(preds, target).
+        y = _v.as_real(t_name, target)
+        means = _v.match_shape(m_name, _v.as_real(m_name, mean), t_name, y)
+        variances = _v.match_shape(v_name, _v.as_real(v_name, var), t_name, y)
+        _v.check_positive(v_name, variances)
+        values = _m.gaussian_nll(y, means, variances, reduction="none")
         self._add(float(np.mean(values)), int(np.size(values)))
 
 

@@ -191,6 +191,11 @@ def evaluate(
             raise ValueError(
                 f"Expected `y_true` with {probs.shape[0]} labels, but got {keep.shape[0]}."
             )
+        if not keep.any():
+            raise ValueError(
+                f"Expected some labels other than `ignore_index` ({ignore_index}), but all "
+                f"{keep.shape[0]} labels of `y_true` equal it: there is nothing to evaluate."
+            )
         probs, targets = probs[keep], targets[keep]
     return _evaluate_classification(probs, targets, n_bins)
 

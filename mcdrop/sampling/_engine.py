@@ -25,6 +25,7 @@ from mcdrop.sampling import _memory as memory
 from mcdrop.sampling import _planner as planner
 from mcdrop.sampling._inputs import _Batch
 from mcdrop.sampling._options import SamplingOptions
+from mcdrop.sampling._refusals import refuse_up_front
 from mcdrop.sampling._rng import forked_rng, sampling_rng
 from mcdrop.sampling._run import Run
 from mcdrop.sampling._strategies import Runner
@@ -60,6 +61,7 @@ class Engine:
     def run(self, first: _Batch, seed: int | None, n_examples: int | None) -> Iterator[Run]:
         """Seeded sampling of the batches of one call (``n_examples`` in all, None when
         unknown): the sampling twin, built and probed on ``first``, and the call's plan."""
+        refuse_up_front(self.model, first, self.device)
         o = self.options
         with sampling_rng(seed, self.device), torch.inference_mode():
             first = first.to(self.device)

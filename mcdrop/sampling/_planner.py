@@ -185,9 +185,9 @@ def _refuse(strategy: str, profile: Profile) -> None:
     if profile.replicate_unsafe and strategy == "replicate":
         raise ValueError(
             "Expected a `strategy` other than 'replicate' for this model: "
-            f"{', '.join(profile.replicate_unsafe)} drops out a weight (DropConnect), which "
-            "draws one mask per pass that every copy of a replicated batch would share. Use "
-            "strategy='auto', 'vmap' or 'loop'."
+            f"{', '.join(profile.replicate_unsafe)} drops out a weight (DropConnect) or draws "
+            "its own mask (hand-written dropout): one mask per pass, which every copy of a "
+            "replicated batch could share. Use strategy='auto', 'vmap' or 'loop'."
         )
 
 

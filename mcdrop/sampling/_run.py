@@ -44,6 +44,10 @@ _VMAP_UNSAFE = frozenset(
         "torch.rnn_relu",
         "F.scaled_dot_product_attention",
         "F.multi_head_attention_forward",
+        # Hand-written dropout fills a new tensor in place (``x.new_empty(B, 1, H).bernoulli_``):
+        # under vmap the new tensor is not batched, and vmap refuses a different draw per sample.
+        "Tensor.bernoulli_",
+        "aten.bernoulli_",
     }
 )
 # PyTorch layers whose dropout runs inside a fused kernel (attention, RNNs); containers such as
