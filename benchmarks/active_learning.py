@@ -168,11 +168,14 @@ def summary(results: dict, level: float) -> str:
         for method, runs in by_method.items():
             reached = [labels_to_reach(r, level) for r in runs]
             values = np.array([np.inf if r is None else r for r in reached], dtype=float)
-            q25, q50, q75 = np.percentile(values, [25, 50, 75], method="inverted_cdf")
+            q25, q50, q75 = (
+                f"{v:.0f}" if np.isfinite(v) else f">{runs[0]['labels'][-1]}"
+                for v in np.percentile(values, [25, 50, 75], method="inverted_cdf")
+            )
             missing = sum(r is None for r in reached)
             seconds = np.median([s for r in runs for s in r["acquire_seconds"]])
             lines.append(
-                f"  {method:15s} {q50:6.0f} [{q25:.0f}, {q75:.0f}]"
+                f"  {method:15s} {q50:>6s} [{q25}, {q75}]"
                 + (f"  ({missing} of {len(runs)} seeds never reached it)" if missing else "")
                 + f"  median acquisition {seconds:.2f} s"
             )
@@ -208,6 +211,7 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=["plain", "repeated"])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seed-list", type=int, nargs="+", help="run these seeds instead")
     parser.add_argument("--initial", type=int, default=20)
     parser.add_argument("--acquire", type=int, default=10)
     parser.add_argument("--max-labels", type=int, default=160)
@@ -229,7 +233,8 @@ def main() -> None:
         merged: dict = {}
         for path in args.plot_only:
             for kind, by_method in json.loads(path.read_text())["results"].items():
-                merged.setdefault(kind, {}).update(by_method)
+                for method, runs in by_method.items():  # runs of one method may be split
+                    merged.setdefault(kind, {}).setdefault(method, []).extend(runs)
         results = {
             kind: {m: merged[kind][m] for m in METHODS if m in merged[kind]}
             for kind in ("plain", "repeated")
@@ -241,7 +246,7 @@ def main() -> None:
             results[kind] = {}
             for method in args.methods:
                 runs = []
-                for seed in range(args.seeds):
+                for seed in args.seed_list or range(args.seeds):
                     start = time.perf_counter()
                     runs.append(run(kind, method, seed, args))
                     print(
@@ -249,10 +254,10 @@ def main() -> None:
                         f"accuracy {runs[-1]['accuracy'][0]:.3f} -> {runs[-1]['accuracy'][-1]:.3f}",
                         flush=True,
                     )
-                results[kind][method] = runs
-                if args.json:
-                    config = {k: v for k, v in vars(args).items() if not isinstance(v, Path)}
-                    args.json.write_text(json.dumps({"config": config, "results": results}))
+                    results[kind][method] = runs
+                    if args.json:  # after every seed: a cut-off run keeps what it did
+                        config = {k: v for k, v in vars(args).items() if not isinstance(v, Path)}
+                        args.json.write_text(json.dumps({"config": config, "results": results}))
     text = summary(results, args.level)
     print(text)
     if args.summary:
