@@ -280,7 +280,7 @@ def cpu_rows(profile: Profile, batch_size: int) -> int:
     batch, at most ``DEFAULT_CPU_BUDGET``."""
     if profile.bytes_per_row <= 0:
         return DEFAULT_CPU_BUDGET
-    rows = int(CPU_PASS_BYTES // profile.bytes_per_row)
+    rows = int(CPU_PASS_BYTES // max(profile.bytes_per_row, 1.0))  # a row holds a byte at least
     return max(batch_size, min(DEFAULT_CPU_BUDGET, rows))
 
 
