@@ -120,7 +120,11 @@ def bald(probs: Any, *, reduction: str | None = "mean") -> torch.Tensor:
 
 
 def entropy(probs: Any, *, reduction: str | None = "mean") -> torch.Tensor:
-    """Predictive entropy ``H[E_t p_t] = -sum_c p_c log p_c`` in nats (total uncertainty)."""
+    """Predictive entropy ``H[E_t p_t] = -sum_c p_c log p_c`` in nats (total uncertainty).
+
+    Epistemic and aleatoric uncertainty together: large where the samples disagree and where
+    they agree on a flat distribution.
+    """
     return score("entropy", probs, reduction)
 
 
@@ -134,7 +138,10 @@ def margin(probs: Any, *, reduction: str | None = "mean") -> torch.Tensor:
 
 
 def least_confidence(probs: Any, *, reduction: str | None = "mean") -> torch.Tensor:
-    """Least confidence ``1 - max_c p_c`` of the predictive probabilities ``p = E_t p_t``."""
+    """Least confidence ``1 - max_c p_c`` of the predictive probabilities ``p = E_t p_t``.
+
+    In ``[0, 1 - 1/C]``: 0 when the predictive puts all its mass on one class.
+    """
     return score("least_confidence", probs, reduction)
 
 
