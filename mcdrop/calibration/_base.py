@@ -126,9 +126,14 @@ def state_array(state: dict[str, Any], key: str, shape: tuple[int | None, ...]) 
         raise ValueError(f"Expected the saved state to hold `{key}`, but it does not.")
     value = state[key]
     try:
-        array = np.asarray(value, dtype=np.float64)
+        array = np.asarray(value)
     except (TypeError, ValueError):
-        raise ValueError(f"Expected `{key}` in the saved state to be numbers.") from None
+        array = np.asarray(None)
+    if array.dtype.kind not in "iuf":  # booleans, strings, ragged lists: not what was saved
+        raise ValueError(
+            f"Expected `{key}` in the saved state to be numbers, but got {array.dtype.name} values."
+        )
+    array = array.astype(np.float64)
     if array.ndim != len(shape) or any(
         want is not None and got != want for got, want in zip(array.shape, shape, strict=True)
     ):
@@ -210,6 +215,12 @@ def fit_labels(name: str, y: Any, n_classes: int, leading: tuple[int, ...]) -> n
     """Labels ``(N,)`` for outputs of leading shape ``(N,)`` or ``(T, N)`` (repeated T times)."""
     n = leading[-1]
     labels = check_labels(name, y, n_classes, n)
+    if np.unique(labels).size < 2:
+        raise ValueError(
+            f"Expected `{name}` to hold at least two classes to fit a recalibrator on, but every "
+            f"label is {int(labels[0]) if labels.size else 'missing'}: the fit would be certain "
+            "of that class."
+        )
     if len(leading) == 1:
         return labels
     repeats = int(np.prod(leading[:-1]))

@@ -118,6 +118,11 @@ class IsotonicCalibration(_OneVsRest):
             y_arr = state_array({"y": y}, "y", (x_arr.shape[0],))
             if x_arr.size == 0 or np.any(np.diff(x_arr) < 0) or np.any(np.diff(y_arr) < 0):
                 raise ValueError(f"Expected a non-decreasing, non-empty map for class {c}.")
+            if np.any((x_arr < 0) | (x_arr > 1) | (y_arr < 0) | (y_arr > 1)):
+                raise ValueError(
+                    f"Expected the map of class {c} in the saved state to take probabilities in "
+                    "[0, 1] to probabilities in [0, 1] (`x` and `y`)."
+                )
             pairs.append((x_arr, y_arr))
         self.thresholds_, self._n_classes = pairs, len(pairs)
 
@@ -230,9 +235,10 @@ class HistogramBinning(_OneVsRest):
         c = state_int(state, "n_classes", 2)
         edges = state_array(state, "edges", (c, self.n_bins + 1))
         values = state_array(state, "values", (c, self.n_bins))
-        if np.any(np.diff(edges, axis=1) < 0) or np.any((values < 0) | (values > 1)):
+        outside = np.any((edges < 0) | (edges > 1)) or np.any((values < 0) | (values > 1))
+        if np.any(np.diff(edges, axis=1) < 0) or outside:
             raise ValueError(
-                "Expected increasing `edges` and `values` in [0, 1] in the saved state."
+                "Expected increasing `edges` in [0, 1] and `values` in [0, 1] in the saved state."
             )
         self.edges_, self.values_, self._n_classes = edges, values, c
 
