@@ -217,9 +217,7 @@ def _unchecked(fn: Callable[..., Any]) -> Callable[..., Any]:
     namespace = dict(fn.__globals__)
     for name in ("has_torch_function", "has_torch_function_unary", "has_torch_function_variadic"):
         namespace[name] = _never
-    copy = types.FunctionType(
-        fn.__code__, namespace, fn.__name__, fn.__defaults__, fn.__closure__
-    )
+    copy = types.FunctionType(fn.__code__, namespace, fn.__name__, fn.__defaults__, fn.__closure__)
     copy.__kwdefaults__ = fn.__kwdefaults__
     return copy
 
@@ -517,7 +515,16 @@ class MaskedDropout(TorchFunctionMode):
     def _attention(
         self, label: str, p: float, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> torch.Tensor:
-        names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+        names = (
+            "query",
+            "key",
+            "value",
+            "attn_mask",
+            "dropout_p",
+            "is_causal",
+            "scale",
+            "enable_gqa",
+        )
         bound = dict(zip(names, args, strict=False), **kwargs)
         q, k, v = bound["query"], bound["key"], bound["value"]
         key = self._key(label)

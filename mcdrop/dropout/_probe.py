@@ -204,14 +204,28 @@ def _never_skip(out: torch.Tensor) -> torch.Tensor:
     return torch.ones(out.shape, dtype=out.dtype, device=out.device)
 
 
+def layer_skip_draw(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """For a ``torch.rand(*args, **kwargs)`` of one element (layer drop: ``if torch.rand([]) <
+    p: skip``), the 1 that keeps the layer, drawn from no generator; ``None`` for any other."""
+    try:
+        shape = torch.empty(*args, **{k: v for k, v in kwargs.items() if k != "generator"})
+    except (TypeError, RuntimeError):
+        return None
+    return _never_skip(shape) if shape.numel() == 1 else None
+
+
 class NoLayerSkip(TorchFunctionMode):
     """A one-element ``torch.rand`` returns 1 while sampling: random layer skipping (layer drop,
     ``if torch.rand([]) < p: skip``) is training-only behaviour that is not dropout, and it stays
     off even in a module whose own dropout samples (Hugging Face's ``BartEncoder``)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        out = func(*args, **(kwargs or {}))
-        return _never_skip(out) if func is torch.rand and out.numel() == 1 else out
+        kwargs = kwargs or {}
+        if func is torch.rand:
+            ones = layer_skip_draw(args, kwargs)
+            if ones is not None:
+                return ones
+        return func(*args, **kwargs)
 
 
 def _with_arg(
@@ -229,8 +243,8 @@ class NoDropout(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
         if func is torch.rand:
-            out = func(*args, **kwargs)
-            return _never_skip(out) if out.numel() == 1 else out
+            ones = layer_skip_draw(args, kwargs)
+            return func(*args, **kwargs) if ones is None else ones
         _, p = dropout_call(func, args, kwargs)
         if p <= 0.0:
             return func(*args, **kwargs)
@@ -264,11 +278,12 @@ class _Recorder(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
         if func is torch.rand:
-            out = func(*args, **kwargs)
-            if out.numel() == 1:  # layer drop draws one number: "if torch.rand([]) < p: skip"
-                self.layer_skips.add(self.stack[-1] if self.stack else "")
-                return _never_skip(out)
-            return out
+            ones = layer_skip_draw(args, kwargs)
+            if ones is None:
+                return func(*args, **kwargs)
+            # layer drop draws one number: "if torch.rand([]) < p: skip"
+            self.layer_skips.add(self.stack[-1] if self.stack else "")
+            return ones
         label, p = dropout_call(func, args, kwargs)
         if p > 0.0:
             key = (self.stack[-1] if self.stack else "", label, p)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from mcdrop._validation import check_float
-from mcdrop.results._file import FORMAT, FORMAT_VERSION, check_result, read_result_file
+from mcdrop.results._file import FORMAT, MASK_KINDS, check_result, read_result_file
 
 __all__ = ["ClassificationResult", "RegressionResult", "load_result"]
 
@@ -65,13 +65,15 @@ class _ResultMixin:
             Destination file. NumPy appends ``.npz`` when the name has no such suffix.
         """
         arrays: dict[str, np.ndarray] = {}
-        meta: dict[str, Any] = {"format": FORMAT, "version": FORMAT_VERSION}
+        shared = self.masks == "shared"  # type: ignore[attr-defined]
+        # Version 1 files (every mcdrop reads them) unless the result has shared masks.
+        meta: dict[str, Any] = {"format": FORMAT, "version": 2 if shared else 1}
         meta["task"] = self.task
         for field in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, field.name)
             if isinstance(value, torch.Tensor):
                 arrays[field.name] = value.detach().cpu().numpy()
-            else:
+            elif field.name != "masks" or shared:
                 meta[field.name] = value
         # The schema that load_result applies: a result that could not be loaded is not written.
         check_result(meta, arrays, f"the result to save to {os.fspath(path)!r}")
@@ -90,6 +92,10 @@ class _ResultMixin:
         return result
 
     def _check_common(self, leading: torch.Tensor) -> None:
+        if self.masks not in MASK_KINDS:  # type: ignore[attr-defined]
+            raise ValueError(
+                f"Expected `masks` to be one of {list(MASK_KINDS)}, but got {self.masks!r}."  # type: ignore[attr-defined]
+            )
         if self.n_samples < 1:  # type: ignore[attr-defined]
             raise ValueError(f"Expected `n_samples` >= 1, but got {self.n_samples}.")  # type: ignore[attr-defined]
         targets = self.targets  # type: ignore[attr-defined]
@@ -141,6 +147,11 @@ class ClassificationResult(_ResultMixin):
     standard_error_reached : float or None, default=None
         Largest Monte Carlo standard error of ``mean`` when sampling stopped (adaptive
         ``n_samples``); ``None`` for a fixed ``n_samples``.
+    masks : {"independent", "shared"}, default="independent"
+        How the dropout masks were drawn: ``"shared"`` when sample ``t`` was one network ``f_t``
+        for every example (``masks="shared"``: ``samples[t]`` are that network's outputs, joint
+        quantities across examples are meaningful), ``"independent"`` when each example drew its
+        own.
 
     Notes
     -----
@@ -168,6 +179,7 @@ class ClassificationResult(_ResultMixin):
     samples: torch.Tensor | None = None
     standard_error: torch.Tensor | None = None
     standard_error_reached: float | None = None
+    masks: str = "independent"
 
     def __post_init__(self) -> None:
         for name in ("variance", "standard_error"):
@@ -248,6 +260,8 @@ class RegressionResult(_ResultMixin):
         ``epistemic_variance`` and ``n_samples`` when not given.
     standard_error_reached : float or None, default=None
         Largest Monte Carlo standard error of ``mean`` when adaptive sampling stopped.
+    masks : {"independent", "shared"}, default="independent"
+        How the dropout masks were drawn (see :class:`ClassificationResult`).
     """
 
     task: ClassVar[str] = "regression"
@@ -262,6 +276,7 @@ class RegressionResult(_ResultMixin):
     samples: torch.Tensor | None = None
     standard_error: torch.Tensor | None = None
     standard_error_reached: float | None = None
+    masks: str = "independent"
 
     def __post_init__(self) -> None:
         if self.standard_error is None:

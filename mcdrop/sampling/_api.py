@@ -14,7 +14,7 @@ from mcdrop.results import ClassificationResult, RegressionResult
 from mcdrop.sampling import _driver as driver
 from mcdrop.sampling._inputs import _Batch, _leading_size
 from mcdrop.sampling._options import CALL_OPTIONS, SamplingOptions, resolve_device
-from mcdrop.sampling._rng import seed_from
+from mcdrop.sampling._rng import fresh_seed, seed_from
 
 __all__ = ["MCDropout", "predict_with_uncertainty"]
 
@@ -51,6 +51,7 @@ def predict_with_uncertainty(
     progress: bool | None = None,
     distributed: bool = False,
     rank0_only: bool = False,
+    masks: str = "independent",
 ) -> ClassificationResult | RegressionResult:
     """Monte Carlo dropout predictive distribution of ``model`` on ``inputs``.
 
@@ -150,6 +151,14 @@ def predict_with_uncertainty(
         ``DataLoader`` over a map-style dataset cannot be sharded.
     rank0_only : bool, default=False
         With ``distributed=True``: gather the result on rank 0 only; other ranks get ``None``.
+    masks : {"independent", "shared"}, default="independent"
+        ``"independent"``: every sample draws its dropout masks afresh for every example (the
+        marginal predictive of each example). ``"shared"``: sample ``t`` is one network
+        ``f_t``, the same for every example, batch, chunk, strategy and call with the same
+        ``seed`` — what joint quantities need (BatchBALD, EPIG, the joint predictive of a set of
+        inputs, sample functions). Each example's distribution is the same in both; masks are
+        then drawn from mcdrop's own counter-based generator, never from PyTorch's global one.
+        See the user guide's *Shared masks* page for what a mask is indexed by.
 
     Returns
     -------
@@ -196,6 +205,7 @@ def predict_with_uncertainty(
         max_samples=max_samples,
         device=device,
         target_key=target_key,
+        masks=masks,
     )
     distributed = check_bool("distributed", distributed)
     if check_bool("rank0_only", rank0_only) and not distributed:
@@ -233,6 +243,9 @@ class MCDropout(SamplingWrapper):
         Any keyword option of :func:`predict_with_uncertainty` (``task``, ``outputs``,
         ``strategy``, ``scope``, ``batch_budget``, ``amp``, ``seed``, ...), validated once. One
         engine is kept between calls: its out-of-memory back-off and CUDA sizing carry over.
+        With ``masks="shared"`` the wrapper is one ensemble of ``T`` networks: every call
+        applies the same ``T`` networks (drawn once, from ``seed`` when given), so calls on
+        different inputs (decoding steps, a pool and a target set) are joint draws.
 
     Attributes
     ----------
@@ -283,6 +296,9 @@ class MCDropout(SamplingWrapper):
         resolve_device("result_device", options.get("result_device", "cpu"))
         self.n_samples = self._sampling.n_samples
         self._seed = seed_from(options.get("seed"), options.get("generator"))
+        if self._seed is None and self._sampling.masks == "shared":
+            # Shared masks: the wrapper is one ensemble of T networks, the same at every call.
+            self._seed = fresh_seed()
         self._engine: driver.Engine | None = None  # built at the first call, then kept
         self.last_strategy: str | None = None  # what the last forward used (auto decision)
         self.last_samples_per_pass: int | None = None  # after out-of-memory back-off

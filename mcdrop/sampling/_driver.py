@@ -30,11 +30,13 @@ from tqdm.auto import tqdm
 from mcdrop.dropout import (
     GATING_TYPES,
     DropoutSite,
+    MaskedDropout,
     NoDropout,
     Probe,
     Recording,
     Sampling,
     check_sites,
+    infer_layouts,
     recording,
     sampling_twin,
     unwrap_compiled,
@@ -45,7 +47,7 @@ from mcdrop.sampling import _memory as memory
 from mcdrop.sampling import _planner as planner
 from mcdrop.sampling._inputs import _Batch, iter_batches
 from mcdrop.sampling._options import SamplingOptions
-from mcdrop.sampling._rng import forked_rng, rng_state, sampling_rng
+from mcdrop.sampling._rng import forked_rng, fresh_seed, rng_state, sampling_rng
 from mcdrop.sampling._strategies import Outputs, Recorded, Runner, varies
 from mcdrop.stats import (
     ClassificationAccumulator,
@@ -102,12 +104,23 @@ def _unprobed(sampling: Sampling) -> set[str]:
     return unsafe
 
 
-def _profile(sampling: Sampling, probe_rows: int) -> planner.Profile:
+# Kernels that shared masks replace by explicit math, which vmap batches (the RNN kernels stay).
+_SHARED_VMAP_SAFE = frozenset({"F.scaled_dot_product_attention", "F.multi_head_attention_forward"})
+
+
+def _profile(
+    sampling: Sampling, probe_rows: int, masks: MaskedDropout | None = None
+) -> planner.Profile:
     functions = {f for site in sampling.sites for f in site.functions}
+    if masks is not None:
+        functions -= _SHARED_VMAP_SAFE
     trace = sampling.trace
     # With the check pending the trace is the training probe's: only the calls that sample.
     sampled = trace.calls if sampling.pending is None else sampling.pending.expected
     on_weights = {key[0] or "<model>" for key in trace.on_weights if key in sampled}
+    if masks is not None:  # a tensor without a batch dimension takes one mask per pass
+        unbatched = masks.layouts or {}
+        on_weights |= {key[0] or "<model>" for key, lay in unbatched.items() if lay.dim is None}
     counted = trace.flops_complete  # else the FLOPs, the prefix share and the call's size unknown
     return planner.Profile(
         prefix_flops=trace.prefix_flops(sampled) if counted else 0,
@@ -152,18 +165,28 @@ class Engine:
         o = self.options
         self.call_rows = None if n_examples is None else n_examples * o.n_samples
         self.dropped = set()
-        with sampling_rng(seed, self.device), torch.inference_mode():
+        shared = o.masks == "shared"
+        if shared:
+            _check_shareable(self.model)
+            seed = fresh_seed() if seed is None else seed
+        # Shared masks draw from no global generator: it is neither seeded nor forked.
+        with sampling_rng(None if shared else seed, self.device), torch.inference_mode():
             first = first.to(self.device)
             small = _slice(first, 0, min(2, first.size))
-            probe = Probe((small.args, small.kwargs), (first.args, first.kwargs))
-            # Without compile, the sampling twin's check runs on the first chunk (Session).
+            probe = Probe(
+                (small.args, small.kwargs),
+                (first.args, first.kwargs),
+                private=seed if shared else None,
+            )
+            # Without compile, the sampling twin's check runs on the first chunk (Session); with
+            # shared masks the sites are settled first (the layout probe runs on them).
             with sampling_twin(
                 self.model,
                 o.scope,
                 o.include,
                 o.exclude,
                 probe if o.detect_silent else None,
-                defer=o.compile is None,
+                defer=o.compile is None and not shared,
             ) as sampling:
                 check_sites(self.model, sampling.sites)
                 module: Any = sampling.module
@@ -171,6 +194,7 @@ class Engine:
                     # Cheap: dynamo caches graphs on the forward's code object, guarded on the
                     # module's structure and flags, so a new twin per call reuses them.
                     module = torch.compile(module, **o.compile)
+                masks = MaskedDropout(seed, layouts={}) if shared else None
                 runner = Runner(
                     module,
                     device=self.device,
@@ -178,6 +202,8 @@ class Engine:
                     n_outputs=o.n_outputs,
                     output_transform=o.output_transform,
                     no_layer_skip=bool(sampling.trace.layer_skips),
+                    masks=masks,
+                    attributed=None if masks is None else _attribution(masks, sampling),
                 )
                 if sampling.pending is None:
                     _log_layer_skips(sampling.trace.layer_skips)
@@ -185,11 +211,13 @@ class Engine:
                 # them (eval flags, other shapes) would not pay.
                 eager = copy.copy(runner)
                 eager.module = getattr(sampling.module, "_orig_mod", sampling.module)
-                self._choose(eager, small, first, _profile(sampling, small.size))
+                if masks is not None:
+                    _learn_layouts(eager, first)
+                self._choose(eager, small, first, _profile(sampling, small.size, masks))
                 if self.memory_sized:
                     self.planner.budget = self._cuda_budget(eager, first)
                 try:
-                    yield Session(self, runner, sampling, seeded=seed is not None)
+                    yield Session(self, runner, sampling, seeded=seed is not None and not shared)
                 finally:  # the engine outlives the call (MCDropout): keep no batch or twin
                     self.first = self.runner = self.probe_batch = None
 
@@ -298,7 +326,7 @@ class Engine:
             reason = f"{type(error).__name__}: {error}"
         elif outs is not None and outs[0].shape[0] > 1 and not varies(outs):
             assert self.probe_batch is not None
-            with forked_rng(self.device):
+            with forked_rng(self.device, private=runner.masks is not None):
                 if not varies(runner.run("loop", self.probe_batch, 2)):
                     return False  # the loop does not vary either: the checks will say why
             reason = "it drew identical samples where the loop did not"
@@ -342,7 +370,7 @@ class Engine:
         dev = self.device
         k = 2
         try:
-            with forked_rng(dev):
+            with forked_rng(dev, private=runner.masks is not None):
                 runner.run("replicate", batch, k)
                 peak, outs = memory.pass_bytes(lambda: runner.run("replicate", batch, k), dev)
         except torch.OutOfMemoryError:
@@ -413,7 +441,8 @@ def _rows_interact(runner: Runner, first: _Batch) -> str | None:
     """
     alone, beside = _interaction_batches(first)
     try:
-        with forked_rng(runner.device):  # other randomness of the model: not the caller's
+        # other randomness of the model: not the caller's
+        with forked_rng(runner.device, private=runner.masks is not None):
             a = runner.run("loop", alone, 1, record=NoDropout)
             b = runner.run("loop", beside, 1, record=NoDropout)
             if _outputs_agree(a, b, runner):
@@ -482,8 +511,9 @@ class Session:
     def sites(self) -> list[DropoutSite]:
         return self.sampling.sites
 
-    def chunk(self, batch: _Batch, k: int) -> tuple[int, Outputs]:
+    def chunk(self, batch: _Batch, k: int, first: int = 0) -> tuple[int, Outputs]:
         """Up to ``k`` samples of ``batch``, backing off on out-of-memory; ``(k used, outputs)``.
+        ``first``: the index of the first sample (shared masks: sample ``t`` is network ``f_t``).
 
         Only ``torch.OutOfMemoryError`` is retried (fewer samples, then fewer examples per pass);
         any other error propagates. The first chunk also checks the ``auto`` candidate and the
@@ -502,7 +532,7 @@ class Session:
             k = min(k, plan.sample_cap or k)
             examples = plan.examples_per_pass(batch.size)
             try:
-                outs, recording = self._sample(batch, k, examples)
+                outs, recording = self._sample(batch, k, examples, first)
             except torch.OutOfMemoryError:
                 self._back_off(k, batch)
                 continue
@@ -559,13 +589,15 @@ class Session:
             ) from error
         raise error
 
-    def _sample(self, batch: _Batch, k: int, examples: int) -> tuple[Outputs, Recording | None]:
+    def _sample(
+        self, batch: _Batch, k: int, examples: int, first: int = 0
+    ) -> tuple[Outputs, Recording | None]:
         """One chunk, recorded while the sampling twin's check is pending."""
         pending = self.sampling.pending
         if pending is None:
-            return self._run_split(batch, k, examples), None
+            return self._run_split(batch, k, examples, first=first), None
         with recording(pending.modules, flops=False) as rec:
-            return self._run_split(batch, k, examples, rec.modes), rec
+            return self._run_split(batch, k, examples, rec.modes, first), rec
 
     def _confirmed(self, rec: Recording) -> bool:
         """Whether the recorded chunk stands: every pass made the dropout calls the training
@@ -584,15 +616,24 @@ class Session:
         return True
 
     def _run_split(
-        self, batch: _Batch, k: int, examples: int, record: Recorded | None = None
+        self,
+        batch: _Batch,
+        k: int,
+        examples: int,
+        record: Recorded | None = None,
+        first: int = 0,
     ) -> Outputs:
         strategy = self.engine.strategy
         assert strategy is not None
         if batch.size <= examples:
-            return self.runner.run(strategy, batch, k, record=record)
+            return self.runner.run(strategy, batch, k, record=record, first=first)
         parts = [
             self.runner.run(
-                strategy, _slice(batch, lo, min(lo + examples, batch.size)), k, record=record
+                strategy,
+                _slice(batch, lo, min(lo + examples, batch.size)),
+                k,
+                record=record,
+                first=first,
             )
             for lo in range(0, batch.size, examples)
         ]
@@ -603,7 +644,7 @@ class Session:
         model's); random state forked, nothing kept."""
         dev = self.engine.device
         try:
-            with forked_rng(dev):
+            with forked_rng(dev, private=self.runner.masks is not None):
                 self.runner.run("loop", batch, 1)
         except Exception:
             return False
@@ -626,6 +667,57 @@ def _slice(batch: _Batch, lo: int, hi: int) -> _Batch:
     part = batch.map_batched(lambda t: t[lo:hi])
     part.size = hi - lo
     return part
+
+
+# -- shared masks ---------------------------------------------------------------------------------
+def _check_shareable(model: nn.Module) -> None:
+    """TorchScript runs its dropout in C++, where no mask can be given: refuse shared masks."""
+    scripted = [
+        n or "<model>" for n, m in model.named_modules() if isinstance(m, torch.jit.ScriptModule)
+    ]
+    if scripted:
+        raise ValueError(
+            f"Expected a model without TorchScript modules with masks='shared', but "
+            f"{', '.join(scripted[:3])} are scripted: their dropout runs inside TorchScript, "
+            "whose masks mcdrop cannot give. Sample the eager model, or use masks='independent'."
+        )
+
+
+def _attribution(masks: MaskedDropout, sampling: Sampling) -> Any:
+    """The hooks that name the module of each dropout call: on the sampled modules of the twin
+    (the probe attributes every call to one of them) and its root."""
+    twin = getattr(sampling.module, "_orig_mod", sampling.module)
+    names = {site.name for site in sampling.sites} | {""}
+    modules = {name: m for name, m in twin.named_modules() if name in names}
+    return lambda: masks.attributed(modules)
+
+
+def _learn_layouts(runner: Runner, first: _Batch) -> None:
+    """Where each dropout call's input holds the examples: the sampling twin on one example and
+    on two, every dropout the identity (:func:`mcdrop.dropout.infer_layouts`)."""
+    masks = runner.masks
+    assert masks is not None
+    alone = _slice(first, 0, 1)
+    if first.size >= 2:
+        pair = _slice(first, 0, 2)
+    else:  # a companion with other values: the example reversed along its last dimension
+        pair = first.map_batched(
+            lambda t: torch.cat([t[:1], t[:1].flip(-1) if t.ndim > 1 else t[:1]])
+        )
+        pair.size = 2
+    with masks.probing() as one:
+        runner.run("loop", alone, 1)
+    with masks.probing() as two:
+        runner.run("loop", pair, 1)
+    layouts, unclear = infer_layouts(one, two)
+    if unclear:
+        (site, label, index), reason = sorted(unclear.items())[0]
+        raise ValueError(
+            f"Expected to find which dimension of each dropout input holds the examples "
+            f"(masks='shared' gives every example the same mask), but for call {index + 1} of "
+            f"{label} in `{site or '<model>'}` {reason}. Use masks='independent' for this model."
+        )
+    masks.layouts = layouts
 
 
 # -- checks -----------------------------------------------------------------------------------------
@@ -748,7 +840,7 @@ def sample_batch(
         k = session.samples_per_pass(batch, o.n_samples - done)
         if o.adaptive:
             k = min(k, max(target - done, 1))
-        k, outs = session.chunk(batch, k)
+        k, outs = session.chunk(batch, k, done)
         checks.update(outs)
         if eager:
             assert checks.finite is not None
@@ -911,6 +1003,7 @@ def predict(
         "n_samples": max(counts),
         "targets": None if missing_targets or not target_parts else torch.cat(target_parts),
         "standard_error_reached": worst_se if options.adaptive else None,
+        "masks": options.masks,
     }
     if options.task == "classification":
         cd = normalise_class_dim(options.class_dim, merged["mean"].ndim)
@@ -927,7 +1020,7 @@ def sample_stack(engine: Engine, batch: _Batch, seed: int | None) -> Outputs:
         checks = _Checks(check_variation=True)
         done = 0
         while done < n:
-            k, outs = session.chunk(batch, session.samples_per_pass(batch, n - done))
+            k, outs = session.chunk(batch, session.samples_per_pass(batch, n - done), done)
             checks.update(outs)
             chunks.append(outs)
             done += k

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from mcdrop._validation import check_bool, check_choice, check_float, check_int
-from mcdrop.dropout import ModuleFilter, Scope, check_scope
+from mcdrop.dropout import MASK_KINDS, ModuleFilter, Scope, check_scope
 from mcdrop.sampling._inputs import TargetKey, check_target_key
 from mcdrop.stats import OUTPUT_KINDS
 
@@ -109,6 +109,7 @@ class SamplingOptions:
     tolerance: float = 1e-2
     device: torch.device | None = None
     target_key: TargetKey = "auto"
+    masks: str = "independent"
 
     @property
     def n_outputs(self) -> int:
@@ -139,6 +140,7 @@ class SamplingOptions:
         max_samples: int = 1000,
         device: torch.device | str | None = None,
         target_key: TargetKey = "auto",
+        masks: str = "independent",
     ) -> SamplingOptions:
         """Validate every option (names, types, ranges) and freeze them."""
         task = check_choice("task", task, ["classification", "regression"])
@@ -192,6 +194,7 @@ class SamplingOptions:
             tolerance=check_float("tolerance", tolerance, low=0.0, low_inclusive=False),
             device=resolve_device("device", device),
             target_key=check_target_key(target_key),
+            masks=check_choice("masks", masks, MASK_KINDS),
         )
 
 
