@@ -190,7 +190,9 @@ class Engine:
             ) as sampling:
                 check_sites(self.model, sampling.sites)
                 module: Any = sampling.module
-                if o.compile is not None:
+                if shared:
+                    module = _eager_for_shared_masks(module, o.compile is not None)
+                elif o.compile is not None:
                     # Cheap: dynamo caches graphs on the forward's code object, guarded on the
                     # module's structure and flags, so a new twin per call reuses them.
                     module = torch.compile(module, **o.compile)
@@ -681,6 +683,21 @@ def _check_shareable(model: nn.Module) -> None:
             f"{', '.join(scripted[:3])} are scripted: their dropout runs inside TorchScript, "
             "whose masks mcdrop cannot give. Sample the eager model, or use masks='independent'."
         )
+
+
+def _eager_for_shared_masks(module: Any, compile_option: bool) -> Any:
+    """Shared masks answer each dropout call from a ``TorchFunctionMode`` that dynamo cannot
+    trace: the twin of a compiled model (or ``compile=``) runs eagerly, with a warning."""
+    eager = getattr(module, "_orig_mod", module)
+    if compile_option or eager is not module:
+        warnings.warn(
+            "masks='shared' runs the model eagerly: torch.compile cannot trace the mode that "
+            "gives each dropout call its shared mask, so `compile=` (or the model's own "
+            "torch.compile wrapper) is not used for this call.",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
+    return eager
 
 
 def _attribution(masks: MaskedDropout, sampling: Sampling) -> Any:
