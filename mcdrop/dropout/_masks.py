@@ -434,7 +434,7 @@ class MaskedDropout(TorchFunctionMode):
         dims = [shape[i] if i in masked else 1 for i in range(ndim)]
         if self.layouts is None:  # independent draws (the training-mode probe)
             return tuple(shape), torch.rand(dims, device=device).ge(p)
-        base = chain(self.base, _text_id(key[0]), _text_id(key[1]), key[2], *extra)
+        base = self._base(key, extra)
         assert self.t is not None and self.rows is not None
         t = self.t.to(device)
         k = t.shape[0]
@@ -466,6 +466,10 @@ class MaskedDropout(TorchFunctionMode):
             h = h.permute(*before, 1, 0, *after).unsqueeze(d + 2)
             view = (*shape[:d], f, k, self.rows, *shape[d + 1 :])
         return view, h.ge(threshold(p))
+
+    def _base(self, key: Key, extra: tuple[int, ...] = ()) -> int:
+        """The key of one call: seed, module, function, call index (and the RNN layer)."""
+        return chain(self.base, _text_id(key[0]), _text_id(key[1]), key[2], *extra)
 
     def _refuse_replicate(self, key: Key) -> None:
         raise ValueError(
@@ -597,9 +601,14 @@ class MaskedDropout(TorchFunctionMode):
         a time step are the examples still running."""
         if self.layouts is None:
             return self._apply(data, key, p, {0, 1}, None)
+        assert self.t is not None
+        t = self.t.to(data.device)
+        if t.shape[0] != 1:
+            self._refuse_replicate(key)
         steps = torch.repeat_interleave(torch.arange(len(sizes)), sizes.cpu()).to(data.device)
-        grid = torch.Size((len(sizes), data.shape[1]))
-        _, keep = self._keep(key, grid, {0, 1}, Layout(None), data.device, p, (layer,))
+        # the keys of a padded batch's (time step, unit), one unit per example along the batch
+        h = hashes(self._base(key, (layer,)), t, [1, len(sizes), data.shape[1]])
+        keep = h.reshape(len(sizes), data.shape[1]).ge(threshold(p))
         scale = 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
         return data * (keep[steps].to(data.dtype) * scale)
 
