@@ -11,7 +11,8 @@ from mcdrop.calibration import StdScaling, TemperatureScaling
 from mcdrop.dropout import DropoutSite, Scope, dropout_enabled, dropout_sites
 from mcdrop.reporting import Report, report
 from mcdrop.results import ClassificationResult, RegressionResult, load_result
-from mcdrop.sampling import MCDropout, predict_with_uncertainty
+from mcdrop import stats
+from mcdrop.sampling import MCDropout, predict_with_uncertainty, sample_log_probs
 from mcdrop.stats import summarize_samples
 
 __all__ = [
@@ -32,5 +33,7 @@ __all__ = [
     "plot",
     "predict_with_uncertainty",
     "report",
+    "sample_log_probs",
+    "stats",
     "summarize_samples",
 ]

@@ -16,7 +16,8 @@ the model with exactly its training-mode dropout switched on (:mod:`mcdrop.dropo
     least half of the FLOPs come before the first dropout, else ``replicate``, else ``loop``; each
     candidate must first pass a 2-sample validity check (see :mod:`mcdrop.sampling._planner`). Every
     strategy draws independent masks for every sample and example, so the choice never changes
-    the distribution of the results.
+    the distribution of the results; with ``masks="shared"`` every strategy applies the same
+    ``T`` networks (:mod:`mcdrop.dropout._masks`), so the choice never changes the numbers.
 
 Python-level randomness (``random.random()`` in ``forward``) is drawn once per pass, so it is
 shared by the samples of a replicate or vmap pass: use ``strategy="loop"`` for such models.
@@ -29,5 +30,6 @@ from __future__ import annotations
 
 from mcdrop.sampling._api import MCDropout, predict_with_uncertainty
 from mcdrop.sampling._distributed import shard_indices
+from mcdrop.sampling._joint import sample_log_probs
 
-__all__ = ["MCDropout", "predict_with_uncertainty", "shard_indices"]
+__all__ = ["MCDropout", "predict_with_uncertainty", "sample_log_probs", "shard_indices"]

@@ -396,3 +396,21 @@ def test_refusals_name_the_site_and_the_way_out():
     scripted = torch.jit.script(_mlp())
     with pytest.raises(ValueError, match="TorchScript"):
         _samples(scripted, x)
+
+
+# -- several input sets under the same networks ------------------------------------------------------
+def test_sample_log_probs_are_joint_draws_of_the_same_networks():
+    model = _mlp()
+    pool, target = torch.randn(6, 6), torch.randn(3, 6)
+    lp_pool, lp_target = mcdrop.sample_log_probs(model, [pool, target], n_samples=30, seed=4)
+    assert lp_pool.shape == (30, 6, 3) and lp_target.shape == (30, 3, 3)
+    together = _samples(model, torch.cat([pool, target]), n_samples=30, seed=4).double().log()
+    torch.testing.assert_close(torch.cat([lp_pool, lp_target], 1), together)
+    # a copy of a pool input in the target set shares all its information with it
+    _, copy = mcdrop.sample_log_probs(model, [pool, pool[:1]], n_samples=30, seed=4)
+    mi = mcdrop.stats.pairwise_mutual_information(torch.cat([lp_pool, copy], 1))
+    assert float(mi[0, -1]) == pytest.approx(float(mi[0, 0]), rel=1e-6) and float(mi[0, 0]) > 0
+    with pytest.raises(TypeError, match="list"):
+        mcdrop.sample_log_probs(model, (pool, target))
+    with pytest.raises(TypeError, match="masks"):
+        mcdrop.sample_log_probs(model, [pool], masks="independent")
