@@ -230,7 +230,9 @@ def test_rnn_layer_by_layer_is_the_kernel(cls, batch_first):
             split = rnn.train()(x)
         whole = rnn.eval()(x)
     for a, b in zip(split, whole, strict=True):
-        pairs = zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,), strict=True)
+        pairs = zip(
+            a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,), strict=True
+        )
         for u, v in pairs:
             torch.testing.assert_close(u, v)
 
