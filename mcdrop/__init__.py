@@ -5,13 +5,12 @@
 >>> result.mean, result.mutual_information  # doctest: +SKIP
 """
 
-from mcdrop import calibration, metrics, plot
+from mcdrop import calibration, metrics, plot, stats
 from mcdrop._version import __version__
 from mcdrop.calibration import StdScaling, TemperatureScaling
 from mcdrop.dropout import DropoutSite, Scope, dropout_enabled, dropout_sites
 from mcdrop.reporting import Report, report
 from mcdrop.results import ClassificationResult, RegressionResult, load_result
-from mcdrop import stats
 from mcdrop.sampling import MCDropout, predict_with_uncertainty, sample_log_probs
 from mcdrop.stats import summarize_samples
 

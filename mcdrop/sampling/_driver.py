@@ -196,7 +196,7 @@ class Engine:
                     # Cheap: dynamo caches graphs on the forward's code object, guarded on the
                     # module's structure and flags, so a new twin per call reuses them.
                     module = torch.compile(module, **o.compile)
-                masks = MaskedDropout(seed, layouts={}) if shared else None
+                masks = None if seed is None or not shared else MaskedDropout(seed, layouts={})
                 runner = Runner(
                     module,
                     device=self.device,

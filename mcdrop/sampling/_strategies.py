@@ -179,13 +179,13 @@ class Runner:
     def _loop(self, batch: _Batch, k: int, first: int = 0) -> Outputs:
         outs = []
         for i in range(k):
-            self._start(torch.tensor([first + i]), batch.size)
+            self._start(torch.full((1,), first + i, device=self.device), batch.size)
             outs.append(self.call(batch))
         return tuple(torch.stack(parts) for parts in zip(*outs, strict=True))
 
     def _replicate(self, batch: _Batch, k: int, first: int = 0) -> Outputs:
         big = batch.map_batched(lambda t: t.repeat(k, *([1] * (t.ndim - 1))))
-        self._start(torch.arange(first, first + k), batch.size)
+        self._start(torch.arange(first, first + k, device=self.device), batch.size)
         result = []
         for out in self.call(big):
             if out.ndim == 0 or out.shape[0] != k * batch.size:

@@ -29,7 +29,6 @@ from mcdrop.stats._accumulators import (
     normalise_class_dim,
     summarize_samples,
 )
-
 from mcdrop.stats._joint import (
     joint_log_predictive,
     joint_predictive,
