@@ -332,6 +332,37 @@ def test_step_by_step_decoding_is_the_full_forward():
         torch.testing.assert_close(mc(input_ids=ids[:, :n])[:, :, -1], full[:, :, n - 1])
 
 
+def test_step_by_step_seq2seq_decoding_is_the_full_forward():
+    config = tf.BartConfig(
+        vocab_size=32,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        dropout=0.1,
+        attention_dropout=0.2,
+        activation_dropout=0.1,
+        init_std=0.2,
+        max_position_embeddings=16,
+    )
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = tf.BartForConditionalGeneration(config).eval()
+    mc = mcdrop.MCDropout(
+        model, n_samples=4, masks="shared", seed=3, class_dim=-1, output_transform=lambda o: o.logits
+    )
+    gen = torch.Generator().manual_seed(2)
+    source, target = torch.randint(3, 32, (2, 5), generator=gen), torch.randint(3, 32, (2, 5))
+    full = mc(input_ids=source, decoder_input_ids=target)
+    assert full.std(0).mean() > 1e-3
+    for n in (1, 3, 5):
+        step = mc(input_ids=source, decoder_input_ids=target[:, :n])
+        torch.testing.assert_close(step[:, :, -1], full[:, :, n - 1])
+
+
 # -- refusals -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("bad", ["Shared", "per_example", ""])
 def test_bad_masks_value_names_the_option(bad):
