@@ -262,6 +262,10 @@ _RANDOM = frozenset(
 )
 
 
+# Everything the mode answers; any other function runs as it is after one set lookup.
+_INTERCEPTED = frozenset([*_KINDS, *_PYTHON, F.scaled_dot_product_attention, *_RNN, *_RANDOM])
+
+
 def _device_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.device:
     for value in (*args, *kwargs.values()):
         if isinstance(value, torch.Tensor):
@@ -321,6 +325,7 @@ class MaskedDropout(TorchFunctionMode):
         self.t: torch.Tensor | None = None  # sample index of each group of rows in the pass
         self.rows: int | None = None  # rows per sample in the pass
         self.records: dict[Key, Any] | None = None  # while probing
+        self.bases: dict[tuple[Key, tuple[int, ...]], int] = {}  # key of each call, cached
 
     # -- passes and attribution ------------------------------------------------------------------
     def start_pass(self, t: torch.Tensor, rows: int) -> None:
@@ -390,6 +395,8 @@ class MaskedDropout(TorchFunctionMode):
     # -- dispatch --------------------------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
+        if func not in _INTERCEPTED:
+            return func(*args, **kwargs)
         if func in _RANDOM and self.layouts is not None:
             self._refuse_random(func)
         label, p = dropout_call(func, args, kwargs)
@@ -469,7 +476,11 @@ class MaskedDropout(TorchFunctionMode):
 
     def _base(self, key: Key, extra: tuple[int, ...] = ()) -> int:
         """The key of one call: seed, module, function, call index (and the RNN layer)."""
-        return chain(self.base, _text_id(key[0]), _text_id(key[1]), key[2], *extra)
+        base = self.bases.get((key, extra))
+        if base is None:
+            base = chain(self.base, _text_id(key[0]), _text_id(key[1]), key[2], *extra)
+            self.bases[(key, extra)] = base
+        return base
 
     def _refuse_replicate(self, key: Key) -> None:
         raise ValueError(

@@ -178,15 +178,15 @@ class Engine:
                 (first.args, first.kwargs),
                 private=seed if shared else None,
             )
-            # Without compile, the sampling twin's check runs on the first chunk (Session); with
-            # shared masks the sites are settled first (the layout probe runs on them).
+            # Without compile (shared masks run eagerly), the sampling twin's check runs on the
+            # first chunk (Session).
             with sampling_twin(
                 self.model,
                 o.scope,
                 o.include,
                 o.exclude,
                 probe if o.detect_silent else None,
-                defer=o.compile is None and not shared,
+                defer=o.compile is None or shared,
             ) as sampling:
                 check_sites(self.model, sampling.sites)
                 module: Any = sampling.module
@@ -236,7 +236,11 @@ class Engine:
         runner.no_layer_skip = bool(trace.layer_skips)
         _log_layer_skips(trace.layer_skips)
         if changed:
-            profile = _profile(sampling, self.probe_batch.size)
+            masks = runner.masks
+            if masks is not None:  # shared masks: the new sites' calls, and where the rows are
+                runner.attributed = self.runner.attributed = _attribution(masks, sampling)
+                _learn_layouts(self.runner, self.first)
+            profile = _profile(sampling, self.probe_batch.size, masks)
             self._choose(self.runner, self.probe_batch, self.first, profile)
         return sampling, changed
 

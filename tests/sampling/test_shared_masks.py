@@ -114,6 +114,32 @@ def test_samples_of_one_network_are_a_deterministic_function():
     assert not torch.allclose(independent[:, 0], independent[:, 1])
 
 
+class Gated(nn.Module):
+    """The dropout runs only while its parent trains: the first chunk's check adds the parent
+    to the sites, and the masks' layouts are found again for the new plan."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(6, 16)
+        self.drop = nn.Dropout(0.5)
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.body(x))
+        if self.training:
+            h = self.drop(h)
+        return self.head(h)
+
+
+def test_a_gated_dropout_found_by_the_first_chunk_shares_its_masks():
+    torch.manual_seed(0)
+    model = Gated().eval()
+    x = torch.randn(7, 6)
+    full = _samples(model, x)
+    assert not torch.allclose(full[0], full[1])
+    torch.testing.assert_close(_samples(model, x[3:4])[:, 0], full[:, 3])
+
+
 def test_mcdropout_is_one_ensemble_across_calls():
     model = _mlp()
     x = torch.randn(9, 6)
@@ -352,7 +378,12 @@ def test_step_by_step_seq2seq_decoding_is_the_full_forward():
     torch.manual_seed(0)
     model = tf.BartForConditionalGeneration(config).eval()
     mc = mcdrop.MCDropout(
-        model, n_samples=4, masks="shared", seed=3, class_dim=-1, output_transform=lambda o: o.logits
+        model,
+        n_samples=4,
+        masks="shared",
+        seed=3,
+        class_dim=-1,
+        output_transform=lambda o: o.logits,
     )
     gen = torch.Generator().manual_seed(2)
     source, target = torch.randint(3, 32, (2, 5), generator=gen), torch.randint(3, 32, (2, 5))
