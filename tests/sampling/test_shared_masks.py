@@ -7,11 +7,14 @@ itself (an example alone, in a batch, padded among longer ones, decoded step by 
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import pytest
 import torch
 from conftest import training_reference
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch.nn import functional as F
 
@@ -32,6 +35,13 @@ def _mlp(seed: int = 0) -> nn.Module:
 def _samples(model, inputs, **options):
     options = {"n_samples": 12, "seed": 7, "masks": "shared", "keep_samples": True, **options}
     return mcdrop.predict_with_uncertainty(model, inputs, **options).samples
+
+
+@functools.cache
+def _reference() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A model, 9 inputs, and their 5 networks' outputs from one loop call."""
+    model, x = _mlp(1), torch.randn(9, 6, generator=torch.Generator().manual_seed(5))
+    return model, x, _samples(model, x, strategy="loop", n_samples=5)
 
 
 # -- closed form -------------------------------------------------------------------------------------
@@ -91,6 +101,15 @@ def test_an_example_gets_the_same_networks_alone_and_in_any_batch(strategy):
     torch.testing.assert_close(again, full)
     reference = _samples(model, x, strategy="loop")
     torch.testing.assert_close(full, reference)  # every strategy: the loop's networks
+
+
+@given(st.permutations(list(range(9))), st.integers(1, 9), st.sampled_from(STRATEGIES))
+@settings(max_examples=8, deadline=None)
+def test_any_batch_composition_gives_each_example_its_networks(order, size, strategy):
+    model, x, full = _reference()
+    picked = torch.tensor(order[:size])
+    got = _samples(model, x[picked], strategy=strategy, n_samples=5)
+    torch.testing.assert_close(got, full[:, picked])
 
 
 def test_two_calls_with_one_seed_are_the_same_networks_and_seeds_differ():
@@ -392,6 +411,41 @@ def test_step_by_step_seq2seq_decoding_is_the_full_forward():
     for n in (1, 3, 5):
         step = mc(input_ids=source, decoder_input_ids=target[:, :n])
         torch.testing.assert_close(step[:, :, -1], full[:, :, n - 1])
+
+
+def test_marginals_tiny_llama_per_token():
+    config = tf.LlamaConfig(
+        vocab_size=32,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attention_dropout=0.2,
+        initializer_range=0.2,
+    )
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = tf.LlamaForCausalLM(config).eval()
+    ids = torch.randint(0, 32, (3, 5), generator=torch.Generator().manual_seed(0))
+    _check_family(
+        model,
+        {"input_ids": ids},
+        class_dim=-1,
+        transform=lambda out: out.logits,
+        strategies=("vmap",),
+    )
+
+
+def test_a_compiled_model_runs_eagerly_with_the_same_networks():
+    model = _mlp()
+    x = torch.randn(5, 6)
+    compiled = torch.compile(model, backend="eager")
+    with pytest.warns(UserWarning, match="eagerly"):
+        from_compiled = _samples(compiled, x)
+    torch.testing.assert_close(from_compiled, _samples(model, x))
+    with pytest.warns(UserWarning, match="eagerly"):
+        torch.testing.assert_close(_samples(model, x, compile=True), from_compiled)
 
 
 # -- refusals -------------------------------------------------------------------------------------------
