@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 from mcdrop._version import __version__
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time see _LAZY
-    from mcdrop import calibration, metrics, plot
+    from mcdrop import calibration, metrics, plot, stats
     from mcdrop.calibration import StdScaling, TemperatureScaling
     from mcdrop.dropout import DropoutSite, Scope, dropout_enabled, dropout_sites
     from mcdrop.reporting import Report, report
     from mcdrop.results import ClassificationResult, RegressionResult, load_result
-    from mcdrop.sampling import MCDropout, predict_with_uncertainty
+    from mcdrop.sampling import MCDropout, predict_with_uncertainty, sample_log_probs
     from mcdrop.stats import summarize_samples
 
 __all__ = [
@@ -42,6 +42,8 @@ __all__ = [
     "plot",
     "predict_with_uncertainty",
     "report",
+    "sample_log_probs",
+    "stats",
     "summarize_samples",
 ]
 
@@ -50,6 +52,7 @@ _LAZY: dict[str, str] = {
     "calibration": "mcdrop.calibration",
     "metrics": "mcdrop.metrics",
     "plot": "mcdrop.plot",
+    "stats": "mcdrop.stats",
     "StdScaling": "mcdrop.calibration",
     "TemperatureScaling": "mcdrop.calibration",
     "DropoutSite": "mcdrop.dropout",
@@ -63,6 +66,7 @@ _LAZY: dict[str, str] = {
     "load_result": "mcdrop.results",
     "MCDropout": "mcdrop.sampling",
     "predict_with_uncertainty": "mcdrop.sampling",
+    "sample_log_probs": "mcdrop.sampling",
     "summarize_samples": "mcdrop.stats",
 }
 

@@ -30,6 +30,14 @@ and warns.
 
 from __future__ import annotations
 
+from mcdrop.dropout._masks import (
+    MASK_KINDS,
+    Layout,
+    MaskedDropout,
+    PrivateRandom,
+    infer_layouts,
+    private_randomness,
+)
 from mcdrop.dropout._probe import NoDropout, NoLayerSkip, Recording, recording
 from mcdrop.dropout._sites import (
     GATING_TYPES,
@@ -55,10 +63,14 @@ __all__ = ["DropoutSite", "Scope", "dropout_enabled", "dropout_sites"]
 # Not part of the public API; used by mcdrop.sampling.
 __internal__ = [
     "GATING_TYPES",
+    "MASK_KINDS",
     "SAMPLING_LOCK",
+    "Layout",
+    "MaskedDropout",
     "ModuleFilter",
     "NoDropout",
     "NoLayerSkip",
+    "PrivateRandom",
     "Probe",
     "Recording",
     "Sampling",
@@ -67,6 +79,8 @@ __internal__ = [
     "check_materialised",
     "check_scope",
     "check_sites",
+    "infer_layouts",
+    "private_randomness",
     "recording",
     "sampling_twin",
     "unwrap_compiled",

@@ -311,14 +311,28 @@ def _never_skip(out: torch.Tensor) -> torch.Tensor:
     return torch.ones(out.shape, dtype=out.dtype, device=out.device)
 
 
+def layer_skip_draw(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """For a ``torch.rand(*args, **kwargs)`` of one element (layer drop: ``if torch.rand([]) <
+    p: skip``), the 1 that keeps the layer, drawn from no generator; ``None`` for any other."""
+    try:
+        shape = torch.empty(*args, **{k: v for k, v in kwargs.items() if k != "generator"})
+    except (TypeError, RuntimeError):
+        return None
+    return _never_skip(shape) if shape.numel() == 1 else None
+
+
 class NoLayerSkip(TorchFunctionMode):
     """A one-element ``torch.rand`` returns 1 while sampling: random layer skipping (layer drop,
     ``if torch.rand([]) < p: skip``) is training-only behaviour that is not dropout, and it stays
     off even in a module whose own dropout samples (Hugging Face's ``BartEncoder``)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        out = func(*args, **(kwargs or {}))
-        return _never_skip(out) if func is torch.rand and out.numel() == 1 else out
+        kwargs = kwargs or {}
+        if func is torch.rand:
+            ones = layer_skip_draw(args, kwargs)
+            if ones is not None:
+                return ones
+        return func(*args, **kwargs)
 
 
 def _with_arg(
@@ -337,8 +351,8 @@ class NoDropout(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
         if func is torch.rand:
-            out = func(*args, **kwargs)
-            return _never_skip(out) if out.numel() == 1 else out
+            ones = layer_skip_draw(args, kwargs)
+            return func(*args, **kwargs) if ones is None else ones
         label, _, size = mask_call(func, args, kwargs)
         if label and size > 1:
             out = func(*args, **kwargs)
@@ -418,12 +432,12 @@ class _Recorder(TorchFunctionMode):
             self._check_frames()
         where = self.stack[-1] if self.stack else ""
         if func is torch.rand:
-            out = func(*args, **kwargs)
-            if out.numel() == 1:  # layer drop draws one number: "if torch.rand([]) < p: skip"
+            ones = layer_skip_draw(args, kwargs)
+            if ones is not None:  # layer drop draws one number: "if torch.rand([]) < p: skip"
                 self.layer_skips.add(where)
-                return _never_skip(out)
+                return ones
             self._random(where, "torch.rand")
-            return out
+            return func(*args, **kwargs)
         label, p, training = _dropout(func, args, kwargs)
         if label and p > 0.0 and not training:
             self.dead[(where, label, p)] += 1

@@ -20,6 +20,7 @@ from torch import nn
 
 from mcdrop._validation import check_choice
 from mcdrop.dropout import _probe
+from mcdrop.dropout._masks import private_randomness
 from mcdrop.dropout._twin import (
     _REGISTRIES,
     SAMPLING_LOCK,
@@ -337,6 +338,16 @@ class Probe:
     call: Call
     batch: Call | None = None
     devices: list[torch.device] = dataclasses.field(default_factory=list)  # CUDA RNGs to fork
+    # A seed: the passes draw from mcdrop's own generators (masks='shared'), never from
+    # PyTorch's global ones, which are then neither forked nor restored.
+    private: int | None = None
+
+    def randomness(self) -> contextlib.AbstractContextManager[Any]:
+        """Where the probe's random numbers come from: forked global generators (restored
+        afterwards), or mcdrop's own (``private``)."""
+        if self.private is not None:
+            return private_randomness(self.private)
+        return torch.random.fork_rng(devices=self.devices)
 
 
 def _run_probe(
@@ -348,18 +359,17 @@ def _run_probe(
     model: nn.Module,
     flops: bool = False,
 ) -> _probe.Trace:
-    devices = probe.devices
     args, kwargs = probe.call
     guard = getattr(modules, "untwinned", None)
     try:
-        with SAMPLING_LOCK, torch.random.fork_rng(devices=devices), torch.inference_mode():
+        with SAMPLING_LOCK, probe.randomness(), torch.inference_mode():
             made = _probe.trace(modules, lambda: twin(*args, **kwargs), flops=flops, guard=guard)
     except Exception as error:
         # The user's own error (a wrong input width, ...), as the whole batch in eval mode gives
         # it; the twin is discarded after this error, so its flags need no restoring.
         _set_flags(modules, set())
         full_args, full_kwargs = probe.batch or probe.call
-        with torch.random.fork_rng(devices=devices), torch.inference_mode():
+        with probe.randomness(), torch.inference_mode():
             twin(*full_args, **full_kwargs)
         if isinstance(model, torch.fx.GraphModule) and "Guard failed" in str(error):
             raise ValueError(

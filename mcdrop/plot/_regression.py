@@ -230,7 +230,9 @@ class PredictiveBandsDisplay(Display):
 
     The wide, light band is the total predictive interval (epistemic + aleatoric variance),
     the narrow, darker one the epistemic interval (spread of the mean over the dropout masks).
-    Both are central Gaussian intervals of the same ``level``.
+    Both are central Gaussian intervals of the same ``level``. With shared masks
+    (``masks="shared"``, ``keep_samples=True``) a sample is one network ``f_t``, and a few of
+    them are drawn as thin lines: functions of ``x``, not independent noise per point.
 
     Parameters
     ----------
@@ -250,12 +252,16 @@ class PredictiveBandsDisplay(Display):
         Training data, drawn as points.
     name : str or None, default=None
         Legend name of the mean.
+    sample_functions : ndarray of shape (K, N) or None, default=None
+        Outputs of ``K`` sampled networks at ``x`` (shared masks), drawn as thin lines.
 
     Attributes
     ----------
     line_ : matplotlib Line2D
         Predictive mean.
     total_band_, epistemic_band_ : matplotlib PolyCollection or None
+    sample_lines_ : list of matplotlib Line2D
+        One per sample function (empty without them).
     targets_, train_points_ : matplotlib PathCollection or None
     ax_ : matplotlib Axes
     figure_ : matplotlib Figure
@@ -285,8 +291,10 @@ class PredictiveBandsDisplay(Display):
         x_train: np.ndarray | None = None,
         y_train: np.ndarray | None = None,
         name: str | None = None,
+        sample_functions: np.ndarray | None = None,
     ) -> None:
         self.x = x
+        self.sample_functions = sample_functions
         self.mean = mean
         self.total_lower = total_lower
         self.total_upper = total_upper
@@ -360,6 +368,18 @@ class PredictiveBandsDisplay(Display):
                 zorder=2,
                 label=f"{prefix}{pct} interval (epistemic)",
             )
+        self.sample_lines_ = []
+        for k, values in enumerate(() if self.sample_functions is None else self.sample_functions):
+            (line,) = ax.plot(
+                self.x,
+                values,
+                color=color,
+                alpha=0.55,
+                linewidth=0.9,
+                zorder=3,
+                label=f"{prefix}sampled networks" if k == 0 else None,
+            )
+            self.sample_lines_.append(line)
         self.targets_ = self.train_points_ = None
         if self.x_train is not None and self.y_train is not None:
             self.train_points_ = ax.scatter(
@@ -399,6 +419,7 @@ class PredictiveBandsDisplay(Display):
         x_train: ArrayLike | None = None,
         y_train: ArrayLike | None = None,
         name: str | None = None,
+        sample_functions: ArrayLike | None = None,
         ax: Axes | None = None,
         **kwargs: Any,
     ) -> PredictiveBandsDisplay:
@@ -422,6 +443,9 @@ class PredictiveBandsDisplay(Display):
             Training data.
         name : str or None, default=None
             Legend name of the mean.
+        sample_functions : array-like or Tensor of shape (K, N) or None, default=None
+            Outputs of ``K`` sampled networks at ``x`` (one network for every input: shared
+            masks), drawn as thin lines.
         ax : matplotlib Axes or None, default=None
             Axes to draw on.
         **kwargs : dict
@@ -466,6 +490,9 @@ class PredictiveBandsDisplay(Display):
                 f"got {None if x_tr is None else x_tr.size} and "
                 f"{None if y_tr is None else y_tr.size} values."
             )
+        functions = None
+        if sample_functions is not None:
+            functions = as_real("sample_functions", sample_functions).reshape(-1, n)[:, order]
         display = cls(
             xs[order],
             mu,
@@ -478,6 +505,7 @@ class PredictiveBandsDisplay(Display):
             x_train=x_tr,
             y_train=y_tr,
             name=name,
+            sample_functions=functions,
         )
         return display.plot(ax=ax, **kwargs)
 
@@ -492,6 +520,7 @@ class PredictiveBandsDisplay(Display):
         x_train: ArrayLike | None = None,
         y_train: ArrayLike | None = None,
         name: str | None = None,
+        n_functions: int | None = None,
         ax: Axes | None = None,
         **kwargs: Any,
     ) -> PredictiveBandsDisplay:
@@ -507,6 +536,10 @@ class PredictiveBandsDisplay(Display):
             Targets at ``x``; ``result.targets`` when ``None`` (no points if neither).
         level, x_train, y_train, name, ax, **kwargs
             As in :meth:`from_predictions`.
+        n_functions : int or None, default=None
+            How many sampled networks to draw as functions of ``x`` (the first ones). ``None``:
+            5 when the result has shared masks and kept samples, else none. Independent masks
+            give no functions (each point drew its own network): asking for some is an error.
 
         Returns
         -------
@@ -515,6 +548,7 @@ class PredictiveBandsDisplay(Display):
         check_result(result, "regression")
         if y_true is None:
             y_true = result.targets
+        functions = _sample_functions(result, n_functions)
         return cls.from_predictions(
             x,
             result.mean,
@@ -525,9 +559,29 @@ class PredictiveBandsDisplay(Display):
             x_train=x_train,
             y_train=y_train,
             name=name,
+            sample_functions=functions,
             ax=ax,
             **kwargs,
         )
+
+
+def _sample_functions(result: RegressionResult, n_functions: int | None) -> Any:
+    """The first ``n_functions`` samples of a shared-mask result, ``(K, N)``; None if none."""
+    usable = result.masks == "shared" and result.samples is not None
+    if n_functions is None:
+        n_functions = 5 if usable else 0
+    n_functions = check_int("n_functions", n_functions, minimum=0)
+    if n_functions == 0:
+        return None
+    if not usable:
+        raise ValueError(
+            f"Expected a result sampled with masks='shared' and keep_samples=True to draw "
+            f"`n_functions={n_functions}` sampled networks, but it has masks={result.masks!r} "
+            f"and {'kept' if result.samples is not None else 'no'} samples: with independent "
+            "masks each point drew its own network, so a sample is no function of x."
+        )
+    assert result.samples is not None
+    return result.samples[:n_functions].reshape(min(n_functions, result.n_samples), -1)
 
 
 def _interval(

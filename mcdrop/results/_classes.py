@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from mcdrop._validation import check_float
-from mcdrop.results._file import FORMAT, FORMAT_VERSION, check_result, read_result_file
+from mcdrop.results._file import FORMAT, MASK_KINDS, check_result, read_result_file
 from mcdrop.results._record import SamplingRecord
 from mcdrop.results._summary import summarize_result
 
@@ -86,7 +86,9 @@ class _ResultMixin:
             Destination file. NumPy appends ``.npz`` when the name has no such suffix.
         """
         arrays: dict[str, np.ndarray] = {}
-        meta: dict[str, Any] = {"format": FORMAT, "version": FORMAT_VERSION}
+        shared = self.masks == "shared"  # type: ignore[attr-defined]
+        # Version 1 files (every mcdrop reads them) unless the result has shared masks.
+        meta: dict[str, Any] = {"format": FORMAT, "version": 2 if shared else 1}
         meta["task"] = self.task
         for field in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, field.name)
@@ -94,7 +96,7 @@ class _ResultMixin:
                 arrays[field.name] = value.detach().cpu().numpy()
             elif isinstance(value, SamplingRecord):
                 meta[field.name] = value.to_json()
-            else:
+            elif field.name != "masks" or shared:
                 meta[field.name] = value
         # The schema that load_result applies: a result that could not be loaded is not written.
         check_result(meta, arrays, f"the result to save to {os.fspath(path)!r}")
@@ -113,6 +115,10 @@ class _ResultMixin:
         return result
 
     def _check_common(self, leading: torch.Tensor) -> None:
+        if self.masks not in MASK_KINDS:  # type: ignore[attr-defined]
+            raise ValueError(
+                f"Expected `masks` to be one of {list(MASK_KINDS)}, but got {self.masks!r}."  # type: ignore[attr-defined]
+            )
         if self.n_samples < 1:  # type: ignore[attr-defined]
             raise ValueError(f"Expected `n_samples` >= 1, but got {self.n_samples}.")  # type: ignore[attr-defined]
         targets = self.targets  # type: ignore[attr-defined]
@@ -168,6 +174,11 @@ class ClassificationResult(_ResultMixin):
         How the samples were drawn: strategy, samples per pass, the ``auto`` fallbacks and
         their reasons (:class:`mcdrop.results.SamplingRecord`); ``None`` when the result did
         not come from sampling a model (:func:`mcdrop.summarize_samples`, older files).
+    masks : {"independent", "shared"}, default="independent"
+        How the dropout masks were drawn: ``"shared"`` when sample ``t`` was one network ``f_t``
+        for every example (``masks="shared"``: ``samples[t]`` are that network's outputs, joint
+        quantities across examples are meaningful), ``"independent"`` when each example drew its
+        own.
 
     Notes
     -----
@@ -196,6 +207,7 @@ class ClassificationResult(_ResultMixin):
     standard_error: torch.Tensor | None = None
     standard_error_reached: float | None = None
     sampling: SamplingRecord | None = None
+    masks: str = "independent"
 
     def __post_init__(self) -> None:
         for name in ("variance", "standard_error"):
@@ -340,6 +352,8 @@ class RegressionResult(_ResultMixin):
         Largest Monte Carlo standard error of ``mean`` when adaptive sampling stopped.
     sampling : SamplingRecord or None, default=None
         How the samples were drawn (see :class:`ClassificationResult`).
+    masks : {"independent", "shared"}, default="independent"
+        How the dropout masks were drawn (see :class:`ClassificationResult`).
     """
 
     task: ClassVar[str] = "regression"
@@ -355,6 +369,7 @@ class RegressionResult(_ResultMixin):
     standard_error: torch.Tensor | None = None
     standard_error_reached: float | None = None
     sampling: SamplingRecord | None = None
+    masks: str = "independent"
 
     def __post_init__(self) -> None:
         if self.standard_error is None:

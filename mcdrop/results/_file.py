@@ -31,7 +31,8 @@ import numpy as np
 __all__: list[str] = []
 
 FORMAT = "mcdrop-result"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the ``masks`` field (written only for shared masks)
+MASK_KINDS = ("independent", "shared")
 _MAX_META_BYTES = 1 << 20
 _DEFLATE_MAX_RATIO = 1100  # deflate cannot compress better than ~1032:1
 _PROB_TOL = 1e-3  # probabilities may have been accumulated in float32
@@ -54,7 +55,15 @@ _TASKS = {
     ),
     "regression": _Task(("mean", "epistemic_variance", "aleatoric_variance"), _OPTIONAL, ("tau",)),
 }
-_HEADER_KEYS = ("format", "version", "task", "n_samples", "standard_error_reached", "sampling")
+_HEADER_KEYS = (
+    "format",
+    "version",
+    "task",
+    "n_samples",
+    "standard_error_reached",
+    "sampling",
+    "masks",
+)
 _MAX_TEXT = 4096  # characters of a string in the sampling record
 
 
@@ -110,6 +119,9 @@ class _Schema:
             )
         if meta.get("sampling") is not None:
             self.sampling(meta["sampling"])
+        masks = meta.get("masks", "independent")
+        if not isinstance(masks, str) or masks not in MASK_KINDS:
+            raise self.error("masks", f"is {_show(masks)}, not one of {list(MASK_KINDS)}")
         for key in task.optional:
             if meta.get(key) is not None:
                 raise self.error(key, f"is {_show(meta[key])} in the metadata, not an array")

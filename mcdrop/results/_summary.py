@@ -80,6 +80,8 @@ def format_record(record: Any) -> list[str]:
 
 def _head(result: Any, extra: str = "") -> str:
     n = result.mean.shape[0] if result.mean.ndim else 1
+    if result.masks == "shared":  # one network per sample: joint quantities are meaningful
+        extra += ", masks='shared'"
     return (
         f"{type(result).__name__}(task={result.task!r}, N={n}, T={result.n_samples}{extra}, "
         f"mean {_shape(result.mean)} {str(result.mean.dtype).removeprefix('torch.')})"

@@ -16,7 +16,9 @@ the model with exactly its training-mode dropout switched on (:mod:`mcdrop.dropo
     least half of the FLOPs come before the first dropout, else ``replicate``, else ``loop``; each
     candidate must first pass a validity check on the first chunk (see
     :mod:`mcdrop.sampling._planner`). Every strategy draws independent masks for every sample and
-    example, so the choice never changes the distribution of the results.
+    example, so the choice never changes the distribution of the results; with
+    ``masks="shared"`` every strategy applies the same ``T`` networks (:mod:`mcdrop.dropout`'s
+    mask generator), so the choice never changes the numbers.
 
 Python-level randomness (``random.random()`` in ``forward``) is drawn once per pass, so it is
 shared by the samples of a replicate or vmap pass: use ``strategy="loop"`` for such models.
@@ -34,9 +36,10 @@ from __future__ import annotations
 
 from mcdrop.sampling._api import MCDropout, predict_with_uncertainty
 from mcdrop.sampling._distributed import shard_indices
+from mcdrop.sampling._joint import sample_log_probs
 from mcdrop.sampling._options import SamplingOptions, default_of
 
-__all__ = ["MCDropout", "predict_with_uncertainty", "shard_indices"]
+__all__ = ["MCDropout", "predict_with_uncertainty", "sample_log_probs", "shard_indices"]
 
 # Not part of the public API; used by mcdrop.integrations (one set of option defaults).
 __internal__ = ["SamplingOptions", "default_of"]

@@ -24,6 +24,7 @@ from mcdrop.sampling._options import (
     keyword_parameters,
     parameters_doc,
 )
+from mcdrop.sampling._rng import fresh_seed
 
 __all__ = ["MCDropout", "predict_with_uncertainty"]
 
@@ -117,6 +118,9 @@ class MCDropout(SamplingWrapper):
         ``strategy``, ``scope``, ``batch_budget``, ``amp``, ``seed``, ...), validated once.
         Between calls only the pass sizing is kept: the out-of-memory back-off and the CUDA
         rows per pass carry over; the twin, its sites and the plan are made again per call.
+        With ``masks="shared"`` the wrapper is one ensemble of ``T`` networks: every call
+        applies the same ``T`` networks (drawn once, from ``seed`` when given), so calls on
+        different inputs (decoding steps, a pool and a target set) are joint draws.
 
     Attributes
     ----------
@@ -159,6 +163,9 @@ class MCDropout(SamplingWrapper):
         self._sampling = SamplingOptions.create(n_samples=n_samples, **options)
         self.n_samples = self._sampling.sample_limit
         self._seed = self._sampling.draw_seed()  # one seed for every forward
+        if self._seed is None and self._sampling.masks == "shared":
+            # Shared masks: the wrapper is one ensemble of T networks, the same at every call.
+            self._seed = fresh_seed()
         # Kept between calls, and only what stays valid across them (see Engine): the pass
         # sizing, whose out-of-memory back-off and CUDA rows carry over. Rebuilt when `model`
         # is replaced.

@@ -34,7 +34,8 @@ def rows_interact(runner: Runner, first: _Batch) -> str | None:
     """
     alone, beside = _interaction_batches(first)
     try:
-        with forked_rng(runner.device):  # other randomness of the model: not the caller's
+        # other randomness of the model: not the caller's
+        with forked_rng(runner.device, private=runner.masks is not None):
             a = runner.run("loop", alone, 1, record=NoDropout)
             b = runner.run("loop", beside, 1, record=NoDropout)
             if _outputs_agree(a, b, runner):

@@ -25,6 +25,7 @@ from mcdrop.results import ClassificationResult, RegressionResult
 from mcdrop.sampling._driver import predict
 from mcdrop.sampling._inputs import shard
 from mcdrop.sampling._options import SamplingOptions
+from mcdrop.sampling._rng import fresh_seed
 from mcdrop.stats import result_from_state
 
 __all__ = ["shard_indices"]
@@ -79,6 +80,15 @@ def _rank_seed(seed: int | None, rank: int) -> int:
         seed = int(torch.randint(0, 2**62, (1,)).item())
     digest = hashlib.blake2b(f"mcdrop/rank/{seed}/{rank}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 2
+
+
+def _shared_seed(seed: int | None, rank: int) -> int:
+    """The one seed of every rank with shared masks: ``seed``, or rank 0's fresh one."""
+    if seed is not None:
+        return seed
+    box: list[Any] = [fresh_seed() if rank == 0 else None]
+    _collective("seed broadcast", dist.broadcast_object_list, box, src=0)
+    return int(box[0])
 
 
 def _process_group() -> tuple[int, int]:
@@ -332,12 +342,15 @@ def predict_distributed(
     local: _Result | None = None
     failure: BaseException | None = None
     status: dict[str, Any]
+    # Shared masks: every rank samples the same T networks (one seed for all); independent
+    # masks: each rank its own stream.
+    call_seed = _shared_seed(seed, rank) if options.masks == "shared" else _rank_seed(seed, rank)
     try:
         n, local_inputs, local_targets = _shard(inputs, targets, options.batch_size, rank, world)
         if local_inputs is not None:
             if options.progress is None and rank != 0:  # one bar, on rank 0
                 options = dataclasses.replace(options, progress=False)
-            local = predict(model, local_inputs, local_targets, options, _rank_seed(seed, rank))
+            local = predict(model, local_inputs, local_targets, options, call_seed)
         rows = len(shard_indices(n, rank, world))
         status = {"ok": True, "n": n, "meta": _describe(local, rows)}
     except Exception as error:

@@ -76,7 +76,7 @@ def sample_batch(
         k = run.samples_for(batch, limit - done)
         if o.adaptive:
             k = min(k, max(target - done, 1))
-        k, outs = run.chunk(batch, k, timed=progress.timing)
+        k, outs = run.chunk(batch, k, first=done, timed=progress.timing)
         checks.update(outs)
         if eager:
             checks.check_finite(index, batch, start)
@@ -173,6 +173,7 @@ def predict(
         targets=None if target_parts is None else torch.cat(target_parts),
         standard_error_reached=worst_se if options.adaptive else None,
         sampling=record_of(run),
+        masks=options.masks,
     )
 
 
@@ -226,7 +227,7 @@ def sample_stack(engine: Engine, batch: _Batch, seed: int | None) -> tuple[Outpu
         checks = OutputChecks(check_variation=True)
         done = 0
         while done < n:
-            k, outs = run.chunk(batch, run.samples_for(batch, n - done))
+            k, outs = run.chunk(batch, run.samples_for(batch, n - done), first=done)
             checks.update(outs)
             chunks.append(outs)
             done += k

@@ -26,8 +26,9 @@ from mcdrop.sampling import _planner as planner
 from mcdrop.sampling._inputs import _Batch
 from mcdrop.sampling._options import SamplingOptions
 from mcdrop.sampling._refusals import refuse_up_front
-from mcdrop.sampling._rng import forked_rng, sampling_rng
+from mcdrop.sampling._rng import forked_rng, fresh_seed, sampling_rng
 from mcdrop.sampling._run import Run
+from mcdrop.sampling._shared import check_shareable
 from mcdrop.sampling._strategies import Runner
 
 __all__: list[str] = []
@@ -60,21 +61,34 @@ class Engine:
     @contextlib.contextmanager
     def run(self, first: _Batch, seed: int | None, n_examples: int | None) -> Iterator[Run]:
         """Seeded sampling of the batches of one call (``n_examples`` in all, None when
-        unknown): the sampling twin, built and probed on ``first``, and the call's plan."""
+        unknown): the sampling twin, built and probed on ``first``, and the call's plan.
+
+        Shared masks (``masks="shared"``) draw from mcdrop's own generator, keyed by ``seed``
+        (a fresh one when None): PyTorch's global generators are neither seeded nor forked.
+        """
         refuse_up_front(self.model, first, self.device)
         o = self.options
-        with sampling_rng(seed, self.device), torch.inference_mode():
+        shared = o.masks == "shared"
+        if shared:
+            check_shareable(self.model)
+            seed = fresh_seed() if seed is None else seed
+        with sampling_rng(None if shared else seed, self.device), torch.inference_mode():
             first = first.to(self.device)
             small = first.slice(0, min(2, first.size))
-            probe = Probe((small.args, small.kwargs), (first.args, first.kwargs))
-            # Without compile, the sampling twin's check runs on the first chunk (Run).
+            probe = Probe(
+                (small.args, small.kwargs),
+                (first.args, first.kwargs),
+                private=seed if shared else None,
+            )
+            # Without compile (shared masks run eagerly), the sampling twin's check runs on the
+            # first chunk (Run).
             with sampling_twin(
                 self.model,
                 o.scope,
                 o.include,
                 o.exclude,
                 probe if o.detect_silent else None,
-                defer=o.compile is None,
+                defer=o.compile is None or shared,
             ) as twin:
                 check_sites(self.model, twin.sites)
                 yield Run(
@@ -82,8 +96,9 @@ class Engine:
                     twin,
                     first,
                     small,
-                    seeded=seed is not None,
+                    seeded=seed is not None and not shared,
                     call_rows=None if n_examples is None else n_examples * o.sample_limit,
+                    masks_seed=seed if shared else None,
                 )
 
     # -- CUDA rows per pass ---------------------------------------------------------------------
@@ -112,7 +127,7 @@ def measure_rows(runner: Runner, batch: _Batch, device: torch.device) -> int | N
     """
     k = 2
     try:
-        with forked_rng(device):
+        with forked_rng(device, private=runner.masks is not None):
             runner.run("replicate", batch, k)
             peak, outs = memory.pass_bytes(lambda: runner.run("replicate", batch, k), device)
     except torch.OutOfMemoryError:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from mcdrop._validation import check_bool, check_choice, check_float, check_int
-from mcdrop.dropout import ModuleFilter, check_filter, check_scope
+from mcdrop.dropout import MASK_KINDS, ModuleFilter, check_filter, check_scope
 from mcdrop.sampling._inputs import TargetKey, check_target_key
 from mcdrop.sampling._rng import check_generator, check_seed, seed_from
 from mcdrop.stats import OUTPUT_KINDS
@@ -315,6 +315,18 @@ class SamplingOptions:
         check_generator,
         """generator : torch.Generator, optional
         Alternative to ``seed``: one seed is drawn from it.""",
+    )
+    masks: str = option(
+        "independent",
+        _choice(*MASK_KINDS),
+        """masks : {"independent", "shared"}, default="independent"
+        ``"independent"``: every sample draws its dropout masks afresh for every example (the
+        marginal predictive of each example). ``"shared"``: sample ``t`` is one network
+        ``f_t``, the same for every example, batch, chunk, strategy and call with the same
+        ``seed`` — what joint quantities need (BatchBALD, EPIG, the joint predictive of a set of
+        inputs, sample functions). Each example's distribution is the same in both; masks are
+        then drawn from mcdrop's own counter-based generator, never from PyTorch's global one.
+        See the user guide's *Shared masks* page for what a mask is indexed by.""",
     )
     device: torch.device | None = option(
         None,

@@ -9,6 +9,7 @@ other threads are never blocked, and they never see the twin's dropout.
 from __future__ import annotations
 
 import contextlib
+import secrets
 from collections.abc import Callable, Iterator
 
 import torch
@@ -47,9 +48,21 @@ def seed_from(seed: object, generator: object) -> int | None:
     return check_seed("seed", seed)
 
 
-def forked_rng(device: torch.device) -> contextlib.AbstractContextManager[None]:
+def fresh_seed() -> int:
+    """A seed from the operating system's entropy (``secrets``), not from PyTorch's generators:
+    shared masks without ``seed=`` leave the caller's stream as it was."""
+    return secrets.randbits(63)
+
+
+def forked_rng(
+    device: torch.device, *, private: bool = False
+) -> contextlib.AbstractContextManager[None]:
     """The CPU generator and ``device``'s, restored on exit: passes that must not consume the
-    seeded stream (checks, measurements) run inside."""
+    seeded stream (checks, measurements) run inside. ``private``: the passes draw nothing from
+    PyTorch's generators (shared masks), which are then left alone (restoring them would hand
+    another thread's draws back to it)."""
+    if private:
+        return contextlib.nullcontext()
     return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
 
 

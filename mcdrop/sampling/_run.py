@@ -20,13 +20,26 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from mcdrop.dropout import GATING_TYPES, DropoutSite, Recording, Sampling, unwrap_compiled
+from mcdrop.dropout import (
+    GATING_TYPES,
+    DropoutSite,
+    MaskedDropout,
+    Recording,
+    Sampling,
+    unwrap_compiled,
+)
 from mcdrop.sampling import _planner as planner
 from mcdrop.sampling._checks import INTERACT, rows_interact, varies
 from mcdrop.sampling._inputs import _Batch
 from mcdrop.sampling._options import SamplingOptions
 from mcdrop.sampling._planner import Plan, Planner
 from mcdrop.sampling._rng import forked_rng, rng_state
+from mcdrop.sampling._shared import (
+    SHARED_VMAP_SAFE,
+    attribution,
+    eager_for_shared_masks,
+    learn_layouts,
+)
 from mcdrop.sampling._strategies import Outputs, Recorded, Runner
 
 __all__: list[str] = []
@@ -84,6 +97,9 @@ class Run:
         A seed was given: a first chunk that runs again rewinds the generators.
     call_rows : int or None
         Samples x examples of the whole call, None when unknown.
+    masks_seed : int or None, default=None
+        Shared masks (``masks="shared"``): the seed of the ``T`` networks; every dropout call
+        is then answered by :class:`mcdrop.dropout.MaskedDropout`, keyed by the sample index.
     """
 
     def __init__(
@@ -95,6 +111,7 @@ class Run:
         *,
         seeded: bool,
         call_rows: int | None,
+        masks_seed: int | None = None,
     ) -> None:
         o = engine.options
         self.engine = engine
@@ -104,13 +121,16 @@ class Run:
         self.seeded = seeded
         self.call_rows = call_rows
         self.compiled = o.compile is not None or unwrap_compiled(engine.model)[1]
-        self.runner, self.eager = _runners(engine, twin)
+        self.runner, self.eager = _runners(engine, twin, masks_seed)
+        self.masks = self.runner.masks
+        if self.masks is not None:
+            learn_layouts(self.eager, first)
         self.validated = False  # the first chunk checks the auto candidate
         self.samples_per_pass: int | None = None  # the most samples per pass since a back-off
         self.first_chunk_seconds: float | None = None  # the first chunk that stood, timed
         if twin.pending is None:
             _log_layer_skips(twin.trace.layer_skips)
-        self.profile = profile_of(twin, probe_batch.size)
+        self.profile = profile_of(twin, probe_batch.size, self.masks)
         self.measured_rows: int | None = None
         plan = self._checked(self._make_plan(()))
         if engine.memory_sized:
@@ -128,14 +148,17 @@ class Run:
         return self.engine.planner.samples_per_pass(batch.size, remaining)
 
     # -- the loop ----------------------------------------------------------------------------
-    def chunk(self, batch: _Batch, k: int, *, timed: bool = False) -> tuple[int, Outputs]:
+    def chunk(
+        self, batch: _Batch, k: int, *, first: int = 0, timed: bool = False
+    ) -> tuple[int, Outputs]:
         """Up to ``k`` samples of ``batch``, backing off on out-of-memory; ``(k used, outputs)``.
 
         Only ``torch.OutOfMemoryError`` is retried (fewer samples, then fewer examples per pass);
         any other error propagates. The first chunk also settles the twin's check and the
         ``auto`` candidate: while either fails, the next plan is adopted and the chunk runs
-        again, sized as if it had come first. ``timed``: time the passes of the chunk that
-        stands (kept for the first one only), synchronising a CUDA device.
+        again, sized as if it had come first. ``first``: the index of the chunk's first sample
+        (shared masks: sample ``t`` is network ``f_t``). ``timed``: time the passes of the chunk
+        that stands (kept for the first one only), synchronising a CUDA device.
         """
         plans = self.engine.planner
         # With a seed, a first chunk that is run again (another candidate, a new plan) starts
@@ -149,7 +172,7 @@ class Run:
             examples = plans.examples_per_pass(batch.size)
             started = time.perf_counter()
             try:
-                outs, recording = self._sample(batch, k, examples)
+                outs, recording = self._sample(batch, k, examples, first)
                 took = self._seconds_since(started) if timed else 0.0
             except torch.OutOfMemoryError:
                 self._back_off(k, batch)
@@ -183,22 +206,33 @@ class Run:
             torch.cuda.synchronize(self.engine.device)
         return time.perf_counter() - started
 
-    def _sample(self, batch: _Batch, k: int, examples: int) -> tuple[Outputs, Recording | None]:
+    def _sample(
+        self, batch: _Batch, k: int, examples: int, first: int = 0
+    ) -> tuple[Outputs, Recording | None]:
         """One chunk, recorded while the sampling twin's check is pending."""
         if self.twin.pending is None:
-            return self._run_split(batch, k, examples), None
+            return self._run_split(batch, k, examples, first=first), None
         with self.twin.recording() as rec:
-            return self._run_split(batch, k, examples, rec.modes), rec
+            return self._run_split(batch, k, examples, rec.modes, first), rec
 
     def _run_split(
-        self, batch: _Batch, k: int, examples: int, record: Recorded | None = None
+        self,
+        batch: _Batch,
+        k: int,
+        examples: int,
+        record: Recorded | None = None,
+        first: int = 0,
     ) -> Outputs:
         strategy = self.plan.strategy
         if batch.size <= examples:
-            return self.runner.run(strategy, batch, k, record=record)
+            return self.runner.run(strategy, batch, k, record=record, first=first)
         parts = [
             self.runner.run(
-                strategy, batch.slice(lo, min(lo + examples, batch.size)), k, record=record
+                strategy,
+                batch.slice(lo, min(lo + examples, batch.size)),
+                k,
+                record=record,
+                first=first,
             )
             for lo in range(0, batch.size, examples)
         ]
@@ -258,7 +292,7 @@ class Run:
         if not self.plan.can_fall_back:
             return None
         if outs[0].shape[0] > 1 and not varies(outs):
-            with forked_rng(self.engine.device):
+            with forked_rng(self.engine.device, private=self.masks is not None):
                 if not varies(self.runner.run("loop", self.probe_batch, 2)):
                     return None  # the loop does not vary either: the checks will say why
             return "it drew identical samples where the loop did not"
@@ -281,7 +315,10 @@ class Run:
 
     def _replanned(self) -> Plan:
         """The plan for the sites the twin's full check settled on."""
-        self.profile = profile_of(self.twin, self.probe_batch.size)
+        if self.masks is not None:  # shared masks: the new sites' calls, and where the rows are
+            self.runner.attributed = self.eager.attributed = attribution(self.masks, self.twin)
+            learn_layouts(self.eager, self.first)
+        self.profile = profile_of(self.twin, self.probe_batch.size, self.masks)
         return self._checked(self._make_plan(self.plan.fallbacks))
 
     def _adopt(self, plan: Plan) -> None:
@@ -337,20 +374,26 @@ class Run:
         """Whether one plain sample of the same batch runs (so an error was vmap's, not the
         model's); random state forked, nothing kept."""
         try:
-            with forked_rng(self.engine.device):
+            with forked_rng(self.engine.device, private=self.masks is not None):
                 self.runner.run("loop", batch, 1)
         except Exception:
             return False
         return True
 
 
-def _runners(engine: EngineState, twin: Sampling) -> tuple[Runner, Runner]:
+def _runners(
+    engine: EngineState, twin: Sampling, masks_seed: int | None = None
+) -> tuple[Runner, Runner]:
     """The runner of the passes (compiled with ``compile=``) and an eager one on the same twin:
     the examples-interact check and the memory measurement run eagerly (compiling them, with
-    eval flags and other shapes, would not pay)."""
+    eval flags and other shapes, would not pay). With ``masks_seed`` (shared masks) both answer
+    every dropout call with the same :class:`mcdrop.dropout.MaskedDropout`, eagerly."""
     o = engine.options
     module: Any = twin.module
-    if o.compile is not None:
+    masks = None if masks_seed is None else MaskedDropout(masks_seed, layouts={})
+    if masks is not None:
+        module = eager_for_shared_masks(module, o.compile is not None)
+    elif o.compile is not None:
         # Cheap: dynamo caches graphs on the forward's code object, guarded on the module's
         # structure and flags, so a new twin per call reuses them.
         module = torch.compile(module, **o.compile)
@@ -361,6 +404,8 @@ def _runners(engine: EngineState, twin: Sampling) -> tuple[Runner, Runner]:
         n_outputs=o.n_outputs,
         output_transform=o.output_transform,
         no_layer_skip=bool(twin.trace.layer_skips),
+        masks=masks,
+        attributed=None if masks is None else attribution(masks, twin),
     )
     eager = copy.copy(runner)
     eager.module = getattr(twin.module, "_orig_mod", twin.module)
@@ -393,13 +438,22 @@ def _unprobed(twin: Sampling) -> set[str]:
     return unsafe
 
 
-def profile_of(twin: Sampling, probe_rows: int) -> planner.Profile:
-    """What the probe measured on ``probe_rows`` examples, as the plan reads it."""
+def profile_of(
+    twin: Sampling, probe_rows: int, masks: MaskedDropout | None = None
+) -> planner.Profile:
+    """What the probe measured on ``probe_rows`` examples, as the plan reads it; ``masks``:
+    shared masks, which write out the fused attention kernels (vmap batches them) and give a
+    tensor without a batch dimension one mask per pass (replicate would share it)."""
     functions = {f for site in twin.sites for f in site.functions}
+    if masks is not None:
+        functions -= SHARED_VMAP_SAFE
     trace = twin.trace
     # With the check pending the trace is the training probe's: only the calls that sample.
     sampled = trace.calls if twin.pending is None else twin.pending.expected
     on_weights = {key[0] or "<model>" for key in trace.on_weights if key in sampled}
+    if masks is not None:
+        unbatched = masks.layouts or {}
+        on_weights |= {key[0] or "<model>" for key, lay in unbatched.items() if lay.dim is None}
     counted = trace.flops_complete  # else the FLOPs, the prefix share and the call's size unknown
     return planner.Profile(
         prefix_flops=trace.prefix_flops(sampled) if counted else 0,

@@ -24,7 +24,7 @@ import torch
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
-from mcdrop.dropout import NoLayerSkip
+from mcdrop.dropout import MaskedDropout, NoLayerSkip
 from mcdrop.sampling._inputs import _Batch, extract_outputs
 
 __all__: list[str] = []
@@ -94,6 +94,10 @@ class Runner:
         Applied to the raw output first.
     no_layer_skip : bool, default=False
         Keep random layer skipping off (a site also does layer drop: see ``NoLayerSkip``).
+    masks : MaskedDropout, optional
+        Shared masks (``masks="shared"``): every dropout call is answered by it, keyed by the
+        sample index of each pass's rows; ``attributed`` gives the hooks that name the module of
+        each call. None: PyTorch's dropout (cheaper masks on the CPU, :class:`FastCPUDropout`).
     """
 
     def __init__(
@@ -105,8 +109,12 @@ class Runner:
         n_outputs: int,
         output_transform: Callable[[Any], Any] | None,
         no_layer_skip: bool = False,
+        masks: MaskedDropout | None = None,
+        attributed: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
     ) -> None:
         self.module = module
+        self.masks = masks
+        self.attributed = attributed
         self.no_layer_skip = no_layer_skip
         self.device = device
         self.amp = amp
@@ -123,32 +131,61 @@ class Runner:
         )
 
     def run(
-        self, strategy: str, batch: _Batch, k: int, *, record: Recorded | None = None
+        self,
+        strategy: str,
+        batch: _Batch,
+        k: int,
+        *,
+        record: Recorded | None = None,
+        first: int = 0,
     ) -> Outputs:
         """``k`` samples of ``batch``: outputs of shape ``(k, B, ...)``. ``record`` gives modes to
         enter innermost, where they see every call before mcdrop's own modes (the first chunk's
-        check of the sampling twin, :func:`mcdrop.dropout._probe.recording`)."""
+        check of the sampling twin, :func:`mcdrop.dropout._probe.recording`). ``first``: the
+        index of the first of the ``k`` samples (shared masks: sample ``t`` is network ``f_t``)."""
         autocast = (
             contextlib.nullcontext()
             if self.amp is None
             else torch.autocast(device_type=self.device.type, dtype=self.amp)
         )
-        fast = FastCPUDropout() if self.device.type == "cpu" else contextlib.nullcontext()
+        fast: contextlib.AbstractContextManager[Any]
+        if self.masks is not None:
+            fast = self._shared()
+        elif self.device.type == "cpu":
+            fast = FastCPUDropout()
+        else:
+            fast = contextlib.nullcontext()
         keep_layers = NoLayerSkip() if self.no_layer_skip else contextlib.nullcontext()
         recording = contextlib.nullcontext() if record is None else record()
         with autocast, fast, keep_layers, recording:
             if strategy == "vmap":
-                return self._vmap(batch, k)
+                return self._vmap(batch, k, first)
             if strategy == "loop" or k == 1:
-                return self._loop(batch, k)
-            return self._replicate(batch, k)
+                return self._loop(batch, k, first)
+            return self._replicate(batch, k, first)
 
-    def _loop(self, batch: _Batch, k: int) -> Outputs:
-        outs = [self.call(batch) for _ in range(k)]
+    @contextlib.contextmanager
+    def _shared(self) -> Any:
+        assert self.masks is not None
+        hooks = contextlib.nullcontext() if self.attributed is None else self.attributed()
+        with hooks, self.masks:
+            yield
+
+    def _start(self, t: torch.Tensor, rows: int) -> None:
+        """The next pass holds the samples ``t`` (sample-major), ``rows`` rows each."""
+        if self.masks is not None:
+            self.masks.start_pass(t, rows)
+
+    def _loop(self, batch: _Batch, k: int, first: int = 0) -> Outputs:
+        outs = []
+        for i in range(k):
+            self._start(torch.full((1,), first + i, device=self.device), batch.size)
+            outs.append(self.call(batch))
         return tuple(torch.stack(parts) for parts in zip(*outs, strict=True))
 
-    def _replicate(self, batch: _Batch, k: int) -> Outputs:
+    def _replicate(self, batch: _Batch, k: int, first: int = 0) -> Outputs:
         big = batch.map_batched(lambda t: t.repeat(k, *([1] * (t.ndim - 1))))
+        self._start(torch.arange(first, first + k, device=self.device), batch.size)
         result = []
         for out in self.call(big):
             if out.ndim == 0 or out.shape[0] != k * batch.size:
@@ -160,9 +197,10 @@ class Runner:
             result.append(out.reshape(k, batch.size, *out.shape[1:]))
         return tuple(result)
 
-    def _vmap(self, batch: _Batch, k: int) -> Outputs:
-        def one(_: torch.Tensor) -> Outputs:
+    def _vmap(self, batch: _Batch, k: int, first: int = 0) -> Outputs:
+        def one(t: torch.Tensor) -> Outputs:
+            self._start(t.reshape(1), batch.size)  # batched: each sample its own index
             return self.call(batch)
 
-        dummy = torch.empty(k, device=self.device)
-        return tuple(torch.func.vmap(one, randomness="different")(dummy))
+        samples = torch.arange(first, first + k, device=self.device)
+        return tuple(torch.func.vmap(one, randomness="different")(samples))

@@ -30,8 +30,18 @@ from mcdrop.stats._accumulators import (
     result_from_state,
     summarize_samples,
 )
+from mcdrop.stats._joint import (
+    joint_log_predictive,
+    joint_predictive,
+    pairwise_mutual_information,
+)
 
-__all__ = ["summarize_samples"]
+__all__ = [
+    "joint_log_predictive",
+    "joint_predictive",
+    "pairwise_mutual_information",
+    "summarize_samples",
+]
 
 # Not part of the public API; used by mcdrop.sampling (the run loop) and mcdrop.metrics.
 __internal__ = [

@@ -281,6 +281,7 @@ def result_from_state(
     targets: torch.Tensor | None = None,
     standard_error_reached: float | None = None,
     sampling: Any = None,
+    masks: str = "independent",
 ) -> ClassificationResult | RegressionResult:
     """The result of ``task`` from accumulator states (one batch's, or joined by
     :func:`concat_states`): the one place a result is assembled from statistics."""
@@ -290,6 +291,7 @@ def result_from_state(
         "targets": targets,
         "standard_error_reached": standard_error_reached,
         "sampling": sampling,
+        "masks": masks,
     }
     if task == "classification":
         return ClassificationResult(class_dim=class_dim, **fields)

@@ -11,6 +11,7 @@ from plot_helpers import (
 )
 from scipy.stats import norm
 
+import mcdrop
 from mcdrop.metrics import (
     interval_calibration_curve,
     miscalibration_area,
@@ -179,3 +180,28 @@ def test_predictive_bands_lower_never_above_upper(pyplot):
 def test_residual_std_refuses_negative_std(pyplot):
     with pytest.raises(ValueError, match="Expected `std` to hold standard deviations >= 0"):
         ResidualStdDisplay.from_predictions(np.zeros(5), np.zeros(5), [1, 1, -1, 1, 1])
+
+
+def test_predictive_bands_draw_sampled_networks_with_shared_masks(pyplot):
+    """With shared masks a sample is one network: its line is that network's outputs at every
+    x, in the x order, drawn from the result's first samples."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(1, 32), torch.nn.Tanh(), torch.nn.Dropout(0.3), torch.nn.Linear(32, 1)
+    ).eval()
+    x = torch.linspace(-2, 2, 40)[torch.randperm(40)][:, None]  # not sorted
+    kw = {"task": "regression", "n_samples": 8, "seed": 0, "keep_samples": True}
+    shared = mcdrop.predict_with_uncertainty(net, x, masks="shared", **kw)
+    display = PredictiveBandsDisplay.from_result(shared, x, n_functions=3)
+    order = np.argsort(x.numpy().ravel())
+    assert len(display.sample_lines_) == 3
+    for t, line in enumerate(display.sample_lines_):
+        np.testing.assert_allclose(line.get_xdata(), x.numpy().ravel()[order])
+        np.testing.assert_allclose(line.get_ydata(), shared.samples[t, order, 0].numpy())
+    assert "sampled networks" in _legend_texts(display.ax_)
+    # the default: 5 with shared masks, none with independent ones
+    assert len(PredictiveBandsDisplay.from_result(shared, x).sample_lines_) == 5
+    independent = mcdrop.predict_with_uncertainty(net, x, **kw)
+    assert PredictiveBandsDisplay.from_result(independent, x).sample_lines_ == []
+    with pytest.raises(ValueError, match="masks='shared'"):
+        PredictiveBandsDisplay.from_result(independent, x, n_functions=2)

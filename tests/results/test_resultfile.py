@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import math
@@ -85,6 +86,7 @@ _META_CASES = {
     "task": [["classification"], 3, "segmentation"],
     "tau": [float("nan"), -1.0, "2", math.inf],
     "standard_error_reached": ["x", -1.0, float("nan")],
+    "masks": ["per_example", 3, None],
     "targets": [[0, 1, 2, 1, 0]],
     "surprise": [1],
 }
@@ -463,3 +465,19 @@ def test_a_crafted_sampling_record_is_refused_naming_the_field(tmp_path, record)
     meta = _meta(members)
     meta["sampling"] = record
     assert "`sampling`" in _load_error(_write(tmp_path / "bad.npz", members, meta))
+
+
+def test_masks_round_trip_and_version(tmp_path):
+    """Independent results keep writing version 1 files (every mcdrop reads them); a result with
+    shared masks writes version 2 with its ``masks`` field."""
+    independent = _classification()
+    shared = dataclasses.replace(independent, masks="shared")
+    independent.save(tmp_path / "a.npz")
+    shared.save(tmp_path / "b.npz")
+    meta_a, meta_b = (_meta(_members(tmp_path / f"{n}.npz")) for n in "ab")
+    assert meta_a["version"] == 1 and "masks" not in meta_a
+    assert meta_b["version"] == 2 and meta_b["masks"] == "shared"
+    assert mcdrop.load_result(tmp_path / "a.npz").masks == "independent"
+    assert mcdrop.load_result(tmp_path / "b.npz").masks == "shared"
+    with pytest.raises(ValueError, match="`masks`"):
+        dataclasses.replace(independent, masks="both")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 
@@ -186,3 +187,16 @@ def test_results_built_by_hand_and_loaded_print_the_same(tmp_path):
     loaded = mcdrop.load_result(tmp_path / "r.npz")
     assert isinstance(loaded, ClassificationResult)
     assert repr(loaded) == repr(classification)
+
+
+def test_summary_says_when_masks_were_shared():
+    """Shared masks (one network per sample) are named in the first line; independent ones,
+    the default, are not, so older summaries read as before."""
+    probs = torch.from_numpy(_probabilities(8, 5, 3, seed=3))
+    independent = mcdrop.summarize_samples(probs, outputs="probs")
+    shared = dataclasses.replace(independent, masks="shared")
+    first = shared.summary().splitlines()[0]
+    assert first.startswith("ClassificationResult(task='classification', N=5, T=8, C=3, ")
+    assert "masks='shared'" in first
+    assert "masks" not in independent.summary()
+    _check_shape_of_text(shared.summary())

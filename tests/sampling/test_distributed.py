@@ -127,6 +127,13 @@ def _scenarios(rank: int) -> dict[str, Any]:
     out["masks_seed"] = mcdrop.predict_with_uncertainty(masks, ones, seed=5, distributed=True, **mk)
     torch.manual_seed(0)  # same global RNG state on both ranks
     out["masks_none"] = mcdrop.predict_with_uncertainty(masks, ones, distributed=True, **mk)
+    shared = {**kw, "keep_samples": True, "masks": "shared"}
+    torch.manual_seed(3)  # the same weights on both ranks and in the parent
+    shared_reg = IdRegressor().eval()
+    out["shared_seed"] = mcdrop.predict_with_uncertainty(shared_reg, x, batch_size=16, **shared)
+    out["shared_none"] = mcdrop.predict_with_uncertainty(
+        masks, ones, distributed=True, masks="shared", **mk
+    )
     return out
 
 
@@ -264,6 +271,29 @@ def test_ranks_draw_different_masks(ranks: list[dict[str, Any]], name: str) -> N
 @pytest.fixture(scope="module")
 def failures(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[int | None], list[Any]]:
     return _spawn(tmp_path_factory.mktemp("dist_fail"), "failures")
+
+
+def test_shared_masks_are_one_network_on_every_rank(ranks: list[dict[str, Any]]) -> None:
+    """With shared masks a sample is one network whatever the world size: the gathered samples
+    are those of one process; without a seed the ranks agree on one (rank 0's)."""
+    x, _ = id_data()
+    torch.manual_seed(3)
+    single = mcdrop.predict_with_uncertainty(
+        IdRegressor().eval(),
+        x,
+        task="regression",
+        n_samples=8,
+        seed=0,
+        keep_samples=True,
+        masks="shared",
+    )
+    for r in ranks:
+        assert r["shared_seed"].masks == "shared"
+        torch.testing.assert_close(r["shared_seed"].samples, single.samples)
+    # an all-ones input through one shared mask: every example of a sample is the same row
+    samples = ranks[0]["shared_none"].samples
+    assert torch.equal(samples, samples[:, :1].expand_as(samples))
+    assert torch.equal(ranks[1]["shared_none"].samples, samples)
 
 
 def test_failing_rank_makes_every_rank_raise(failures: tuple[list[int | None], list[Any]]) -> None:

@@ -1,0 +1,661 @@
+"""Shared dropout masks: sample ``t`` is one network ``f_t``, the same for every example.
+
+With ``masks="shared"`` every dropout call of the sampling twin is answered here, by a
+``TorchFunctionMode`` (:class:`MaskedDropout`), with a mask that is a deterministic function of
+
+* the seed of the call,
+* the sample index ``t`` (``0 <= t < T``),
+* the site: the innermost sampled module that makes the call, the dropout function, and how many
+  times that module made that call before in the same forward pass,
+* the coordinates of the element *within its example*: every dimension of the dropout's input
+  except the batch dimension, and within a batch dimension that folds several units per example
+  (``(B * heads, L, S)`` attention weights, ``(B * L, H)`` flattened tokens) the unit's position
+  inside its example.
+
+It never depends on the example's position in the batch, on the batch size, on the padded length
+of a sequence (a coordinate is a position, not a flat index), on the chunk or strategy that runs
+the sample, or on PyTorch's global random generator, which it never draws from.
+
+The masks come from a counter-based generator: a 32-bit integer hash (Chris Wellons'
+``lowbias32``) chained over the key and the coordinates, computed with vectorised ``int64``
+tensor operations whose values stay below ``2**32`` and whose products stay below ``2**63`` (no
+overflow: the result is the same on every device). An element is kept when its hash is at least
+``p * 2**32``: a Bernoulli(1 - p) draw, exact to ``2**-32``. The mask has no batch dimension, so it
+costs ``T`` times the size of one example, not ``T`` times the batch.
+
+What is masked, per kind of site (the per-example distribution is training mode's):
+
+``F.dropout``, ``nn.Dropout``, ``torch.dropout``, ``alpha_dropout``
+    one draw per element of the input, indexed by its coordinates within the example.
+``dropout1d/2d/3d``, ``feature_alpha_dropout``, ``torch.feature_dropout``
+    one draw per channel (the first two dimensions of the input the kernel sees, the batch
+    dimension excepted), as ATen's feature noise.
+Eager attention (softmax then ``F.dropout``)
+    one draw per (head, query position, key position).
+``F.scaled_dot_product_attention(dropout_p > 0)``
+    the fused kernel draws its own masks: replaced by the same attention written out (scores,
+    mask, softmax, shared mask per (head, query, key), weighted values).
+``nn.MultiheadAttention``, ``nn.TransformerEncoderLayer``
+    ``F.multi_head_attention_forward`` is run with its inner softmax dropout or attention kernel
+    answered as above; the transformer layers run their Python path (the sampling twin keeps
+    their fused fast path off).
+``torch.lstm``, ``torch.gru``, ``torch.rnn_tanh``, ``torch.rnn_relu`` with inter-layer dropout
+    run one layer at a time with an explicit mask per (layer, time step, unit) between layers.
+Dropout on a tensor that has no batch dimension (a weight: DropConnect)
+    one draw per element of the tensor, per sample.
+
+Which dimension of a call's input holds the examples is established by a probe
+(:meth:`MaskedDropout.probing`, :func:`infer_layouts`): the sampling twin runs on one example and
+on two, with every dropout the identity, and the dimension that doubles is the batch dimension;
+where it folds several units per example, the values tell whether the example's units are
+contiguous (``b * f + j``) or strided (``j * B + b``). A call whose layout cannot be told is
+refused up front, naming the site.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import types
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
+
+from mcdrop.dropout._probe import _ATEN, _FUNCTIONAL, _RNN, _arg, _rnn_packed, dropout_call
+
+__all__: list[str] = []
+
+MASK_KINDS = ("independent", "shared")
+
+_M32 = 0xFFFFFFFF
+_C1 = 0x7FEB352D
+_C2 = 0x846CA68B
+_C2_SIGNED = _C2 - (1 << 32)  # same product mod 2**32, and |x * c| < 2**63 for x < 2**32
+_ALPHA = 1.7580993408473766  # ATen's alpha dropout constant (SELU's -lambda * alpha)
+
+Key = tuple[str, str, int]  # (innermost sampled module, dropout function, call index in the pass)
+
+
+# -- the counter-based generator ----------------------------------------------------------------
+def mix(x: torch.Tensor) -> torch.Tensor:
+    """``lowbias32`` of every element of an ``int64`` tensor holding values in ``[0, 2**32)``."""
+    x = x ^ (x >> 16)
+    x = (x * _C1) & _M32
+    x = x ^ (x >> 15)
+    x = (x * _C2_SIGNED) & _M32
+    return x ^ (x >> 16)
+
+
+def mix_int(x: int) -> int:
+    """:func:`mix` of one Python integer in ``[0, 2**32)`` (the same function)."""
+    x ^= x >> 16
+    x = (x * _C1) & _M32
+    x ^= x >> 15
+    x = (x * _C2) & _M32
+    return x ^ (x >> 16)
+
+
+def chain(*parts: int) -> int:
+    """A 32-bit key from integers of any size (each folded in 32 bits at a time)."""
+    h = 0x6A09E667
+    for part in parts:
+        part &= (1 << 64) - 1
+        h = mix_int(h ^ (part & _M32))
+        h = mix_int(h ^ (part >> 32))
+    return h
+
+
+def _text_id(text: str) -> int:
+    return zlib.crc32(text.encode("utf-8"))
+
+
+def hashes(base: int, t: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Hashes of shape ``(len(t), *sizes)``: element ``[i, c1, ..., cn]`` is a function of
+    ``(base, t[i], c1, ..., cn)`` only, so it does not change when another size does."""
+    h = mix((t.to(torch.int64) & _M32) ^ base)
+    for n in sizes:
+        coordinate = torch.arange(n, dtype=torch.int64, device=t.device)
+        h = mix(h.unsqueeze(-1) ^ coordinate)
+    return h
+
+
+def threshold(p: float) -> int:
+    """Hashes at or above this are kept: P(keep) = 1 - p, to 2**-32."""
+    return min(round(p * 2**32), 2**32)
+
+
+# -- where the examples are ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Layout:
+    """Where the examples are in one dropout call's input.
+
+    ``dim`` is the batch dimension (``None``: the input has none, e.g. a weight); ``major``
+    whether an example's units are contiguous along it (``b * f + j``) or strided (``j * B + b``)
+    when it holds ``f > 1`` units per example.
+    """
+
+    dim: int | None
+    major: bool = True
+
+
+def _agree(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal up to the rounding of kernels that differ by batch size."""
+    if a.shape != b.shape:
+        return False
+    a, b = a.detach().double(), b.detach().double()
+    low = a.dtype in (torch.float16, torch.bfloat16)
+    tol = 3e-2 if low else 1e-4
+    finite = torch.isfinite(a)
+    scale = float(a[finite].abs().max()) if bool(finite.any()) else 0.0
+    return bool(torch.allclose(a, b, rtol=tol, atol=tol * scale + 1e-30, equal_nan=True))
+
+
+def infer_layout(one: torch.Tensor, two: torch.Tensor) -> Layout | str:
+    """The layout of a call from its input with one example and with two, or why it is unclear.
+
+    ``two`` holds the example of ``one`` and another one. The dimension that doubles is the batch
+    dimension; an input whose shape does not change has none.
+    """
+    if one.ndim != two.ndim:
+        return f"its input has {one.ndim} dimensions for one example and {two.ndim} for two"
+    if one.shape == two.shape:
+        return Layout(None)
+    changed = [d for d in range(one.ndim) if one.shape[d] != two.shape[d]]
+    d = changed[0]
+    if len(changed) != 1 or two.shape[d] != 2 * one.shape[d]:
+        return (
+            f"its input has shape {tuple(one.shape)} for one example and {tuple(two.shape)} for "
+            "two: no single dimension holds the examples"
+        )
+    f = one.shape[d]
+    if f == 1:
+        return Layout(d)
+    contiguous = _agree(one, two.narrow(d, 0, f))
+    strided = _agree(one, two.index_select(d, torch.arange(0, 2 * f, 2, device=two.device)))
+    if contiguous != strided:
+        return Layout(d, major=contiguous)
+    return (
+        f"its dimension {d} holds {f} units per example, and the values do not tell whether an "
+        "example's units are contiguous or strided"
+    )
+
+
+def infer_layouts(
+    one: Mapping[Key, Any], two: Mapping[Key, Any]
+) -> tuple[dict[Key, Layout], dict[Key, str]]:
+    """Layouts of the calls seen with one example and with two, and the calls that are unclear.
+
+    Values are the recorded inputs, or a :class:`Layout` the call's own arguments give (RNN
+    kernels).
+    """
+    layouts: dict[Key, Layout] = {}
+    unclear: dict[Key, str] = {}
+    for key in one.keys() & two.keys():
+        a, b = one[key], two[key]
+        found = b if isinstance(b, Layout) else infer_layout(a, b)
+        if isinstance(found, Layout):
+            layouts[key] = found
+        else:
+            unclear[key] = found
+    return layouts, unclear
+
+
+# -- running Python functionals under the mode --------------------------------------------------
+@functools.cache
+def _unchecked(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` (a ``torch.nn.functional`` function) without its ``__torch_function__`` dispatch
+    check, so that it can run under the mode that intercepts it: the mode then sees the calls
+    inside it (``torch.dropout``, the attention kernel)."""
+    namespace = dict(fn.__globals__)
+    for name in ("has_torch_function", "has_torch_function_unary", "has_torch_function_variadic"):
+        namespace[name] = _never
+    copy = types.FunctionType(fn.__code__, namespace, fn.__name__, fn.__defaults__, fn.__closure__)
+    copy.__kwdefaults__ = fn.__kwdefaults__
+    return copy
+
+
+def _never(*_: Any) -> bool:
+    return False
+
+
+# ATen dropout kernels: (feature noise, alpha dropout, in place)
+_KINDS: dict[Callable[..., Any], tuple[bool, bool, bool]] = {
+    func: (label.startswith("torch.feature"), "alpha" in label, label.endswith("_"))
+    for func, label in _ATEN.items()
+}
+# Python functionals that reduce to those kernels (or to attention): run unchecked, under the mode.
+_PYTHON = frozenset([*_FUNCTIONAL, F.multi_head_attention_forward])
+
+_RANDOM = frozenset(
+    f
+    for f in (
+        torch.rand,
+        torch.randn,
+        torch.randint,
+        torch.randperm,
+        torch.bernoulli,
+        torch.normal,
+        torch.multinomial,
+        torch.poisson,
+        torch.rand_like,
+        torch.randn_like,
+        torch.randint_like,
+        torch.Tensor.bernoulli,
+        torch.Tensor.bernoulli_,
+        torch.Tensor.uniform_,
+        torch.Tensor.normal_,
+        torch.Tensor.random_,
+        torch.Tensor.exponential_,
+        torch.Tensor.geometric_,
+        torch.Tensor.cauchy_,
+        torch.Tensor.log_normal_,
+        torch.Tensor.multinomial,
+    )
+)
+
+
+# Everything the mode answers; any other function runs as it is after one set lookup.
+_INTERCEPTED = frozenset([*_KINDS, *_PYTHON, F.scaled_dot_product_attention, *_RNN, *_RANDOM])
+
+
+def _device_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.device:
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            return value.device
+    device = kwargs.get("device")
+    return torch.device(device) if device is not None else torch.get_default_device()
+
+
+class PrivateRandom(TorchFunctionMode):
+    """Every random op without a ``generator=`` draws from mcdrop's own generators (one per
+    device, seeded from ``seed``), never from PyTorch's global ones: the caller's stream is
+    neither read nor advanced, and another thread drawing from it changes nothing here."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        self.seed = seed
+        self.generators: dict[torch.device, torch.Generator] = {}
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        gen = self.generators.get(device)
+        if gen is None:
+            gen = torch.Generator(device=device)
+            gen.manual_seed(chain(self.seed, _text_id(str(device))))
+            self.generators[device] = gen
+        return gen
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        if func in _RANDOM and kwargs.get("generator") is None:
+            kwargs = {**kwargs, "generator": self.generator(_device_of(args, kwargs))}
+        return func(*args, **kwargs)
+
+
+# -- the mode -----------------------------------------------------------------------------------
+class MaskedDropout(TorchFunctionMode):
+    """Answers every dropout call with an explicit mask (see the module docstring).
+
+    Parameters
+    ----------
+    seed : int
+        The call's seed.
+    layouts : dict or None
+        Per call (:data:`Key`), where its input holds the examples: shared masks. ``None``: no
+        layouts, every mask is drawn per element from the random ops in force (a
+        :class:`PrivateRandom` outside): independent masks without the global generator, for the
+        training-mode probe.
+    """
+
+    def __init__(self, seed: int, layouts: dict[Key, Layout] | None = None) -> None:
+        super().__init__()
+        self.base = chain(seed)
+        self.layouts = layouts
+        self.stack: list[str] = []
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self.t: torch.Tensor | None = None  # sample index of each group of rows in the pass
+        self.rows: int | None = None  # rows per sample in the pass
+        self.records: dict[Key, Any] | None = None  # while probing
+        self.bases: dict[tuple[Key, tuple[int, ...]], int] = {}  # key of each call, cached
+
+    # -- passes and attribution ------------------------------------------------------------------
+    def start_pass(self, t: torch.Tensor, rows: int) -> None:
+        """The next forward pass holds ``len(t)`` samples of ``rows`` rows each (sample-major:
+        row ``r`` is sample ``t[r // rows]``)."""
+        self.t = t
+        self.rows = rows
+        self.counts.clear()
+
+    @contextlib.contextmanager
+    def attributed(self, modules: Mapping[str, nn.Module]) -> Iterator[None]:
+        """Forward hooks on ``modules`` (of the sampling twin, never the model) that name the
+        innermost one running: each dropout call is keyed by it."""
+        stack = self.stack
+
+        def pre(module: nn.Module, _args: Any) -> None:
+            stack.append(names[id(module)])
+
+        def post(module: nn.Module, _args: Any, _out: Any) -> None:
+            if stack:
+                stack.pop()
+
+        names = {id(m): name for name, m in modules.items()}
+        handles = []
+        for module in modules.values():
+            handles.append(module.register_forward_pre_hook(pre))
+            handles.append(module.register_forward_hook(post, always_call=True))
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+            stack.clear()
+
+    @contextlib.contextmanager
+    def probing(self) -> Iterator[dict[Key, Any]]:
+        """Inside, every dropout is the identity and each call's input (or layout) is recorded
+        into the yielded dict (see :func:`infer_layouts`)."""
+        self.records = {}
+        try:
+            yield self.records
+        finally:
+            self.records = None
+
+    def _key(self, label: str) -> Key:
+        site = self.stack[-1] if self.stack else ""
+        index = self.counts[(site, label)]
+        self.counts[(site, label)] += 1
+        return site, label, index
+
+    def _layout(self, key: Key) -> Layout:
+        assert self.layouts is not None
+        layout = self.layouts.get(key)
+        if layout is not None:
+            return layout
+        same = {v for k, v in self.layouts.items() if k[:2] == key[:2]}
+        if len(same) == 1:  # called more often than in the probe, always with one layout
+            return same.pop()
+        site, label, index = key
+        raise ValueError(
+            f"Expected every dropout call of the sampling twin to have been seen by the probe "
+            f"that finds where each call's input holds the examples (masks='shared'), but "
+            f"`{site or '<model>'}` made call {index + 1} of {label}, which the probe did not "
+            "see (the calls depend on the inputs). Use masks='independent' for this model."
+        )
+
+    # -- dispatch --------------------------------------------------------------------------------
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        if func not in _INTERCEPTED:
+            return func(*args, **kwargs)
+        if func in _RANDOM and self.layouts is not None:
+            self._refuse_random(func)
+        label, p = dropout_call(func, args, kwargs)
+        if p <= 0.0:
+            return func(*args, **kwargs)
+        if func in _PYTHON:
+            with self:
+                return _unchecked(func)(*args, **kwargs)
+        if func in _KINDS:
+            return self._dropout(func, label, p, args, kwargs)
+        if func is F.scaled_dot_product_attention:
+            return self._attention(label, p, args, kwargs)
+        if func in _RNN:
+            return self._rnn(func, label, p, args)
+        return func(*args, **kwargs)
+
+    def _refuse_random(self, func: Any) -> None:
+        site = self.stack[-1] if self.stack else ""
+        name = getattr(func, "__qualname__", getattr(func, "__name__", repr(func)))
+        raise ValueError(
+            f"Expected the sampling twin to draw random numbers only in recognised dropout with "
+            f"masks='shared', but `{site or '<model>'}` (or a module inside it) calls {name}: "
+            "its randomness could not be one network per sample. Use masks='independent', or "
+            "`exclude=` to keep that module in eval mode."
+        )
+
+    # -- the mask --------------------------------------------------------------------------------
+    def _keep(
+        self,
+        key: Key,
+        shape: torch.Size,
+        masked: set[int],
+        layout: Layout | None,
+        device: torch.device,
+        p: float,
+        extra: tuple[int, ...] = (),
+    ) -> tuple[tuple[int, ...], torch.Tensor]:
+        """``(view shape, keep mask)``: the input viewed with its batch dimension split into
+        ``(samples, rows, units)`` (or ``(units, samples, rows)``), and a boolean mask that
+        broadcasts against that view. ``masked``: the dimensions along which the mask varies."""
+        ndim = len(shape)
+        dims = [shape[i] if i in masked else 1 for i in range(ndim)]
+        if self.layouts is None:  # independent draws (the training-mode probe)
+            return tuple(shape), torch.rand(dims, device=device).ge(p)
+        base = self._base(key, extra)
+        assert self.t is not None and self.rows is not None
+        t = self.t.to(device)
+        k = t.shape[0]
+        if layout is None or layout.dim is None:
+            if k != 1:
+                self._refuse_replicate(key)
+            sizes = [shape[i] for i in range(ndim) if i in masked]
+            return tuple(shape), hashes(base, t, sizes).reshape(dims).ge(threshold(p))
+        d = layout.dim
+        rows = k * self.rows
+        if d >= ndim or shape[d] % rows:
+            raise ValueError(
+                f"Expected dimension {d} of the input of {key[1]} in "
+                f"`{key[0] or '<model>'}` to hold {rows} rows per pass (or a multiple), as the "
+                f"probe found, but the input has shape {tuple(shape)}. Use masks='independent' "
+                "for this model."
+            )
+        f = shape[d] // rows
+        others = [i for i in range(ndim) if i != d]
+        units = f if d in masked else 1
+        sizes = ([f] if d in masked else []) + [shape[i] for i in others if i in masked]
+        h = hashes(base, t, sizes).reshape(k, units, *[dims[i] for i in others])
+        before = list(range(2, 2 + d))
+        after = list(range(2 + d, 1 + ndim))
+        if layout.major:
+            h = h.permute(*before, 0, 1, *after).unsqueeze(d + 1)
+            view = (*shape[:d], k, self.rows, f, *shape[d + 1 :])
+        else:
+            h = h.permute(*before, 1, 0, *after).unsqueeze(d + 2)
+            view = (*shape[:d], f, k, self.rows, *shape[d + 1 :])
+        return view, h.ge(threshold(p))
+
+    def _base(self, key: Key, extra: tuple[int, ...] = ()) -> int:
+        """The key of one call: seed, module, function, call index (and the RNN layer)."""
+        base = self.bases.get((key, extra))
+        if base is None:
+            base = chain(self.base, _text_id(key[0]), _text_id(key[1]), key[2], *extra)
+            self.bases[(key, extra)] = base
+        return base
+
+    def _refuse_replicate(self, key: Key) -> None:
+        raise ValueError(
+            f"Expected a `strategy` other than 'replicate' with masks='shared' for this model: "
+            f"{key[1]} in `{key[0] or '<model>'}` drops out a tensor without a batch dimension "
+            "(a weight, or a tensor shared by every example), which cannot take a different mask "
+            "per sample within one replicated pass. Use strategy='auto', 'vmap' or 'loop'."
+        )
+
+    def _apply(
+        self,
+        x: torch.Tensor,
+        key: Key,
+        p: float,
+        masked: set[int],
+        layout: Layout | None,
+        *,
+        alpha: bool = False,
+        inplace: bool = False,
+        extra: tuple[int, ...] = (),
+    ) -> torch.Tensor:
+        view, keep = self._keep(key, x.shape, masked, layout, x.device, p, extra)
+        noise = keep.to(x.dtype)
+        if alpha:  # ATen: x * noise * a + (noise - 1) * alpha * a + alpha * a * p
+            a = 1.0 / math.sqrt((_ALPHA * _ALPHA * p + 1) * (1 - p))
+            out = x.reshape(view) * (noise * a) + (noise - 1 + p) * (_ALPHA * a)
+        else:
+            scale = 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
+            out = x.reshape(view) * (noise * scale)
+        out = out.reshape(x.shape)
+        return x.copy_(out) if inplace else out
+
+    # -- the kinds of calls ------------------------------------------------------------------------
+    def _dropout(
+        self, func: Any, label: str, p: float, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> torch.Tensor:
+        x = _arg(args, kwargs, 0, "input", None)
+        feature, alpha, inplace = _KINDS[func]
+        key = self._key(label)
+        if self.records is not None:
+            self.records[key] = x.detach().clone()
+            return x
+        layout = None if self.layouts is None else self._layout(key)
+        masked = {0, 1} if feature else set(range(x.ndim))
+        return self._apply(x, key, p, masked, layout, alpha=alpha, inplace=inplace)
+
+    def _attention(
+        self, label: str, p: float, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> torch.Tensor:
+        names = (
+            "query",
+            "key",
+            "value",
+            "attn_mask",
+            "dropout_p",
+            "is_causal",
+            "scale",
+            "enable_gqa",
+        )
+        bound = dict(zip(names, args, strict=False), **kwargs)
+        q, k, v = bound["query"], bound["key"], bound["value"]
+        key = self._key(label)
+        if self.records is not None:
+            self.records[key] = q.detach().clone()
+            return F.scaled_dot_product_attention(**{**bound, "dropout_p": 0.0})
+        layout = None if self.layouts is None else self._layout(key)
+        weights = attention_weights(
+            q,
+            k,
+            bound.get("attn_mask"),
+            bool(bound.get("is_causal", False)),
+            bound.get("scale"),
+            bool(bound.get("enable_gqa", False)),
+        )
+        if weights.ndim != q.ndim:
+            raise ValueError(
+                f"Expected the query of {label} in `{key[0] or '<model>'}` to have as many "
+                f"dimensions as the attention weights with masks='shared', but got query "
+                f"{tuple(q.shape)} and weights {tuple(weights.shape)}. Use masks='independent'."
+            )
+        weights = self._apply(weights, key, p, set(range(weights.ndim)), layout)
+        if bool(bound.get("enable_gqa", False)) and v.size(-3) != q.size(-3):
+            v = v.repeat_interleave(q.size(-3) // v.size(-3), -3)
+        return weights @ v
+
+    def _rnn(self, func: Any, label: str, p: float, args: tuple[Any, ...]) -> Any:
+        """The RNN kernel one layer at a time, an explicit mask between layers."""
+        packed = _rnn_packed(args)
+        key = self._key(label)
+        if packed:
+            data, sizes, hx, params, biases, layers, _, train, bidirectional = args
+            layout = Layout(None)
+        else:
+            data, hx, params, biases, layers, _, train, bidirectional, batch_first = args
+            layout = Layout(0 if batch_first else 1)
+        if self.records is not None:
+            self.records[key] = layout
+            i = 5 + packed
+            return func(*args[:i], 0.0, *args[i + 1 :])
+        dirs = 2 if bidirectional else 1
+        per = len(params) // layers
+        lstm = func is torch.lstm
+        out, hs, cs = data, [], []
+        for layer in range(layers):
+            weights = params[layer * per : (layer + 1) * per]
+            part = slice(layer * dirs, (layer + 1) * dirs)
+            h0 = (hx[0][part], hx[1][part]) if lstm else hx[part]
+            if packed:
+                res = func(out, sizes, h0, weights, biases, 1, 0.0, train, bidirectional)
+            else:
+                res = func(out, h0, weights, biases, 1, 0.0, train, bidirectional, batch_first)
+            out = res[0]
+            hs.append(res[1])
+            if lstm:
+                cs.append(res[2])
+            if layer < layers - 1:
+                if packed:
+                    out = self._packed(out, sizes, key, p, layer)
+                else:
+                    out = self._apply(out, key, p, set(range(out.ndim)), layout, extra=(layer,))
+        if lstm:
+            return out, torch.cat(hs), torch.cat(cs)
+        return out, torch.cat(hs)
+
+    def _packed(
+        self, data: torch.Tensor, sizes: torch.Tensor, key: Key, p: float, layer: int
+    ) -> torch.Tensor:
+        """Inter-layer dropout of a packed sequence: one draw per (time step, unit); the rows of
+        a time step are the examples still running."""
+        if self.layouts is None:
+            return self._apply(data, key, p, {0, 1}, None)
+        assert self.t is not None
+        t = self.t.to(data.device)
+        if t.shape[0] != 1:
+            self._refuse_replicate(key)
+        steps = torch.repeat_interleave(torch.arange(len(sizes)), sizes.cpu()).to(data.device)
+        # the keys of a padded batch's (time step, unit), one unit per example along the batch
+        h = hashes(self._base(key, (layer,)), t, [1, len(sizes), data.shape[1]])
+        keep = h.reshape(len(sizes), data.shape[1]).ge(threshold(p))
+        scale = 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
+        return data * (keep[steps].to(data.dtype) * scale)
+
+
+def attention_weights(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    is_causal: bool,
+    scale: float | None,
+    enable_gqa: bool,
+) -> torch.Tensor:
+    """``softmax(q k^T * scale + mask)`` as ``F.scaled_dot_product_attention`` defines it (fully
+    masked rows give zeros, as its math kernel)."""
+    length, source = q.size(-2), k.size(-2)
+    scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
+    if enable_gqa and k.size(-3) != q.size(-3):
+        k = k.repeat_interleave(q.size(-3) // k.size(-3), -3)
+    scores = (q * scale) @ k.transpose(-2, -1)
+    if is_causal:
+        causal = torch.ones(length, source, dtype=torch.bool, device=q.device).tril()
+        scores = scores.masked_fill(~causal, -math.inf)
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attn_mask, -math.inf)
+        else:
+            scores = scores + attn_mask
+    safe = getattr(torch.ops.aten, "_safe_softmax", None)
+    if safe is not None:
+        return safe(scores, -1)
+    return torch.softmax(scores, -1).nan_to_num(0.0)
+
+
+@contextlib.contextmanager
+def private_randomness(seed: int) -> Iterator[None]:
+    """Run a probe without PyTorch's global generators: dropout masks and every other random op
+    draw from mcdrop's own generators seeded from ``seed``."""
+    with PrivateRandom(seed), MaskedDropout(seed):
+        yield
