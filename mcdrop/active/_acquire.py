@@ -12,7 +12,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
 from mcdrop._validation import check_choice, check_int
+from mcdrop.active._batchbald import batchbald
 from mcdrop.active._checks import REDUCTIONS, acquisition_size, generator
+from mcdrop.active._epig import epig
 from mcdrop.active._result import Acquisition
 from mcdrop.active._scores import SCORES, reduce_positions
 from mcdrop.active._stochastic import MODES, stochastic_batch
@@ -83,6 +85,65 @@ def single_point_scores(result: ClassificationResult, method: str) -> torch.Tens
     return result.std.mean(dim=result.class_dim)
 
 
+def shared_samples(
+    model: nn.Module, inputs: Any, name: str, batch_size: int | None, kwargs: dict[str, Any]
+) -> torch.Tensor:
+    """Sampled probabilities ``(T, N, C)`` of ``inputs`` under the ``T`` networks of the seed."""
+    result = predict_with_uncertainty(
+        model,
+        as_inputs(inputs, batch_size),
+        task="classification",
+        keep_samples=True,
+        masks="shared",
+        **kwargs,
+    )
+    assert isinstance(result, ClassificationResult) and result.samples is not None
+    if result.samples.ndim != 3:
+        raise ValueError(
+            f"Expected the model to give one class distribution per example of `{name}` "
+            f"(outputs (N, C)) for BatchBALD and EPIG, but got samples of shape "
+            f"{tuple(result.samples.shape)}; use a single-point method with `reduction=` for "
+            "pixels or tokens."
+        )
+    return result.samples
+
+
+def joint_acquisition(
+    model: nn.Module,
+    pool: Any,
+    n: int,
+    *,
+    method: str,
+    n_samples: int,
+    target_inputs: Any,
+    n_configurations: int,
+    batch_size: int | None,
+    seeds: tuple[int | None, int | None],
+    options: dict[str, Any],
+) -> Acquisition:
+    """BatchBALD or EPIG on samples with one network per sample for pool and targets."""
+    mc_seed, choice_seed = seeds
+    if method == "epig" and target_inputs is None:
+        raise ValueError(
+            "Expected `target_inputs` with method='epig' (unlabelled inputs from where the model "
+            "will be used; a random subset of the pool will do), but got None."
+        )
+    if mc_seed is None:  # pool and targets must still see the same T networks
+        mc_seed = int(torch.Generator().seed()) >> 1
+    kwargs = {"n_samples": n_samples, "seed": mc_seed, **options}
+    probs = shared_samples(model, pool, "pool", batch_size, kwargs)
+    n = acquisition_size(n, int(probs.shape[1]), pool="pool")
+    if method == "batchbald":
+        return batchbald(probs, n, n_configurations=n_configurations, seed=choice_seed)
+    target_kwargs = {k: v for k, v in kwargs.items() if k != "batch_size"}
+    if batch_size is not None and isinstance(target_inputs, (torch.Tensor, tuple, Mapping)):
+        target_kwargs["batch_size"] = batch_size
+    target = shared_samples(model, target_inputs, "target_inputs", batch_size, target_kwargs)
+    scores = epig(probs, target)
+    values, order = torch.sort(scores.cpu(), descending=True, stable=True)
+    return Acquisition(order[:n], values[:n], "epig")
+
+
 def acquire(
     model: nn.Module,
     pool: Any,
@@ -107,9 +168,10 @@ def acquire(
     the ``(T, N, C)`` samples. The batch is their top ``n``, or drawn from them with
     ``stochastic=`` (PowerBALD and the like, :func:`stochastic_batch`).
 
-    ``"batchbald"`` and ``"epig"`` need one network per sample, shared by every example
-    (``masks="shared"``), and so keep the samples ``(T, N, C)`` in memory (float64:
-    ``8 T N C`` bytes); see :func:`batchbald` and :func:`epig`.
+    ``"batchbald"`` and ``"epig"`` need one network per sample, shared by every pool and target
+    example: they sample with ``masks="shared"`` (the same seed for pool and targets) and keep
+    the samples ``(T, N, C)`` in memory (``4 T N C`` bytes in float32, a float64 copy while
+    choosing); see :func:`batchbald` and :func:`epig` for the memory of the choice itself.
 
     Parameters
     ----------
@@ -133,7 +195,8 @@ def acquire(
     reduction : {"mean", "sum", "max"}, default="mean"
         How per-pixel or per-token scores of an example are combined (outputs ``(N, C, *S)``).
     target_inputs : optional
-        EPIG's target inputs (same forms as ``pool``).
+        EPIG's target inputs (same forms as ``pool``), required with ``method="epig"``: inputs
+        from the distribution the model will be used on (a random subset of the pool will do).
     n_configurations : int, default=10_000
         BatchBALD's bound on the configurations of the joint entropy (:func:`batchbald`).
     batch_size : int, optional
@@ -183,16 +246,21 @@ def acquire(
             )
         chosen = torch.randperm(size, generator=generator(choice_seed))[:n]
         return Acquisition(chosen, torch.zeros(n, dtype=torch.float64), "random")
-    if method in JOINT_METHODS:
-        raise ValueError(
-            f"Expected a method with independent masks per example, but got method={method!r}: "
-            "it needs one network per sample shared by every pool (and target) example "
-            "(masks='shared'), which this version of mcdrop.predict_with_uncertainty does not "
-            f"offer. Sample the probabilities with shared masks and call mcdrop.active.{method} "
-            "on them."
-        )
     if batch_size is not None and isinstance(pool, (torch.Tensor, tuple, Mapping)):
         options["batch_size"] = batch_size
+    if method in JOINT_METHODS:
+        return joint_acquisition(
+            model,
+            pool,
+            n,
+            method=method,
+            n_samples=n_samples,
+            target_inputs=target_inputs,
+            n_configurations=n_configurations,
+            batch_size=batch_size,
+            seeds=(mc_seed, choice_seed),
+            options=options,
+        )
     result = predict_with_uncertainty(
         model,
         as_inputs(pool, batch_size),

@@ -9,7 +9,16 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import mcdrop
-from mcdrop.active import acquire, bald, entropy, margin, mean_std, variation_ratio
+from mcdrop.active import (
+    acquire,
+    bald,
+    batchbald,
+    entropy,
+    epig,
+    margin,
+    mean_std,
+    variation_ratio,
+)
 from mcdrop.active._acquire import split_seed
 
 SCORE_FUNCTIONS = {
@@ -136,10 +145,78 @@ def test_the_global_random_streams_are_left_alone() -> None:
     assert torch.equal(torch.get_rng_state(), state)
 
 
-def test_joint_methods_explain_that_they_need_shared_masks() -> None:
-    for method in ("batchbald", "epig"):
-        with pytest.raises(ValueError, match=r"masks='shared'.*mcdrop\.active\." + method):
-            acquire(_classifier(), POOL, 3, method=method)
+def _confident_classifier() -> nn.Module:
+    model = _classifier()
+    with torch.no_grad():
+        model[3].weight.mul_(4.0)  # each network nearly one-hot: copies add almost nothing
+    return model
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_batchbald_is_batchbald_of_the_shared_mask_samples(seed: int) -> None:
+    model = _classifier()
+    chosen = acquire(model, POOL, 5, method="batchbald", n_samples=20, seed=seed, batch_size=50)
+    mc_seed, choice_seed = split_seed(seed)
+    kept = mcdrop.predict_with_uncertainty(
+        model, POOL, n_samples=20, seed=mc_seed, keep_samples=True, masks="shared"
+    )
+    expected = batchbald(kept.samples, 5, seed=choice_seed)
+    assert chosen.tolist() == expected.tolist()
+    torch.testing.assert_close(chosen.scores, expected.scores, rtol=1e-9, atol=1e-12)
+
+
+def test_on_a_repeated_pool_batchbald_takes_no_copies_where_top_k_bald_does() -> None:
+    model = _confident_classifier()
+    pool = POOL[:20].repeat_interleave(3, dim=0)  # every example three times
+    for seed in range(3):
+        batch = acquire(model, pool, 6, method="batchbald", n_samples=40, seed=seed)
+        assert len(set((batch.indices // 3).tolist())) == 6
+        top_k = acquire(model, pool, 6, method="bald", n_samples=40, seed=seed, masks="shared")
+        assert len(set((top_k.indices // 3).tolist())) == 2  # three copies of two examples
+
+
+def test_epig_uses_the_same_networks_for_pool_and_targets() -> None:
+    model = _classifier()
+    targets = torch.randn(15, 5, generator=torch.Generator().manual_seed(6))
+    chosen = acquire(model, POOL, 6, method="epig", target_inputs=targets, n_samples=30, seed=2)
+    mc_seed = split_seed(2)[0]
+    pool_kept, target_kept = (
+        mcdrop.predict_with_uncertainty(
+            model, x, n_samples=30, seed=mc_seed, keep_samples=True, masks="shared"
+        )
+        for x in (POOL, targets)
+    )
+    scores = epig(pool_kept.samples, target_kept.samples)
+    order = torch.sort(scores, descending=True, stable=True).indices[:6]
+    assert chosen.tolist() == order.tolist()
+    torch.testing.assert_close(chosen.scores, scores[order], rtol=1e-9, atol=1e-12)
+    # With independent masks the same computation finds only finite-T noise: why masks matter.
+    shared, independent = (
+        [
+            mcdrop.predict_with_uncertainty(
+                model, x, n_samples=100, seed=seed, keep_samples=True, masks=masks
+            ).samples
+            for x, seed in ((POOL, 1), (targets, 2 if masks == "independent" else 1))
+        ]
+        for masks in ("shared", "independent")
+    )
+    assert float(epig(*independent).mean()) < 0.25 * float(epig(*shared).mean())
+
+
+def test_joint_methods_without_a_seed_still_share_networks_between_pool_and_targets() -> None:
+    model = _classifier()
+    targets = POOL[:10]
+    a = acquire(model, POOL, 3, method="epig", target_inputs=targets, n_samples=30)
+    assert float(a.scores[0]) > 0.01  # independent draws for pool and targets would give ~0
+
+
+def test_epig_needs_target_inputs_and_joint_methods_need_one_distribution_per_example() -> None:
+    with pytest.raises(ValueError, match=r"`target_inputs` with method='epig'"):
+        acquire(_classifier(), POOL, 3, method="epig", n_samples=4)
+    images = torch.randn(6, 2, 4, 4)
+    for method, extra in (("batchbald", {}), ("epig", {"target_inputs": images})):
+        with pytest.raises(ValueError, match=r"one class distribution per example of `pool`"):
+            acquire(_Segmenter().eval(), images, 2, method=method, n_samples=4, **extra)
 
 
 @pytest.mark.parametrize(
