@@ -17,9 +17,10 @@ of a sequence (a coordinate is a position, not a flat index), on the chunk or st
 the sample, or on PyTorch's global random generator, which it never draws from.
 
 The masks come from a counter-based generator: a 32-bit integer hash (Chris Wellons'
-``lowbias32``) chained over the key and the coordinates, computed with vectorised ``int64``
-tensor operations whose values stay below ``2**32`` and whose products stay below ``2**63`` (no
-overflow: the result is the same on every device). An element is kept when its hash is at least
+``lowbias32``) chained over the call's key and the element's coordinates, one coordinate at a
+time (kept per call and shape), then mixed once more with the hash of the sample index; computed
+with vectorised ``int64`` tensor operations whose values stay below ``2**32`` and whose products
+stay below ``2**63`` (no overflow: the result is the same on every device). An element is kept when its hash is at least
 ``p * 2**32``: a Bernoulli(1 - p) draw, exact to ``2**-32``. The mask has no batch dimension, so it
 costs ``T`` times the size of one example, not ``T`` times the batch.
 
@@ -175,9 +176,8 @@ def _agree(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Equal up to the rounding of kernels that differ by batch size."""
     if a.shape != b.shape:
         return False
+    tol = 3e-2 if a.dtype in (torch.float16, torch.bfloat16) else 1e-4
     a, b = a.detach().double(), b.detach().double()
-    low = a.dtype in (torch.float16, torch.bfloat16)
-    tol = 3e-2 if low else 1e-4
     finite = torch.isfinite(a)
     scale = float(a[finite].abs().max()) if bool(finite.any()) else 0.0
     return bool(torch.allclose(a, b, rtol=tol, atol=tol * scale + 1e-30, equal_nan=True))
