@@ -4,10 +4,10 @@ On the rows of ``benchmarks/bench_sampling.py`` (its models and sizes: conv net 
 head, MLP with dropout after every layer, transformer encoder classifier on PyTorch's fused
 layers and written out with eager attention), times ``mcdrop.MCDropout(strategy=s, masks=m)``
 returning the ``T`` stacked samples for each strategy ``s`` (``loop``, ``replicate``, ``vmap``,
-``auto``) and both mask kinds, and ``predict_with_uncertainty`` end to end. Medians of
+``auto``) and both mask kinds, and ``predict_with_uncertainty`` end to end. Medians and minima of
 ``--repeats`` runs after warm-up, timed round-robin (one run of each per round) so that load from
 other processes hits both kinds alike; each ratio ``shared / independent`` comes from the same
-run. On CUDA the peak memory of each call above the model is measured too.
+run (on a shared machine the ratio of minima is the steadier one). On CUDA the peak memory of each call above the model is measured too.
 
 Run::
 
@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,19 +30,34 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_sampling import (
-    QUICK_SIZES,
-    SIZES,
-    _warm_up_process,
-    build,
-    cpu_name,
-    timeit_interleaved,
-)
+from bench_sampling import QUICK_SIZES, SIZES, _sync, _warm_up_process, build, cpu_name
 
 import mcdrop
 
 STRATEGIES = ("loop", "replicate", "vmap", "auto")
 MASKS = ("independent", "shared")
+
+
+def timeit_interleaved(
+    fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int
+) -> dict[str, float]:
+    """Median and minimum ms of each function, timed round-robin after one untimed run each.
+
+    On a machine shared with other jobs the minimum is the better estimate of a function's own
+    cost (load only ever adds time); the median is reported too."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append((time.perf_counter() - start) * 1e3)
+    out = {f"{name}_ms": statistics.median(t) for name, t in times.items()}
+    out.update({f"{name}_min_ms": min(t) for name, t in times.items()})
+    return out
 
 
 def _peak_bytes(fn: Callable[[], Any], device: torch.device) -> int | None:
@@ -86,9 +103,11 @@ def bench_row(
         fns[f"predict_{masks}"] = predict
     row.update(timeit_interleaved(fns, device, repeats))
     for key in (*STRATEGIES, "predict"):
-        shared, independent = row.get(f"{key}_shared_ms"), row.get(f"{key}_independent_ms")
-        if shared is not None and independent is not None:
-            row[f"{key}_ratio"] = shared / independent
+        for stat in ("", "_min"):
+            shared = row.get(f"{key}_shared{stat}_ms")
+            independent = row.get(f"{key}_independent{stat}_ms")
+            if shared is not None and independent is not None:
+                row[f"{key}{stat}_ratio"] = shared / independent
     return row
 
 
@@ -150,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
                     mem = f"   peak {a / 2**20:8.1f} -> {b / 2**20:8.1f} MiB"
                 print(
                     f"  {key:<10} independent {ind:9.2f} ms  shared {sh:9.2f} ms  "
-                    f"ratio {sh / ind:5.2f}{mem}"
+                    f"ratio {sh / ind:5.2f}  (minimum: {row[f'{key}_independent_min_ms']:9.2f}"
+                    f" / {row[f'{key}_shared_min_ms']:9.2f} ms, ratio {row[f'{key}_min_ratio']:5.2f})"
+                    f"{mem}"
                 )
             print(
                 f"  auto chose {row.get('auto_independent_strategy')!r} (independent), "

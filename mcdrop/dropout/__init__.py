@@ -23,6 +23,12 @@ the twin misses a call, because a parent's flag gates it (``if self.training: x 
 the fused fast path of ``nn.TransformerEncoderLayer``), the nearest gating parents are switched on
 too, and a dropout that still cannot be reproduced is an error listing it.
 
+With ``masks="shared"`` every dropout call of the sampling twin is answered by
+:class:`mcdrop.dropout._masks.MaskedDropout`: sample ``t`` is one network ``f_t`` for every
+example, its masks from a counter-based generator keyed by the seed, the sample, the site and
+each element's coordinates within its example (fused attention and RNN kernels written out), and
+nothing is drawn from PyTorch's global generators.
+
 The user's model is never written to: not its flags, not its hooks. TorchScript models cannot be
 twinned; for them mcdrop switches the model's own flags while it samples, under a per-model lock,
 and warns.

@@ -17,9 +17,10 @@ of a sequence (a coordinate is a position, not a flat index), on the chunk or st
 the sample, or on PyTorch's global random generator, which it never draws from.
 
 The masks come from a counter-based generator: a 32-bit integer hash (Chris Wellons'
-``lowbias32``) chained over the key and the coordinates, computed with vectorised ``int64``
-tensor operations whose values stay below ``2**32`` and whose products stay below ``2**63`` (no
-overflow: the result is the same on every device). An element is kept when its hash is at least
+``lowbias32``) chained over the call's key and the element's coordinates, one coordinate at a
+time (kept per call and shape), then mixed once more with the hash of the sample index; computed
+with vectorised ``int64`` tensor operations whose values stay below ``2**32`` and whose products
+stay below ``2**63`` (no overflow: the result is the same on every device). An element is kept when its hash is at least
 ``p * 2**32``: a Bernoulli(1 - p) draw, exact to ``2**-32``. The mask has no batch dimension, so it
 costs ``T`` times the size of one example, not ``T`` times the batch.
 
@@ -117,14 +118,39 @@ def _text_id(text: str) -> int:
     return zlib.crc32(text.encode("utf-8"))
 
 
+_COORDINATES = 0x3C6EF372  # separates the coordinates' chain from the samples' keys
+_GRID_BYTES = 128 * 2**20  # coordinates' hashes kept per sampling call, at most
+
+
+def coordinates(
+    base: int, sizes: list[int] | tuple[int, ...], device: torch.device
+) -> torch.Tensor:
+    """Hashes of shape ``sizes``: element ``[c1, ..., cn]`` a function of ``(base, c1, ..., cn)``
+    only (chained one coordinate at a time), so it does not change when another size does."""
+    h = torch.tensor(mix_int(base ^ _COORDINATES), dtype=torch.int64, device=device)
+    for n in sizes:
+        h = mix(h.unsqueeze(-1) ^ torch.arange(n, dtype=torch.int64, device=device))
+    return h
+
+
+def combine(
+    grid: torch.Tensor, base: int, t: torch.Tensor, samples: list[int] | None = None
+) -> torch.Tensor:
+    """``(len(t), *grid.shape)`` hashes of the coordinates' hashes and the samples'.
+    ``samples``: the values of ``t`` when known on the host (not under vmap): on the CPU their
+    hashes are then computed in Python (fewer tensor ops for small masks)."""
+    if samples is not None and grid.device.type == "cpu":
+        keys = [mix_int((s & _M32) ^ base) for s in samples]
+        g = torch.tensor(keys, dtype=torch.int64)
+    else:
+        g = mix((t.to(torch.int64) & _M32) ^ base)
+    return mix(grid.unsqueeze(0) ^ g.reshape(-1, *[1] * grid.ndim))
+
+
 def hashes(base: int, t: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     """Hashes of shape ``(len(t), *sizes)``: element ``[i, c1, ..., cn]`` is a function of
     ``(base, t[i], c1, ..., cn)`` only, so it does not change when another size does."""
-    h = mix((t.to(torch.int64) & _M32) ^ base)
-    for n in sizes:
-        coordinate = torch.arange(n, dtype=torch.int64, device=t.device)
-        h = mix(h.unsqueeze(-1) ^ coordinate)
-    return h
+    return combine(coordinates(base, sizes, t.device), base, t)
 
 
 def threshold(p: float) -> int:
@@ -150,9 +176,8 @@ def _agree(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Equal up to the rounding of kernels that differ by batch size."""
     if a.shape != b.shape:
         return False
+    tol = 3e-2 if a.dtype in (torch.float16, torch.bfloat16) else 1e-4
     a, b = a.detach().double(), b.detach().double()
-    low = a.dtype in (torch.float16, torch.bfloat16)
-    tol = 3e-2 if low else 1e-4
     finite = torch.isfinite(a)
     scale = float(a[finite].abs().max()) if bool(finite.any()) else 0.0
     return bool(torch.allclose(a, b, rtol=tol, atol=tol * scale + 1e-30, equal_nan=True))
@@ -230,6 +255,12 @@ def _never(*_: Any) -> bool:
 _KINDS: dict[Callable[..., Any], tuple[bool, bool, bool]] = {
     func: (label.startswith("torch.feature"), "alpha" in label, label.endswith("_"))
     for func, label in _ATEN.items()
+}
+# Functionals that are one ATen kernel (``inplace`` picks the ``_`` variant): answered directly.
+_DIRECT: dict[Callable[..., Any], tuple[Callable[..., Any], Callable[..., Any]]] = {
+    F.dropout: (torch.dropout, torch.dropout_),
+    F.alpha_dropout: (torch.alpha_dropout, torch.alpha_dropout_),
+    F.feature_alpha_dropout: (torch.feature_alpha_dropout, torch.feature_alpha_dropout_),
 }
 # Python functionals that reduce to those kernels (or to attention): run unchecked, under the mode.
 _PYTHON = frozenset([*_FUNCTIONAL, F.multi_head_attention_forward])
@@ -324,15 +355,21 @@ class MaskedDropout(TorchFunctionMode):
         self.counts: Counter[tuple[str, str]] = Counter()
         self.t: torch.Tensor | None = None  # sample index of each group of rows in the pass
         self.rows: int | None = None  # rows per sample in the pass
+        self.samples: list[int] | None = None  # the values of ``t`` (not under vmap)
         self.records: dict[Key, Any] | None = None  # while probing
         self.bases: dict[tuple[Key, tuple[int, ...]], int] = {}  # key of each call, cached
+        # the coordinates' hashes of each call and shape: computed once per sampling call
+        self.grids: dict[tuple[int, tuple[int, ...], torch.device], torch.Tensor] = {}
+        self.grid_bytes = 0
 
     # -- passes and attribution ------------------------------------------------------------------
-    def start_pass(self, t: torch.Tensor, rows: int) -> None:
+    def start_pass(self, t: torch.Tensor, rows: int, samples: list[int] | None = None) -> None:
         """The next forward pass holds ``len(t)`` samples of ``rows`` rows each (sample-major:
-        row ``r`` is sample ``t[r // rows]``)."""
+        row ``r`` is sample ``t[r // rows]``); ``samples``: the values of ``t``, when known on
+        the host (not under vmap)."""
         self.t = t
         self.rows = rows
+        self.samples = samples
         self.counts.clear()
 
     @contextlib.contextmanager
@@ -402,6 +439,12 @@ class MaskedDropout(TorchFunctionMode):
         label, p = dropout_call(func, args, kwargs)
         if p <= 0.0:
             return func(*args, **kwargs)
+        direct = _DIRECT.get(func)
+        if direct is not None:  # the functional is its ATen kernel: no need to run its body
+            inplace = bool(_arg(args, kwargs, 3, "inplace", False))
+            aten = direct[1] if inplace else direct[0]
+            x = _arg(args, kwargs, 0, "input", None)
+            return self._dropout(aten, _ATEN[aten], p, (x,), {})
         if func in _PYTHON:
             with self:
                 return _unchecked(func)(*args, **kwargs)
@@ -449,7 +492,7 @@ class MaskedDropout(TorchFunctionMode):
             if k != 1:
                 self._refuse_replicate(key)
             sizes = [shape[i] for i in range(ndim) if i in masked]
-            return tuple(shape), hashes(base, t, sizes).reshape(dims).ge(threshold(p))
+            return tuple(shape), self._hashes(base, t, sizes).reshape(dims).ge(threshold(p))
         d = layout.dim
         rows = k * self.rows
         if d >= ndim or shape[d] % rows:
@@ -463,7 +506,7 @@ class MaskedDropout(TorchFunctionMode):
         others = [i for i in range(ndim) if i != d]
         units = f if d in masked else 1
         sizes = ([f] if d in masked else []) + [shape[i] for i in others if i in masked]
-        h = hashes(base, t, sizes).reshape(k, units, *[dims[i] for i in others])
+        h = self._hashes(base, t, sizes).reshape(k, units, *[dims[i] for i in others])
         before = list(range(2, 2 + d))
         after = list(range(2 + d, 1 + ndim))
         if layout.major:
@@ -481,6 +524,17 @@ class MaskedDropout(TorchFunctionMode):
             base = chain(self.base, _text_id(key[0]), _text_id(key[1]), key[2], *extra)
             self.bases[(key, extra)] = base
         return base
+
+    def _hashes(self, base: int, t: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        """:func:`hashes`, the coordinates' part kept for the next pass of the same shape."""
+        index = (base, tuple(sizes), t.device)
+        grid = self.grids.get(index)
+        if grid is None:
+            grid = coordinates(base, sizes, t.device)
+            if self.grid_bytes + 8 * grid.numel() <= _GRID_BYTES:  # else computed every pass
+                self.grids[index] = grid
+                self.grid_bytes += 8 * grid.numel()
+        return combine(grid, base, t, self.samples)
 
     def _refuse_replicate(self, key: Key) -> None:
         raise ValueError(
@@ -618,7 +672,7 @@ class MaskedDropout(TorchFunctionMode):
             self._refuse_replicate(key)
         steps = torch.repeat_interleave(torch.arange(len(sizes)), sizes.cpu()).to(data.device)
         # the keys of a padded batch's (time step, unit), one unit per example along the batch
-        h = hashes(self._base(key, (layer,)), t, [1, len(sizes), data.shape[1]])
+        h = self._hashes(self._base(key, (layer,)), t, [1, len(sizes), data.shape[1]])
         keep = h.reshape(len(sizes), data.shape[1]).ge(threshold(p))
         scale = 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
         return data * (keep[steps].to(data.dtype) * scale)

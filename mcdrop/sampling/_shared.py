@@ -64,27 +64,45 @@ def attribution(masks: MaskedDropout, twin: Sampling) -> Any:
 
 def learn_layouts(runner: Runner, first: _Batch) -> None:
     """Where each dropout call's input holds the examples: the sampling twin on one example and
-    on two, every dropout the identity (:func:`mcdrop.dropout.infer_layouts`)."""
+    on two, every dropout the identity (:func:`mcdrop.dropout.infer_layouts`). The second example
+    is the batch's next one; where the values cannot tell contiguous from strided units (equal
+    examples), the first example reversed along its last dimension."""
     masks = runner.masks
     assert masks is not None
-    alone = first.slice(0, 1)
-    if first.size >= 2:
-        pair = first.slice(0, 2)
-    else:  # a companion with other values: the example reversed along its last dimension
-        pair = first.map_batched(
-            lambda t: torch.cat([t[:1], t[:1].flip(-1) if t.ndim > 1 else t[:1]])
-        )
-        pair.size = 2
-    with masks.probing() as one:
-        runner.run("loop", alone, 1)
-    with masks.probing() as two:
-        runner.run("loop", pair, 1)
-    layouts, unclear = infer_layouts(one, two)
-    if unclear:
-        (site, label, index), reason = sorted(unclear.items())[0]
+    one = _probe_layout(runner, first.slice(0, 1), "one example")
+    pairs = [first.slice(0, 2)] if first.size >= 2 else []
+    reversed_pair = first.map_batched(
+        lambda t: torch.cat([t[:1], t[:1].flip(-1) if t.ndim > 1 else t[:1]])
+    )
+    reversed_pair.size = 2
+    for pair in [*pairs, reversed_pair]:
+        layouts, unclear = infer_layouts(one, _probe_layout(runner, pair, "two examples"))
+        if not unclear:
+            masks.layouts = layouts
+            return
+    (site, label, index), reason = sorted(unclear.items())[0]
+    raise ValueError(
+        f"Expected to find which dimension of each dropout input holds the examples "
+        f"(masks='shared' gives every example the same mask), but for call {index + 1} of "
+        f"{label} in `{site or '<model>'}` {reason}. Use masks='independent' for this model."
+    )
+
+
+def _probe_layout(runner: Runner, batch: _Batch, what: str) -> dict[Any, Any]:
+    """The inputs of the sampling twin's dropout calls on ``batch``, every dropout the identity."""
+    masks = runner.masks
+    assert masks is not None
+    try:
+        with masks.probing() as records:
+            runner.run("loop", batch, 1)
+    except torch.OutOfMemoryError:
+        raise
+    except (ValueError, TypeError, RuntimeError, IndexError) as error:
+        if "masks=" in str(error):  # a refusal of shared masks: already explained
+            raise
         raise ValueError(
-            f"Expected to find which dimension of each dropout input holds the examples "
-            f"(masks='shared' gives every example the same mask), but for call {index + 1} of "
-            f"{label} in `{site or '<model>'}` {reason}. Use masks='independent' for this model."
-        )
-    masks.layouts = layouts
+            f"Running the sampling twin on {what} (masks='shared' finds where each dropout "
+            f"input holds the examples this way) raised {type(error).__name__}: {error}. Use "
+            "masks='independent' for a model that cannot run on so few examples."
+        ) from error
+    return records

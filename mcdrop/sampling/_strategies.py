@@ -171,21 +171,24 @@ class Runner:
         with hooks, self.masks:
             yield
 
-    def _start(self, t: torch.Tensor, rows: int) -> None:
-        """The next pass holds the samples ``t`` (sample-major), ``rows`` rows each."""
+    def _start(self, t: torch.Tensor, rows: int, samples: list[int] | None = None) -> None:
+        """The next pass holds the samples ``t`` (sample-major), ``rows`` rows each;
+        ``samples``: their values, when known on the host."""
         if self.masks is not None:
-            self.masks.start_pass(t, rows)
+            self.masks.start_pass(t, rows, samples)
 
     def _loop(self, batch: _Batch, k: int, first: int = 0) -> Outputs:
         outs = []
         for i in range(k):
-            self._start(torch.full((1,), first + i, device=self.device), batch.size)
+            t = first + i
+            self._start(torch.full((1,), t, device=self.device), batch.size, [t])
             outs.append(self.call(batch))
         return tuple(torch.stack(parts) for parts in zip(*outs, strict=True))
 
     def _replicate(self, batch: _Batch, k: int, first: int = 0) -> Outputs:
         big = batch.map_batched(lambda t: t.repeat(k, *([1] * (t.ndim - 1))))
-        self._start(torch.arange(first, first + k, device=self.device), batch.size)
+        samples = list(range(first, first + k))
+        self._start(torch.arange(first, first + k, device=self.device), batch.size, samples)
         result = []
         for out in self.call(big):
             if out.ndim == 0 or out.shape[0] != k * batch.size:

@@ -488,6 +488,33 @@ def test_dropconnect_is_one_network_per_sample_and_refuses_replicate():
         _samples(model, x, strategy="replicate", task="regression")
 
 
+class Tokens(nn.Module):
+    """Dropout on ``(B * L, H)`` tokens: the batch dimension holds L units per example."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(3, 8)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        flat = F.dropout(h.reshape(-1, 8), 0.3, self.training)
+        return self.head(flat.reshape(h.shape).mean(1))
+
+
+@pytest.mark.parametrize("first_two_equal", [False, True])
+def test_folded_batch_dimension_found_even_when_the_first_examples_are_equal(first_two_equal):
+    torch.manual_seed(0)
+    x = torch.randn(5, 4, 3)
+    if first_two_equal:  # the first pair's values cannot tell: a reversed companion does
+        x[0] = x[0, :1]  # every token of the first example the same
+        x[1] = x[0]
+    model = Tokens().eval()
+    full = _samples(model, x, strategy="replicate")
+    assert not torch.allclose(full[0], full[1])
+    torch.testing.assert_close(_samples(model, x[2:3], strategy="replicate")[:, 0], full[:, 2])
+
+
 class Gram(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.dropout(x @ x.T, 0.2, self.training).sum(1, keepdim=True)
