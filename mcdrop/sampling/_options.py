@@ -366,9 +366,8 @@ class SamplingOptions:
     )
 
     def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):
-            value = field.metadata["check"](field.name, getattr(self, field.name))
-            object.__setattr__(self, field.name, value)
+        for name, check in _CHECKS:
+            object.__setattr__(self, name, check(name, getattr(self, name)))
         if self.task == "classification" and (self.tau is not None or self.heteroscedastic):
             raise ValueError("Expected `tau` and `heteroscedastic` only with task='regression'.")
         if self.tau is not None and self.heteroscedastic:
@@ -409,6 +408,11 @@ class SamplingOptions:
     def draw_seed(self) -> int | None:
         """The seed of a call: ``seed``, one draw of ``generator``, or None."""
         return seed_from(self.seed, self.generator)
+
+
+_CHECKS: tuple[tuple[str, Check], ...] = tuple(
+    (field.name, field.metadata["check"]) for field in dataclasses.fields(SamplingOptions)
+)
 
 
 def default_of(name: str) -> Any:
