@@ -35,7 +35,7 @@ import mcdrop
 from mcdrop.dropout import _probe
 from mcdrop.dropout._sites import _set_flags, _TwinModules
 from mcdrop.dropout._twin import _twin
-from mcdrop.sampling._driver import _rows_interact
+from mcdrop.sampling._checks import rows_interact as _rows_interact
 from mcdrop.sampling._inputs import _Batch
 from mcdrop.sampling._strategies import Runner
 from mcdrop.stats import ClassificationAccumulator

@@ -199,12 +199,17 @@ def check_labels(name: str, value: Any, n_classes: int, n: int) -> np.ndarray:
 
 
 def check_classification(
-    y_true: Any, y_prob: Any, *, allow_1d: bool = True
+    y_true: Any,
+    y_prob: Any,
+    *,
+    allow_1d: bool = True,
+    names: tuple[str, str] = ("y_true", "y_prob"),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Validated ``(labels, probs)``; a 1-d ``y_prob`` is returned as is (binary, p(class 1))."""
-    probs = check_probs("y_prob", y_prob, allow_1d=allow_1d)
+    """Validated ``(labels, probs)``; a 1-d ``y_prob`` is returned as is (binary, p(class 1)).
+    ``names`` are the caller's names of the two arguments, for the errors."""
+    probs = check_probs(names[1], y_prob, allow_1d=allow_1d)
     n_classes = 2 if probs.ndim == 1 else probs.shape[1]
-    labels = check_labels("y_true", y_true, n_classes, probs.shape[0])
+    labels = check_labels(names[0], y_true, n_classes, probs.shape[0])
     return labels, probs
 
 

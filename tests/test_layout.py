@@ -29,6 +29,7 @@ LAYERS: dict[str, int] = {
     "calibration": 4,
     "conformal": 4,
     "plot": 5,
+    "active": 5,
     "reporting": 6,
     "integrations": 6,
     "cli": 7,
@@ -168,7 +169,15 @@ def test_the_checker_sees_imports_inside_functions(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "face", ["mcdrop", "mcdrop.metrics", "mcdrop.plot", "mcdrop.calibration", "mcdrop.conformal"]
+    "face",
+    [
+        "mcdrop",
+        "mcdrop.metrics",
+        "mcdrop.plot",
+        "mcdrop.calibration",
+        "mcdrop.conformal",
+        "mcdrop.active",
+    ],
 )
 def test_importing_a_face_does_not_import_matplotlib_or_integrations(face: str) -> None:
     code = (

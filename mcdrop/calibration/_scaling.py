@@ -20,6 +20,7 @@ from mcdrop._validation import (
     match_shape,
     to_array,
 )
+from mcdrop.calibration._base import Persistent, state_array
 
 __all__ = ["StdScaling", "TemperatureScaling"]
 
@@ -27,7 +28,7 @@ _INPUTS = ("logits", "probs", "log_probs")
 _HUGE = 1e300  # the objective where the NLL is beyond float64
 
 
-class TemperatureScaling:
+class TemperatureScaling(Persistent):
     r"""Temperature scaling of a classifier's outputs (Guo et al. 2017).
 
     One scalar ``T > 0`` divides the logits, ``p = softmax(z / T)``; it is fitted by minimising
@@ -86,6 +87,18 @@ class TemperatureScaling:
     def __repr__(self) -> str:
         fitted = "unfitted" if self._temperature is None else f"temperature={self._temperature:.4g}"
         return f"TemperatureScaling(inputs={self.inputs!r}, {fitted})"
+
+    def _options(self) -> dict[str, Any]:
+        return {"inputs": self.inputs, "bounds": list(self.bounds)}
+
+    def _state(self) -> dict[str, Any] | None:
+        return None if self._temperature is None else {"temperature": self._temperature}
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        value = float(state_array(state, "temperature", ()))
+        self._temperature = check_float(
+            "temperature in the saved state", value, low=0.0, low_inclusive=False
+        )
 
     @property
     def temperature(self) -> float:
@@ -184,18 +197,25 @@ class TemperatureScaling:
 
         Parameters
         ----------
-        logits : array-like or Tensor of shape (N, C)
-            Outputs of the kind given by ``inputs``.
+        logits : array-like or Tensor of shape (N, C) or (..., N, C)
+            Outputs of the kind given by ``inputs``, e.g. the ``(T, N, C)`` outputs of ``T``
+            Monte Carlo samples (each scaled alike).
 
         Returns
         -------
-        ndarray of shape (N, C)
+        ndarray of the shape of ``logits``
             Probabilities (``float64``).
         """
         temperature = self.temperature
+        shape = tuple(logits.shape) if hasattr(logits, "shape") else np.shape(logits)
+        leading = shape[:-1] if len(shape) > 2 else None
+        if leading is not None:  # per-sample outputs: scale every row alike
+            flat = logits if hasattr(logits, "reshape") else np.asarray(logits)
+            logits = flat.reshape(-1, shape[-1])  # type: ignore[union-attr]
         scores = self._scores("logits", logits)
         with np.errstate(over="ignore"):  # scores <= 0: an overflow is a zero probability
-            return np.asarray(softmax(scores / temperature, axis=1), dtype=np.float64)
+            probs = np.asarray(softmax(scores / temperature, axis=1), dtype=np.float64)
+        return probs if leading is None else probs.reshape(*leading, probs.shape[-1])
 
     def fit_transform(self, logits: ArrayLike, y: ArrayLike) -> np.ndarray:
         """:meth:`fit` then :meth:`transform` on the same data."""
@@ -226,7 +246,7 @@ def _to_2d(name: str, value: Any, *, allow_neg_inf: bool) -> np.ndarray:
     return array
 
 
-class StdScaling:
+class StdScaling(Persistent):
     r"""Std scaling of a regressor's predictive standard deviation (Levi et al. 2019).
 
     One scalar ``s > 0`` multiplies the predicted standard deviation. The value minimising the
@@ -255,6 +275,13 @@ class StdScaling:
     def __repr__(self) -> str:
         fitted = "unfitted" if self._scale is None else f"scale={self._scale:.4g}"
         return f"StdScaling({fitted})"
+
+    def _state(self) -> dict[str, Any] | None:
+        return None if self._scale is None else {"scale": self._scale}
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        value = float(state_array(state, "scale", ()))
+        self._scale = check_float("scale in the saved state", value, low=0.0, low_inclusive=False)
 
     @property
     def scale(self) -> float:

@@ -15,11 +15,12 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from mcdrop._version import __version__
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
 
 __all__ = ["main"]
 
@@ -52,8 +53,9 @@ download) and compare, over --seeds seeds:
 in distribution, under increasing rotation and pixel noise, and out of distribution
 (the held-out digits 8 and 9). Prints accuracy, NLL, Brier score and ECE per shift
 level, the OOD AUROC of each uncertainty measure and what the numbers show, and
-writes into --out: shift.png, reliability.png, accuracy_rejection.png,
-uncertainty_hist.png, ood.png, report.json and result.npz (the in-distribution MC
+writes into --out: shift.png (means over seeds), reliability.png,
+accuracy_rejection.png, uncertainty_hist.png and ood.png (the first seed, each number
+as 'seed | mean over seeds'), report.json and result.npz (the in-distribution MC
 dropout result, with its targets, readable by 'mcdrop report').
 """
 
@@ -272,6 +274,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _load_targets(path: str) -> np.ndarray:
+    import numpy as np
+
     if not os.path.exists(path):
         raise CLIError(f"targets file not found: {path}")
     try:

@@ -52,6 +52,17 @@ MEASURES = {
     "deep ensemble": ("1 − confidence", "entropy", "mutual information"),
 }
 IN_CLASSES = 8  # digits 0-7 are in distribution; 8 and 9 are held out as OOD
+# One colour per method in every figure; none is the blue or red that the histograms use for
+# in- and out-of-distribution (or right and wrong) scores.
+COLORS = {
+    "deterministic": "C7",
+    "MC dropout": "C1",
+    "temperature-scaled": "C2",
+    "deep ensemble": "C4",
+}
+LINESTYLES = {"1 − confidence": ":", "entropy": "-", "mutual information": "--"}
+MISCLASSIFICATION = ("entropy", "mutual information")  # MC dropout's scores of its own errors
+N_BINS = 15  # bins of the ECE in the tables and of the reliability diagrams
 
 
 # ----------------------------------------------------------------------------------------------
@@ -266,6 +277,7 @@ def _run_seed(
         "temperature": scaler.temperature,
         "model": models[0],
         "splits": splits,
+        "seed": seed,
     }
 
 
@@ -288,7 +300,7 @@ def _score_seed(run: Mapping[str, Any]) -> dict[str, Any]:
                 "accuracy": metrics.accuracy(y, p),
                 "nll": metrics.negative_log_likelihood(y, p),
                 "brier": metrics.brier_score(y, p),
-                "ece": metrics.expected_calibration_error(y, p),
+                "ece": metrics.expected_calibration_error(y, p, n_bins=N_BINS),
             }
             aurc[method][name] = metrics.aurc(y, p, _entropy(p))
         sub = None if result is None else _subset(result, where["in distribution"])
@@ -297,7 +309,29 @@ def _score_seed(run: Mapping[str, Any]) -> dict[str, Any]:
         s_out = _scores(method, probs[where["ood"]], ood)
         for measure in s_in:
             auroc[method][measure] = metrics.ood_auroc(s_in[measure], s_out[measure])
-    return {"metrics": table, "ood_auroc": auroc, "aurc": aurc}
+    y_in = labels["in distribution"]
+    p_in = run["probs"]["MC dropout"][where["in distribution"]]
+    s_mc = _scores(
+        "MC dropout", p_in, _subset(run["results"]["MC dropout"], where["in distribution"])
+    )
+    wrong = int(np.sum(p_in.argmax(1) != y_in))
+    misclassification = {
+        measure: (
+            metrics.misclassification_auroc(y_in, p_in, s_mc[measure])
+            if 0 < wrong < len(y_in)
+            else float("nan")
+        )
+        for measure in MISCLASSIFICATION
+    }
+    return {
+        "metrics": table,
+        "ood_auroc": auroc,
+        "aurc": aurc,
+        "misclassification_auroc": misclassification,
+        "n_wrong": wrong,
+        "n_test": len(y_in),
+        "seed": run["seed"],
+    }
 
 
 def _subset(result: Any, part: slice) -> Any:
@@ -433,7 +467,19 @@ def _summary(scored: list[dict[str, Any]]) -> str:
         f"{best[1]} (AUROC {best[2]:.3f}); MC dropout's mutual information reaches "
         f"{mi:.3f}."
     )
+    lines.append(f"  {_figures_note(scored)}")
     return "\n".join(lines)
+
+
+def _figures_note(scored: list[dict[str, Any]]) -> str:
+    seed = scored[0]["seed"]
+    if len(scored) == 1:
+        return f"Figures: every figure shows seed {seed}, the only seed."
+    return (
+        f"Figures: shift.png shows the mean over the {len(scored)} seeds; reliability.png, "
+        f"accuracy_rejection.png, uncertainty_hist.png and ood.png draw seed {seed} and quote "
+        f"each number as 'seed {seed} | mean over seeds'."
+    )
 
 
 def _tables(scored: list[dict[str, Any]]) -> str:
@@ -480,6 +526,17 @@ def _tables(scored: list[dict[str, Any]]) -> str:
         "OOD AUROC (digits 8, 9 against the test digits 0-7), mean over seeds:\n"
         + format_table(rows, precision=3)
     )
+    wrong = [int(run["n_wrong"]) for run in scored]
+    rows = {
+        "MC dropout": {s: mean("misclassification_auroc", s) for s in MISCLASSIFICATION},
+        "std over seeds": {s: std("misclassification_auroc", s) for s in MISCLASSIFICATION},
+    }
+    parts.append(
+        "Misclassification AUROC of MC dropout (its wrong against its right predictions in "
+        f"distribution; wrong predictions per seed: {', '.join(map(str, wrong))} of "
+        f"{scored[0]['n_test']}: few, see the intervals "
+        "in uncertainty_hist.png), mean over seeds:\n" + format_table(rows, precision=3)
+    )
     spread = {
         m: {f"{k} std": std("metrics", m, "in distribution", k) for k in METRICS} for m in METHODS
     }
@@ -492,6 +549,27 @@ def _tables(scored: list[dict[str, Any]]) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
+def _seeds_text(scored: list[dict[str, Any]]) -> str:
+    n = len(scored)
+    return f"{n} seed{'s' if n > 1 else ''}"
+
+
+def _first_seed_title(seed: int, scored: list[dict[str, Any]]) -> str:
+    """The note every one-seed figure carries: which seed, and where the mean is."""
+    if len(scored) == 1:
+        return f"seed {seed}, the only seed"
+    return (
+        f"seed {seed} of {_seeds_text(scored)} (numbers: seed {seed} | mean over seeds, as printed)"
+    )
+
+
+def _both(value: float, mean: float, digits: int, scored: list[dict[str, Any]]) -> str:
+    """``0.056 | 0.065``: the first seed's value and the mean over seeds (just one of one)."""
+    if len(scored) == 1:
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} | {mean:.{digits}f}"
+
+
 def _shift_figure(scored: list[dict[str, Any]]) -> Figure:
     from matplotlib.figure import Figure
 
@@ -501,14 +579,15 @@ def _shift_figure(scored: list[dict[str, Any]]) -> Figure:
         levels = np.asarray(SHIFTS[kind])
         for col, metric in enumerate(METRICS):
             ax = axes[row, col]
-            for i, method in enumerate(METHODS):
+            for method in METHODS:
                 values = np.stack(
                     [_stack(scored, "metrics", method, n, metric) for n in _levels(kind)]
                 )  # (levels, seeds)
                 mean, spread = values.mean(1), values.std(1, ddof=1) if len(scored) > 1 else 0
-                ax.plot(levels, mean, marker="o", markersize=3.5, color=f"C{i}", label=method)
+                color = COLORS[method]
+                ax.plot(levels, mean, marker="o", markersize=3.5, color=color, label=method)
                 ax.fill_between(
-                    levels, mean - spread, mean + spread, color=f"C{i}", alpha=0.15, linewidth=0
+                    levels, mean - spread, mean + spread, color=color, alpha=0.15, linewidth=0
                 )
             ax.set(
                 xlabel=f"{kind} ({SHIFT_UNITS[kind]})",
@@ -516,54 +595,204 @@ def _shift_figure(scored: list[dict[str, Any]]) -> Figure:
             )
             ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize="small")
+    spread = " ± std" if len(scored) > 1 else ""
     fig.suptitle(
-        f"Digits 0–7 under increasing shift: mean ± std over {len(scored)} seeds "
-        "(lower is better except accuracy)"
+        f"Digits 0–7 under increasing shift: mean{spread} over {_seeds_text(scored)}, as in the "
+        "printed tables (lower is better except accuracy)"
     )
     return fig
 
 
-def _ood_figure(run: Mapping[str, Any], scored: Mapping[str, Any]) -> Figure:
+def _reliability_figure(run: Mapping[str, Any], scored: list[dict[str, Any]]) -> Figure:
+    from matplotlib.figure import Figure
+
+    from mcdrop.plot import ReliabilityDisplay
+
+    conditions: _Conditions = run["conditions"]
+    part = dict(zip(conditions.names, conditions.slices, strict=True))["in distribution"]
+    labels = run["splits"]["test"][1]
+    fig = Figure(figsize=(16.0, 6.0), layout="constrained")
+    grid = fig.add_gridspec(2, len(METHODS), height_ratios=(3.2, 1.0))
+    for column, method in enumerate(METHODS):
+        ax = fig.add_subplot(grid[0, column])
+        hist_ax = fig.add_subplot(grid[1, column], sharex=ax)
+        ReliabilityDisplay.from_predictions(
+            labels,
+            run["probs"][method][part],
+            n_bins=N_BINS,
+            name=method,
+            ax=ax,
+            hist_ax=hist_ax,
+            color=COLORS[method],
+        )
+        ece = _stack(scored, "metrics", method, "in distribution", "ece")
+        ax.set_title(
+            f"{method}\nECE {_both(ece[0], ece.mean(), 4, scored)}",
+            fontsize="medium",
+            color=COLORS[method],
+        )
+        legend = ax.get_legend()
+        if legend is not None:  # the title gives the ECE, the suptitle what is drawn
+            legend.remove()
+        if column:
+            ax.set_ylabel("")
+            hist_ax.set_ylabel("")
+    fig.suptitle(
+        f"In-distribution test digits, {_first_seed_title(run['seed'], scored)}\n"
+        "accuracy per confidence bin (bars, 95% Wilson intervals, number of images above); "
+        "hatched: gap to the dashed diagonal of perfect calibration",
+        fontsize="medium",
+    )
+    return fig
+
+
+def _auroc_interval(
+    scores_wrong: np.ndarray, scores_right: np.ndarray, seed: int
+) -> tuple[float, float]:
+    """95% percentile bootstrap interval of an AUROC, resampling each group on its own.
+
+    Stratified (:func:`scipy.stats.bootstrap` with two samples) so that every resample keeps
+    the few wrong predictions' count; the AUROC is the Mann–Whitney ``U / (n1 n2)``.
+    """
+    from inspect import signature
+
+    from scipy.stats import bootstrap, mannwhitneyu
+
+    def auroc(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+        return mannwhitneyu(a, b, axis=axis).statistic / (a.shape[axis] * b.shape[axis])
+
+    generator = np.random.default_rng(seed)
+    # scipy >= 1.15 names the generator `rng`; `random_state` before (and deprecated since)
+    where = {"rng" if "rng" in signature(bootstrap).parameters else "random_state": generator}
+    interval = bootstrap(
+        (scores_wrong, scores_right),
+        auroc,
+        n_resamples=2000,
+        method="percentile",
+        vectorized=True,
+        **where,
+    ).confidence_interval
+    return float(interval.low), float(interval.high)
+
+
+def _uncertainty_figure(run: Mapping[str, Any], scored: list[dict[str, Any]]) -> Figure:
+    """MC dropout's entropy and mutual information of its right and wrong predictions."""
+    from matplotlib.figure import Figure
+
+    from mcdrop.plot import OODHistogramDisplay
+
+    conditions: _Conditions = run["conditions"]
+    part = dict(zip(conditions.names, conditions.slices, strict=True))["in distribution"]
+    labels = run["splits"]["test"][1]
+    mc = run["results"]["MC dropout"]
+    wrong = run["probs"]["MC dropout"][part].argmax(1) != labels
+    first = scored[0]
+    fig = Figure(figsize=(11.0, 4.4), layout="constrained")
+    for ax, measure in zip(fig.subplots(1, 2), MISCLASSIFICATION, strict=True):
+        attribute = measure.replace(" ", "_").replace("entropy", "predictive_entropy")
+        values = getattr(mc, attribute).numpy()[part]
+        if wrong.all() or not wrong.any():
+            ax.hist(values, bins=30, color="C0")
+            ax.set(xlabel=f"{measure.capitalize()} (nats)", ylabel="Count")
+            ax.set_title("every prediction right" if not wrong.any() else "every prediction wrong")
+            continue
+        hist = OODHistogramDisplay.from_scores(
+            values[~wrong],
+            values[wrong],
+            bins=30,
+            ax=ax,
+            yscale="linear",
+            score_name=f"{measure.capitalize()} (nats)",
+        )
+        if min(wrong.sum(), (~wrong).sum()) >= 2:
+            low, high = _auroc_interval(values[wrong], values[~wrong], seed=run["seed"])
+            interval = f"95% interval {low:.3f}–{high:.3f}, stratified bootstrap"
+        else:
+            interval = "one wrong prediction: no interval"
+        mean = float(_stack(scored, "misclassification_auroc", measure).mean())
+        hist.hist_in_.set_label(f"right ({int((~wrong).sum())})")
+        hist.hist_out_.set_label(f"wrong ({int(wrong.sum())})")
+        auroc = first["misclassification_auroc"][measure]
+        ax.set_title(
+            f"AUROC {_both(auroc, mean, 3, scored)}\n(seed {run['seed']}: {interval})",
+            fontsize="medium",
+        )
+        ax.legend(loc="upper right", fontsize="small")
+    fig.suptitle(
+        f"MC dropout, its right and wrong predictions in distribution: "
+        f"{_first_seed_title(run['seed'], scored)}",
+        fontsize="medium",
+        color=COLORS["MC dropout"],
+    )
+    return fig
+
+
+def _ood_figure(run: Mapping[str, Any], scored: list[dict[str, Any]]) -> Figure:
+    """Per method (columns): its best score's histograms, then the ROC of each of its scores."""
     from matplotlib.figure import Figure
 
     from mcdrop.plot import OODHistogramDisplay, OODRocDisplay
 
     conditions: _Conditions = run["conditions"]
     where = dict(zip(conditions.names, conditions.slices, strict=True))
-    fig = Figure(figsize=(13.0, 4.2), layout="constrained")
-    axes = fig.subplots(1, 3)
-    for ax, method in zip(axes[:2], ("MC dropout", "deep ensemble"), strict=True):
-        mi = run["results"][method].mutual_information.numpy()
-        OODHistogramDisplay.from_scores(
-            mi[where["in distribution"]],
-            mi[where["ood"]],
-            bins=30,
-            score_name="Mutual information (nats)",
-            name=method,
-            ax=ax,
-        )
-        ax.set_title(f"{method}: digits 0–7 vs 8, 9")
-        ax.legend(loc="upper right", fontsize="x-small")
-    for i, method in enumerate(METHODS):
+    fig = Figure(figsize=(16.0, 7.6), layout="constrained")
+    axes = fig.subplots(2, len(METHODS))
+    for column, method in enumerate(METHODS):
         probs = run["probs"][method]
         result = run["results"].get(method)
-        s_in = _scores(
-            method,
-            probs[where["in distribution"]],
-            None if result is None else _subset(result, where["in distribution"]),
+        s_in, s_out = (
+            _scores(method, probs[where[n]], None if result is None else _subset(result, where[n]))
+            for n in ("in distribution", "ood")
         )
-        s_out = _scores(
-            method, probs[where["ood"]], None if result is None else _subset(result, where["ood"])
+        means = {m: float(_stack(scored, "ood_auroc", method, m).mean()) for m in s_in}
+        best = max(means, key=lambda m: means[m])
+        hist = OODHistogramDisplay.from_scores(
+            s_in[best],
+            s_out[best],
+            bins=30,
+            ax=axes[0, column],
+            yscale="linear",
+            score_name=best.capitalize() + ("" if best == "1 − confidence" else " (nats)"),
         )
-        best = max(s_in, key=lambda s: scored["ood_auroc"][method][s])
-        OODRocDisplay.from_scores(
-            s_in[best], s_out[best], name=f"{method}, {best}", ax=axes[2], color=f"C{i}"
+        hist.hist_in_.set_label("digits 0–7")
+        hist.hist_out_.set_label("digits 8, 9")
+        axes[0, column].legend(loc="upper right", fontsize="x-small")
+        axes[0, column].set_title(
+            f"{method}: {best} (best by mean AUROC)", fontsize="medium", color=COLORS[method]
         )
-    axes[2].legend(fontsize="x-small", loc="lower right")
+        for measure in s_in:
+            display = OODRocDisplay.from_scores(
+                s_in[measure],
+                s_out[measure],
+                ax=axes[1, column],
+                chance_line=False,
+                color=COLORS[method],
+                linestyle=LINESTYLES[measure],
+                linewidth=1.6,
+            )
+            value = scored[0]["ood_auroc"][method][measure]
+            display.line_.set_label(f"{measure}: {_both(value, means[measure], 3, scored)}")
+        ax = axes[1, column]
+        chance = np.geomspace(1.0 / len(s_in[best]), 1.0, 50)
+        ax.plot(chance, chance, linestyle="--", color="0.4", linewidth=1.0, label="chance: 0.5")
+        ax.set_xscale("log")
+        ax.set_xlim(1.0 / len(s_in[best]), 1.0)
+        ax.xaxis.set_major_formatter("{x:g}")
+        ax.legend(loc="lower right", fontsize="x-small", title="AUROC", title_fontsize="x-small")
+        ax.set_title(f"{method}: ROC, each score", fontsize="medium", color=COLORS[method])
+        if column:
+            for row in (0, 1):
+                axes[row, column].set_ylabel("")
+    fig.suptitle(
+        "Telling the unseen digits 8 and 9 from the test digits 0–7, "
+        f"{_first_seed_title(run['seed'], scored)}\n"
+        "ROC with a logarithmic false positive rate: where the curves differ",
+        fontsize="medium",
+    )
     return fig
 
 
-def _rejection_figure(run: Mapping[str, Any]) -> Figure:
+def _rejection_figure(run: Mapping[str, Any], scored: list[dict[str, Any]]) -> Figure:
     from matplotlib.figure import Figure
 
     from mcdrop.plot import AccuracyRejectionDisplay
@@ -571,12 +800,12 @@ def _rejection_figure(run: Mapping[str, Any]) -> Figure:
     conditions: _Conditions = run["conditions"]
     where = dict(zip(conditions.names, conditions.slices, strict=True))
     labels = dict(zip(conditions.names, conditions.labels, strict=True))
-    fig = Figure(figsize=(11.0, 4.4), layout="constrained")
+    fig = Figure(figsize=(12.0, 4.8), layout="constrained")
     panels = ("rotation 30", "noise 0.45")  # shifted sets with enough errors to reject
     for ax, name in zip(fig.subplots(1, 2), panels, strict=True):
-        for i, method in enumerate(METHODS):
+        for method in METHODS:
             probs = run["probs"][method][where[name]]
-            AccuracyRejectionDisplay.from_predictions(
+            display = AccuracyRejectionDisplay.from_predictions(
                 labels[name],
                 probs,
                 scores=_entropy(probs),
@@ -584,10 +813,14 @@ def _rejection_figure(run: Mapping[str, Any]) -> Figure:
                 ax=ax,
                 oracle=False,
                 random_line=False,
-                color=f"C{i}",
+                color=COLORS[method],
             )
-        ax.set_title(f"Rejecting by predictive entropy: {name} (first seed)")
+            mean = float(_stack(scored, "aurc", method, name).mean())
+            value = scored[0]["aurc"][method][name]
+            display.line_.set_label(f"{method}: AURC {_both(value, mean, 3, scored)}")
+        ax.set_title(f"Rejecting by predictive entropy: {name}", fontsize="medium")
         ax.legend(loc="upper left", fontsize="small")
+    fig.suptitle(_first_seed_title(run["seed"], scored), fontsize="medium")
     return fig
 
 
@@ -721,7 +954,7 @@ def _finish(
     import torch
 
     from mcdrop._version import __version__
-    from mcdrop.reporting import output_dir, report, write_json
+    from mcdrop.reporting import output_dir, write_json
     from mcdrop.results import ClassificationResult
 
     conditions: _Conditions = first["conditions"]
@@ -738,17 +971,12 @@ def _finish(
         n_samples=mc.n_samples,
         targets=torch.from_numpy(y_test),
     )
-    rep = report(
-        mc_in,
-        y_test,
-        name="MC dropout",
-        compare={m: first["probs"][m][part] for m in METHODS if m != "MC dropout"},
-    )
     figures = {
         "shift": _shift_figure(scored),
-        **rep.figures,
-        "accuracy_rejection": _rejection_figure(first),
-        "ood": _ood_figure(first, scored[0]),
+        "reliability": _reliability_figure(first, scored),
+        "accuracy_rejection": _rejection_figure(first, scored),
+        "uncertainty_hist": _uncertainty_figure(first, scored),
+        "ood": _ood_figure(first, scored),
     }
     summary = _tables(scored) + "\n\n" + _summary(scored)
     splits = first["splits"]
@@ -778,6 +1006,10 @@ def _finish(
             for m in METHODS
         },
         "per_seed": scored,
+        "figures": {
+            name: "mean over seeds" if name == "shift" else f"seed {scored[0]['seed']}"
+            for name in figures
+        },
         "summary": summary,
     }
     files: list[str] = []

@@ -3,13 +3,16 @@
 Monte Carlo dropout needs every dropout that training applies to sample, and nothing else that
 training mode changes. mcdrop defines the sites by training mode itself: a probe pass on two
 examples runs a *twin* of the model (new module objects sharing the model's parameters, buffers
-and hooks, see :mod:`mcdrop.dropout._twin`) in training mode with normalisation layers in eval, and
-records every dropout call it makes — ``F.dropout`` and its variants, the ``dropout_p`` of
+and hooks, see :mod:`mcdrop.dropout._twin`) in training mode as the model's own ``train()`` sets
+it, with normalisation layers in eval, and records every dropout call it makes — ``F.dropout`` and its variants, the ``dropout_p`` of
 ``F.scaled_dot_product_attention`` and ``F.multi_head_attention_forward``, the dropout of the RNN
 kernels — with the innermost module that made it. That covers what a scan of ``nn.Dropout``
 modules misses: attention dropout held in a float attribute (``dropout=0.0 if not self.training
 else self.attention_dropout``), dropout children that are only read into a fused kernel, RNN
-inter-layer dropout, functional ``F.dropout(x, p, self.training)``.
+inter-layer dropout, functional ``F.dropout(x, p, self.training)``, hand-written dropout (a
+``bernoulli_`` mask). Other random draws that training mode makes and sampling does not are
+reported (a warning naming the module), unless they are known not to be dropout (stochastic
+depth, layer drop, router noise).
 
 The sampling twin then has exactly those modules in training mode and every other module in eval
 mode: normalisation layers, stochastic depth / DropPath, layer drop and auxiliary heads stay off
@@ -50,6 +53,8 @@ from mcdrop.dropout._sites import (
     Sampling,
     SamplingWrapper,
     Scope,
+    check_filter,
+    check_materialised,
     check_scope,
     check_sites,
     dropout_enabled,
@@ -76,6 +81,8 @@ __internal__ = [
     "Recording",
     "Sampling",
     "SamplingWrapper",
+    "check_filter",
+    "check_materialised",
     "check_scope",
     "check_sites",
     "infer_layouts",

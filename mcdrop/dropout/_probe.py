@@ -12,6 +12,8 @@ rate is above zero: ``F.dropout(x, 0.2, training=False)`` drops nothing and is n
 from __future__ import annotations
 
 import contextlib
+import re
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -58,7 +60,64 @@ _RNN: dict[Callable[..., Any], str] = {
     torch.rnn_relu: "torch.rnn_relu",
 }
 
+# The same kernels as they appear in fx graphs (``torch.export``): ``(input, p, train)``.
+_ATEN_OPS: dict[Any, str] = {
+    getattr(torch.ops.aten, name): f"aten.{name}"
+    for name in (
+        "dropout",
+        "dropout_",
+        "feature_dropout",
+        "feature_dropout_",
+        "alpha_dropout",
+        "alpha_dropout_",
+        "feature_alpha_dropout",
+        "feature_alpha_dropout_",
+        "native_dropout",
+    )
+    if hasattr(torch.ops.aten, name)
+}
+# Hand-written dropout draws a Bernoulli mask: ``x.new_empty(B, 1, H).bernoulli_(1 - p)``.
+_MASKS: dict[Any, str] = {
+    torch.bernoulli: "torch.bernoulli",
+    torch.Tensor.bernoulli: "Tensor.bernoulli",
+    torch.Tensor.bernoulli_: "Tensor.bernoulli_",
+}
+_MASK_OPS = {
+    torch.ops.aten.bernoulli: "aten.bernoulli",
+    torch.ops.aten.bernoulli_: "aten.bernoulli_",
+}
+# Other random draws: noise, sampling, randomized activations (``torch.rand([])``, layer drop, is
+# handled apart).
+_RANDOM: dict[Any, str] = {
+    **{getattr(torch, n): f"torch.{n}" for n in ("rand", "rand_like", "randn", "randn_like")},
+    **{getattr(torch, n): f"torch.{n}" for n in ("randint", "randint_like", "randperm")},
+    **{getattr(torch, n): f"torch.{n}" for n in ("multinomial", "normal", "poisson")},
+    **{getattr(torch, n): f"torch.{n}" for n in ("rrelu", "rrelu_") if hasattr(torch, n)},
+    F.rrelu: "F.rrelu",
+    F.gumbel_softmax: "F.gumbel_softmax",
+    **{
+        getattr(torch.Tensor, n): f"Tensor.{n}"
+        for n in (
+            "uniform_",
+            "normal_",
+            "random_",
+            "exponential_",
+            "geometric_",
+            "cauchy_",
+            "log_normal_",
+            "multinomial",
+        )
+    },
+}
+_RRELU = {F.rrelu, *(getattr(torch, n) for n in ("rrelu", "rrelu_") if hasattr(torch, n))}
+_RANDOM_OPS = {
+    getattr(torch.ops.aten, n): f"aten.{n}"
+    for n in ("rand", "rand_like", "randn", "randn_like", "uniform_", "normal_")
+    if hasattr(torch.ops.aten, n)
+}
+
 Call = tuple[str, str, float]  # (module name, function label, effective rate)
+UNKNOWN_RATE = -1.0  # the rate of a mask drawn from a tensor of probabilities
 
 
 def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str, default: Any) -> Any:
@@ -85,22 +144,70 @@ def _rnn_rate(args: tuple[Any, ...]) -> float:
 
 def dropout_call(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, float]:
     """``(label, effective rate)`` of a dropout call; ``("", 0.0)`` for anything else."""
+    label, p, training = _dropout(func, args, kwargs)
+    return label, p if training else 0.0
+
+
+def _dropout(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, float, bool]:
+    """``(label, rate, training)`` of a dropout call; ``("", 0.0, False)`` for anything else."""
     if func in _FUNCTIONAL:
         label, training_default = _FUNCTIONAL[func]
         p = float(_arg(args, kwargs, 1, "p", 0.5))
-        return label, p if _arg(args, kwargs, 2, "training", training_default) else 0.0
+        return label, p, bool(_arg(args, kwargs, 2, "training", training_default))
     if func in _ATEN:
         p = float(_arg(args, kwargs, 1, "p", 0.0))
-        return _ATEN[func], p if _arg(args, kwargs, 2, "train", False) else 0.0
+        return _ATEN[func], p, bool(_arg(args, kwargs, 2, "train", False))
     if func is F.scaled_dot_product_attention:
-        return "F.scaled_dot_product_attention", float(_arg(args, kwargs, 4, "dropout_p", 0.0))
+        return (
+            "F.scaled_dot_product_attention",
+            float(_arg(args, kwargs, 4, "dropout_p", 0.0)),
+            True,
+        )
     if func is F.multi_head_attention_forward:
         p = float(_arg(args, kwargs, 10, "dropout_p", 0.0))
-        training = _arg(args, kwargs, 13, "training", True)
-        return "F.multi_head_attention_forward", p if training else 0.0
+        return "F.multi_head_attention_forward", p, bool(_arg(args, kwargs, 13, "training", True))
     if func in _RNN:
-        return _RNN[func], _rnn_rate(args)
-    return "", 0.0
+        return _RNN[func], _rnn_rate(args), True
+    packet = getattr(func, "_overloadpacket", None)
+    if packet is not None and packet in _ATEN_OPS:
+        p = float(_arg(args, kwargs, 1, "p", 0.0))
+        train = _arg(args, kwargs, 2, "train", True)
+        return _ATEN_OPS[packet], p, train is None or bool(train)
+    return "", 0.0, False
+
+
+def mask_call(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, float, int]:
+    """``(label, dropout rate, mask size)`` of a Bernoulli mask draw (hand-written dropout:
+    ``x.new_empty(B, 1, H).bernoulli_(1 - p)``); ``("", 0.0, 0)`` for anything else. The rate
+    is ``1 - p``, or :data:`UNKNOWN_RATE` for a tensor of probabilities."""
+    label = _MASKS.get(func)
+    if label is None:
+        packet = getattr(func, "_overloadpacket", None)
+        label = _MASK_OPS.get(packet) if packet is not None else None
+    if label is None:
+        return "", 0.0, 0
+    mask = _arg(args, kwargs, 0, "input", None)
+    p = _arg(args, kwargs, 1, "p", None)
+    if isinstance(p, (int, float)) and not isinstance(p, bool):
+        rate = 1.0 - float(p)
+    elif label.endswith("_") and p is None:
+        rate = 0.5  # bernoulli_() draws with p=0.5
+    else:
+        rate = UNKNOWN_RATE
+    size = mask.numel() if isinstance(mask, torch.Tensor) else 0
+    return label, rate, size
+
+
+def random_call(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """The label of a random draw that is not a dropout mask; ``""`` for anything else (a
+    randomized ReLU in eval mode, ``training=False``, draws nothing)."""
+    if func in _RRELU:
+        return _RANDOM[func] if _arg(args, kwargs, 3, "training", False) else ""
+    label = _RANDOM.get(func)
+    if label is None:
+        packet = getattr(func, "_overloadpacket", None)
+        label = _RANDOM_OPS.get(packet, "") if packet is not None else ""
+    return label
 
 
 def _linear_flops(args: tuple[Any, ...], out: Any) -> int:
@@ -237,20 +344,27 @@ def _with_arg(
 
 
 class NoDropout(TorchFunctionMode):
-    """Every dropout call a probe records runs with rate 0, and layer drop never skips: the
-    sampling twin as a deterministic function of its inputs (the examples-interact check)."""
+    """Every dropout call a probe records runs with rate 0, a hand-written mask keeps everything,
+    and layer drop never skips: the sampling twin as a deterministic function of its inputs (the
+    examples-interact check)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
         if func is torch.rand:
             ones = layer_skip_draw(args, kwargs)
             return func(*args, **kwargs) if ones is None else ones
+        label, _, size = mask_call(func, args, kwargs)
+        if label and size > 1:
+            out = func(*args, **kwargs)
+            return out.fill_(1) if label.endswith("_") else torch.ones_like(out)
         _, p = dropout_call(func, args, kwargs)
         if p <= 0.0:
             return func(*args, **kwargs)
         if func in _FUNCTIONAL or func in _ATEN:
             return _arg(args, kwargs, 0, "input", None)
-        if func is F.scaled_dot_product_attention:
+        if getattr(func, "_overloadpacket", None) in _ATEN_OPS:
+            args, kwargs = _with_arg(args, kwargs, 2, "train", False)
+        elif func is F.scaled_dot_product_attention:
             args, kwargs = _with_arg(args, kwargs, 4, "dropout_p", 0.0)
         elif func is F.multi_head_attention_forward:
             args, kwargs = _with_arg(args, kwargs, 10, "dropout_p", 0.0)
@@ -260,40 +374,123 @@ class NoDropout(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+# Training-only randomness that is not dropout, by module class or attribute name: stochastic
+# depth, layer drop, MoE router noise. Never sampled and never reported.
+_NOT_DROPOUT = re.compile(
+    r"drop_?path|stochastic_?depth|layer_?drop|drop_?layer|router|jitter", re.I
+)
+
+
+def not_dropout(name: str, module: nn.Module | None) -> bool:
+    """Whether a module is known training-only randomness that is not dropout (stochastic depth,
+    layer drop, router noise), by its class or attribute name."""
+    cls = type(module).__name__ if module is not None else ""
+    return bool(_NOT_DROPOUT.search(cls) or _NOT_DROPOUT.search(name.rsplit(".", 1)[-1]))
+
+
+def _per_example(mask: Any) -> bool:
+    """A mask of one value per example or per batch (``(B, 1, 1)``, ``(1,)``): it drops whole
+    examples or layers (stochastic depth), not units."""
+    if not isinstance(mask, torch.Tensor):
+        return False
+    return mask.numel() <= 1 or (mask.ndim >= 2 and all(d == 1 for d in mask.shape[1:]))
+
+
 class _Recorder(TorchFunctionMode):
     """Counts the dropout calls with an effective rate above zero, per innermost module (in all,
     and per pass of the root module: ``passes``), and the FLOPs done before the first call of
-    each."""
+    each. Hand-written dropout (a Bernoulli mask over units) counts as a dropout call; other
+    random draws are counted apart (``random``), and with ``guard`` the modules of the user's
+    model that run an operation (``intruders``)."""
 
-    def __init__(self, stack: list[str], flops: _FlopCounter) -> None:
+    def __init__(
+        self,
+        stack: list[str],
+        flops: _FlopCounter,
+        modules: dict[str, nn.Module],
+        guard: Any = None,
+    ) -> None:
         super().__init__()
         self.stack = stack
         self.flops = flops
+        self.modules = modules
         self.calls: Counter[Call] = Counter()
         self.passes: list[Counter[Call]] = []  # one per call of the root module's forward
         self.first_flops: dict[Call, int] = {}  # FLOPs done before each call's first occurrence
         self.layer_skips: set[str] = set()
         self.on_weights: set[Call] = set()  # calls that drop out a parameter (DropConnect)
+        self.random: Counter[tuple[str, str]] = Counter()  # other random draws per module
+        self.dead: Counter[Call] = Counter()  # dropout calls with a rate but training=False
+        self.guard = guard  # mcdrop.dropout._twin.Untwinned, or None
+        self.intruders: dict[int, str] = {}
+        self._frame: Any = None  # the last frame found running a module, and that module's id
+        self._owner = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
+        if self.guard is not None:
+            self._check_frames()
+        where = self.stack[-1] if self.stack else ""
         if func is torch.rand:
             ones = layer_skip_draw(args, kwargs)
-            if ones is None:
-                return func(*args, **kwargs)
-            # layer drop draws one number: "if torch.rand([]) < p: skip"
-            self.layer_skips.add(self.stack[-1] if self.stack else "")
-            return ones
-        label, p = dropout_call(func, args, kwargs)
-        if p > 0.0:
-            key = (self.stack[-1] if self.stack else "", label, p)
+            if ones is not None:  # layer drop draws one number: "if torch.rand([]) < p: skip"
+                self.layer_skips.add(where)
+                return ones
+            self._random(where, "torch.rand")
+            return func(*args, **kwargs)
+        label, p, training = _dropout(func, args, kwargs)
+        if label and p > 0.0 and not training:
+            self.dead[(where, label, p)] += 1
+        mask = not (label and p > 0.0 and training)
+        if mask:
+            label, p, _ = mask_call(func, args, kwargs)
+            if label and (p == 0.0 or not_dropout(where, self.modules.get(where))):
+                label = ""
+            elif label and _per_example(_arg(args, kwargs, 0, "input", None)):
+                self._random(where, label)  # stochastic depth written by hand: reported
+                label = ""
+            elif not label:
+                other = random_call(func, args, kwargs)
+                if other:
+                    self._random(where, other)
+        if label:
+            key = (where, label, p)
             self.calls[key] += 1
             if self.passes:
                 self.passes[-1][key] += 1
             self.first_flops.setdefault(key, self.flops.total)
-            if isinstance(_arg(args, kwargs, 0, "input", None), nn.Parameter):
+            # A weight dropped out (DropConnect), or a mask of a shape mcdrop cannot relate to
+            # the rows: one mask per pass, which the copies of a replicated batch could share.
+            if mask or isinstance(_arg(args, kwargs, 0, "input", None), nn.Parameter):
                 self.on_weights.add(key)
         return func(*args, **kwargs)
+
+    def _random(self, where: str, label: str) -> None:
+        if not not_dropout(where, self.modules.get(where)):
+            self.random[(where, label)] += 1
+
+    def _check_frames(self) -> None:
+        """Note a module of the user's model (not of the twin) whose code runs this operation:
+        the innermost frame whose ``self`` is a module of either tree decides."""
+        guard = self.guard
+        frame: Any = sys._getframe(2)
+        for _ in range(64):
+            if frame is None:
+                return
+            if frame is self._frame:
+                owner = self._owner
+                break
+            code = frame.f_code
+            if code.co_argcount and code.co_varnames[0] == "self":
+                owner = id(frame.f_locals.get("self"))
+                if owner in guard.twins or owner in guard.originals:
+                    self._frame, self._owner = frame, owner
+                    break
+            frame = frame.f_back
+        else:
+            return
+        if owner in guard.originals:
+            self.intruders.setdefault(owner, guard.originals[owner])
 
 
 @dataclass
@@ -309,6 +506,9 @@ class Trace:
     output_bytes: int = 0  # bytes of all op outputs (with ``flops``)
     layer_skips: set[str] = field(default_factory=set)  # modules that drew torch.rand([])
     on_weights: set[Call] = field(default_factory=set)  # dropout calls on a parameter
+    random: Counter[tuple[str, str]] = field(default_factory=Counter)  # other random draws
+    dead: Counter[Call] = field(default_factory=Counter)  # dropout with training=False
+    intruders: dict[int, str] = field(default_factory=dict)  # user modules that ran (guard)
 
     def prefix_flops(self, calls: Any = None) -> int:
         """FLOPs done before the first of ``calls`` (default: any dropout call); all of them
@@ -334,11 +534,18 @@ class Recording:
     (mcdrop's CPU dropout) would otherwise answer the dropout calls before the recorder sees them.
     """
 
-    def __init__(self, stack: list[str], called: set[str], flops: bool) -> None:
+    def __init__(
+        self,
+        stack: list[str],
+        called: set[str],
+        flops: bool,
+        modules: dict[str, nn.Module],
+        guard: Any = None,
+    ) -> None:
         self.called = called
         self.counting = flops
         self.counter = _FlopCounter()
-        self.recorder = _Recorder(stack, self.counter)
+        self.recorder = _Recorder(stack, self.counter, modules, guard)
 
     def new_pass(self) -> None:
         self.recorder.passes.append(Counter())
@@ -359,18 +566,25 @@ class Recording:
             output_bytes=self.counter.bytes,
             layer_skips=self.recorder.layer_skips,
             on_weights=self.recorder.on_weights,
+            random=self.recorder.random,
+            dead=self.recorder.dead,
+            intruders=self.recorder.intruders,
         )
 
 
 @contextlib.contextmanager
-def recording(modules: dict[str, nn.Module], *, flops: bool) -> Iterator[Recording]:
+def recording(
+    modules: dict[str, nn.Module], *, flops: bool, guard: Any = None
+) -> Iterator[Recording]:
     """Forward hooks on every module of ``modules`` (of a twin) naming the innermost module that
     runs; the :class:`Recording` attributes each dropout call to it. Hooks are removed
-    afterwards; the caller owns the modules, so nobody else sees them."""
+    afterwards; the caller owns the modules, so nobody else sees them. With ``guard`` (what the
+    twin could not redirect, :class:`mcdrop.dropout._twin.Untwinned`), every operation run by
+    code of a module of the user's model rather than the twin is noted (``Trace.intruders``)."""
     names = {id(m): name for name, m in modules.items()}
     stack: list[str] = []
     called: set[str] = set()
-    rec = Recording(stack, called, flops)
+    rec = Recording(stack, called, flops, modules, guard)
 
     def pre_hook(mod: nn.Module, _args: Any) -> None:
         if not stack:  # the root's forward: a new pass
@@ -398,6 +612,7 @@ def trace(
     run: Callable[[], Any],
     *,
     flops: bool,
+    guard: Any = None,
 ) -> Trace:
     """Run ``run()`` once with hooks on every module of ``modules`` (of a twin) and record.
 
@@ -406,7 +621,7 @@ def trace(
     path would skip them). With ``flops``, the FLOPs before each dropout call and in all are
     counted too.
     """
-    with recording(modules, flops=flops) as rec:
+    with recording(modules, flops=flops, guard=guard) as rec:
         with rec.modes():
             output = run()
         return rec.trace(output)

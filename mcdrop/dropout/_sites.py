@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fnmatch
+import itertools
 import os
 import sys
 import warnings
@@ -20,7 +21,14 @@ from torch import nn
 from mcdrop._validation import check_choice
 from mcdrop.dropout import _probe
 from mcdrop.dropout._masks import private_randomness
-from mcdrop.dropout._twin import SAMPLING_LOCK, _model_lock, _twin, unwrap_compiled
+from mcdrop.dropout._twin import (
+    _REGISTRIES,
+    SAMPLING_LOCK,
+    Untwinned,
+    _model_lock,
+    twin_of,
+    unwrap_compiled,
+)
 
 __all__ = ["DropoutSite", "Scope", "dropout_enabled", "dropout_sites"]
 
@@ -173,13 +181,20 @@ def _as_call(example_inputs: Any) -> Call:
 
 # -- static scan (no inputs, TorchScript) -------------------------------------------------------
 def _static_sites(
-    model: nn.Module, scope: str, include: ModuleFilter, exclude: ModuleFilter
+    model: nn.Module,
+    scope: str,
+    include: ModuleFilter,
+    exclude: ModuleFilter,
+    trained: set[str] | None = None,
 ) -> dict[str, DropoutSite]:
-    """Sites recognisable without running the model: dropout modules, attention, RNNs."""
+    """Sites recognisable without running the model: dropout modules, attention, RNNs; only
+    among the modules ``trained`` (what the model's ``train()`` switches on; all when None)."""
     sites: dict[str, DropoutSite] = {}
     for name, module in model.named_modules():
         if _matches(exclude, name, module) or _is_norm(module):
             continue
+        if trained is not None and name not in trained and not _matches(include, name, module):
+            continue  # the model's own train() keeps it in eval mode
         kind = _class_name(module)
         rate = _static_rate(module)
         if rate == 0 and not _matches(include, name, module):
@@ -213,13 +228,99 @@ class _TwinModules(dict):  # type: ignore[type-arg]
     the model's are never written. Modules in eval mode share the model's buffers.
     """
 
-    def __init__(self, twin: nn.Module) -> None:
+    def __init__(
+        self, twin: nn.Module, untwinned: Untwinned | None = None, trained: set[str] | None = None
+    ) -> None:
         super().__init__(twin.named_modules())
         self.shared = {name: dict(module._buffers) for name, module in self.items()}
+        self.untwinned = untwinned  # what the twin could not redirect: the probe checks it
+        self.trained = set(self) if trained is None else trained  # on under the model's train()
+
+
+def _overrides_train(module: nn.Module) -> bool:
+    return type(module).train is not nn.Module.train or "train" in vars(module)
+
+
+def _trained(model: nn.Module) -> set[str] | None:
+    """Names of the modules that ``model.train()`` puts in training mode, as the model's own
+    ``train()`` decides (a frozen sub-network, "dropout only in the adapter"); None when no module
+    overrides ``train()`` (then every module).
+
+    The model's ``train()`` runs on a throwaway twin whose parameters and buffers are stand-ins
+    on the meta device: what it writes (flags, ``requires_grad``, statistics reset) never reaches
+    the model. A ``train()`` that is not supported (``torch.export``'s graphs) gives None.
+    """
+    if not any(_overrides_train(m) for m in model.modules()):
+        return None
+    twin, _ = twin_of(model)
+    if twin is None:
+        return None
+    modules = dict(twin.named_modules())
+    for module in modules.values():
+        module._parameters = OrderedDict(
+            (k, None if v is None else nn.Parameter(_meta(v), requires_grad=v.requires_grad))
+            for k, v in module._parameters.items()
+        )
+        module._buffers = OrderedDict(
+            (k, None if v is None else _meta(v)) for k, v in module._buffers.items()
+        )
+    before = {name: _plain_state(module) for name, module in modules.items()}
+    try:
+        twin.train(True)
+    except NotImplementedError:
+        return None
+    except Exception as error:
+        raise ValueError(
+            f"Expected `{type(model).__name__}.train()` to run, as mcdrop takes training mode "
+            f"from it, but it raised {type(error).__name__}: {error}."
+        ) from error
+    _warn_train_writes(model, before, modules)
+    return {name for name, module in modules.items() if module.training}
+
+
+def _plain_state(module: nn.Module) -> dict[str, Any]:
+    return {k: v for k, v in vars(module).items() if k not in _REGISTRIES and k != "training"}
+
+
+def _warn_train_writes(
+    model: nn.Module, before: dict[str, dict[str, Any]], modules: dict[str, nn.Module]
+) -> None:
+    """A ``train()`` that changes attributes besides the flags (a rate, a switch): mcdrop takes
+    only the flags from it and samples the model's attributes as they are; say so."""
+    changed = []
+    for name, module in modules.items():
+        after = _plain_state(module)
+        for key in before[name].keys() | after.keys():
+            old, new = before[name].get(key, "<unset>"), after.get(key, "<unset>")
+            if old is not new and not (type(old) is type(new) and _equal(old, new)):
+                changed.append(f"{name + '.' if name else ''}{key}: {old!r} -> {new!r}")
+    if changed:
+        warnings.warn(
+            f"`{type(model).__name__}.train()` changes attributes besides the training flags "
+            f"({'; '.join(changed[:5])}). mcdrop takes only the flags from it and samples the "
+            "model with its attributes as they are: where one of them sets a dropout rate or "
+            "switches dropout, set it on the model before sampling.",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
+
+
+def _equal(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
+
+
+def _meta(tensor: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(tensor, device="meta")
 
 
 def _set_flags(modules: dict[str, nn.Module], on: set[str] | None) -> None:
-    """Training flag of every twin module: on for ``on`` (all when None), never for norms."""
+    """Training flag of every twin module: on for ``on`` (what the model's ``train()`` switches
+    on when None), never for norms."""
+    if on is None:
+        on = getattr(modules, "trained", None)
     shared = getattr(modules, "shared", None)
     for name, module in modules.items():
         module.training = (on is None or name in on) and not _is_norm(module)
@@ -259,9 +360,10 @@ def _run_probe(
     flops: bool = False,
 ) -> _probe.Trace:
     args, kwargs = probe.call
+    guard = getattr(modules, "untwinned", None)
     try:
         with SAMPLING_LOCK, probe.randomness(), torch.inference_mode():
-            return _probe.trace(modules, lambda: twin(*args, **kwargs), flops=flops)
+            made = _probe.trace(modules, lambda: twin(*args, **kwargs), flops=flops, guard=guard)
     except Exception as error:
         # The user's own error (a wrong input width, ...), as the whole batch in eval mode gives
         # it; the twin is discarded after this error, so its flags need no restoring.
@@ -269,6 +371,13 @@ def _run_probe(
         full_args, full_kwargs = probe.batch or probe.call
         with probe.randomness(), torch.inference_mode():
             twin(*full_args, **full_kwargs)
+        if isinstance(model, torch.fx.GraphModule) and "Guard failed" in str(error):
+            raise ValueError(
+                f"Expected a `{type(model).__name__}` that runs on any number of examples, but "
+                f"the exported graph fixes the batch size ({error}); mcdrop runs it on other "
+                "batch sizes. Export with a dynamic batch dimension: torch.export.export(model, "
+                "args, dynamic_shapes=...) with torch.export.Dim('batch') for dimension 0."
+            ) from error
         raise ValueError(
             f"Running `{type(model).__name__}` {what} on 2 examples of the first batch raised "
             f"{type(error).__name__}: {error}; in eval mode it runs. mcdrop runs this probe to "
@@ -277,11 +386,66 @@ def _run_probe(
             "are recognisably dropout (nn.Dropout, attention, RNNs), or `include=` naming the "
             "modules to sample."
         ) from error
+    if made.intruders and guard is not None:
+        _refuse_intruders(model, made.intruders, guard)
+    return made
+
+
+def _refuse_intruders(model: nn.Module, intruders: dict[int, str], guard: Untwinned) -> None:
+    """Modules of the user's model ran inside the twin: they would sample in eval mode."""
+    parts = []
+    for key, name in intruders.items():
+        path = guard.left.get(key)
+        how = f"reached through `{path}`" if path else "reached from outside its attributes"
+        parts.append(f"`{name or '<model>'}` ({how})")
+    raise ValueError(
+        f"Expected the forward of `{type(model).__name__}`'s sampling twin to run only the twin's "
+        f"modules, but it ran the model's own {', '.join(parts)}: mcdrop could not redirect "
+        "that reference (a container it cannot copy, a closure, a global, a cache), so those "
+        "modules would run in eval mode and their dropout would never sample. Reach submodules "
+        "through attributes, lists, tuples, dicts or plain objects of the model, or pass the "
+        "module as a registered submodule."
+    )
+
+
+def _refuse_dead_dropout(
+    model: nn.Module, modules: dict[str, nn.Module], trace: _probe.Trace
+) -> None:
+    """A traced or exported graph that calls dropout with ``training=False`` baked in (traced in
+    eval mode): that dropout can never sample."""
+    dead = [
+        (name, label, p)
+        for name, label, p in trace.dead
+        if _in_graph(name, modules) and (name, label, p) not in trace.calls
+    ]
+    if not dead:
+        return
+    listing = "; ".join(
+        f"{n or '<model>'}: {label}(p={p:g}, training=False)" for n, label, p in dead
+    )
+    raise ValueError(
+        f"Expected the graph of `{type(model).__name__}` (torch.fx / torch.export) to keep its "
+        f"dropout switchable, but it was traced in eval mode and bakes training=False into: "
+        f"{listing}. Those dropout calls can never sample. Trace or export the model in training "
+        "mode (model.train() before torch.fx.symbolic_trace or torch.export.export: mcdrop still "
+        "samples only its dropout), or sample the eager model."
+    )
+
+
+def _in_graph(name: str, modules: dict[str, nn.Module]) -> bool:
+    """Whether the module ``name`` is an fx ``GraphModule`` or inside one."""
+    parts = name.split(".") if name else []
+    return any(
+        isinstance(modules.get(".".join(parts[:i])), torch.fx.GraphModule)
+        for i in range(len(parts) + 1)
+    )
 
 
 def _reason(label: str, module: nn.Module) -> str:
     if isinstance(module, _DROPOUT_TYPES):
         return "dropout module"
+    if "bernoulli" in label:
+        return f"hand-written dropout: draws a mask with {label} in training mode"
     return f"calls {label} in training mode"
 
 
@@ -306,6 +470,7 @@ def _probed_sites(
         model=model,
         flops=flops,
     )
+    _refuse_dead_dropout(model, modules, reference)
     expected: Counter[_probe.Call] = Counter()
     sites: dict[str, DropoutSite] = {}
     for (name, label, p), count in reference.calls.items():
@@ -314,7 +479,10 @@ def _probed_sites(
         expected[(name, label, p)] = count
         site = sites.get(name)
         if site is None:
-            site = DropoutSite(name, _class_name(modules[name]), p, _reason(label, modules[name]))
+            rate = None if p == _probe.UNKNOWN_RATE else p
+            site = DropoutSite(
+                name, _class_name(modules[name]), rate, _reason(label, modules[name])
+            )
         if label not in site.functions:
             site = dataclasses.replace(site, functions=(*site.functions, label))
         sites[name] = site
@@ -338,9 +506,12 @@ def _add_gates(
 ) -> dict[str, str]:
     """Switch on the nearest parent of each module in ``missing``; return ``{parent: module}``."""
     added: dict[str, str] = {}
+    trained = getattr(modules, "trained", None)
     for name in sorted(missing):
         parent = _parent(name)
-        while parent is not None and parent in sites:
+        while parent is not None and (
+            parent in sites or (trained is not None and parent not in trained)
+        ):
             parent = _parent(parent)
         if parent is None or _matches(exclude, parent, modules[parent]):
             continue
@@ -449,18 +620,20 @@ def _reproduce(
 
 @dataclass(frozen=True)
 class _Pending:
-    """The sampling twin's check, left to the first sampling chunk (``_plan(defer=True)``).
+    """The sampling twin's own check, left to its first sampling chunk (``_plan(defer=True)``).
 
-    The chunk runs under :func:`mcdrop.dropout._probe.recording` on ``modules``; when it makes every
-    ``expected`` call, the twin samples exactly what training does and no second probe pass is
-    needed. Otherwise ``settle()`` runs the full check of :func:`_reproduce` (gating parents,
-    auxiliary branches, the error naming what cannot be reproduced) and returns the new sites and
-    the sampling probe's trace; the twin's flags are then set for them.
+    Everything the full check of :func:`_reproduce` needs (gating parents, auxiliary branches,
+    the error naming what cannot be reproduced); :meth:`Sampling.confirm` decides whether it
+    runs.
     """
 
-    modules: dict[str, nn.Module]
+    twin: nn.Module
+    modules: _TwinModules
+    probe: Probe
+    sites: dict[str, DropoutSite]
     expected: Counter[_probe.Call]
-    settle: Callable[[], tuple[list[DropoutSite], _probe.Trace]]
+    exclude: ModuleFilter
+    model: nn.Module
 
     def confirmed_by(self, passes: list[Counter[_probe.Call]]) -> bool:
         """Whether every pass (call of the root module) made every expected call exactly as
@@ -469,6 +642,22 @@ class _Pending:
         return bool(passes) and all(
             calls[key] == count for calls in passes for key, count in self.expected.items()
         )
+
+    def settle(self) -> tuple[list[DropoutSite], _probe.Trace]:
+        """The full check: the sites (flags set on the twin) and the sampling probe's trace."""
+        made = _reproduce(
+            self.twin, self.modules, self.probe, self.sites, self.expected, self.exclude, self.model
+        )
+        sites = _finish(self.modules, self.sites)
+        check_sites(self.model, sites)  # an auxiliary branch may have held the only dropout
+        return sites, made
+
+
+def _finish(modules: _TwinModules, sites: dict[str, DropoutSite]) -> list[DropoutSite]:
+    """Set the twin's flags for ``sites``; the sites in ``named_modules`` order."""
+    _set_flags(modules, set(sites))
+    order = {name: i for i, name in enumerate(modules)}
+    return sorted(sites.values(), key=lambda site: order[site.name])
 
 
 def _plan(
@@ -480,37 +669,129 @@ def _plan(
     model: nn.Module,
     *,
     defer: bool = False,
+    untwinned: Untwinned | None = None,
+    trained: set[str] | None = None,
 ) -> tuple[list[DropoutSite], _probe.Trace, _Pending | None]:
     """Find the sites on ``twin`` and leave its flags set for sampling; also return the trace
     whose FLOPs plan the sampling (empty without a probe). With ``defer``, the second probe pass
     is left to the caller's first sampling chunk (:class:`_Pending`) and the FLOPs are counted in
-    the training-mode probe."""
-    modules = _TwinModules(twin)
-    order = {name: i for i, name in enumerate(modules)}
-
-    def finish(sites: dict[str, DropoutSite]) -> list[DropoutSite]:
-        _set_flags(modules, set(sites))
-        return sorted(sites.values(), key=lambda site: order[site.name])
-
+    the training-mode probe. ``untwinned`` is what the twin could not redirect (checked),
+    ``trained`` the modules the model's own ``train()`` switches on (all when None)."""
+    modules = _TwinModules(twin, untwinned, trained)
     if probe is None or scope == Scope.TRAIN_EXCEPT_NORM.value:
-        return finish(_static_sites(twin, scope, include, exclude)), _probe.Trace(), None
+        static = _static_sites(twin, scope, include, exclude, trained)
+        if untwinned is not None:
+            _refuse_left(model, twin, untwinned, static)
+        return _finish(modules, static), _probe.Trace(), None
     devices = sorted({t.device for t in twin.parameters() if t.device.type == "cuda"}, key=str)
     probe = dataclasses.replace(probe, devices=devices)
     sites, expected, reference = _probed_sites(
         twin, modules, probe, include, exclude, model, flops=defer
     )
+    if reference.random:  # random draws besides dropout: which of them sampling leaves out
+        made = _reproduce(twin, modules, probe, sites, expected, exclude, model)
+        _warn_random(model, modules, reference, made, exclude)
+        if any(name in sites for name, _ in made.random):
+            _set_flags(modules, set())
+            plain = _run_probe(twin, modules, probe, what="in eval mode", model=model)
+            _warn_sampled_noise(model, modules, made, plain, sites, include)
+        return _finish(modules, sites), made, None
     if not expected:
-        return finish(sites), _probe.Trace(), None
+        return _finish(modules, sites), _probe.Trace(), None
     if not defer:
         trace = _reproduce(twin, modules, probe, sites, expected, exclude, model)
-        return finish(sites), trace, None
-
-    def settle() -> tuple[list[DropoutSite], _probe.Trace]:
-        made = _reproduce(twin, modules, probe, sites, expected, exclude, model)
-        return finish(sites), made
-
+        return _finish(modules, sites), trace, None
     _fast_path_gates(sites, modules)
-    return finish(sites), reference, _Pending(modules, expected, settle)
+    pending = _Pending(twin, modules, probe, sites, expected, exclude, model)
+    return _finish(modules, sites), reference, pending
+
+
+def _warn_random(
+    model: nn.Module,
+    modules: dict[str, nn.Module],
+    reference: _probe.Trace,
+    made: _probe.Trace,
+    exclude: ModuleFilter,
+) -> None:
+    """Warn about random draws that training mode makes and the sampling twin does not, where
+    they are neither recognised dropout nor known not-dropout (stochastic depth, layer drop,
+    router noise): noise injection, hand-written dropout from ``torch.rand_like``, per-example
+    masks. They are left out (only dropout samples), but never silently."""
+    missed: dict[str, list[str]] = {}
+    for (name, label), count in sorted(reference.random.items()):
+        if made.random[(name, label)] >= count or _matches(exclude, name, modules[name]):
+            continue
+        missed.setdefault(name, []).append(label)
+    if not missed:
+        return
+    listing = "; ".join(
+        f"`{name or '<model>'}` ({_class_name(modules[name])}: {', '.join(labels)})"
+        for name, labels in missed.items()
+    )
+    names = [name for name in missed]
+    warnings.warn(
+        f"Training mode of `{type(model).__name__}` draws random numbers that are not dropout "
+        f"mcdrop recognises, and Monte Carlo dropout leaves them out (only dropout samples): "
+        f"{listing}. If they are dropout (a mask from torch.rand_like, a per-example mask), "
+        f"pass include={names!r} to sample them; if they are not (noise injection), pass "
+        f"exclude={names!r} to leave them out without this warning.",
+        UserWarning,
+        stacklevel=user_stacklevel(),
+    )
+
+
+def _warn_sampled_noise(
+    model: nn.Module,
+    modules: dict[str, nn.Module],
+    made: _probe.Trace,
+    plain: _probe.Trace,
+    sites: dict[str, DropoutSite],
+    include: ModuleFilter,
+) -> None:
+    """A site whose training mode also draws random numbers that are not dropout (noise next
+    to its dropout, in one ``if self.training``): they sample with its dropout, as one flag
+    switches both; say so (not for modules the caller named with ``include=``)."""
+    extra = sorted(
+        (name, label)
+        for (name, label), count in made.random.items()
+        if name in sites
+        and count > plain.random[(name, label)]
+        and not _matches(include, name, modules[name])
+    )
+    if not extra:
+        return
+    listing = "; ".join(f"`{name or '<model>'}`: {label}" for name, label in extra)
+    names = sorted({name for name, _ in extra})
+    warnings.warn(
+        f"Dropout sites of `{type(model).__name__}` also draw random numbers in training mode "
+        f"that are not dropout ({listing}); one training flag switches both, so they sample "
+        f"with the dropout. Pass exclude={names!r} to leave those modules (and their dropout) "
+        "off, or move the other randomness into a module of its own.",
+        UserWarning,
+        stacklevel=user_stacklevel(),
+    )
+
+
+def _refuse_left(
+    model: nn.Module, twin: nn.Module, untwinned: Untwinned, sites: dict[str, DropoutSite]
+) -> None:
+    """Without a probe nothing proves the forward reaches only the twin: refuse a reference to
+    a module of the model that the twin could not redirect where that module holds a site."""
+    held = [
+        (name, untwinned.left[key])
+        for key, name in untwinned.originals.items()
+        if key in untwinned.left
+        and any(s == name or s.startswith(f"{name}.") or not name for s in sites)
+    ]
+    if held:
+        name, path = held[0]
+        raise ValueError(
+            f"Expected every reference to a module of `{type(model).__name__}` to lead to its "
+            f"sampling twin, but `{path}` holds the model's own `{name or '<model>'}` in a "
+            "container mcdrop cannot copy: that module would run in eval mode and its dropout "
+            "would never sample. Keep submodules in attributes, lists, tuples, dicts or plain "
+            "objects, or pass example inputs (a probe then checks what the forward runs)."
+        )
 
 
 def check_sites(model: nn.Module, sites: list[DropoutSite]) -> None:
@@ -569,17 +850,48 @@ def _check_patterns(model: nn.Module, include: ModuleFilter, exclude: ModuleFilt
             )
 
 
-def check_scope(model: Any, scope: Any, include: ModuleFilter, exclude: ModuleFilter) -> str:
+def check_materialised(model: nn.Module) -> None:
+    """Refuse a model on the meta device: shapes without data, nothing can be computed."""
+    named = itertools.chain(model.named_parameters(), model.named_buffers())
+    meta = next((name for name, t in named if t is not None and t.is_meta), None)
+    if meta is not None:
+        raise ValueError(
+            f"Expected `model` with its weights on a real device (cpu, cuda, ...), but "
+            f"`{type(model).__name__}` is on the meta device (`{meta}` is a meta tensor: shapes "
+            "without data), so nothing can be computed. Materialise it first, e.g. "
+            "model.to_empty(device='cpu') and model.load_state_dict(...), or load it with its "
+            "weights."
+        )
+
+
+def check_scope(scope: Any) -> str:
+    """``scope`` as the name of a :class:`Scope`, or a ``ValueError`` naming it."""
+    return check_choice("scope", str(getattr(scope, "value", scope)), [s.value for s in Scope])
+
+
+def check_filter(name: str, selector: Any) -> ModuleFilter:
+    """``include=`` / ``exclude=``: a name pattern, a list of patterns or a predicate."""
+    _check_selector(name, selector)
+    return selector  # type: ignore[no-any-return]
+
+
+def _check_model(model: Any) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"Expected `model` to be a torch.nn.Module, but got {type(model).__name__}."
         )
+
+
+def _check_options(model: Any, scope: Any, include: ModuleFilter, exclude: ModuleFilter) -> str:
+    _check_model(model)
     _check_selector("include", include)
     _check_selector("exclude", exclude)
-    return check_choice("scope", str(getattr(scope, "value", scope)), [s.value for s in Scope])
+    return check_scope(scope)
 
 
 def _warn_if_training(model: nn.Module) -> None:
+    if isinstance(model, torch.fx.GraphModule) and _overrides_train(model):
+        return  # torch.export's graphs: always "training", and eval() is not supported
     if any(module.training for module in model.modules()):
         warnings.warn(
             f"`{type(model).__name__}` is in training mode; mcdrop samples a twin of it with only "
@@ -624,7 +936,7 @@ def dropout_sites(
     list of DropoutSite
         In ``model.named_modules()`` order.
     """
-    scope = check_scope(model, scope, include, exclude)
+    scope = _check_options(model, scope, include, exclude)
     probe = None if example_inputs is None else Probe(_as_call(example_inputs))
     with sampling_twin(model, scope, include, exclude, probe, warn=False) as sampling:
         return sampling.sites
@@ -632,13 +944,38 @@ def dropout_sites(
 
 @dataclass(frozen=True)
 class Sampling:
-    """What :func:`sampling_twin` yields: the module to sample, its sites, the trace that plans
-    the sampling, and the check left to the first chunk (``defer=True``)."""
+    """The sampling twin: what :func:`sampling_twin` yields.
+
+    The module to sample, its sites, the trace that plans the sampling, and, with
+    ``defer=True``, its own check left to the first sampling chunk (``pending``): the chunk runs
+    under :meth:`recording`, and :meth:`confirm` gives the twin that stands after it.
+    """
 
     module: nn.Module
     sites: list[DropoutSite]
     trace: _probe.Trace
     pending: _Pending | None = None
+
+    def recording(self) -> contextlib.AbstractContextManager[_probe.Recording]:
+        """Hooks that record which dropout each pass of the first chunk makes (check pending)."""
+        assert self.pending is not None
+        return _probe.recording(self.pending.modules, flops=False)
+
+    def confirm(self, recording: _probe.Recording | None) -> Sampling:
+        """The twin once its first chunk has run (``recording`` of that chunk, or None when it
+        raised): confirmed when every pass made the dropout calls the training probe made (no
+        second probe pass), else after the full check, which may change the sites (gating
+        parents, auxiliary branches) or raise naming what cannot be reproduced. The trace's
+        ``layer_skips`` are then those the sampling twin makes."""
+        pending = self.pending
+        if pending is None:
+            return self
+        if recording is not None and pending.confirmed_by(recording.recorder.passes):
+            skips = set(recording.recorder.layer_skips)
+            trace = dataclasses.replace(self.trace, layer_skips=skips)
+            return dataclasses.replace(self, trace=trace, pending=None)
+        sites, trace = pending.settle()
+        return dataclasses.replace(self, sites=sites, trace=trace, pending=None)
 
 
 @contextlib.contextmanager
@@ -654,9 +991,11 @@ def sampling_twin(
 ) -> Iterator[Sampling]:
     """The module that samples and its sites: a twin, or for TorchScript the locked model."""
     inner, compiled = unwrap_compiled(model)
+    if probe is not None:
+        check_materialised(inner)
     _check_not_nested(inner)
     _check_patterns(inner, include, exclude)
-    twin = _twin(inner)
+    twin, untwinned = twin_of(inner)
     if twin is None:
         with _scripted(model, scope, include, exclude, warn=warn) as found:
             yield Sampling(model, found, _probe.Trace())
@@ -671,7 +1010,17 @@ def sampling_twin(
         and not compiled
         and not any(isinstance(m, _FAST_PATH_MODULES) for m in inner.modules())
     )
-    sites, trace, pending = _plan(twin, scope, include, exclude, probe, inner, defer=defer)
+    sites, trace, pending = _plan(
+        twin,
+        scope,
+        include,
+        exclude,
+        probe,
+        inner,
+        defer=defer,
+        untwinned=untwinned,
+        trained=_trained(inner),
+    )
     if compiled:  # same dynamo context (backend, options): graphs compiled once are reused
         twin = type(model)(twin, model.dynamo_ctx)  # type: ignore[call-arg]
     yield Sampling(twin, sites, trace, pending)
@@ -753,7 +1102,7 @@ def dropout_enabled(
     ...     sampler[1].training, sampler[2].training, model[2].training
     (False, True, False)
     """
-    scope = check_scope(model, scope, include, exclude)
+    scope = _check_options(model, scope, include, exclude)
     probe = None if example_inputs is None else Probe(_as_call(example_inputs))
     with sampling_twin(model, scope, include, exclude, probe) as sampling:
         check_sites(model, sampling.sites)

@@ -6,6 +6,13 @@ objects (no copy, no extra memory), but whose ``training`` flag and hook registr
 Switching the twin's dropout on, or registering probe hooks on it, writes nothing the model can
 see, so any number of threads may call the model and mcdrop at once.
 
+Every reference a twin module holds to a module of the model (in attributes, ``__slots__``,
+containers and plain objects nested to any reasonable depth, bound methods, partials, closures,
+hooks) is pointed at its twin (:class:`_Rebinder`); what cannot be redirected is returned in
+:class:`Untwinned`, and the training-mode probe refuses a model whose forward runs it
+(:mod:`mcdrop.dropout._probe`). fx ``GraphModule`` classes, made per instance with the generated
+``forward``, are kept.
+
 A twin is built at every call (O(number of modules), about a microsecond each), so a submodule,
 parameter or attribute replaced between calls is never sampled stale.
 
@@ -15,11 +22,17 @@ for them and the caller falls back to switching flags under a per-model lock.
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import copy
+import enum
 import functools
 import threading
 import types
 import weakref
 from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -47,6 +60,9 @@ _OWN_DICTS = (
     "_load_state_dict_post_hooks",
 )
 _OWN_SETS = ("_non_persistent_buffers_set",)
+_HOOK_DICTS = frozenset(_OWN_DICTS[3:])
+_REGISTRIES = frozenset(_OWN_DICTS + _OWN_SETS)
+_PLAIN = frozenset({bool, int, float, str, type(None)})  # attribute values never looked into
 
 
 def _is_scripted(module: nn.Module) -> bool:
@@ -63,7 +79,13 @@ def unwrap_compiled(model: nn.Module) -> tuple[nn.Module, bool]:
 
 
 def _twin(model: nn.Module) -> nn.Module | None:
-    """A twin of ``model`` (see the module docstring), or ``None`` when it holds TorchScript.
+    """A twin of ``model`` (see the module docstring), or ``None`` when it holds TorchScript."""
+    return twin_of(model)[0]
+
+
+def twin_of(model: nn.Module) -> tuple[nn.Module | None, Untwinned]:
+    """A twin of ``model`` (see the module docstring), or ``None`` when it holds TorchScript, and
+    what it could not redirect (:class:`Untwinned`, checked by the probe).
 
     Every twin module starts with the training flag of its original; the caller sets them.
     Raises ``ValueError`` for what cannot be twinned safely: uninitialised lazy modules (their
@@ -71,7 +93,7 @@ def _twin(model: nn.Module) -> nn.Module | None:
     """
     modules = list(model.named_modules(remove_duplicate=False))
     if any(_is_scripted(module) for _, module in modules):
-        return None
+        return None, Untwinned()
     lazy = [name or "<model>" for name, m in modules if _uninitialised_lazy(m)]
     if lazy:
         raise ValueError(
@@ -81,15 +103,66 @@ def _twin(model: nn.Module) -> nn.Module | None:
         )
     memo: dict[int, nn.Module] = {}
     twin = _copy_tree(model, memo)
-    for new in memo.values():
-        _rebind(new, memo)
-    return twin
+    names = {id(module): name for name, module in reversed(modules)}  # first name wins
+    rebinder = _Rebinder(memo)
+    for key, new in memo.items():
+        rebinder.module(names.get(key, "?"), new)
+    return twin, Untwinned(
+        originals=names, twins={id(m) for m in memo.values()}, left=rebinder.left
+    )
+
+
+@dataclass
+class Untwinned:
+    """What a twin could not redirect: ``originals`` maps the id of every module of the user's
+    model to its name, ``twins`` holds the ids of the twin's modules, ``left`` maps the id of an
+    original module to the attribute path of a reference to it that the twin still holds (in a
+    container or object mcdrop cannot copy: its ``__copy__`` returns itself, a C type, nested
+    deeper than it looks)."""
+
+    originals: dict[int, str] = field(default_factory=dict)
+    twins: set[int] = field(default_factory=set)
+    left: dict[int, str] = field(default_factory=dict)
 
 
 def _uninitialised_lazy(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.lazy.LazyModuleMixin) and bool(
         module.has_uninitialized_params()
     )
+
+
+def _new_instance(module: nn.Module) -> nn.Module:
+    """An empty instance of ``type(module)``, without running a ``__new__`` of the class: fx's
+    ``GraphModule.__new__`` makes a new class per instance, without the generated ``forward``."""
+    cls = type(module)
+    try:
+        return object.__new__(cls)
+    except TypeError:  # a base in C with its own allocator
+        return cls.__new__(cls)
+
+
+_SLOTS: weakref.WeakKeyDictionary[type, tuple[tuple[str, Any], ...]] = weakref.WeakKeyDictionary()
+
+
+def _slots(cls: type) -> tuple[tuple[str, Any], ...]:
+    """``(name, descriptor)`` of every ``__slots__`` entry of ``cls`` and its bases."""
+    found = _SLOTS.get(cls)
+    if found is None:
+        found = _SLOTS[cls] = tuple(_slot_entries(cls))
+    return found
+
+
+def _slot_entries(cls: type) -> Iterator[tuple[str, Any]]:
+    for klass in cls.__mro__:
+        names = klass.__dict__.get("__slots__", ())
+        for name in (names,) if isinstance(names, str) else names:
+            if name in ("__dict__", "__weakref__"):
+                continue
+            if name.startswith("__") and not name.endswith("__"):
+                name = f"_{klass.__name__.lstrip('_')}{name}"  # name mangling
+            descriptor = klass.__dict__.get(name)
+            if descriptor is not None and hasattr(descriptor, "__set__"):
+                yield name, descriptor
 
 
 def _copy_tree(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
@@ -104,7 +177,7 @@ def _copy_tree(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
         new = cls(_copy_tree(module._orig_mod, memo), module.dynamo_ctx)  # type: ignore[call-arg, arg-type]
         memo[key] = new
         return new
-    new = cls.__new__(cls)
+    new = _new_instance(module)
     state = dict(module.__dict__)
     for name in _OWN_DICTS:
         if name in state:
@@ -113,6 +186,9 @@ def _copy_tree(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
         if name in state:
             state[name] = set(state[name])
     new.__dict__.update(state)
+    for _, descriptor in _slots(cls):  # attributes an nn.Module subclass keeps in __slots__
+        with contextlib.suppress(AttributeError):
+            descriptor.__set__(new, descriptor.__get__(module, cls))
     memo[key] = new
     children = new.__dict__["_modules"]
     for name, child in children.items():
@@ -121,50 +197,235 @@ def _copy_tree(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
     return new
 
 
-def _rebind(new: nn.Module, memo: dict[int, nn.Module]) -> None:
-    """Point attributes that refer to modules of the original tree at their twins.
-
-    Covers a module kept in a plain attribute or in a list, tuple, dict or set (not a registered
-    child), a bound method of a module stored on an instance (``model.forward = other.method``)
-    and a ``functools.partial`` whose first argument is a module (how accelerate wraps
-    ``forward``). Plain lists, dicts and sets are copied, so a ``forward`` that appends to one
-    never writes into the model's. A wrapped function that calls an original module (a decorator
-    applied to ``module.forward``) cannot be redirected: ``ValueError``.
-    """
-    state = new.__dict__
-    for name, value in list(state.items()):
-        if name in _OWN_DICTS or name in _OWN_SETS:
-            continue
-        state[name] = _rebound(value, memo, depth=1)
-        if callable(value) and not isinstance(value, (nn.Module, type)):
-            _refuse_wrapped_original(name, state[name], memo)
+# Types never looked into: values, and library objects whose internals hold no user module (an
+# fx Graph refers to its GraphModule, which must not be copied with it).
+_ATOMS = (str, bytes, int, float, complex, bool, type(None), torch.Tensor, type, enum.Enum)
+_OPAQUE_MODULES = ("torch", "numpy", "logging", "threading", "weakref", "_thread", "io", "re")
+_MAX_DEPTH = 8  # attribute -> container -> ... nesting looked into
+_MAX_ITEMS = 50_000  # values looked at per twin; beyond, the probe's check is the guard
 
 
-def _map(value: Any, memo: dict[int, nn.Module]) -> Any:
-    if isinstance(value, nn.Module) and id(value) in memo:
-        return memo[id(value)]
-    if isinstance(value, types.MethodType) and id(value.__self__) in memo:
-        return types.MethodType(value.__func__, memo[id(value.__self__)])
-    if (
-        isinstance(value, functools.partial)
-        and value.args
-        and isinstance(value.args[0], nn.Module)
-        and id(value.args[0]) in memo
-    ):
-        return functools.partial(
-            value.func, memo[id(value.args[0])], *value.args[1:], **value.keywords
+class _Rebinder:
+    """Points every reference the twin's attributes hold to a module of the original tree at its
+    twin: in attributes and ``__slots__``, inside lists, tuples (named ones too), dicts (any
+    subclass: ``OrderedDict``, ``defaultdict``), sets, ``SimpleNamespace`` and other plain
+    objects (their ``__dict__`` and ``__slots__``), nested up to ``_MAX_DEPTH``, in bound methods
+    and in ``functools.partial``. A container or object holding such a reference is copied (the
+    model's is never written); one that holds none stays shared, except plain lists, dicts and
+    sets directly in an attribute (or one level below), which are always copied so a ``forward``
+    that appends to one never writes into the model's. What cannot be copied is listed in
+    ``left`` (original module id -> attribute path)."""
+
+    def __init__(self, memo: dict[int, nn.Module]) -> None:
+        self.memo = memo
+        self.done: dict[int, Any] = {}  # id -> rebound value, for values met again (and cycles)
+        self.alive: list[Any] = []  # keeps the values in ``done`` alive: their ids stay unique
+        self.items = 0
+        self.left: dict[int, str] = {}
+
+    def module(self, name: str, new: nn.Module) -> None:
+        state = new.__dict__
+        where = name or "<model>"
+        for attr, value in list(state.items()):
+            if type(value) in _PLAIN:
+                continue
+            if attr in _REGISTRIES:
+                if value and attr in _HOOK_DICTS:  # a hook that is a method of a module
+                    for key, hook in list(value.items()):
+                        value[key] = self.value(hook, f"{where}.{attr}[{key}]", 1)
+                continue
+            state[attr] = self.value(value, f"{where}.{attr}", 0, copies=2)
+            if callable(value) and not isinstance(value, (nn.Module, type)):
+                _refuse_wrapped_original(attr, state[attr], self.memo)
+        for attr, descriptor in _slots(type(new)):
+            with contextlib.suppress(AttributeError):
+                value = descriptor.__get__(new, type(new))
+                rebound = self.value(value, f"{where}.{attr}", 0, copies=2)
+                if rebound is not value:
+                    descriptor.__set__(new, rebound)
+
+    def value(self, value: Any, path: str, depth: int, copies: int = 0) -> Any:
+        """``value`` with the original modules in it replaced by their twins; ``copies`` more
+        levels of plain lists, dicts and sets are copied even when nothing in them changes."""
+        if isinstance(value, _ATOMS):
+            return value
+        if isinstance(value, nn.Module):
+            return self.memo.get(id(value), value)
+        key = id(value)
+        if key in self.done:
+            return self.done[key]
+        self.items += 1
+        new = value
+        self.done[key] = value  # a cycle back to this value keeps the original
+        self.alive.append(value)
+        if depth <= _MAX_DEPTH and self.items <= _MAX_ITEMS:
+            try:
+                new = self._rebuilt(value, path, depth, copies)
+            except Exception:  # cannot be rebuilt: the probe's check decides (``left``)
+                new = value
+        if new is value:
+            for ref in _direct_modules(value):
+                if id(ref) in self.memo:
+                    self.left.setdefault(id(ref), path)
+        self.done[key] = new
+        return new
+
+    def _rebuilt(self, value: Any, path: str, depth: int, copies: int) -> Any:
+        if isinstance(value, types.MethodType):
+            owner = value.__self__
+            if isinstance(owner, nn.Module) and id(owner) in self.memo:
+                return types.MethodType(value.__func__, self.memo[id(owner)])
+            return value
+        if isinstance(value, functools.partial):
+            args = [self.value(a, f"{path}.args[{i}]", depth + 1) for i, a in enumerate(value.args)]
+            keywords = {
+                k: self.value(v, f"{path}.{k}", depth + 1) for k, v in value.keywords.items()
+            }
+            if _same(args, value.args) and _same(keywords.values(), value.keywords.values()):
+                return value
+            return functools.partial(value.func, *args, **keywords)
+        if isinstance(value, dict):
+            return self._rebuilt_dict(value, path, depth, copies)
+        if isinstance(value, weakref.ReferenceType):
+            target = value()
+            if isinstance(target, nn.Module) and id(target) in self.memo:
+                return weakref.ref(self.memo[id(target)])
+            return value
+        if isinstance(value, _COLLECTIONS):
+            return self._rebuilt_collection(value, path, depth, copies)
+        if isinstance(value, types.FunctionType):
+            return self._rebuilt_function(value, path, depth)
+        if isinstance(value, _FUNCTIONS) or _opaque(type(value)):
+            return value
+        return self._rebuilt_object(value, path, depth)
+
+    def _rebuilt_function(self, fn: types.FunctionType, path: str, depth: int) -> Any:
+        """A closure (a lambda, a decorator's wrapper) over modules of the model: a new function
+        with the same code over new cells holding the twins. Its ``__dict__`` (``__wrapped__``)
+        too."""
+        cells = fn.__closure__ or ()
+        old = [c.cell_contents if _filled(c) else _EMPTY for c in cells]
+        new = [
+            v if v is _EMPTY else self.value(v, f"{path}.<closure {name}>", depth + 1)
+            for v, name in zip(old, fn.__code__.co_freevars, strict=True)
+        ]
+        attrs = {k: self.value(v, f"{path}.{k}", depth + 1) for k, v in vars(fn).items()}
+        if _same(new, old) and _same(attrs.values(), vars(fn).values()):
+            return fn
+        closure = tuple(
+            cell if a is b else types.CellType(b)
+            for cell, a, b in zip(cells, old, new, strict=True)
         )
-    return value
+        twin = types.FunctionType(
+            fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, closure
+        )
+        twin.__kwdefaults__ = fn.__kwdefaults__
+        twin.__qualname__ = fn.__qualname__
+        twin.__dict__.update(attrs)
+        return twin
+
+    def _rebuilt_dict(self, value: dict[Any, Any], path: str, depth: int, copies: int) -> Any:
+        items = {
+            k: self.value(v, f"{path}[{k!r}]", depth + 1, copies - 1) for k, v in value.items()
+        }
+        if type(value) is dict:
+            return items if copies > 0 or not _same(items.values(), value.values()) else value
+        if _same(items.values(), value.values()):
+            return value
+        new = copy.copy(value)  # keeps the subclass: OrderedDict's order, defaultdict's factory
+        for k, v in items.items():
+            if v is not value[k]:
+                new[k] = v
+        return new
+
+    def _rebuilt_collection(self, value: Any, path: str, depth: int, copies: int) -> Any:
+        old = list(value)
+        items = [self.value(v, f"{path}[{i}]", depth + 1, copies - 1) for i, v in enumerate(old)]
+        kind = type(value)
+        if kind in (list, set) and copies > 0:
+            return kind(items)
+        if _same(items, old):
+            return value
+        if kind in (list, tuple, set, frozenset):
+            return kind(items)
+        if isinstance(value, tuple) and hasattr(kind, "_make"):  # a namedtuple
+            return kind._make(items)
+        if isinstance(value, list):
+            new = copy.copy(value)
+            new[:] = items
+            return new
+        if isinstance(value, collections.deque):
+            return kind(items, maxlen=value.maxlen)
+        return kind(items)
+
+    def _rebuilt_object(self, value: Any, path: str, depth: int) -> Any:
+        """A plain object (``SimpleNamespace``, a dataclass, ``__slots__``): copied with its
+        attributes rebound when one of them changes."""
+        changed: dict[str, Any] = {}
+        for attr, item in list(getattr(value, "__dict__", {}).items()):
+            new = self.value(item, f"{path}.{attr}", depth + 1)
+            if new is not item:
+                changed[attr] = new
+        slots = dict(_slots(type(value)))
+        for attr, descriptor in slots.items():
+            try:
+                item = descriptor.__get__(value, type(value))
+            except AttributeError:
+                continue
+            new = self.value(item, f"{path}.{attr}", depth + 1)
+            if new is not item:
+                changed[attr] = new
+        if not changed:
+            return value
+        twin = copy.copy(value)
+        if twin is value:
+            return value
+        for attr, new in changed.items():
+            if attr in slots:
+                slots[attr].__set__(twin, new)
+            else:
+                twin.__dict__[attr] = new
+        return twin
 
 
-def _rebound(value: Any, memo: dict[int, nn.Module], depth: int) -> Any:
-    """``value`` with modules of the original tree replaced by twins; builtin containers copied."""
-    if type(value) in (list, tuple, set) and depth >= 0:
-        items = [_rebound(item, memo, depth - 1) for item in value]
-        return type(value)(items)
-    if type(value) is dict and depth >= 0:
-        return {key: _rebound(item, memo, depth - 1) for key, item in value.items()}
-    return _map(value, memo)
+_EMPTY = object()  # an empty closure cell
+_COLLECTIONS = (list, tuple, set, frozenset, collections.deque)
+_FUNCTIONS = (
+    types.BuiltinFunctionType,
+    types.MethodWrapperType,
+    types.WrapperDescriptorType,
+    types.ModuleType,
+    staticmethod,
+    classmethod,
+    property,
+)
+
+
+def _same(new: Any, old: Any) -> bool:
+    return all(a is b for a, b in zip(new, old, strict=True))
+
+
+def _opaque(cls: type) -> bool:
+    module = getattr(cls, "__module__", None) or "builtins"
+    return module == "builtins" or module.split(".")[0] in _OPAQUE_MODULES
+
+
+def _direct_modules(value: Any) -> list[nn.Module]:
+    """The modules a container or object holds directly (for naming what was not redirected)."""
+    if isinstance(value, dict):
+        items = list(value.values())
+    elif isinstance(value, _COLLECTIONS):
+        items = list(value)
+    elif isinstance(value, types.MethodType):
+        items = [value.__self__]
+    elif isinstance(value, weakref.ReferenceType):
+        items = [value()]
+    else:
+        items = list(getattr(value, "__dict__", {}).values())
+        for _, descriptor in _slots(type(value)):
+            with contextlib.suppress(AttributeError):
+                items.append(descriptor.__get__(value, type(value)))
+    return [item for item in items if isinstance(item, nn.Module)]
 
 
 def _refuse_wrapped_original(name: str, fn: Any, memo: dict[int, nn.Module]) -> None:

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, SequentialSampler
 from mcdrop import metrics as _metrics
 from mcdrop._validation import check_int
 from mcdrop.results import ClassificationResult, RegressionResult
+from mcdrop.sampling import SamplingOptions, default_of
 from mcdrop.sampling import predict_with_uncertainty as _predict
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
 ]
 
 _LABEL_COLUMNS = ("labels", "label")
+_DEFAULT_SAMPLES: int = default_of("n_samples")  # the core's: one default everywhere
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -136,7 +138,7 @@ def predict_with_uncertainty(
     model: nn.Module,
     data: Any,
     *,
-    n_samples: int = 30,
+    n_samples: int = _DEFAULT_SAMPLES,
     batch_size: int = 32,
     collate_fn: Callable[[list[Any]], Any] | None = None,
     tokenizer: Any = None,
@@ -153,7 +155,7 @@ def predict_with_uncertainty(
         A tokenized dataset (the columns the model's ``forward`` accepts are used; a
         ``labels``/``label`` column becomes the targets) or a DataLoader yielding dicts, e.g.
         ``trainer.get_eval_dataloader()`` (``labels`` taken out as the targets).
-    n_samples : int, default=30
+    n_samples : int, default=100
         Stochastic passes ``T``.
     batch_size : int, default=32
         Examples per batch for a dataset.
@@ -235,7 +237,7 @@ def evaluate(
     trainer: Any,
     eval_dataset: Any = None,
     *,
-    n_samples: int = 30,
+    n_samples: int = _DEFAULT_SAMPLES,
     metric_key_prefix: str = "eval_mc",
     **options: Any,
 ) -> dict[str, float]:
@@ -247,7 +249,7 @@ def evaluate(
         Its ``get_eval_dataloader(eval_dataset)`` gives the batches, its ``model`` is sampled.
     eval_dataset : datasets.Dataset, optional
         Default: the trainer's ``eval_dataset``.
-    n_samples : int, default=30
+    n_samples : int, default=100
         Stochastic passes ``T``.
     metric_key_prefix : str, default="eval_mc"
         Prefix of the reported names.
@@ -286,7 +288,7 @@ class MCDropoutTrainerCallback(_trainer_callback_base()):  # type: ignore[misc]
 
     Parameters
     ----------
-    n_samples : int, default=30
+    n_samples : int, default=100
         Stochastic passes ``T``.
     metric_key_prefix : str, default="eval_mc"
     **options
@@ -295,10 +297,15 @@ class MCDropoutTrainerCallback(_trainer_callback_base()):  # type: ignore[misc]
     """
 
     def __init__(
-        self, n_samples: int = 30, *, metric_key_prefix: str = "eval_mc", **options: Any
+        self,
+        n_samples: int = _DEFAULT_SAMPLES,
+        *,
+        metric_key_prefix: str = "eval_mc",
+        **options: Any,
     ) -> None:
         self.n_samples = check_int("n_samples", n_samples, minimum=1)
         self.metric_key_prefix = metric_key_prefix
+        SamplingOptions.create(n_samples=n_samples, **options)  # refused now, not at evaluation
         self.options = options
 
     def on_evaluate(  # type: ignore[no-untyped-def]
@@ -326,7 +333,7 @@ class MCDropoutTextClassifier:
         ``tokenizer``). Single-label classifiers only (softmax over ``num_labels >= 2``).
     tokenizer : PreTrainedTokenizerBase, optional
         Needed when ``pipeline`` is a model.
-    n_samples : int, default=30
+    n_samples : int, default=100
         Stochastic passes ``T``.
     batch_size : int, default=32
         Texts per batch.
@@ -350,7 +357,7 @@ class MCDropoutTextClassifier:
         pipeline: Any,
         tokenizer: Any = None,
         *,
-        n_samples: int = 30,
+        n_samples: int = _DEFAULT_SAMPLES,
         batch_size: int = 32,
         max_length: int | None = None,
         seed: int | None = 0,
@@ -383,6 +390,9 @@ class MCDropoutTextClassifier:
         self.batch_size = check_int("batch_size", batch_size, minimum=1)
         self.max_length = max_length
         self.seed = seed
+        SamplingOptions.create(  # refused now, not at the first text
+            n_samples=n_samples, batch_size=batch_size, seed=seed, progress=False, **options
+        )
         self.options = options
 
     def predict(self, texts: Sequence[str]) -> ClassificationResult:

@@ -53,7 +53,7 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
 
 from mcdrop._validation import check_choice, check_int
 from mcdrop.results import ClassificationResult, RegressionResult
-from mcdrop.sampling import predict_with_uncertainty
+from mcdrop.sampling import SamplingOptions, default_of, predict_with_uncertainty
 
 __all__ = ["MCDropoutCallback", "merge_results", "split_batch"]
 
@@ -162,7 +162,7 @@ class MCDropoutCallback(Callback):
 
     Parameters
     ----------
-    n_samples : int, default=30
+    n_samples : int, default=100
         Stochastic passes ``T`` per batch.
     stages : sequence of {"validate", "test", "predict"}, default=all three
         Loops in which the callback samples (``"validate"`` includes validation during
@@ -201,7 +201,7 @@ class MCDropoutCallback(Callback):
 
     def __init__(
         self,
-        n_samples: int = 30,
+        n_samples: int = default_of("n_samples"),
         *,
         stages: Sequence[str] = _STAGES,
         metrics: Sequence[str] | None = None,
@@ -222,9 +222,7 @@ class MCDropoutCallback(Callback):
                 f"Expected no {reserved} among the options: the callback sets them itself "
                 "(targets come from the batch, `seed=` is the callback's own argument)."
             )
-        self.task = check_choice(
-            "task", options.get("task", "classification"), ("classification", "regression")
-        )
+        self.task = SamplingOptions.create(n_samples=n_samples, **options).task  # checked now
         allowed: tuple[str, ...] = _CLASSIFICATION_METRICS
         if self.task == "regression":
             allowed = _REGRESSION_METRICS

@@ -14,10 +14,11 @@ to the result's ``targets``. Regression metrics take a :class:`~mcdrop.Regressio
 States
 ------
 Sums (``dist_reduce_fx="sum"``, float64, constant memory): :class:`NegativeLogLikelihood`,
-:class:`BrierScore`, :class:`Accuracy`, :class:`GaussianNLL`, and the per-bin counts and sums of
-:class:`CalibrationError` (uniform bins only: quantile bins depend on all the data). Ranking
-metrics cannot be summed: :class:`MisclassificationAUROC` keeps one score and one flag per
-example (``dist_reduce_fx="cat"``), as torchmetrics' exact ``AUROC`` does.
+:class:`BrierScore`, :class:`Accuracy`, :class:`GaussianNLL`, :class:`EnergyScore`, and the
+per-bin counts and sums of :class:`CalibrationError` (uniform bins only: quantile bins depend on
+all the data). Ranking metrics cannot be summed: :class:`MisclassificationAUROC` and
+:class:`AUGRC` keep one score and one flag per example (``dist_reduce_fx="cat"``), as
+torchmetrics' exact ``AUROC`` does.
 
 Values equal :mod:`mcdrop.metrics` up to floating-point summation order (about ``1e-15``
 relative).
@@ -51,9 +52,11 @@ from mcdrop._validation import check_choice, check_int
 from mcdrop.results import ClassificationResult, RegressionResult
 
 __all__ = [
+    "AUGRC",
     "Accuracy",
     "BrierScore",
     "CalibrationError",
+    "EnergyScore",
     "GaussianNLL",
     "MisclassificationAUROC",
     "NegativeLogLikelihood",
@@ -64,19 +67,21 @@ _SCORES = ("mutual_information", "predictive_entropy", "expected_entropy", "vari
 
 def _classification(preds: Any, target: Any) -> tuple[np.ndarray, np.ndarray]:
     """Validated ``(labels (M,), probs (M, C))`` of one batch, dense outputs flattened."""
+    names = ("target", "preds")  # the errors name the arguments of update(preds, target)
     if isinstance(preds, ClassificationResult):
         mean = preds.mean.movedim(preds.class_dim, -1)
         probs: Any = mean.reshape(-1, mean.shape[-1])
+        names = ("target", "preds.mean")
         if target is None:
-            target = preds.targets
+            target, names = preds.targets, ("preds.targets", "preds.mean")
     else:
         probs = preds
     if target is None:
         raise ValueError(
             "Expected `target` (or the result's `targets`) to hold labels, but got None."
         )
-    labels = _v.to_array("target", target).reshape(-1)
-    return _v.check_classification(labels, probs, allow_1d=False)
+    labels = _v.to_array(names[0], target).reshape(-1)
+    return _v.check_classification(labels, probs, allow_1d=False, names=names)
 
 
 class _SumMetric(Metric):
@@ -142,14 +147,26 @@ class GaussianNLL(_SumMetric):
 
     def update(self, preds: Any, target: Any = None) -> None:
         """Add a batch: ``preds`` a RegressionResult or a ``(mean, variance)`` pair."""
+        t_name, m_name, v_name = "target", "preds.mean", "preds.variance"
         if isinstance(preds, RegressionResult):
             mean, var = preds.mean, preds.variance
-            target = preds.targets if target is None else target
+            if target is None:
+                target, t_name = preds.targets, "preds.targets"
+        elif isinstance(preds, (tuple, list)) and len(preds) == 2:
+            (mean, var), m_name, v_name = preds, "preds[0]", "preds[1]"
         else:
-            mean, var = preds
+            raise TypeError(
+                "Expected `preds` to be a RegressionResult or a (mean, variance) pair, but got "
+                f"{type(preds).__name__}."
+            )
         if target is None:
             raise ValueError("Expected `target` (or the result's `targets`), but got None.")
-        values = _m.gaussian_nll(target, mean, var, reduction="none")
+        # Validated here so that the errors name the arguments of update(preds, target).
+        y = _v.as_real(t_name, target)
+        means = _v.match_shape(m_name, _v.as_real(m_name, mean), t_name, y)
+        variances = _v.match_shape(v_name, _v.as_real(v_name, var), t_name, y)
+        _v.check_positive(v_name, variances)
+        values = _m.gaussian_nll(y, means, variances, reduction="none")
         self._add(float(np.mean(values)), int(np.size(values)))
 
 
@@ -204,31 +221,15 @@ class CalibrationError(Metric):
         return torch.tensor(curve.calibration_error(self.norm), dtype=torch.float64)
 
 
-class MisclassificationAUROC(Metric):
-    """Streaming :func:`mcdrop.metrics.misclassification_auroc` of an uncertainty score.
-
-    Parameters
-    ----------
-    score : {"mutual_information", "predictive_entropy", "expected_entropy", \
-"variation_ratio"}, default="mutual_information"
-        Attribute of the :class:`~mcdrop.ClassificationResult` ranking the examples (higher
-        means more uncertain); ignored when ``update`` gets ``scores=``.
-    **kwargs
-        Options of :class:`torchmetrics.Metric`.
-
-    Notes
-    -----
-    Keeps one flag and one score per example (``"cat"`` states), like torchmetrics' exact AUROC.
-    ``compute`` raises ``ValueError`` when every prediction is right or every one wrong.
-    """
+class _ErrorsAndScores(Metric):
+    """One 0/1 error flag and one uncertainty score per example (``"cat"`` states)."""
 
     is_differentiable = False
-    higher_is_better = True
     full_state_update = False
     errors: list[torch.Tensor]
     scores: list[torch.Tensor]
 
-    def __init__(self, score: str = "mutual_information", **kwargs: Any) -> None:
+    def __init__(self, score: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.score = check_choice("score", score, _SCORES)
         self.add_state("errors", [], dist_reduce_fx="cat")
@@ -263,12 +264,98 @@ class MisclassificationAUROC(Metric):
         self.errors.append(torch.from_numpy(errors).to(self.device))
         self.scores.append(torch.from_numpy(values).to(self.device))
 
-    def compute(self) -> torch.Tensor:
+    def _gathered(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Labels, probabilities and scores that reproduce the stored errors exactly."""
         if not self.errors:
-            raise ValueError("Expected `update` before `compute` on MisclassificationAUROC.")
+            raise ValueError(f"Expected `update` before `compute` on {type(self).__name__}.")
         errors = dim_zero_cat(self.errors).cpu().numpy().astype(bool)
         scores = dim_zero_cat(self.scores).cpu().numpy()
         # predictions that are wrong exactly where `errors` is: class 1 predicted, label 0
         probs = np.stack([~errors, errors], axis=1).astype(np.float64)
-        labels = np.zeros(errors.shape[0], dtype=np.int64)
+        return np.zeros(errors.shape[0], dtype=np.int64), probs, scores
+
+
+class MisclassificationAUROC(_ErrorsAndScores):
+    """Streaming :func:`mcdrop.metrics.misclassification_auroc` of an uncertainty score.
+
+    Parameters
+    ----------
+    score : {"mutual_information", "predictive_entropy", "expected_entropy", \
+"variation_ratio"}, default="mutual_information"
+        Attribute of the :class:`~mcdrop.ClassificationResult` ranking the examples (higher
+        means more uncertain); ignored when ``update`` gets ``scores=``.
+    **kwargs
+        Options of :class:`torchmetrics.Metric`.
+
+    Notes
+    -----
+    Keeps one flag and one score per example (``"cat"`` states), like torchmetrics' exact AUROC.
+    ``compute`` raises ``ValueError`` when every prediction is right or every one wrong.
+    """
+
+    higher_is_better = True
+
+    def __init__(self, score: str = "mutual_information", **kwargs: Any) -> None:
+        super().__init__(score, **kwargs)
+
+    def compute(self) -> torch.Tensor:
+        labels, probs, scores = self._gathered()
         return torch.tensor(_m.misclassification_auroc(labels, probs, scores), dtype=torch.float64)
+
+
+class AUGRC(_ErrorsAndScores):
+    """Streaming :func:`mcdrop.metrics.augrc` (area under the generalised risk-coverage curve).
+
+    Parameters
+    ----------
+    score : {"predictive_entropy", "mutual_information", "expected_entropy", \
+"variation_ratio"}, default="predictive_entropy"
+        Attribute of the :class:`~mcdrop.ClassificationResult` ranking the examples (higher
+        means more uncertain, accepted last); ignored when ``update`` gets ``scores=``. The
+        default is the score of :func:`mcdrop.metrics.evaluate`'s ``augrc``.
+    **kwargs
+        Options of :class:`torchmetrics.Metric`.
+
+    Notes
+    -----
+    Keeps one flag and one score per example (``"cat"`` states): the ranking needs all of
+    them. Ties in the score are broken by position in the concatenated states, as
+    :func:`mcdrop.metrics.augrc` breaks them by position in its input.
+    """
+
+    higher_is_better = False
+
+    def __init__(self, score: str = "predictive_entropy", **kwargs: Any) -> None:
+        super().__init__(score, **kwargs)
+
+    def compute(self) -> torch.Tensor:
+        labels, probs, scores = self._gathered()
+        return torch.tensor(_m.augrc(labels, probs, scores), dtype=torch.float64)
+
+
+class EnergyScore(_SumMetric):
+    """Streaming :func:`mcdrop.metrics.energy_score` of sampled regression predictions.
+
+    ``update(preds, target=None)`` takes a :class:`~mcdrop.RegressionResult` that kept its
+    samples (``keep_samples=True``) or a ``(T, N, *S)`` tensor of samples; the ``*S``
+    elements of an example form one vector. Sums of per-example scores (constant memory).
+    """
+
+    higher_is_better = False
+
+    def update(self, preds: Any, target: Any = None) -> None:
+        """Add a batch: ``preds`` a RegressionResult with samples, or (T, N, *S) samples."""
+        if isinstance(preds, RegressionResult):
+            if preds.samples is None:
+                raise ValueError(
+                    "Expected a RegressionResult with `samples` (keep_samples=True) for the "
+                    "energy score, but it holds none."
+                )
+            samples = preds.samples
+            target = preds.targets if target is None else target
+        else:
+            samples = preds
+        if target is None:
+            raise ValueError("Expected `target` (or the result's `targets`), but got None.")
+        values = np.asarray(_m.energy_score(target, samples, reduction="none"))
+        self._add(float(np.mean(values)), int(values.size))

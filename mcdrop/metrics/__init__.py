@@ -55,6 +55,7 @@ from mcdrop.metrics._curves import (
 )
 from mcdrop.metrics._evaluate import evaluate, format_table
 from mcdrop.metrics._ranking import (
+    energy_ood_score,
     fpr_at_95_tpr,
     misclassification_aupr,
     misclassification_auroc,
@@ -64,6 +65,7 @@ from mcdrop.metrics._ranking import (
 from mcdrop.metrics._regression import (
     crps_gaussian,
     crps_samples,
+    energy_score,
     gaussian_nll,
     interval_calibration_curve,
     mc_log_likelihood,
@@ -73,8 +75,20 @@ from mcdrop.metrics._regression import (
     rmse,
     sharpness,
 )
+from mcdrop.metrics._regression_calibration import ence, qce, uce
 from mcdrop.metrics._scores import accuracy, brier_score, negative_log_likelihood
-from mcdrop.metrics._selective import accuracy_rejection_curve, aurc
+from mcdrop.metrics._selective import (
+    accuracy_rejection_curve,
+    augrc,
+    aurc,
+    ause,
+    coverage_at_risk,
+    prediction_rejection_ratio,
+    risk_at_coverage,
+    risk_coverage_curve,
+    sparsification_curve,
+)
+from mcdrop.metrics._smooth_calibration import smooth_calibration_error
 
 __all__ = [
     "BootstrapResult",
@@ -82,15 +96,21 @@ __all__ = [
     "accuracy",
     "accuracy_rejection_curve",
     "adaptive_calibration_error",
+    "augrc",
     "aurc",
+    "ause",
     "binned_residuals",
     "bootstrap",
     "brier_score",
     "central_interval",
     "classwise_calibration_error",
     "convergence_curve",
+    "coverage_at_risk",
     "crps_gaussian",
     "crps_samples",
+    "ence",
+    "energy_ood_score",
+    "energy_score",
     "evaluate",
     "expected_calibration_error",
     "format_table",
@@ -109,8 +129,15 @@ __all__ = [
     "ood_roc_curve",
     "oracle_rejection_curve",
     "picp",
+    "prediction_rejection_ratio",
+    "qce",
     "reliability_curve",
     "reliability_intervals",
+    "risk_at_coverage",
+    "risk_coverage_curve",
     "rmse",
     "sharpness",
+    "smooth_calibration_error",
+    "sparsification_curve",
+    "uce",
 ]

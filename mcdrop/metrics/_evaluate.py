@@ -38,10 +38,15 @@ from mcdrop.metrics._regression import (
     rmse,
     sharpness,
 )
+from mcdrop.metrics._regression_calibration import ence
 from mcdrop.metrics._scores import _entropy, accuracy, brier_score, negative_log_likelihood
 from mcdrop.metrics._selective import (
+    augrc,
     aurc,
+    ause,
+    prediction_rejection_ratio,
 )
+from mcdrop.metrics._smooth_calibration import smooth_calibration_error
 from mcdrop.results import ClassificationResult, RegressionResult
 
 
@@ -63,9 +68,22 @@ def _evaluate_classification(probs: np.ndarray, labels: Any, n_bins: int) -> dic
         "mce": maximum_calibration_error(y_true, y_prob, n_bins=n_bins),
         "ace": adaptive_calibration_error(y_true, y_prob, n_bins=n_bins),
         "classwise_ece": classwise_calibration_error(y_true, y_prob, n_bins=n_bins),
+        "smooth_ece": smooth_calibration_error(y_true, y_prob),
         "aurc": aurc(y_true, y_prob, entropy),
+        "augrc": augrc(y_true, y_prob, entropy),
+        "prr": _safe(lambda: prediction_rejection_ratio(y_true, y_prob, entropy)),
         "misclassification_auroc": _safe(lambda: misclassification_auroc(y_true, y_prob, entropy)),
     }
+
+
+_SPREAD_METRICS = (
+    "gaussian_nll",
+    "picp_95",
+    "mean_width_95",
+    "crps",
+    "miscalibration_area",
+    "ence",
+)
 
 
 def _evaluate_regression(result: RegressionResult, y: Any) -> dict[str, float]:
@@ -84,8 +102,10 @@ def _evaluate_regression(result: RegressionResult, y: Any) -> dict[str, float]:
         out["mean_width_95"] = mean_interval_width(mean - z * std, mean + z * std)
         out["crps"] = float(crps_gaussian(y_arr, mean, std))
         out["miscalibration_area"] = miscalibration_area(y_arr, mean, std)
+        out["ence"] = ence(y_arr, mean, std)
+        out["ause"] = ause(np.abs(y_arr - mean), std)
     else:  # a deterministic prediction: no distributional metric
-        for key in ("gaussian_nll", "picp_95", "mean_width_95", "crps", "miscalibration_area"):
+        for key in (*_SPREAD_METRICS, "ause"):
             out[key] = math.nan
     out["sharpness"] = sharpness(std)
     if result.samples is not None and result.tau is not None:
@@ -121,11 +141,14 @@ def evaluate(
     -------
     dict of str to float
         Classification: ``accuracy``, ``nll``, ``brier``, ``ece``, ``mce`` (uniform bins, top
-        label), ``ace``, ``classwise_ece``, ``aurc`` and ``misclassification_auroc`` (both with
-        the predictive entropy as the uncertainty score; the AUROC is NaN when every prediction
-        is right or every one wrong). Regression: ``rmse``, ``gaussian_nll`` (total predictive
-        variance), ``picp_95`` and ``mean_width_95`` (Gaussian central 95 % intervals),
-        ``crps`` (Gaussian closed form), ``miscalibration_area``, ``sharpness``, and
+        label), ``ace``, ``classwise_ece``, ``smooth_ece`` (fixed-point bandwidth), ``aurc``,
+        ``augrc``, ``prr`` (prediction-rejection ratio) and ``misclassification_auroc`` (the
+        last four with the predictive entropy as the uncertainty score; ``prr`` and the AUROC
+        are NaN when every prediction is right or every one wrong). Regression: ``rmse``,
+        ``gaussian_nll`` (total predictive variance), ``picp_95`` and ``mean_width_95``
+        (Gaussian central 95 % intervals), ``crps`` (Gaussian closed form),
+        ``miscalibration_area``, ``ence`` (10 equal-count bins of the predictive std),
+        ``ause`` (absolute errors sparsified by the predictive std), ``sharpness``, and
         ``mc_log_likelihood`` when ``result.samples`` and ``result.tau`` are set. Metrics that
         need a predictive spread are NaN when some predictive variance is zero.
 
@@ -167,6 +190,11 @@ def evaluate(
         if probs.shape[0] != keep.shape[0]:
             raise ValueError(
                 f"Expected `y_true` with {probs.shape[0]} labels, but got {keep.shape[0]}."
+            )
+        if not keep.any():
+            raise ValueError(
+                f"Expected some labels other than `ignore_index` ({ignore_index}), but all "
+                f"{keep.shape[0]} labels of `y_true` equal it: there is nothing to evaluate."
             )
         probs, targets = probs[keep], targets[keep]
     return _evaluate_classification(probs, targets, n_bins)

@@ -1,4 +1,4 @@
-"""Ranking: misclassification and out-of-distribution detection."""
+"""Ranking: misclassification and out-of-distribution detection, and the energy OOD score."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import numpy as np
 
 from mcdrop._validation import (
     ArrayLike,
+    as_real,
     check_classification,
+    check_float,
     check_scores,
+    describe_shape,
 )
 from mcdrop.metrics._base import (
     _prob_matrix,
@@ -160,3 +163,54 @@ def fpr_at_95_tpr(scores_in: ArrayLike, scores_out: ArrayLike) -> float:
     k = (95 * n_out + 99) // 100  # ceil(0.95 * n_out) in exact integer arithmetic
     threshold = np.sort(outside)[::-1][k - 1]
     return float(np.mean(inside >= threshold))
+
+
+def energy_ood_score(logits: ArrayLike, *, temperature: float = 1.0) -> np.ndarray:
+    r"""Free energy of the logits (Liu et al. 2020), an out-of-distribution score.
+
+    .. math::
+
+        E(x) = -\tau \log \sum_{c=1}^{C} \exp(z_c / \tau) ,
+
+    the negative (tempered) log-partition function of the classifier's logits ``z``. In
+    distribution the logits are large and the energy low; higher energy means more likely
+    out of distribution, so the result ranks like the uncertainty scores of
+    :func:`ood_auroc` (higher = more uncertain).
+
+    Parameters
+    ----------
+    logits : array-like or Tensor of shape (..., C)
+        Unnormalised scores, class dimension last (e.g. ``(N, C)``, or the ``(T, N, C)``
+        logits of ``T`` Monte Carlo samples).
+    temperature : float, default=1.0
+        ``τ > 0``. Liu et al. use 1.
+
+    Returns
+    -------
+    ndarray of shape (...)
+        One energy per prediction (the class dimension removed).
+
+    Notes
+    -----
+    Energies of Monte Carlo samples can be averaged over ``T``; the energy of averaged
+    *probabilities* is not defined (probabilities are not logits: their logarithms are
+    normalised, so their energy is always 0 at ``τ = 1``).
+
+    References
+    ----------
+    Liu, Wang, Owens & Li (2020), "Energy-based out-of-distribution detection", NeurIPS.
+    """
+    from scipy.special import logsumexp
+
+    tau = check_float("temperature", temperature, low=0.0, low_inclusive=False)
+    values = as_real("logits", logits)
+    if values.ndim < 1:
+        raise ValueError(
+            f"Expected `logits` to have a class dimension, shape (..., C), but got shape "
+            f"{describe_shape(values)}."
+        )
+    # -(m + τ log Σ exp((z - m) / τ)) with m = max z: (z - m) / τ <= 0 never overflows
+    top = values.max(axis=-1, keepdims=True)
+    with np.errstate(over="ignore"):  # -inf: a class with no weight
+        shifted = logsumexp((values - top) / tau, axis=-1)
+    return np.asarray(-(top[..., 0] + tau * shifted), dtype=np.float64)

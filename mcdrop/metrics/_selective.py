@@ -1,13 +1,19 @@
-"""Selective prediction: rejection curves and the area under the risk-coverage curve."""
+"""Selective prediction: rejection and risk-coverage curves, their areas and operating points."""
 
 from __future__ import annotations
+
+import math
+from typing import Any
 
 import numpy as np
 
 from mcdrop._validation import (
     ArrayLike,
+    as_real,
     check_classification,
+    check_float,
     check_scores,
+    match_shape,
 )
 from mcdrop.metrics._base import (
     _prob_matrix,
@@ -98,3 +104,328 @@ def aurc(y_true: ArrayLike, y_prob: ArrayLike, scores: ArrayLike) -> float:
     """
     _, acc = accuracy_rejection_curve(y_true, y_prob, scores)
     return float(np.mean(1.0 - acc))
+
+
+def _errors_in_acceptance_order(y_true: Any, y_prob: Any, scores: Any) -> np.ndarray:
+    """0/1 errors, least uncertain first: the reverse of the rejection order of
+    :func:`accuracy_rejection_curve`, so that coverage ``m / N`` keeps the first ``m``."""
+    labels, probs = check_classification(y_true, y_prob)
+    score_values = check_scores("scores", scores, labels.shape[0])
+    errors = (_prob_matrix(probs).argmax(axis=1) != labels).astype(np.float64)
+    return errors[_rejection_order(score_values)[::-1]]
+
+
+def risk_coverage_curve(
+    y_true: ArrayLike, y_prob: ArrayLike, scores: ArrayLike
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""Selective risk and generalised risk at every coverage.
+
+    The ``m`` least uncertain examples (lowest ``scores``) are accepted, ``m = 1, ..., N``;
+    ties are broken as in :func:`accuracy_rejection_curve`. With ``e_j`` the 0/1 error of the
+    ``j``-th accepted example,
+
+    .. math::
+
+        \mathrm{risk}(m / N) = \frac{1}{m} \sum_{j \le m} e_j, \qquad
+        \mathrm{generalised\ risk}(m / N) = \frac{1}{N} \sum_{j \le m} e_j
+        = \frac{m}{N} \, \mathrm{risk}(m / N).
+
+    The selective risk is the error rate among the accepted examples; the generalised risk
+    (Traub et al. 2024) is the probability that an example is both accepted *and*
+    misclassified.
+
+    Parameters
+    ----------
+    y_true : array-like or Tensor of shape (N,)
+        Integer labels.
+    y_prob : array-like or Tensor of shape (N, C) or (N,)
+        Predicted probabilities.
+    scores : array-like or Tensor of shape (N,)
+        Uncertainty scores, higher = more uncertain = accepted last.
+
+    Returns
+    -------
+    coverage : ndarray of shape (N,)
+        ``1/N, 2/N, ..., 1``.
+    risk : ndarray of shape (N,)
+        Selective risk at each coverage.
+    generalized_risk : ndarray of shape (N,)
+        Generalised risk at each coverage.
+
+    References
+    ----------
+    Geifman & El-Yaniv (2017), "Selective classification for deep neural networks", NeurIPS.
+    Traub, Bungert, Lüth, Baumgartner, Maier-Hein, Jaeger & Jäger (2024), "Overcoming common
+    flaws in the evaluation of selective classification systems", NeurIPS.
+    """
+    errors = _errors_in_acceptance_order(y_true, y_prob, scores)
+    n = errors.shape[0]
+    accepted_errors = np.cumsum(errors)
+    accepted = np.arange(1, n + 1, dtype=np.float64)
+    return accepted / n, accepted_errors / accepted, accepted_errors / n
+
+
+def augrc(y_true: ArrayLike, y_prob: ArrayLike, scores: ArrayLike) -> float:
+    r"""Area under the generalised risk-coverage curve (Traub et al. 2024). Lower is better.
+
+    .. math::
+
+        \mathrm{AUGRC} = \frac{1}{N} \sum_{m=1}^{N} \frac{1}{N} \sum_{j \le m} e_j
+        = \frac{1}{N} \sum_{m=1}^{N} \frac{m}{N}\,\mathrm{risk}(m / N),
+
+    the mean of the generalised risk of :func:`risk_coverage_curve`, with ``e_j`` the errors
+    of the examples in increasing order of ``scores``. It is the probability that a random
+    example is misclassified *and* accepted, averaged over the acceptance thresholds; unlike
+    the :func:`aurc` it does not weight the selective risk at tiny coverages (a few examples)
+    as much as at full coverage. Always ``AUGRC <= AURC`` (same quadrature, weights
+    ``m / N <= 1``).
+
+    Parameters
+    ----------
+    y_true, y_prob, scores
+        As in :func:`risk_coverage_curve`.
+
+    Returns
+    -------
+    float
+        In ``[0, 1]``; ``error_rate² / 2`` (about) for a perfect ranking, ``error_rate / 2``
+        (about) for a random one.
+
+    Notes
+    -----
+    The quadrature is the one of :func:`aurc` (a right Riemann sum over the ``N`` coverages).
+    torch-uncertainty's ``AUGRC`` integrates the same curve with the trapezoidal rule from
+    coverage ``1/N`` and divides by ``1 - 1/N``; the two agree to ``O(1/N)``.
+
+    References
+    ----------
+    Traub et al. (2024), "Overcoming common flaws in the evaluation of selective classification
+    systems", NeurIPS.
+    """
+    _, _, generalized = risk_coverage_curve(y_true, y_prob, scores)
+    return float(np.mean(generalized))
+
+
+def _accepted_count(coverage: float, n: int) -> int:
+    """``ceil(coverage * n)``, with a ``1e-9`` tolerance so ``0.1 * 10`` accepts 1, not 2."""
+    return max(1, math.ceil(coverage * n - 1e-9))
+
+
+def risk_at_coverage(
+    y_true: ArrayLike, y_prob: ArrayLike, scores: ArrayLike, *, coverage: float
+) -> float:
+    r"""Selective risk (error rate) of the ``ceil(coverage · N)`` least uncertain examples.
+
+    Parameters
+    ----------
+    y_true, y_prob, scores
+        As in :func:`risk_coverage_curve`.
+    coverage : float
+        Fraction of examples accepted, in ``(0, 1]``. The number accepted is
+        ``m = ceil(coverage · N)`` (at least one; ``coverage · N`` within ``1e-9`` of an integer
+        counts as that integer).
+
+    Returns
+    -------
+    float
+        In ``[0, 1]``; at ``coverage=1`` the error rate of all predictions.
+
+    References
+    ----------
+    Geifman & El-Yaniv (2017), "Selective classification for deep neural networks", NeurIPS.
+    """
+    coverage = check_float("coverage", coverage, low=0.0, high=1.0, low_inclusive=False)
+    errors = _errors_in_acceptance_order(y_true, y_prob, scores)
+    m = _accepted_count(coverage, errors.shape[0])
+    return float(np.mean(errors[:m]))
+
+
+def coverage_at_risk(
+    y_true: ArrayLike, y_prob: ArrayLike, scores: ArrayLike, *, risk: float
+) -> float:
+    r"""Largest coverage whose selective risk is at most ``risk``.
+
+    ``max {m / N : risk(m / N) <= risk}`` over the curve of :func:`risk_coverage_curve`. The
+    selective risk need not decrease with the coverage; the largest admissible coverage is
+    reported, as in torch-uncertainty's ``CovAtxRisk``.
+
+    Parameters
+    ----------
+    y_true, y_prob, scores
+        As in :func:`risk_coverage_curve`.
+    risk : float
+        Target error rate among accepted examples, in ``[0, 1]``.
+
+    Returns
+    -------
+    float
+        In ``[0, 1]``. ``0.0`` when no non-empty set of least-uncertain examples reaches the
+        target (torch-uncertainty returns NaN there): only rejecting everything does.
+
+    References
+    ----------
+    Geifman & El-Yaniv (2017), "Selective classification for deep neural networks", NeurIPS.
+    """
+    risk = check_float("risk", risk, low=0.0, high=1.0)
+    coverage, selective_risk, _ = risk_coverage_curve(y_true, y_prob, scores)
+    admissible = np.flatnonzero(selective_risk <= risk)
+    return float(coverage[admissible[-1]]) if admissible.size else 0.0
+
+
+def prediction_rejection_ratio(y_true: ArrayLike, y_prob: ArrayLike, scores: ArrayLike) -> float:
+    r"""Prediction-rejection ratio: how much of the oracle's gain over random rejection a score
+    achieves. Higher is better.
+
+    With ``A(s) = (1/N) sum_m acc(m)`` the area under the curve of accuracy on the ``m``
+    least uncertain examples (``= 1 - AURC``),
+
+    .. math::
+
+        \mathrm{PRR} = \frac{A(\text{scores}) - A(\text{random})}
+        {A(\text{oracle}) - A(\text{random})},
+
+    where the oracle rejects the misclassified examples first and ``A(random)``, the
+    expectation over uniformly random rankings, equals the accuracy (every retained subset of
+    a random ranking has the overall accuracy in expectation). Equivalently
+    ``(error_rate - AURC) / (error_rate - AURC_oracle)``.
+
+    Parameters
+    ----------
+    y_true, y_prob, scores
+        As in :func:`risk_coverage_curve`.
+
+    Returns
+    -------
+    float
+        At most 1 (the oracle's ranking); 0 in expectation for a random ranking; negative when
+        the score ranks errors *last*.
+
+    Raises
+    ------
+    ValueError
+        When every prediction is right or every one wrong: the oracle equals random rejection
+        and the ratio is undefined.
+
+    Notes
+    -----
+    This is the normalisation of lm-polygraph (``(method - random) / (oracle - random)`` of the
+    prediction-rejection area, Vashurin et al. 2025), with the random baseline taken in exact
+    expectation rather than averaged over 1000 shuffles. Malinin & Gales (2019) normalise
+    areas between rejection curves measured in errors over *all* examples, which gives
+    different values.
+
+    References
+    ----------
+    Malinin (2019), "Uncertainty estimation in deep learning with application to spoken
+    language assessment", PhD thesis, Cambridge. Fadeeva et al. (2023), "LM-Polygraph:
+    Uncertainty estimation for language models", EMNLP demo.
+    """
+    errors = _errors_in_acceptance_order(y_true, y_prob, scores)
+    n = errors.shape[0]
+    n_errors = int(errors.sum())
+    if n_errors in (0, n):
+        kind = "correct" if n_errors == 0 else "misclassified"
+        raise ValueError(
+            f"Expected `y_true` and `y_prob` to give both correct and misclassified "
+            f"predictions, but all {n} are {kind}; the prediction-rejection ratio is undefined."
+        )
+    accepted = np.arange(1, n + 1, dtype=np.float64)
+    area = float(np.mean(np.cumsum(errors) / accepted))
+    oracle = float(np.mean(np.cumsum(np.sort(errors)) / accepted))
+    random = n_errors / n
+    return (random - area) / (random - oracle)
+
+
+def _errors_and_uncertainty(errors: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
+    error_array = as_real("errors", errors)
+    score_values = match_shape("scores", as_real("scores", scores), "errors", error_array)
+    error_values = error_array.ravel()
+    low = float(error_values.min())
+    if low < 0.0:
+        raise ValueError(
+            f"Expected `errors` to hold per-example losses >= 0 (e.g. absolute or squared "
+            f"errors, not signed residuals), but got a value of {low}."
+        )
+    return error_values, score_values.ravel()
+
+
+def _mean_after_removal(values: np.ndarray) -> np.ndarray:
+    """Mean of ``values[k:]`` for ``k = 0, ..., N - 1`` (suffix means)."""
+    n = values.shape[0]
+    return np.cumsum(values[::-1])[::-1] / np.arange(n, 0, -1, dtype=np.float64)
+
+
+def sparsification_curve(
+    errors: ArrayLike, scores: ArrayLike
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""Mean error of the retained examples as the most uncertain ones are removed.
+
+    Examples are removed one at a time in decreasing order of ``scores`` (ties as in
+    :func:`accuracy_rejection_curve`); the oracle removes them in decreasing order of their
+    own error. The gap between the two curves is the sparsification error (Ilg et al. 2018).
+
+    Parameters
+    ----------
+    errors : array-like or Tensor of shape (N, *S)
+        Per-example losses, ``>= 0`` (absolute error, squared error, end-point error, ...);
+        flattened, each element one example.
+    scores : array-like or Tensor of shape (N, *S)
+        Uncertainty of each element, higher = removed first.
+
+    Returns
+    -------
+    fraction_removed : ndarray of shape (M,)
+        ``0, 1/M, ..., (M-1)/M`` with ``M`` the number of elements.
+    error : ndarray of shape (M,)
+        Mean error of the retained elements, removing by ``scores``.
+    oracle_error : ndarray of shape (M,)
+        The same, removing the largest errors first.
+
+    References
+    ----------
+    Ilg, Çiçek, Galesso, Klein, Makansi, Hutter & Brox (2018), "Uncertainty estimates and
+    multi-hypotheses networks for optical flow", ECCV.
+    """
+    error_values, score_values = _errors_and_uncertainty(errors, scores)
+    n = error_values.shape[0]
+    by_score = error_values[_rejection_order(score_values)]
+    by_error = np.sort(error_values)[::-1]
+    fraction = np.arange(n, dtype=np.float64) / n
+    return fraction, _mean_after_removal(by_score), _mean_after_removal(by_error)
+
+
+def ause(errors: ArrayLike, scores: ArrayLike) -> float:
+    r"""Area under the sparsification error curve (Ilg et al. 2018). Lower is better.
+
+    .. math::
+
+        \mathrm{AUSE} = \frac{1}{M} \sum_{k=0}^{M-1}
+        \bigl[\bar e_{\text{scores}}(k) - \bar e_{\text{oracle}}(k)\bigr],
+
+    with ``ē(k)`` the mean error after removing ``k`` of the ``M`` elements
+    (:func:`sparsification_curve`), so a right Riemann sum over the fraction removed. It is in
+    the units of ``errors``: 0 when the uncertainty ranks the errors exactly as the oracle.
+
+    Parameters
+    ----------
+    errors, scores
+        As in :func:`sparsification_curve`.
+
+    Returns
+    -------
+    float
+        ``>= 0``.
+
+    Notes
+    -----
+    torch-uncertainty's ``AUSE`` divides both curves by the mean error (a relative AUSE) and
+    integrates with the trapezoidal rule over ``0, ..., (M-1)/M``: with ``d_k`` the gap above
+    (``d_0 = 0``) it equals ``(sum_k d_k - d_{M-1} / 2) / (M · mean error)``.
+
+    References
+    ----------
+    Ilg et al. (2018), "Uncertainty estimates and multi-hypotheses networks for optical flow",
+    ECCV.
+    """
+    _, error, oracle = sparsification_curve(errors, scores)
+    return float(np.mean(error - oracle))

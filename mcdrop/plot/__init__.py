@@ -27,6 +27,10 @@ They are grouped by task in :mod:`mcdrop.plot.classification`, :mod:`mcdrop.plot
   :func:`plot_reliability_comparison` overlays several models.
 * :class:`AccuracyRejectionDisplay` – accuracy on the retained examples against the fraction
   rejected as most uncertain.
+* :class:`RiskCoverageDisplay` – selective (or generalised) risk against coverage, with the
+  AURC and AUGRC in the legend.
+* :class:`SparsificationDisplay` – mean error of the retained predictions as the most uncertain
+  are removed, against the oracle; the AUSE in the legend.
 * :class:`OODHistogramDisplay`, :class:`OODRocDisplay` – uncertainty scores of in- and
   out-of-distribution inputs: histograms and ROC curve.
 * :class:`RegressionCalibrationDisplay` – expected against observed coverage of central
@@ -49,6 +53,7 @@ from mcdrop.plot._regression import (
     RegressionCalibrationDisplay,
     ResidualStdDisplay,
 )
+from mcdrop.plot._selective import RiskCoverageDisplay, SparsificationDisplay
 
 __all__ = [
     "AccuracyRejectionDisplay",
@@ -59,5 +64,7 @@ __all__ = [
     "RegressionCalibrationDisplay",
     "ReliabilityDisplay",
     "ResidualStdDisplay",
+    "RiskCoverageDisplay",
+    "SparsificationDisplay",
     "plot_reliability_comparison",
 ]

@@ -69,6 +69,9 @@ CLASSIFICATION_SCORES = {
     "variation_ratio": "Variation ratio",
     "confidence": "1 − confidence",
     "margin": "1 − margin",
+    "disagreement": "Disagreement",
+    "expected_pairwise_kl": "Expected pairwise KL (nats)",
+    "reverse_mutual_information": "Reverse mutual information (nats)",
 }
 REGRESSION_SCORES = {
     "std": "Predictive standard deviation",

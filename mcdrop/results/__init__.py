@@ -22,8 +22,9 @@ from mcdrop.results._classes import (
     load_result,
     standard_error_of,
 )
+from mcdrop.results._record import SamplingRecord
 
-__all__ = ["ClassificationResult", "RegressionResult", "load_result"]
+__all__ = ["ClassificationResult", "RegressionResult", "SamplingRecord", "load_result"]
 
 # Not part of the public API; used by mcdrop.stats, which builds results from accumulator states.
 __internal__ = ["standard_error_of"]

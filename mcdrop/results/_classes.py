@@ -14,6 +14,8 @@ import torch
 
 from mcdrop._validation import check_float
 from mcdrop.results._file import FORMAT, MASK_KINDS, check_result, read_result_file
+from mcdrop.results._record import SamplingRecord
+from mcdrop.results._summary import summarize_result
 
 __all__ = ["ClassificationResult", "RegressionResult", "load_result"]
 
@@ -36,6 +38,25 @@ class _ResultMixin:
 
     task: ClassVar[str]
     _derived: ClassVar[tuple[str, ...]]
+
+    def summary(self) -> str:
+        """A few lines: task, ``N``, ``T``, output shape, headline statistics, standard error.
+
+        Returns
+        -------
+        str
+            At most ten lines whatever the size of the result: the task, the number of examples
+            ``N`` and samples ``T``, the shape of ``mean``, the mean (and largest) predictive
+            entropy and mutual information (classification) or predictive standard deviation
+            (regression), the largest Monte Carlo standard error of ``mean`` and whether
+            adaptive sampling reached it, what else is kept (targets, samples) and the sampling
+            record when the result carries one. ``repr(result)`` is the same text; every array
+            stays available as an attribute and through :meth:`to_dict`.
+        """
+        return summarize_result(self)
+
+    def __repr__(self) -> str:
+        return summarize_result(self)
 
     def to_dict(self) -> dict[str, Any]:
         """Every stored field and every derived quantity, by name.
@@ -73,6 +94,8 @@ class _ResultMixin:
             value = getattr(self, field.name)
             if isinstance(value, torch.Tensor):
                 arrays[field.name] = value.detach().cpu().numpy()
+            elif isinstance(value, SamplingRecord):
+                meta[field.name] = value.to_json()
             elif field.name != "masks" or shared:
                 meta[field.name] = value
         # The schema that load_result applies: a result that could not be loaded is not written.
@@ -112,7 +135,7 @@ class _ResultMixin:
             )
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class ClassificationResult(_ResultMixin):
     """Monte Carlo dropout predictive distribution of a classifier.
 
@@ -147,6 +170,10 @@ class ClassificationResult(_ResultMixin):
     standard_error_reached : float or None, default=None
         Largest Monte Carlo standard error of ``mean`` when sampling stopped (adaptive
         ``n_samples``); ``None`` for a fixed ``n_samples``.
+    sampling : SamplingRecord or None, default=None
+        How the samples were drawn: strategy, samples per pass, the ``auto`` fallbacks and
+        their reasons (:class:`mcdrop.results.SamplingRecord`); ``None`` when the result did
+        not come from sampling a model (:func:`mcdrop.summarize_samples`, older files).
     masks : {"independent", "shared"}, default="independent"
         How the dropout masks were drawn: ``"shared"`` when sample ``t`` was one network ``f_t``
         for every example (``masks="shared"``: ``samples[t]`` are that network's outputs, joint
@@ -179,6 +206,7 @@ class ClassificationResult(_ResultMixin):
     samples: torch.Tensor | None = None
     standard_error: torch.Tensor | None = None
     standard_error_reached: float | None = None
+    sampling: SamplingRecord | None = None
     masks: str = "independent"
 
     def __post_init__(self) -> None:
@@ -231,8 +259,70 @@ class ClassificationResult(_ResultMixin):
         """Tensor of shape (N, C, *S): per-class standard deviation of the sampled probabilities."""
         return self.variance.sqrt()
 
+    def _kept_samples(self, quantity: str) -> torch.Tensor:
+        """``samples`` in float64 with the class dimension last: ``(T, N, *S, C)``."""
+        if self.samples is None:
+            raise ValueError(
+                f"Expected `samples` to compute `{quantity}` (it needs every sampled "
+                "distribution: predict with keep_samples=True), but the result holds none."
+            )
+        return self.samples.to(torch.float64).movedim(self.class_dim + 1, -1)
 
-@dataclass(frozen=True, eq=False)
+    @property
+    def disagreement(self) -> torch.Tensor:
+        r"""Tensor of shape (N, *S): fraction of pairs of samples that predict different classes.
+
+        ``1 - sum_c n_c (n_c - 1) / (T (T - 1))`` with ``n_c`` the number of the ``T`` samples
+        whose most probable class is ``c`` (torch-uncertainty's ``Disagreement``); 0 when every
+        sample predicts the same class. Needs ``samples`` (``keep_samples=True``) and ``T >= 2``.
+        """
+        samples = self._kept_samples("disagreement")
+        n = samples.shape[0]
+        if n < 2:
+            raise ValueError(
+                f"Expected at least 2 samples to compute `disagreement` (pairs of samples), "
+                f"but got {n}."
+            )
+        votes = torch.nn.functional.one_hot(samples.argmax(-1), samples.shape[-1]).sum(0)
+        agreeing = (votes * (votes - 1)).sum(-1).to(torch.float64)
+        return 1.0 - agreeing / (n * (n - 1))
+
+    def _entropies_and_cross(self, quantity: str) -> tuple[torch.Tensor, ...]:
+        """``E_t H[p_t]``, ``H[p]`` and ``-sum_c p_c E_t log p_t,c`` from the kept samples."""
+        samples = self._kept_samples(quantity)
+        mean = samples.mean(0)
+        expected_entropy = -torch.special.xlogy(samples, samples).sum(-1).mean(0)
+        entropy = -torch.special.xlogy(mean, mean).sum(-1)
+        mean_log = samples.log().mean(0)  # -inf where a sample gives the class probability 0
+        cross = -torch.where(mean > 0, mean * mean_log, torch.zeros_like(mean)).sum(-1)
+        return expected_entropy, entropy, cross
+
+    @property
+    def expected_pairwise_kl(self) -> torch.Tensor:
+        r"""Tensor of shape (N, *S): expected pairwise KL divergence between samples (EPKL), nats.
+
+        ``E_{t,s} KL(p_t || p_s) = -sum_c p_c E_t[log p_t,c] - E_t H[p_t]`` (Malinin & Gales
+        2021), an epistemic measure; equals ``mutual_information + reverse_mutual_information``.
+        ``inf`` when a class has probability 0 in one sample and not in another. Needs
+        ``samples`` (``keep_samples=True``).
+        """
+        expected_entropy, _, cross = self._entropies_and_cross("expected_pairwise_kl")
+        return (cross - expected_entropy).clamp_min(0.0)
+
+    @property
+    def reverse_mutual_information(self) -> torch.Tensor:
+        r"""Tensor of shape (N, *S): reverse mutual information (RMI), nats.
+
+        ``E_t KL(p || p_t) = -sum_c p_c E_t[log p_t,c] - H[p]`` with ``p`` the mean of the
+        samples (Malinin & Gales 2021), the KL "the other way round" from the mutual
+        information ``E_t KL(p_t || p)``. ``inf`` when a class has probability 0 in one sample
+        and not on average. Needs ``samples`` (``keep_samples=True``).
+        """
+        _, entropy, cross = self._entropies_and_cross("reverse_mutual_information")
+        return (cross - entropy).clamp_min(0.0)
+
+
+@dataclass(frozen=True, eq=False, repr=False)
 class RegressionResult(_ResultMixin):
     """Monte Carlo dropout predictive distribution of a regressor.
 
@@ -260,6 +350,8 @@ class RegressionResult(_ResultMixin):
         ``epistemic_variance`` and ``n_samples`` when not given.
     standard_error_reached : float or None, default=None
         Largest Monte Carlo standard error of ``mean`` when adaptive sampling stopped.
+    sampling : SamplingRecord or None, default=None
+        How the samples were drawn (see :class:`ClassificationResult`).
     masks : {"independent", "shared"}, default="independent"
         How the dropout masks were drawn (see :class:`ClassificationResult`).
     """
@@ -276,6 +368,7 @@ class RegressionResult(_ResultMixin):
     samples: torch.Tensor | None = None
     standard_error: torch.Tensor | None = None
     standard_error_reached: float | None = None
+    sampling: SamplingRecord | None = None
     masks: str = "independent"
 
     def __post_init__(self) -> None:
@@ -381,6 +474,8 @@ def load_result(path: str | os.PathLike[str]) -> ClassificationResult | Regressi
     for field in dataclasses.fields(cls):  # type: ignore[arg-type]
         if field.name in arrays:
             kwargs[field.name] = torch.from_numpy(arrays[field.name])
+        elif field.name == "sampling" and meta.get("sampling") is not None:
+            kwargs[field.name] = SamplingRecord.from_json(meta["sampling"])
         elif field.name in meta:
             kwargs[field.name] = meta[field.name]
     try:

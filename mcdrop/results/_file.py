@@ -55,7 +55,16 @@ _TASKS = {
     ),
     "regression": _Task(("mean", "epistemic_variance", "aleatoric_variance"), _OPTIONAL, ("tau",)),
 }
-_HEADER_KEYS = ("format", "version", "task", "n_samples", "standard_error_reached", "masks")
+_HEADER_KEYS = (
+    "format",
+    "version",
+    "task",
+    "n_samples",
+    "standard_error_reached",
+    "sampling",
+    "masks",
+)
+_MAX_TEXT = 4096  # characters of a string in the sampling record
 
 
 class _Schema:
@@ -108,6 +117,8 @@ class _Schema:
             raise self.error(
                 "standard_error_reached", f"is {_show(reached)}, not a number >= 0 or null"
             )
+        if meta.get("sampling") is not None:
+            self.sampling(meta["sampling"])
         masks = meta.get("masks", "independent")
         if not isinstance(masks, str) or masks not in MASK_KINDS:
             raise self.error("masks", f"is {_show(masks)}, not one of {list(MASK_KINDS)}")
@@ -115,6 +126,30 @@ class _Schema:
             if meta.get(key) is not None:
                 raise self.error(key, f"is {_show(meta[key])} in the metadata, not an array")
         return task
+
+    def sampling(self, record: Any) -> None:
+        """The sampling record (:class:`mcdrop.results.SamplingRecord`, optional: files written
+        before it existed have none)."""
+        if not isinstance(record, dict) or set(record) - {
+            "strategy",
+            "samples_per_pass",
+            "reason",
+            "fallbacks",
+        }:
+            raise self.error("sampling", f"is {_show(record)}, not a sampling record")
+        if not _is_text(record.get("strategy")):
+            raise self.error("sampling", "has no strategy")
+        if not _is_text(record.get("reason", "")):
+            raise self.error("sampling", "has a reason that is not a string")
+        per_pass = record.get("samples_per_pass")
+        if per_pass is not None and not (_is_int(per_pass) and 1 <= per_pass <= _MAX_N_SAMPLES):
+            raise self.error("sampling", f"has samples_per_pass {_show(per_pass)}")
+        fallbacks = record.get("fallbacks", [])
+        if not isinstance(fallbacks, list) or not all(
+            isinstance(pair, list) and len(pair) == 2 and all(_is_text(p) for p in pair)
+            for pair in fallbacks
+        ):
+            raise self.error("sampling", "has fallbacks that are not [strategy, reason] pairs")
 
     # -- shapes and dtypes (from the .npy headers, before any data is read) -----------------
     def layout(
@@ -222,6 +257,10 @@ class _Schema:
 
 def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_text(value: Any) -> TypeGuard[str]:
+    return isinstance(value, str) and len(value) <= _MAX_TEXT
 
 
 def _is_real(value: Any) -> TypeGuard[float]:

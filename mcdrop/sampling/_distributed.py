@@ -7,6 +7,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -22,8 +23,10 @@ from torch.utils.data.distributed import DistributedSampler
 
 from mcdrop.results import ClassificationResult, RegressionResult
 from mcdrop.sampling._driver import predict
-from mcdrop.sampling._inputs import _as_targets, _Batch, _leading_size, _split_call
+from mcdrop.sampling._inputs import shard
+from mcdrop.sampling._options import SamplingOptions
 from mcdrop.sampling._rng import fresh_seed
+from mcdrop.stats import result_from_state
 
 __all__ = ["shard_indices"]
 
@@ -203,32 +206,11 @@ def _shard(
             "`distributed=True`, but got a list, which mcdrop reads as an iterable of batches and "
             "cannot shard by index; stack it into a tensor or wrap it in a Dataset."
         )
-    if isinstance(inputs, (torch.Tensor, tuple, Mapping)):
-        args, kwargs = _split_call(inputs)
-        n = _leading_size(args, kwargs, "inputs")
-        if n == 0:
-            raise ValueError("Expected `inputs` to hold at least one example, but it was empty.")
-        target_tensor = _as_targets(targets)
-        if target_tensor is not None and (target_tensor.ndim == 0 or target_tensor.shape[0] != n):
-            raise ValueError(
-                f"Expected `targets` to have {n} rows like `inputs`, but got shape "
-                f"{tuple(target_tensor.shape)}."
-            )
-        indices = shard_indices(n, rank, world)
-        if not len(indices):
-            return n, None, None
-        start, stop = indices.start, indices.stop
-        part = _Batch(args, kwargs, None, n).map_batched(lambda t: t[start:stop])
-        local: Any
-        if isinstance(inputs, Mapping):
-            local = part.kwargs
-        elif isinstance(inputs, torch.Tensor):
-            local = part.args[0]
-        else:
-            local = part.args
-        return n, local, None if target_tensor is None else target_tensor[start:stop]
+    if isinstance(inputs, (torch.Tensor, np.ndarray, tuple, Mapping)):
+        return shard(inputs, targets, lambda n: shard_indices(n, rank, world))
     raise TypeError(
-        "Expected `inputs` to be a Tensor, a tuple or dict of tensors, a map-style Dataset or a "
+        "Expected `inputs` to be a Tensor or array, a tuple or dict of tensors, a map-style "
+        "Dataset or a "
         "DataLoader over one with `distributed=True`, but got "
         f"{type(inputs).__name__}; other iterables cannot be sharded by index."
     )
@@ -350,20 +332,13 @@ def _merge_scalars(metas: list[dict[str, Any] | None]) -> dict[str, Any]:
 # -- entry point -----------------------------------------------------------------------------------
 
 
-def _predict_distributed(
-    model: nn.Module,
-    inputs: Any,
-    targets: Any,
-    options: Any,
-    seed: int | None,
-    progress: bool | None,
-    result_device: torch.device,
-    *,
-    rank0_only: bool,
+def predict_distributed(
+    model: nn.Module, inputs: Any, targets: Any, options: SamplingOptions, seed: int | None
 ) -> _Result | None:
     """``predict_with_uncertainty(..., distributed=True)``: see the module docstring."""
     rank, world = _process_group()
     device = _comm_device()
+    rank0_only = options.rank0_only
     local: _Result | None = None
     failure: BaseException | None = None
     status: dict[str, Any]
@@ -373,15 +348,9 @@ def _predict_distributed(
     try:
         n, local_inputs, local_targets = _shard(inputs, targets, options.batch_size, rank, world)
         if local_inputs is not None:
-            local = predict(
-                model,
-                local_inputs,
-                local_targets,
-                options,
-                call_seed,
-                progress if progress is not None or rank == 0 else False,
-                result_device,
-            )
+            if options.progress is None and rank != 0:  # one bar, on rank 0
+                options = dataclasses.replace(options, progress=False)
+            local = predict(model, local_inputs, local_targets, options, call_seed)
         rows = len(shard_indices(n, rank, world))
         status = {"ok": True, "n": n, "meta": _describe(local, rows)}
     except Exception as error:
@@ -406,16 +375,15 @@ def _predict_distributed(
     metas = [s["meta"] for s in statuses]
     names = _check_metas(metas, counts)
     ref = next(m for m in metas if m is not None)
-    gathered: dict[str, torch.Tensor | None] = {}
+    gathered: dict[str, torch.Tensor] = {}
     for name in names:
         shape, dtype = ref["tensors"][name]
         dim = _row_dim(name)
         value = None if local is None else getattr(local, name)
         joined = _gather_field(value, dim, shape, dtype, counts, rank, device, rank0_only)
-        gathered[name] = None if joined is None else joined.to(result_device)
+        if joined is not None:
+            gathered[name] = joined.to(options.result_device)
     if rank0_only and rank != 0:
         return None
-    fields: dict[str, Any] = {**_merge_scalars(metas), **gathered}
-    if ref["task"] == "classification":
-        return ClassificationResult(**fields)
-    return RegressionResult(**fields)
+    targets_joined = gathered.pop("targets", None)
+    return result_from_state(ref["task"], gathered, targets=targets_joined, **_merge_scalars(metas))

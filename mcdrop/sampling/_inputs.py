@@ -1,4 +1,10 @@
-"""Turning what users pass as ``inputs`` into batches, and model outputs into tensors."""
+"""Turning what users pass as ``inputs`` into batches, and model outputs into tensors.
+
+The one place inputs are split: :func:`iter_batches` for one process, :func:`shard` for a rank's
+share of the examples (:mod:`mcdrop.sampling._distributed`), :func:`batch_of` for one batch of
+:meth:`mcdrop.MCDropout.forward`. NumPy arrays are taken as tensors (``torch.as_tensor``, their
+dtype kept) wherever a tensor is.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 __all__: list[str] = []
@@ -70,17 +77,12 @@ class _Batch:
                 return int(value.shape[0])
         return self.size
 
-    def signature(self) -> tuple[Any, ...]:
-        """Shapes (without the batch dimension) and dtypes: the key of cached decisions."""
-        batched = self.batched or frozenset()
-
-        def sig(key: int | str, value: Any) -> Any:
-            if isinstance(value, torch.Tensor):
-                shape = tuple(value.shape[1:]) if key in batched else ("whole", *value.shape)
-                return (key, shape, value.dtype, value.device.type)
-            return (key, type(value).__name__)
-
-        return tuple(sig(key, value) for key, value in self._items())
+    def slice(self, lo: int, hi: int) -> _Batch:
+        """Examples ``lo`` to ``hi`` (exclusive) of the batched arguments; the targets stay as they
+        are (passes never read them)."""
+        part = self.map_batched(lambda t: t[lo:hi])
+        part.size = hi - lo
+        return part
 
 
 def _leads(value: Any) -> bool:
@@ -99,7 +101,7 @@ def _leading_size(args: tuple[Any, ...], kwargs: Mapping[str, Any], name: str) -
             return int(value.shape[0])
     raise TypeError(
         f"Expected `{name}` to hold at least one tensor with a batch dimension, but got "
-        f"{_summary(args, kwargs)}."
+        f"{_summary(args, kwargs)}; convert other arrays with `torch.as_tensor`."
     )
 
 
@@ -127,12 +129,24 @@ def _as_targets(value: Any, where: str = "`targets`") -> torch.Tensor | None:
         ) from None
 
 
+def _tensor(value: Any) -> Any:
+    """A NumPy array as a tensor (``torch.as_tensor``: same dtype, shared memory); else as is."""
+    return torch.as_tensor(value) if isinstance(value, np.ndarray) else value
+
+
 def _split_call(value: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     if isinstance(value, Mapping):
-        return (), dict(value)
+        return (), {k: _tensor(v) for k, v in value.items()}
     if isinstance(value, (tuple, list)):
-        return tuple(value), {}
-    return (value,), {}
+        return tuple(_tensor(v) for v in value), {}
+    return (_tensor(value),), {}
+
+
+def batch_of(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> _Batch:
+    """One batch of model arguments (:meth:`mcdrop.MCDropout.forward`)."""
+    args = tuple(_tensor(a) for a in args)
+    kwargs = {k: _tensor(v) for k, v in kwargs.items()}
+    return _Batch(args, kwargs, None, _leading_size(args, kwargs, "inputs"))
 
 
 def _slicer(start: int, stop: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -175,6 +189,8 @@ def _describe(value: Any) -> str:
     if isinstance(value, torch.Tensor):
         dtype = str(value.dtype).replace("torch.", "")
         return f"Tensor{tuple(value.shape)} {dtype}"
+    if isinstance(value, np.ndarray):
+        return f"ndarray{tuple(value.shape)} {value.dtype}"
     if isinstance(value, (tuple, list)):
         return "(" + ", ".join(_describe(v) for v in value) + ")"
     if isinstance(value, Mapping):
@@ -201,7 +217,7 @@ def _split_batch(
             )
         position = target_key % len(item)
         rest = tuple(item[:position]) + tuple(item[position + 1 :])
-        args, kwargs = _split_call(rest[0]) if len(rest) == 1 else (rest, {})
+        args, kwargs = _split_call(rest[0] if len(rest) == 1 else rest)
         return args, kwargs, item[position]
     if target_key != "auto":
         if not isinstance(item, Mapping) or target_key not in item:
@@ -209,18 +225,21 @@ def _split_batch(
                 f"Expected {where} to be a dict with the key {target_key!r} "
                 f"(`target_key={target_key!r}`), but got {_describe(item)}."
             )
-        rest_kwargs = {k: v for k, v in item.items() if k != target_key}
+        rest_kwargs = {k: _tensor(v) for k, v in item.items() if k != target_key}
         return (), rest_kwargs, item[target_key]
     # target_key="auto"
     if isinstance(item, Mapping):
         if _HF_LABELS in item:  # the Hugging Face convention: labels are targets, not inputs
-            return (), {k: v for k, v in item.items() if k != _HF_LABELS}, item[_HF_LABELS]
-        return (), dict(item), None
+            kwargs = {k: _tensor(v) for k, v in item.items() if k != _HF_LABELS}
+            return (), kwargs, item[_HF_LABELS]
+        args, kwargs = _split_call(item)
+        return args, kwargs, None
     if not (pairs and isinstance(item, (tuple, list)) and len(item) == 2):
         args, kwargs = _split_call(item)
         return args, kwargs, None
     first, second = item
     args, kwargs = _split_call(first)
+    second = _tensor(second)
     if not _recognisable_targets(args, kwargs, second):
         raise ValueError(
             f"Expected {where}, a pair {_describe(item)}, to be (inputs, targets) with "
@@ -295,8 +314,8 @@ def iter_batches(
     * a ``str``: key of the targets in a dict batch; the other entries are keyword arguments.
     """
     target_key = check_target_key(target_key)
-    if isinstance(inputs, (torch.Tensor, tuple, Mapping)):
-        if isinstance(inputs, torch.Tensor) and target_key not in ("auto", None):
+    if isinstance(inputs, (torch.Tensor, np.ndarray, tuple, Mapping)):
+        if isinstance(inputs, (torch.Tensor, np.ndarray)) and target_key not in ("auto", None):
             raise ValueError(
                 f"Expected `target_key` only with tuple or dict `inputs`, but got "
                 f"target_key={target_key!r} with a Tensor; pass the targets as `targets=`."
@@ -313,12 +332,7 @@ def iter_batches(
                 f"Expected `inputs` to hold at least one example, but got {_summary(args, kwargs)}."
             )
         where = "`targets`" if found is None else "the targets in `inputs`"
-        target_tensor = _as_targets(targets if found is None else found, where)
-        if target_tensor is not None and (target_tensor.ndim == 0 or target_tensor.shape[0] != n):
-            raise ValueError(
-                f"Expected {where} to have {n} rows like `inputs`, but got shape "
-                f"{tuple(target_tensor.shape)}."
-            )
+        target_tensor = _checked_targets(targets if found is None else found, n, where)
         return _slice_batches(args, kwargs, target_tensor, n, batch_size), -(-n // batch_size), n
     if isinstance(inputs, Iterable) and not isinstance(inputs, (str, bytes)):
         if targets is not None:
@@ -333,10 +347,45 @@ def iter_batches(
             n_batches = None
         return _from_iterable(inputs, target_key), n_batches, _loader_examples(inputs)
     raise TypeError(
-        "Expected `inputs` to be a Tensor, a tuple of tensors (positional arguments), a dict "
-        f"(keyword arguments) or an iterable of batches such as a DataLoader, but got "
-        f"{type(inputs).__name__}."
+        "Expected `inputs` to be a Tensor or NumPy array, a tuple of tensors (positional "
+        "arguments), a dict (keyword arguments) or an iterable of batches such as a DataLoader, "
+        f"but got {type(inputs).__name__}."
     )
+
+
+def _checked_targets(value: Any, n: int, where: str) -> torch.Tensor | None:
+    """Targets as a CPU tensor with ``n`` rows like the inputs (None when not given)."""
+    target_tensor = _as_targets(value, where)
+    if target_tensor is not None and (target_tensor.ndim == 0 or target_tensor.shape[0] != n):
+        raise ValueError(
+            f"Expected {where} to have {n} rows like `inputs`, but got shape "
+            f"{tuple(target_tensor.shape)}."
+        )
+    return target_tensor
+
+
+def shard(inputs: Any, targets: Any, share: Callable[[int], range]) -> tuple[int, Any, Any]:
+    """Tensor, array, tuple or dict ``inputs`` of ``N`` examples: ``(N, the examples in
+    share(N), in the structure of inputs, or None when that share is empty, their targets)``.
+
+    Every tensor whose leading dimension is ``N`` is sliced (a dict's ``labels`` included: the
+    call on the share picks them as in one process); the rest is passed unchanged.
+    """
+    args, kwargs = _split_call(inputs)
+    n = _leading_size(args, kwargs, "inputs")
+    if n == 0:
+        raise ValueError("Expected `inputs` to hold at least one example, but it was empty.")
+    target_tensor = _checked_targets(targets, n, "`targets`")
+    indices = share(n)
+    if not len(indices):
+        return n, None, None
+    part = _Batch(args, kwargs, None, n).slice(indices.start, indices.stop)
+    local: Any = part.args
+    if isinstance(inputs, Mapping):
+        local = part.kwargs
+    elif not isinstance(inputs, tuple):
+        local = part.args[0]
+    return n, local, None if target_tensor is None else target_tensor[indices.start : indices.stop]
 
 
 def _from_iterable(inputs: Iterable[Any], target_key: TargetKey) -> Iterator[_Batch]:

@@ -1,4 +1,9 @@
-"""Plain arithmetic, no model: the ``auto`` rule, rows per pass and the out-of-memory back-off.
+"""The plan of a call as a value: the ``auto`` rule, rows per pass and the out-of-memory back-off.
+
+Plain arithmetic, no model: :func:`make_plan` is a pure function of what the probe measured
+(:class:`Profile`), the options and the device, and gives a frozen :class:`Plan`. The run loop
+(:mod:`mcdrop.sampling._run`) asks for the next plan, with one more :class:`Fallback`, when a
+candidate proves invalid on the first chunk.
 
 The ``auto`` rule
 -----------------
@@ -32,7 +37,9 @@ measurements behind the thresholds are on the performance page of the docs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -63,6 +70,164 @@ class Profile:
     @property
     def prefix_share(self) -> float:
         return self.prefix_flops / self.total_flops if self.total_flops > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """An ``auto`` candidate dropped for the rest of a call, and why."""
+
+    strategy: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a call samples, until a candidate proves invalid (then :func:`make_plan` again).
+
+    Attributes
+    ----------
+    strategy : str
+        The strategy the passes run with (``candidates[0]``).
+    candidates : tuple of str
+        The strategies still allowed, best first: ``(strategy,)`` for an explicit strategy; for
+        ``auto`` the rule's order less the fallbacks (never empty: the last one stays).
+    rows : int
+        Rows (samples x examples) per pass.
+    scale : int
+        How many times more rows a vmap pass may hold (1 for the others).
+    reason : str
+        Why this strategy.
+    fallbacks : tuple of Fallback
+        The candidates dropped so far in this call, in order, with their reasons.
+    """
+
+    strategy: str
+    candidates: tuple[str, ...]
+    rows: int
+    scale: int
+    reason: str
+    fallbacks: tuple[Fallback, ...] = ()
+
+    @property
+    def can_fall_back(self) -> bool:
+        """Whether a candidate that proves invalid gives way to the next one (``auto``)."""
+        return len(self.candidates) > 1
+
+    def falling_back(self, reason: str) -> tuple[Fallback, ...]:
+        """The fallbacks of the next plan: these and this plan's strategy, dropped for ``reason``."""
+        return (*self.fallbacks, Fallback(self.strategy, reason))
+
+
+def make_plan(
+    profile: Profile,
+    options: Any,
+    device: torch.device,
+    *,
+    compiled: bool = False,
+    call_rows: int | None = None,
+    first_rows: int = 1,
+    measured_rows: int | None = None,
+    fallbacks: Sequence[Fallback] = (),
+) -> Plan:
+    """The plan for these inputs: pure, no model, no clock (the same inputs give the same plan).
+
+    Parameters
+    ----------
+    profile : Profile
+        What the probe pass measured.
+    options : SamplingOptions
+        Reads ``strategy`` and ``batch_budget``.
+    device : torch.device
+        Where the passes run.
+    compiled : bool, default=False
+        The passes run through ``torch.compile`` (vmap then only for a prefix).
+    call_rows : int, optional
+        Samples x examples of the whole call; None when the number of examples is unknown.
+    first_rows : int, default=1
+        Examples in the first batch (the smallest pass a CPU plan allows).
+    measured_rows : int, optional
+        CUDA rows per pass measured on one pass (:mod:`mcdrop.sampling._memory`).
+    fallbacks : sequence of Fallback, default=()
+        Candidates already dropped in this call; they do not come back.
+
+    Raises
+    ------
+    ValueError
+        For an explicit ``strategy`` that cannot sample this model (vmap with a fused kernel
+        that draws one mask for all samples, replicate with DropConnect).
+    """
+    _refuse(options.strategy, profile)
+    ranked = candidates(options.strategy, profile, device, compiled=compiled, rows=call_rows)
+    dropped = {fallback.strategy for fallback in fallbacks}
+    remaining = tuple(c for c in ranked if c not in dropped) or tuple(ranked[-1:])
+    strategy = remaining[0]
+    return Plan(
+        strategy=strategy,
+        candidates=remaining,
+        rows=rows_per_pass(
+            strategy, profile, device, options.batch_budget, first_rows, measured_rows
+        ),
+        scale=vmap_scale(profile) if strategy == "vmap" else 1,
+        reason=_why(strategy, options.strategy, profile, fallbacks),
+        fallbacks=tuple(fallbacks),
+    )
+
+
+def _refuse(strategy: str, profile: Profile) -> None:
+    if profile.vmap_unsafe and strategy == "vmap":
+        raise ValueError(
+            "Expected a `strategy` other than 'vmap' for this model: its dropout runs inside "
+            f"{', '.join(profile.vmap_unsafe)}: a fused kernel that cannot draw a dropout "
+            "mask per sample under vmap, or a site whose kernels were not probed "
+            "(detect_silent=False or scope='train_except_norm'). Use strategy='auto', "
+            "'replicate' or 'loop'."
+        )
+    if profile.replicate_unsafe and strategy == "replicate":
+        raise ValueError(
+            "Expected a `strategy` other than 'replicate' for this model: "
+            f"{', '.join(profile.replicate_unsafe)} drops out a weight (DropConnect) or draws "
+            "its own mask (hand-written dropout): one mask per pass, which every copy of a "
+            "replicated batch could share. Use strategy='auto', 'vmap' or 'loop'."
+        )
+
+
+def _why(strategy: str, option: str, profile: Profile, dropped: Sequence[Fallback]) -> str:
+    """Why a plan samples with ``strategy``, in words."""
+    if option != "auto":
+        return f"strategy={option!r} as given"
+    if dropped:
+        return f"auto, after {' and '.join(f.strategy for f in dropped)} fell back"
+    share = f"{100 * profile.prefix_share:.0f}% of the FLOPs come before the first dropout"
+    if profile.replicate_unsafe:
+        weights = ", ".join(profile.replicate_unsafe)
+        return f"auto: {weights} drops out a weight (DropConnect), which replicate cannot sample"
+    if strategy == "vmap":
+        if profile.prefix_share >= PREFIX_SHARE_FOR_VMAP:
+            return f"auto: {share}, computed once for all samples of a vmap pass"
+        return "auto: a small call on CUDA, where vmap needs no examples-interact check"
+    if profile.vmap_unsafe:
+        return f"auto: vmap cannot draw a mask per sample in {', '.join(profile.vmap_unsafe)}"
+    return f"auto: {share}, too few to share: one wide replicated pass"
+
+
+def rows_per_pass(
+    strategy: str,
+    profile: Profile,
+    device: torch.device,
+    batch_budget: int | None,
+    first_rows: int,
+    measured_rows: int | None,
+) -> int:
+    """Rows per pass: ``batch_budget`` when given, else the rows measured on one pass (CUDA),
+    else on the CPU ``DEFAULT_CPU_BUDGET`` for vmap and :func:`cpu_rows` for the others, else
+    the device's default."""
+    if batch_budget is not None:
+        return batch_budget
+    if measured_rows is not None:
+        return measured_rows
+    if device.type == "cpu":
+        return DEFAULT_CPU_BUDGET if strategy == "vmap" else cpu_rows(profile, first_rows)
+    return default_budget(device)
 
 
 def candidates(
@@ -115,7 +280,7 @@ def cpu_rows(profile: Profile, batch_size: int) -> int:
     batch, at most ``DEFAULT_CPU_BUDGET``."""
     if profile.bytes_per_row <= 0:
         return DEFAULT_CPU_BUDGET
-    rows = int(CPU_PASS_BYTES // profile.bytes_per_row)
+    rows = int(CPU_PASS_BYTES // max(profile.bytes_per_row, 1.0))  # a row holds a byte at least
     return max(batch_size, min(DEFAULT_CPU_BUDGET, rows))
 
 
@@ -131,15 +296,25 @@ def rows_that_fit(capacity_bytes: float, bytes_per_row: float) -> int:
 class Planner:
     """Rows per pass and the out-of-memory back-off, kept between calls of one engine.
 
-    ``budget`` rows (samples x examples) per pass, ``scale`` times more for vmap; after an
-    out-of-memory error the samples per pass are capped (``sample_cap``), and at one sample per
-    pass the examples per pass (``example_cap``). Only :meth:`back_off` lowers the caps.
+    ``budget`` rows (samples x examples) per pass, ``scale`` times more for vmap: those of the
+    plan in use (:meth:`adopt`). After an out-of-memory error the samples per pass are capped
+    (``sample_cap``), and at one sample per pass the examples per pass (``example_cap``); the
+    caps carry over to later calls. Only :meth:`back_off` lowers them, and only a candidate
+    that falls back clears them (:meth:`adopt` with ``fresh``): the next starts as it would
+    have, had it been chosen first.
     """
 
     budget: int
     scale: int = 1
     sample_cap: int | None = None
     example_cap: int | None = None
+
+    def adopt(self, plan: Plan, *, fresh: bool = False) -> None:
+        """Size the passes for ``plan``; ``fresh`` also clears the out-of-memory caps."""
+        self.budget = plan.rows
+        self.scale = plan.scale
+        if fresh:
+            self.sample_cap = self.example_cap = None
 
     def examples_per_pass(self, batch_size: int) -> int:
         rows = self.budget * self.scale

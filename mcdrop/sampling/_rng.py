@@ -22,20 +22,30 @@ __all__: list[str] = []
 _MAX_SEED = 2**63 - 1
 
 
+def check_seed(name: str, seed: object) -> int | None:
+    """``seed=``: None or an integer in ``[0, 2**63 - 1]``."""
+    if seed is None:
+        return None
+    value = check_int(name, seed, minimum=0)
+    if value > _MAX_SEED:
+        raise ValueError(f"Expected `{name}` to be an integer in [0, 2**63 - 1], but got {value}.")
+    return value
+
+
+def check_generator(name: str, generator: object) -> torch.Generator | None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"Expected `{name}` to be a torch.Generator, but got {generator!r}.")
+    return generator
+
+
 def seed_from(seed: object, generator: object) -> int | None:
     """The seed of a call, from ``seed=`` or one draw of ``generator=`` (at most one of them)."""
     if seed is not None and generator is not None:
         raise ValueError("Expected at most one of `seed` and `generator`, but got both.")
-    if generator is not None:
-        if not isinstance(generator, torch.Generator):
-            raise TypeError(f"Expected `generator` to be a torch.Generator, but got {generator!r}.")
-        return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-    if seed is None:
-        return None
-    value = check_int("seed", seed, minimum=0)
-    if value > _MAX_SEED:
-        raise ValueError(f"Expected `seed` to be an integer in [0, 2**63 - 1], but got {value}.")
-    return value
+    gen = check_generator("generator", generator)
+    if gen is not None:
+        return int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device))
+    return check_seed("seed", seed)
 
 
 def fresh_seed() -> int:

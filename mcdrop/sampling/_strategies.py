@@ -207,9 +207,3 @@ class Runner:
 
         samples = torch.arange(first, first + k, device=self.device)
         return tuple(torch.func.vmap(one, randomness="different")(samples))
-
-
-def varies(outputs: Outputs) -> bool:
-    """Whether the samples (dim 0) of the first output differ."""
-    first = outputs[0]
-    return first.shape[0] > 1 and bool((first != first[:1]).any())

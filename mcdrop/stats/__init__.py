@@ -27,6 +27,7 @@ from mcdrop.stats._accumulators import (
     RegressionAccumulator,
     concat_states,
     normalise_class_dim,
+    result_from_state,
     summarize_samples,
 )
 from mcdrop.stats._joint import (
@@ -50,4 +51,5 @@ __internal__ = [
     "RegressionAccumulator",
     "concat_states",
     "normalise_class_dim",
+    "result_from_state",
 ]

@@ -115,7 +115,8 @@ class ClassificationAccumulator:
             raise ValueError(
                 f"Expected at least 2 classes along class_dim={self.class_dim}, but the model "
                 "output has 1: a softmax over one class is always 1 (zero uncertainty). For a "
-                "binary classifier with one logit (BCEWithLogitsLoss) pass "
+                "regression model (one output per example) pass `task='regression'`; for a "
+                "binary classifier with one logit (BCEWithLogitsLoss), "
                 "`outputs='binary_logits'`; for one probability, `output_transform=lambda p: "
                 "torch.cat([1 - p, p], dim=1)` with `outputs='probs'`."
             )
@@ -270,6 +271,33 @@ class RegressionAccumulator:
         return out
 
 
+def result_from_state(
+    task: str,
+    state: dict[str, torch.Tensor],
+    *,
+    n_samples: int,
+    class_dim: int = 1,
+    tau: float | None = None,
+    targets: torch.Tensor | None = None,
+    standard_error_reached: float | None = None,
+    sampling: Any = None,
+    masks: str = "independent",
+) -> ClassificationResult | RegressionResult:
+    """The result of ``task`` from accumulator states (one batch's, or joined by
+    :func:`concat_states`): the one place a result is assembled from statistics."""
+    fields: dict[str, Any] = {
+        **state,
+        "n_samples": n_samples,
+        "targets": targets,
+        "standard_error_reached": standard_error_reached,
+        "sampling": sampling,
+        "masks": masks,
+    }
+    if task == "classification":
+        return ClassificationResult(class_dim=class_dim, **fields)
+    return RegressionResult(tau=tau, **fields)
+
+
 def concat_states(states: list[dict[str, torch.Tensor]], device: torch.device) -> dict[str, Any]:
     """Join per-batch statistics along the example dimension (dim 1 for samples)."""
     return {
@@ -334,8 +362,9 @@ def summarize_samples(
         acc = ClassificationAccumulator(outputs=outputs, class_dim=cd, keep_samples=False)
         for start in range(0, samples.shape[0], chunk_size):
             acc.update(samples[start : start + chunk_size])
-        state: dict[str, Any] = dict(acc.state())
-        return ClassificationResult(n_samples=acc.count, class_dim=cd, targets=targets, **state)
+        return result_from_state(
+            task, acc.state(), n_samples=acc.count, class_dim=cd, targets=targets
+        )
     if tau is not None:
         tau = check_float("tau", tau, low=0.0, low_inclusive=False)
     acc = RegressionAccumulator(
@@ -344,8 +373,7 @@ def summarize_samples(
     for start in range(0, samples.shape[0], chunk_size):
         lv = None if log_variance is None else log_variance[start : start + chunk_size]
         acc.update(samples[start : start + chunk_size], lv)
-    reg_state: dict[str, Any] = dict(acc.state())
-    return RegressionResult(n_samples=acc.count, tau=tau, targets=targets, **reg_state)
+    return result_from_state(task, acc.state(), n_samples=acc.count, tau=tau, targets=targets)
 
 
 _TOKEN_LAYOUTS_NOTED: set[tuple[int, ...]] = set()
@@ -372,7 +400,15 @@ def _note_token_layout(shape: tuple[int, ...], class_dim: int) -> None:
 
 def normalise_class_dim(class_dim: int, ndim: int) -> int:
     class_dim = check_int("class_dim", class_dim)
-    if not -ndim <= class_dim < ndim or ndim < 2:
+    if ndim < 2:
+        raise ValueError(
+            f"Expected a classifier's output (N, C, ...) with a class dimension, but the model "
+            f"output has {ndim} dimension (N,): one value per example, as a regression model "
+            "gives. Pass `task='regression'` for a regression model; a binary classifier with "
+            "one logit per example needs `outputs='binary_logits'` and its logits as (N, 1) "
+            "(`output_transform=lambda z: z.unsqueeze(1)`)."
+        )
+    if not -ndim <= class_dim < ndim:
         raise ValueError(
             f"Expected `class_dim` to index a dimension of the model output with {ndim} "
             f"dimensions (batch first), but got {class_dim}."

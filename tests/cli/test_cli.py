@@ -363,3 +363,45 @@ def test_demo_refuses_a_single_sample_in_one_line(tmp_path):
     code, stdout, stderr = _run(["demo", "--out", str(tmp_path), "--samples", "1", "-q"])
     assert code == 2 and stdout == ""
     assert stderr.startswith("mcdrop: error: Expected `samples`") and stderr.count("\n") == 1
+
+
+def _modules_after(code: str) -> set[str]:
+    proc = subprocess.run(
+        [sys.executable, "-c", f"{code}\nimport sys\nprint(' '.join(sys.modules))"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return set(proc.stdout.split())
+
+
+def test_help_and_version_do_not_import_torch():
+    """``mcdrop --help`` is instant: neither the entry point nor the parser imports torch."""
+    code = (
+        "import contextlib, io\n"
+        "from mcdrop.cli import main\n"
+        "for argv in (['--help'], ['--version'], ['demo', '--help'], ['report', '--help']):\n"
+        "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "        main(argv)\n"
+    )
+    loaded = _modules_after(code)
+    assert "mcdrop.cli" in loaded  # the probe would see torch if anything imported it
+    assert not {"torch", "numpy", "matplotlib"} & loaded
+
+
+def test_top_level_names_are_imported_on_first_use():
+    """``import mcdrop`` is lazy, yet every name of ``__all__`` is there, with the same object."""
+    assert "torch" not in _modules_after("import mcdrop")
+    assert "torch" in _modules_after("import mcdrop\nmcdrop.predict_with_uncertainty")
+    from mcdrop import calibration, reporting, results, sampling
+
+    for name in mcdrop.__all__:
+        assert name in dir(mcdrop)
+        assert getattr(mcdrop, name) is not None
+    assert mcdrop.predict_with_uncertainty is sampling.predict_with_uncertainty
+    assert mcdrop.ClassificationResult is results.ClassificationResult
+    assert mcdrop.report is reporting.report
+    assert mcdrop.calibration is calibration
+    with pytest.raises(AttributeError, match="no attribute 'predict'"):
+        mcdrop.predict  # noqa: B018

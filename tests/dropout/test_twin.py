@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import threading
 
 import numpy as np
@@ -244,9 +246,19 @@ def test_modules_in_plain_containers_are_twinned_and_containers_copied():
     assert model.seen == []  # the twin appended to its own copy of the list
 
 
-def test_a_decorated_forward_that_would_run_the_model_is_refused():
+def test_a_decorated_forward_is_redirected_to_the_twin():
     model = MLP().eval()
+    plain = copy.deepcopy(model)
     model.body.forward = torch.autocast("cpu", enabled=False)(model.body.forward)
+    x = torch.randn(4, 6)
+    got = mcdrop.predict_with_uncertainty(model, x, n_samples=20, seed=0, keep_samples=True)
+    want = mcdrop.predict_with_uncertainty(plain, x, n_samples=20, seed=0, keep_samples=True)
+    torch.testing.assert_close(got.samples, want.samples)
+
+
+def test_a_wrapper_mcdrop_cannot_copy_that_would_run_the_model_is_refused():
+    model = MLP().eval()
+    model.body.forward = functools.lru_cache(maxsize=None)(model.body.forward)
     with pytest.raises(ValueError, match="wrapper.*decorator"):
         mcdrop.predict_with_uncertainty(model, torch.randn(4, 6), n_samples=3)
 

@@ -198,3 +198,18 @@ def test_wrapper_bad_input() -> None:
         classify([1, 2])
     with pytest.raises(TypeError, match="datasets.Dataset or a DataLoader"):
         predict_with_uncertainty(_model(), torch.zeros(3, 4))
+
+
+def test_every_helper_takes_the_cores_options_and_defaults():
+    """One ``n_samples`` default everywhere (the core's), and options refused up front."""
+    import inspect
+
+    core = inspect.signature(mcdrop.predict_with_uncertainty).parameters["n_samples"].default
+    assert core == 100
+    for helper in (predict_with_uncertainty, evaluate, MCDropoutTrainerCallback):
+        assert inspect.signature(helper).parameters["n_samples"].default == core
+    assert inspect.signature(MCDropoutTextClassifier).parameters["n_samples"].default == core
+    with pytest.raises(TypeError, match="unknown.*'samples'"):
+        MCDropoutTrainerCallback(samples=3)
+    with pytest.raises(ValueError, match="`strategy`"):
+        MCDropoutTextClassifier(_model(), _tokenizer(), strategy="fastest")

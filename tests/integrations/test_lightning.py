@@ -213,3 +213,14 @@ def test_regression_logs_gaussian_nll(tmp_path) -> None:
     )
     expected = metrics.gaussian_nll(y, result.mean, result.variance)
     assert callback.results_["val_mc_gaussian_nll"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_the_callback_takes_the_cores_options_and_defaults():
+    import inspect
+
+    core = inspect.signature(mcdrop.predict_with_uncertainty).parameters["n_samples"].default
+    assert MCDropoutCallback().n_samples == core == 100
+    with pytest.raises(TypeError, match="unknown.*'samples'"):
+        MCDropoutCallback(samples=3)
+    with pytest.raises(ValueError, match="`amp`"):
+        MCDropoutCallback(amp="fp8")

@@ -12,9 +12,11 @@ pytest.importorskip("torchmetrics")
 import mcdrop
 from mcdrop import metrics
 from mcdrop.torchmetrics import (
+    AUGRC,
     Accuracy,
     BrierScore,
     CalibrationError,
+    EnergyScore,
     GaussianNLL,
     MisclassificationAUROC,
     NegativeLogLikelihood,
@@ -57,6 +59,8 @@ CASES = [
     (CalibrationError, {"norm": "max"}, lambda: metrics.maximum_calibration_error(Y, P)),
     (MisclassificationAUROC, {}, lambda: metrics.misclassification_auroc(Y, P, RESULT.mutual_information)),
     (MisclassificationAUROC, {"score": "predictive_entropy"}, lambda: metrics.misclassification_auroc(Y, P, RESULT.predictive_entropy)),
+    (AUGRC, {}, lambda: metrics.augrc(Y, P, RESULT.predictive_entropy)),
+    (AUGRC, {"score": "mutual_information"}, lambda: metrics.augrc(Y, P, RESULT.mutual_information)),
 ]  # fmt: skip
 CUTS = [0, 50, 51, 230, 600]  # uneven batches, one of a single example
 
@@ -168,3 +172,50 @@ def test_states_are_tensors_that_ddp_can_reduce() -> None:
     metric = CalibrationError()
     assert all(isinstance(v, torch.Tensor) for v in metric.metric_state.values())
     assert set(metric._reductions) == {"bin_count", "bin_confidence", "bin_hits"}
+
+
+def test_augrc_equals_evaluate_and_takes_explicit_scores() -> None:
+    metric = AUGRC()
+    metric.update(RESULT.mean[:100], RESULT.targets[:100], scores=RESULT.predictive_entropy[:100])
+    metric.update(RESULT.mean[100:], RESULT.targets[100:], scores=RESULT.predictive_entropy[100:])
+    assert float(metric.compute()) == pytest.approx(metrics.evaluate(RESULT)["augrc"], rel=1e-12)
+    with pytest.raises(ValueError, match="before `compute`"):
+        AUGRC().compute()
+
+
+def _regression_with_samples(n: int = 90, t: int = 12, d: int = 2, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    samples = torch.randn(t, n, d, generator=g, dtype=torch.float64)
+    mean = samples.mean(0)
+    targets = mean + torch.randn(n, d, generator=g, dtype=torch.float64)
+    return mcdrop.RegressionResult(
+        mean, samples.var(0, unbiased=False), torch.zeros_like(mean), t,
+        targets=targets, samples=samples,
+    )  # fmt: skip
+
+
+def test_energy_score_streams_and_merges() -> None:
+    result = _regression_with_samples()
+    expected = metrics.energy_score(result.targets, result.samples)
+    metric = EnergyScore()
+    for lo, hi in itertools.pairwise([0, 1, 40, 90]):
+        metric.update(result.samples[:, lo:hi], result.targets[lo:hi])
+    assert float(metric.compute()) == pytest.approx(expected, rel=1e-12)
+    rank0, rank1 = EnergyScore(), EnergyScore()
+    rank0.update(result)
+    rank1.update(_regression_with_samples(seed=1))
+    rank0.merge_state(rank1)
+    other = _regression_with_samples(seed=1)
+    both = (expected + metrics.energy_score(other.targets, other.samples)) / 2
+    assert float(rank0.compute()) == pytest.approx(both, rel=1e-12)
+    bare = mcdrop.RegressionResult(
+        result.mean,
+        result.epistemic_variance,
+        result.aleatoric_variance,
+        12,
+        targets=result.targets,
+    )
+    with pytest.raises(ValueError, match="keep_samples"):
+        EnergyScore().update(bare)
+    with pytest.raises(ValueError, match="target"):
+        EnergyScore().update(result.samples)

@@ -21,6 +21,8 @@ from mcdrop.plot import (
     RegressionCalibrationDisplay,
     ReliabilityDisplay,
     ResidualStdDisplay,
+    RiskCoverageDisplay,
+    SparsificationDisplay,
     plot_reliability_comparison,
 )
 
@@ -62,6 +64,8 @@ def test_nothing_calls_show(no_show):
     PredictiveBandsDisplay.from_result(reg, np.arange(80.0))
     ResidualStdDisplay.from_result(reg)
     ConvergenceDisplay.from_result(reg)
+    RiskCoverageDisplay.from_predictions(y, probs)
+    SparsificationDisplay.from_result(reg)
 
 
 def test_style_alias_conflict_raises(pyplot):
@@ -97,6 +101,8 @@ def _draw_each(**kwargs):
         ),
         "residual": lambda: ResidualStdDisplay.from_result(reg, **kwargs),
         "convergence": lambda: ConvergenceDisplay.from_samples(samples, **kwargs),
+        "risk_coverage": lambda: RiskCoverageDisplay.from_predictions(y, probs, **kwargs),
+        "sparsification": lambda: SparsificationDisplay.from_errors(s, s + 1, **kwargs),
     }
 
 
@@ -143,6 +149,9 @@ EMPTY = np.zeros(0)
         (lambda: ResidualStdDisplay.from_predictions(EMPTY, EMPTY, EMPTY), "y_true"),
         (lambda: ConvergenceDisplay.from_samples(np.zeros((4, 0, 3))), "samples"),
         (lambda: ConvergenceDisplay.from_samples(np.zeros((4, 0)), task="regression"), "samples"),
+        (lambda: RiskCoverageDisplay.from_predictions(EMPTY, np.zeros((0, 3))), "y_prob"),
+        (lambda: SparsificationDisplay.from_errors(EMPTY, EMPTY), "errors"),
+        (lambda: SparsificationDisplay.from_predictions(EMPTY, EMPTY, EMPTY), "y"),
     ],
 )
 def test_every_display_refuses_empty_arrays(pyplot, call, argument):
@@ -175,6 +184,8 @@ def test_import_mcdrop_imports_neither_scipy_stats_nor_sklearn():
             lambda y, p: OODRocDisplay.from_scores(p[:, 0], p[:, 1], chance_line="yes"),
             "chance_line",
         ),
+        (lambda y, p: RiskCoverageDisplay.from_predictions(y, p, oracle=1), "oracle"),
+        (lambda y, p: SparsificationDisplay.from_errors(p[:, 0], p[:, 1], fill="no"), "fill"),
     ],
 )
 def test_flags_must_be_booleans(pyplot, call, flag):

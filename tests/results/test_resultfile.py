@@ -411,6 +411,62 @@ def test_deeply_nested_json_is_a_value_error(tmp_path):
     assert _check_refused(path, tmp_path / "out")
 
 
+# ------------------------------------------------------------------------------------------
+# the sampling record (result.sampling): kept in the metadata, optional for older files
+# ------------------------------------------------------------------------------------------
+
+
+def _sampled() -> mcdrop.ClassificationResult:
+    from mcdrop.results import SamplingRecord
+
+    record = SamplingRecord(
+        strategy="replicate",
+        samples_per_pass=24,
+        reason="auto, after vmap fell back",
+        fallbacks=(("vmap", "RuntimeError: vmap: data-dependent control flow"),),
+    )
+    fields = _classification().to_dict()
+    keep = ("mean", "variance", "predictive_entropy", "expected_entropy", "variation_ratio")
+    return mcdrop.ClassificationResult(
+        **{k: fields[k] for k in keep}, n_samples=6, targets=fields["targets"], sampling=record
+    )
+
+
+def test_the_sampling_record_round_trips_and_older_files_load_without_it(tmp_path):
+    result = _sampled()
+    result.save(tmp_path / "r.npz")
+    meta = _meta(_members(tmp_path / "r.npz"))
+    assert meta["sampling"]["fallbacks"] == [["vmap", result.sampling.fallbacks[0][1]]]
+    assert mcdrop.load_result(tmp_path / "r.npz").sampling == result.sampling
+    members = _members(tmp_path / "r.npz")
+    del meta["sampling"]  # a file written before the record existed
+    old = mcdrop.load_result(_write(tmp_path / "old.npz", members, meta))
+    assert old.sampling is None
+    assert torch.equal(old.mean, result.mean)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        "replicate",
+        {"strategy": 3},
+        {"strategy": "loop", "samples_per_pass": 0},
+        {"strategy": "loop", "samples_per_pass": 2.5},
+        {"strategy": "loop", "fallbacks": [["vmap"]]},
+        {"strategy": "loop", "fallbacks": "vmap"},
+        {"strategy": "loop", "reason": None},
+        {"strategy": "loop", "surprise": 1},
+        {"strategy": "x" * 5000},
+    ],
+)
+def test_a_crafted_sampling_record_is_refused_naming_the_field(tmp_path, record):
+    _sampled().save(tmp_path / "ok.npz")
+    members = _members(tmp_path / "ok.npz")
+    meta = _meta(members)
+    meta["sampling"] = record
+    assert "`sampling`" in _load_error(_write(tmp_path / "bad.npz", members, meta))
+
+
 def test_masks_round_trip_and_version(tmp_path):
     """Independent results keep writing version 1 files (every mcdrop reads them); a result with
     shared masks writes version 2 with its ``masks`` field."""

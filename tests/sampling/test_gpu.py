@@ -20,7 +20,7 @@ from conftest import MLP, FusedClassifier, assert_matches_reference, training_re
 from torch import nn
 
 import mcdrop
-from mcdrop.sampling import _driver as driver
+from mcdrop.sampling import _engine as driver
 from mcdrop.sampling import _memory as memory
 
 pytestmark = [

@@ -366,3 +366,61 @@ def test_examples_of_a_data_loader_count_what_it_yields():
         assert n_examples == expected, loader
     yielded = sum(len(batch[0]) for batch in DataLoader(data, batch_size=4, drop_last=True))
     assert yielded == 8
+
+
+# -- NumPy arrays are inputs like tensors ------------------------------------------------------
+def test_numpy_arrays_are_taken_as_tensors_everywhere():
+    """An array, a dict or tuple of arrays, a list of array batches and a DataLoader-free pair
+    give exactly the numbers of the same data as tensors (``torch.as_tensor``)."""
+    import numpy as np
+
+    model = Head().eval()
+    x = np.random.default_rng(0).normal(size=(12, 5)).astype(np.float32)
+    y = np.arange(12) % 3
+    tx, ty = torch.as_tensor(x), torch.as_tensor(y)
+    reference = _run(model, tx, targets=ty)
+    for inputs, kwargs in [(x, {"targets": y}), ((x,), {"targets": y})]:
+        result = _run(model, inputs, **kwargs)
+        assert torch.equal(result.mean, reference.mean)
+        assert torch.equal(result.targets, reference.targets)
+    pairs = _run(model, [(x[:6], y[:6]), (x[6:], y[6:])])  # (inputs, targets) pairs of arrays
+    tensor_pairs = _run(model, [(tx[:6], ty[:6]), (tx[6:], ty[6:])])
+    assert torch.equal(pairs.mean, tensor_pairs.mean)
+    assert torch.equal(pairs.targets, ty)
+
+    class Keyword(Head):
+        def forward(self, features):  # type: ignore[override]
+            return super().forward(features)
+
+    keyword = Keyword().eval()
+    keyword.load_state_dict(model.state_dict())
+    assert torch.equal(_run(keyword, {"features": x}).mean, reference.mean)
+    mc = mcdrop.MCDropout(model, n_samples=4, seed=0)
+    assert torch.equal(mc(x), mcdrop.MCDropout(model, n_samples=4, seed=0)(torch.as_tensor(x)))
+
+
+def test_other_array_types_are_told_to_convert():
+    with pytest.raises(TypeError, match=r"torch\.as_tensor"):
+        _run(Head(), {"x": [[1.0] * 5] * 3})
+
+
+# -- a regressor called as a classifier ---------------------------------------------------------
+class OneOutput(nn.Module):
+    def __init__(self, flat: bool):
+        super().__init__()
+        self.drop, self.lin, self.flat = nn.Dropout(0.2), nn.Linear(5, 1), flat
+
+    def forward(self, x):
+        out = self.lin(self.drop(x))
+        return out.squeeze(1) if self.flat else out
+
+
+@pytest.mark.parametrize("flat", [False, True], ids=["(N, 1)", "(N,)"])
+def test_a_one_output_model_without_task_is_told_about_task_regression(flat):
+    model = OneOutput(flat).eval()
+    with pytest.raises(ValueError, match=r"task='regression'") as caught:
+        _run(model, torch.randn(6, 5))
+    if not flat:
+        assert "binary_logits" in str(caught.value)  # the binary classifier's way stays named
+    result = _run(model, torch.randn(6, 5), task="regression")
+    assert result.mean.shape == ((6,) if flat else (6, 1))

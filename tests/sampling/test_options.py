@@ -72,7 +72,7 @@ def test_single_sample_warns_that_spreads_are_zero():
 
 
 def test_long_runs_without_a_terminal_say_how_long(monkeypatch, caplog):
-    from mcdrop.sampling import _driver as driver
+    from mcdrop.sampling import _progress as driver
 
     monkeypatch.setattr(driver, "_ANNOUNCE_AFTER_S", 0.0)
     monkeypatch.setattr(driver, "_interactive", lambda: False)
@@ -108,3 +108,31 @@ def test_constant_outputs_and_p_one_get_the_hint_that_fits():
         mcdrop.predict_with_uncertainty(ZeroHead().eval(), torch.randn(4, 6), n_samples=5)
     with pytest.raises(ValueError, match="p = 1.*drop"):
         mcdrop.predict_with_uncertainty(ZeroHead(p=1.0).eval(), torch.randn(4, 6), n_samples=5)
+
+
+def test_every_option_is_declared_once_with_its_default_check_and_doc():
+    """The signature, the defaults and the parameter docs of predict_with_uncertainty all come
+    from the one declaration, so they cannot drift apart."""
+    import dataclasses
+    import inspect
+    import json
+
+    fields = dataclasses.fields(SamplingOptions)
+    signature = inspect.signature(mcdrop.predict_with_uncertainty)
+    assert list(signature.parameters) == ["model", "inputs", "targets"] + [f.name for f in fields]
+    doc = mcdrop.predict_with_uncertainty.__doc__
+    for field in fields:
+        head = field.metadata["doc"].splitlines()[0]
+        assert head.startswith(f"{field.name} : ") and f"\n{head}\n" in doc
+        assert signature.parameters[field.name].default == field.default
+        if "default=" in head:
+            written = head.split("default=")[1]
+            assert written in (repr(field.default), json.dumps(field.default)), field.name
+        else:
+            assert field.default is None and head.endswith("optional"), field.name
+        field.metadata["check"](field.name, field.default)  # every default passes its check
+    defaults = SamplingOptions()
+    assert defaults.n_samples == 100 and defaults.result_device == torch.device("cpu")
+    assert defaults.compile is None and defaults.amp is None  # stored normalised
+    with pytest.raises(TypeError, match=r"unknown \['samples'\]"):
+        mcdrop.predict_with_uncertainty(MLP().eval(), torch.randn(4, 6), samples=3)

@@ -117,7 +117,7 @@ def test_cpu_passes_are_capped_by_activation_bytes():
 
 def test_cuda_pass_size_is_measured_once_per_key_and_an_out_of_memory_is_not_kept(monkeypatch):
     import mcdrop
-    from mcdrop.sampling import _driver as driver
+    from mcdrop.sampling import _engine as driver
     from mcdrop.sampling import _memory as memory
 
     runs: list[int] = []

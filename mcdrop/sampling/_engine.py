@@ -1,0 +1,184 @@
+"""What one model and one set of options keep between calls, and the start of every call.
+
+:class:`Engine` is what :func:`mcdrop.predict_with_uncertainty` creates per call and
+:class:`mcdrop.MCDropout` keeps between calls. It holds only what stays valid across calls: the
+model, the options, the device, and the pass sizing (:class:`~mcdrop.sampling._planner.Planner`:
+rows per pass, out-of-memory caps, and the CUDA rows measured per model and input signature).
+Everything a call decides (the twin, its sites, the plan, the first batch) lives in the
+:class:`~mcdrop.sampling._run.Run` that :meth:`Engine.run` yields, and goes with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_flatten
+
+from mcdrop.dropout import Probe, check_sites, sampling_twin
+from mcdrop.sampling import _memory as memory
+from mcdrop.sampling import _planner as planner
+from mcdrop.sampling._inputs import _Batch
+from mcdrop.sampling._options import SamplingOptions
+from mcdrop.sampling._refusals import refuse_up_front
+from mcdrop.sampling._rng import forked_rng, fresh_seed, sampling_rng
+from mcdrop.sampling._run import Run
+from mcdrop.sampling._shared import check_shareable
+from mcdrop.sampling._strategies import Runner
+
+__all__: list[str] = []
+
+logger = logging.getLogger("mcdrop")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return torch.device("cpu") if tensor is None else tensor.device
+
+
+class Engine:
+    """Sampling state of one model and one set of options (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, options: SamplingOptions) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"Expected `model` to be a torch.nn.Module, but got {type(model).__name__}."
+            )
+        self.model = model
+        self.options = options
+        self.device = options.device or model_device(model)
+        self.planner = planner.Planner(options.batch_budget or planner.default_budget(self.device))
+        # On CUDA without an explicit budget the rows per pass come from one measured pass (see
+        # measure_rows), per model structure and input signature (_BUDGETS): an engine that
+        # saw other inputs first sizes the passes as a new one would.
+        self.memory_sized = options.batch_budget is None and self.device.type == "cuda"
+
+    @contextlib.contextmanager
+    def run(self, first: _Batch, seed: int | None, n_examples: int | None) -> Iterator[Run]:
+        """Seeded sampling of the batches of one call (``n_examples`` in all, None when
+        unknown): the sampling twin, built and probed on ``first``, and the call's plan.
+
+        Shared masks (``masks="shared"``) draw from mcdrop's own generator, keyed by ``seed``
+        (a fresh one when None): PyTorch's global generators are neither seeded nor forked.
+        """
+        refuse_up_front(self.model, first, self.device)
+        o = self.options
+        shared = o.masks == "shared"
+        if shared:
+            check_shareable(self.model)
+            seed = fresh_seed() if seed is None else seed
+        with sampling_rng(None if shared else seed, self.device), torch.inference_mode():
+            first = first.to(self.device)
+            small = first.slice(0, min(2, first.size))
+            probe = Probe(
+                (small.args, small.kwargs),
+                (first.args, first.kwargs),
+                private=seed if shared else None,
+            )
+            # Without compile (shared masks run eagerly), the sampling twin's check runs on the
+            # first chunk (Run).
+            with sampling_twin(
+                self.model,
+                o.scope,
+                o.include,
+                o.exclude,
+                probe if o.detect_silent else None,
+                defer=o.compile is None or shared,
+            ) as twin:
+                check_sites(self.model, twin.sites)
+                yield Run(
+                    self,
+                    twin,
+                    first,
+                    small,
+                    seeded=seed is not None and not shared,
+                    call_rows=None if n_examples is None else n_examples * o.sample_limit,
+                    masks_seed=seed if shared else None,
+                )
+
+    # -- CUDA rows per pass ---------------------------------------------------------------------
+    def cuda_rows(self, runner: Runner, first: _Batch) -> int:
+        """Rows per pass for this model and input signature: kept (``_BUDGETS``) or measured."""
+        key = _budget_key(self.model, first, self.options, self.device)
+        if key in _BUDGETS:
+            return _BUDGETS[key]
+        measured = measure_rows(runner, first, self.device)
+        if measured is None:  # out of memory: this call samples row-wise, nothing kept
+            return max(1, first.size // 2)
+        if len(_BUDGETS) >= _MAX_BUDGETS:
+            _BUDGETS.pop(next(iter(_BUDGETS)))
+        _BUDGETS[key] = measured
+        return measured
+
+
+def measure_rows(runner: Runner, batch: _Batch, device: torch.device) -> int | None:
+    """Rows per pass on CUDA from a 2-sample replicate pass (see :mod:`._memory`); None when
+    that pass does not fit.
+
+    Deterministic: the card's capacity, not its free memory, and the pass's own peak read after
+    each op, not the allocator's peak counter (the user's, never reset). The pass runs once
+    unmeasured first, so that one-time allocations (library workspaces on a process's first
+    matrix product) do not count, whatever ran before.
+    """
+    k = 2
+    try:
+        with forked_rng(device, private=runner.masks is not None):
+            runner.run("replicate", batch, k)
+            peak, outs = memory.pass_bytes(lambda: runner.run("replicate", batch, k), device)
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        logger.warning("mcdrop: out of memory measuring a 2-sample pass; sampling row-wise.")
+        return None
+    # float64 statistics of the outputs: about five temporaries of 8 bytes per element.
+    out_bytes = sum(int(o[0, :1].numel()) for o in outs) * 8 * 5
+    capacity = memory.capacity(device)
+    budget = planner.rows_that_fit(capacity, peak / (k * batch.size) + out_bytes)
+    logger.info(
+        "mcdrop: up to %d rows per pass (%.2f MiB per row measured, %.0f MiB capacity).",
+        budget,
+        peak / (k * batch.size) / 2**20,
+        capacity / 2**20,
+    )
+    return budget
+
+
+# CUDA rows per pass, measured once per model structure and input signature. A stale entry can
+# only change the pass size (speed, memory), never which dropout is sampled; the key holds ids,
+# types and strings, no reference to the model or its inputs.
+_BUDGETS: dict[Any, int] = {}
+_MAX_BUDGETS = 256
+
+
+def _budget_key(model: nn.Module, first: _Batch, o: SamplingOptions, device: torch.device) -> Any:
+    """Everything the measured bytes per row depend on: inputs, structure, and the options that
+    change what runs (callables by id: no reference is kept)."""
+    return (
+        _input_signature((first.args, first.kwargs)),
+        tuple((id(m), type(m).__qualname__) for m in model.modules()),
+        tuple(
+            (tuple(t.shape), t.dtype) for t in itertools.chain(model.parameters(), model.buffers())
+        ),
+        str(device),
+        o.amp,
+        o.scope,
+        o.detect_silent,
+        o.n_outputs,
+        *(id(f) for f in (o.include, o.exclude, o.output_transform)),
+    )
+
+
+def _input_signature(inputs: Any) -> Any:
+    """Pytree structure, tensor shapes, dtypes and devices, and the other values (shortened):
+    what the memory of a pass depends on besides the model."""
+    leaves, spec = tree_flatten(inputs)
+    return str(spec), tuple(
+        (tuple(leaf.shape), leaf.dtype, leaf.device)
+        if isinstance(leaf, torch.Tensor)
+        else repr(leaf)[:64]
+        for leaf in leaves
+    )

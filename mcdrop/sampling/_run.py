@@ -1,0 +1,465 @@
+"""One call's sampling: the plan in use, and the loop that runs chunks of passes.
+
+A :class:`Run` lives for one call (:meth:`mcdrop.sampling._engine.Engine.run` yields it) and is
+never kept. It starts from the first plan (:func:`~mcdrop.sampling._planner.make_plan`) and runs
+chunks with :meth:`Run.chunk`. The first chunk settles what the probe could not: the sampling
+twin confirms itself against a recording of that chunk
+(:meth:`mcdrop.dropout.Sampling.confirm`), and an ``auto`` candidate must run and vary where the
+loop varies. When either fails, the loop asks for the next plan (the twin's new sites, or one
+more :class:`~mcdrop.sampling._planner.Fallback`) and runs the chunk again, from the same random
+state with a seed: ``auto`` then gives the numbers of the strategy it settles on.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from mcdrop.dropout import (
+    GATING_TYPES,
+    DropoutSite,
+    MaskedDropout,
+    Recording,
+    Sampling,
+    unwrap_compiled,
+)
+from mcdrop.sampling import _planner as planner
+from mcdrop.sampling._checks import INTERACT, rows_interact, varies
+from mcdrop.sampling._inputs import _Batch
+from mcdrop.sampling._options import SamplingOptions
+from mcdrop.sampling._planner import Plan, Planner
+from mcdrop.sampling._rng import forked_rng, rng_state
+from mcdrop.sampling._shared import (
+    SHARED_VMAP_SAFE,
+    attribution,
+    eager_for_shared_masks,
+    learn_layouts,
+)
+from mcdrop.sampling._strategies import Outputs, Recorded, Runner
+
+__all__: list[str] = []
+
+logger = logging.getLogger("mcdrop")
+
+# Fused kernels with internal dropout that vmap cannot give a mask per sample: the RNN kernels
+# and CUDA's fused attention draw one mask for every sample of a vmap pass (SDPA measured on an
+# H200, docs/performance.rst); on the CPU fused attention raises under vmap.
+_VMAP_UNSAFE = frozenset(
+    {
+        "torch.lstm",
+        "torch.gru",
+        "torch.rnn_tanh",
+        "torch.rnn_relu",
+        "F.scaled_dot_product_attention",
+        "F.multi_head_attention_forward",
+        # Hand-written dropout fills a new tensor in place (``x.new_empty(B, 1, H).bernoulli_``):
+        # under vmap the new tensor is not batched, and vmap refuses a different draw per sample.
+        "Tensor.bernoulli_",
+        "aten.bernoulli_",
+    }
+)
+# PyTorch layers whose dropout runs inside a fused kernel (attention, RNNs); containers such as
+# nn.Transformer hold them as submodules.
+_FUSED_TYPES = (*GATING_TYPES, nn.RNNBase)
+
+
+class EngineState(Protocol):
+    """What a run reads from the engine that outlives it (:class:`~._engine.Engine`)."""
+
+    model: nn.Module
+    options: SamplingOptions
+    device: torch.device
+    planner: Planner
+    memory_sized: bool
+
+    def cuda_rows(self, runner: Runner, first: _Batch) -> int: ...
+
+
+class Run:
+    """Sampling of one call's batches (see the module docstring).
+
+    Parameters
+    ----------
+    engine : Engine
+        What outlives the call: model, options, device, pass sizing.
+    twin : mcdrop.dropout.Sampling
+        The sampling twin, its check possibly pending until the first chunk.
+    first : _Batch
+        The first batch, on the device.
+    probe_batch : _Batch
+        Its first (up to) two examples, which the probe ran.
+    seeded : bool
+        A seed was given: a first chunk that runs again rewinds the generators.
+    call_rows : int or None
+        Samples x examples of the whole call, None when unknown.
+    masks_seed : int or None, default=None
+        Shared masks (``masks="shared"``): the seed of the ``T`` networks; every dropout call
+        is then answered by :class:`mcdrop.dropout.MaskedDropout`, keyed by the sample index.
+    """
+
+    def __init__(
+        self,
+        engine: EngineState,
+        twin: Sampling,
+        first: _Batch,
+        probe_batch: _Batch,
+        *,
+        seeded: bool,
+        call_rows: int | None,
+        masks_seed: int | None = None,
+    ) -> None:
+        o = engine.options
+        self.engine = engine
+        self.twin = twin
+        self.first = first
+        self.probe_batch = probe_batch
+        self.seeded = seeded
+        self.call_rows = call_rows
+        self.compiled = o.compile is not None or unwrap_compiled(engine.model)[1]
+        self.runner, self.eager = _runners(engine, twin, masks_seed)
+        self.masks = self.runner.masks
+        if self.masks is not None:
+            learn_layouts(self.eager, first)
+        self.validated = False  # the first chunk checks the auto candidate
+        self.samples_per_pass: int | None = None  # the most samples per pass since a back-off
+        self.first_chunk_seconds: float | None = None  # the first chunk that stood, timed
+        if twin.pending is None:
+            _log_layer_skips(twin.trace.layer_skips)
+        self.profile = profile_of(twin, probe_batch.size, self.masks)
+        self.measured_rows: int | None = None
+        plan = self._checked(self._make_plan(()))
+        if engine.memory_sized:
+            self.measured_rows = engine.cuda_rows(self.eager, first)
+            plan = self._make_plan(plan.fallbacks)
+        self.plan = plan
+        engine.planner.adopt(plan)
+
+    @property
+    def sites(self) -> list[DropoutSite]:
+        return self.twin.sites
+
+    def samples_for(self, batch: _Batch, remaining: int) -> int:
+        """Samples of the next chunk of ``batch`` (at most ``remaining``)."""
+        return self.engine.planner.samples_per_pass(batch.size, remaining)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def chunk(
+        self, batch: _Batch, k: int, *, first: int = 0, timed: bool = False
+    ) -> tuple[int, Outputs]:
+        """Up to ``k`` samples of ``batch``, backing off on out-of-memory; ``(k used, outputs)``.
+
+        Only ``torch.OutOfMemoryError`` is retried (fewer samples, then fewer examples per pass);
+        any other error propagates. The first chunk also settles the twin's check and the
+        ``auto`` candidate: while either fails, the next plan is adopted and the chunk runs
+        again, sized as if it had come first. ``first``: the index of the chunk's first sample
+        (shared masks: sample ``t`` is network ``f_t``). ``timed``: time the passes of the chunk
+        that stands (kept for the first one only), synchronising a CUDA device.
+        """
+        plans = self.engine.planner
+        # With a seed, a first chunk that is run again (another candidate, a new plan) starts
+        # from the same random state: auto then gives the numbers of the strategy it settles on.
+        # Without one nothing is to be reproduced, and rewinding the process-wide generators
+        # would hand other threads the same numbers again.
+        rewind = rng_state(self.engine.device) if self.seeded and not self.validated else _unchanged
+        requested = k
+        while True:
+            k = min(k, plans.sample_cap or k)
+            examples = plans.examples_per_pass(batch.size)
+            started = time.perf_counter()
+            try:
+                outs, recording = self._sample(batch, k, examples, first)
+                took = self._seconds_since(started) if timed else 0.0
+            except torch.OutOfMemoryError:
+                self._back_off(k, batch)
+                continue
+            except Exception as error:
+                if self.validated:
+                    raise
+                self._adopt(self._after_error(error, batch))
+            else:
+                plan = self._after_chunk(outs, recording)
+                if plan is None:
+                    break
+                self._adopt(plan)
+            k = plans.samples_per_pass(batch.size, requested)
+            rewind()
+        if timed and self.first_chunk_seconds is None:
+            self.first_chunk_seconds = took
+        if self.samples_per_pass is None or k > self.samples_per_pass:
+            self.samples_per_pass = k
+            logger.info(
+                "mcdrop: strategy %r, %d samples per pass of %d examples.",
+                self.plan.strategy,
+                k,
+                examples,
+            )
+        return k, outs
+
+    def _seconds_since(self, started: float) -> float:
+        """Seconds the passes took since ``started`` (the device synchronised)."""
+        if self.engine.device.type == "cuda":
+            torch.cuda.synchronize(self.engine.device)
+        return time.perf_counter() - started
+
+    def _sample(
+        self, batch: _Batch, k: int, examples: int, first: int = 0
+    ) -> tuple[Outputs, Recording | None]:
+        """One chunk, recorded while the sampling twin's check is pending."""
+        if self.twin.pending is None:
+            return self._run_split(batch, k, examples, first=first), None
+        with self.twin.recording() as rec:
+            return self._run_split(batch, k, examples, rec.modes, first), rec
+
+    def _run_split(
+        self,
+        batch: _Batch,
+        k: int,
+        examples: int,
+        record: Recorded | None = None,
+        first: int = 0,
+    ) -> Outputs:
+        strategy = self.plan.strategy
+        if batch.size <= examples:
+            return self.runner.run(strategy, batch, k, record=record, first=first)
+        parts = [
+            self.runner.run(
+                strategy,
+                batch.slice(lo, min(lo + examples, batch.size)),
+                k,
+                record=record,
+                first=first,
+            )
+            for lo in range(0, batch.size, examples)
+        ]
+        return tuple(torch.cat(outs, 1) for outs in zip(*parts, strict=True))
+
+    def _back_off(self, k: int, batch: _Batch) -> None:
+        change = self.engine.planner.back_off(k, batch.size)
+        if self.engine.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.samples_per_pass = None
+        logger.warning("mcdrop: %s", change)
+
+    # -- after the first chunk: the plan that stands -------------------------------------------
+    def _after_chunk(self, outs: Outputs, recording: Recording | None) -> Plan | None:
+        """None when the chunk stands: the twin confirmed by its recording (or the full check
+        kept the sites) and, the first time, the candidate valid; else the next plan."""
+        if recording is not None and self._confirm_twin(recording):
+            return self._replanned()
+        if self.validated:
+            return None
+        reason = self._invalid(outs)
+        if reason is None:
+            self.validated = True
+            return None
+        return self._fall_back(reason)
+
+    def _after_error(self, error: Exception, batch: _Batch) -> Plan:
+        """The next plan after the first chunk raised ``error``, or the error, explained: by the
+        full check of the sampling twin while it is pending (its own error, or new sites), or
+        as a ``strategy='vmap'`` that cannot run a model that runs without vmap."""
+        if self.plan.can_fall_back:
+            return self._fall_back(f"{type(error).__name__}: {error}")
+        if self.twin.pending is not None and self._confirm_twin(None):
+            return self._replanned()
+        if self.plan.strategy == "vmap" and self._loop_runs(batch):
+            raise ValueError(
+                "Expected a `strategy` that can run this model, but 'vmap' cannot "
+                f"({type(error).__name__}: {error}); without vmap the model runs. "
+                "Use strategy='auto', 'replicate' or 'loop'."
+            ) from error
+        raise error
+
+    def _confirm_twin(self, recording: Recording | None) -> bool:
+        """Settle the sampling twin's check (:meth:`mcdrop.dropout.Sampling.confirm`); whether
+        it changed the sites (then the plan is made again). Outside the chunk's error handling:
+        an error of the check is never taken for a strategy that cannot run the model."""
+        before = self.twin.sites
+        self.twin = self.twin.confirm(recording)
+        skips = self.twin.trace.layer_skips
+        self.runner.no_layer_skip = self.eager.no_layer_skip = bool(skips)
+        _log_layer_skips(skips)
+        return self.twin.sites != before
+
+    def _invalid(self, outs: Outputs) -> str | None:
+        """Why an ``auto`` candidate is invalid on its first chunk: it drew identical samples
+        where the loop does not (None when valid, or when nothing could replace it)."""
+        if not self.plan.can_fall_back:
+            return None
+        if outs[0].shape[0] > 1 and not varies(outs):
+            with forked_rng(self.engine.device, private=self.masks is not None):
+                if not varies(self.runner.run("loop", self.probe_batch, 2)):
+                    return None  # the loop does not vary either: the checks will say why
+            return "it drew identical samples where the loop did not"
+        return None
+
+    def _fall_back(self, reason: str) -> Plan:
+        """The plan without this candidate, for the rest of the call: a new plan (the twin's
+        check changed the sites) does not bring it back."""
+        logger.info(
+            "mcdrop: strategy %r does not work for %s (%s); falling back.",
+            self.plan.strategy,
+            type(self.engine.model).__name__,
+            reason,
+        )
+        plan = self._checked(self._make_plan(self.plan.falling_back(reason)))
+        # An out-of-memory cap of the dropped candidate (vmap may hold more rows) is not the
+        # next one's: it starts as it would have, had it been chosen first.
+        self.engine.planner.adopt(plan, fresh=True)
+        return plan
+
+    def _replanned(self) -> Plan:
+        """The plan for the sites the twin's full check settled on."""
+        if self.masks is not None:  # shared masks: the new sites' calls, and where the rows are
+            self.runner.attributed = self.eager.attributed = attribution(self.masks, self.twin)
+            learn_layouts(self.eager, self.first)
+        self.profile = profile_of(self.twin, self.probe_batch.size, self.masks)
+        return self._checked(self._make_plan(self.plan.fallbacks))
+
+    def _adopt(self, plan: Plan) -> None:
+        self.plan = plan
+        self.engine.planner.adopt(plan)
+
+    # -- making plans ------------------------------------------------------------------------
+    def _make_plan(self, fallbacks: tuple[planner.Fallback, ...]) -> Plan:
+        return planner.make_plan(
+            self.profile,
+            self.engine.options,
+            self.engine.device,
+            compiled=self.compiled,
+            call_rows=self.call_rows,
+            first_rows=self.first.size,
+            measured_rows=self.measured_rows,
+            fallbacks=fallbacks,
+        )
+
+    def _checked(self, plan: Plan) -> Plan:
+        """``plan``, or while its strategy is replicate and the examples of a pass interact, the
+        next one (a replicated batch must not mix its samples); logged."""
+        while plan.strategy == "replicate":
+            reason = rows_interact(self.eager, self.first)
+            if not reason:
+                break
+            if plan.can_fall_back:  # auto: the next candidate
+                logger.info("mcdrop: strategy 'replicate' does not fit this model (%s).", reason)
+                plan = self._make_plan(plan.falling_back(reason))
+                continue
+            if reason == INTERACT:
+                raise ValueError(
+                    "Expected a `strategy` other than 'replicate' for this model: "
+                    f"{INTERACT} (with its dropout off), so a replicated batch would mix the "
+                    "samples of its copies. Use strategy='auto', 'vmap' or 'loop' (each sample "
+                    "then sees the batch as it is)."
+                )
+            logger.warning(  # random beyond its dropout, or the check's passes raised
+                "mcdrop: strategy 'replicate': whether the examples of a pass interact "
+                "cannot be checked (%s); a replicated batch would mix samples if they do "
+                "('auto', 'vmap' or 'loop' avoid it).",
+                reason,
+            )
+            break
+        logger.info(
+            "mcdrop: strategy %r (%.0f%% of the FLOPs before the first dropout).",
+            plan.strategy,
+            100 * self.profile.prefix_share,
+        )
+        return plan
+
+    def _loop_runs(self, batch: _Batch) -> bool:
+        """Whether one plain sample of the same batch runs (so an error was vmap's, not the
+        model's); random state forked, nothing kept."""
+        try:
+            with forked_rng(self.engine.device, private=self.masks is not None):
+                self.runner.run("loop", batch, 1)
+        except Exception:
+            return False
+        return True
+
+
+def _runners(
+    engine: EngineState, twin: Sampling, masks_seed: int | None = None
+) -> tuple[Runner, Runner]:
+    """The runner of the passes (compiled with ``compile=``) and an eager one on the same twin:
+    the examples-interact check and the memory measurement run eagerly (compiling them, with
+    eval flags and other shapes, would not pay). With ``masks_seed`` (shared masks) both answer
+    every dropout call with the same :class:`mcdrop.dropout.MaskedDropout`, eagerly."""
+    o = engine.options
+    module: Any = twin.module
+    masks = None if masks_seed is None else MaskedDropout(masks_seed, layouts={})
+    if masks is not None:
+        module = eager_for_shared_masks(module, o.compile is not None)
+    elif o.compile is not None:
+        # Cheap: dynamo caches graphs on the forward's code object, guarded on the module's
+        # structure and flags, so a new twin per call reuses them.
+        module = torch.compile(module, **o.compile)
+    runner = Runner(
+        module,
+        device=engine.device,
+        amp=o.amp,
+        n_outputs=o.n_outputs,
+        output_transform=o.output_transform,
+        no_layer_skip=bool(twin.trace.layer_skips),
+        masks=masks,
+        attributed=None if masks is None else attribution(masks, twin),
+    )
+    eager = copy.copy(runner)
+    eager.module = getattr(twin.module, "_orig_mod", twin.module)
+    return runner, eager
+
+
+def _unchanged() -> None:
+    """What rewinds the generators when nothing is to be rewound (no seed, a later chunk)."""
+
+
+def _log_layer_skips(skips: set[str]) -> None:
+    if skips:
+        logger.info("mcdrop: layer drop of %s kept off while sampling.", sorted(skips))
+
+
+# -- what the probe measured, for the plan -------------------------------------------------------
+def _unprobed(twin: Sampling) -> set[str]:
+    """Modules that may hide a dropout kernel vmap cannot give a mask per sample, when the sites
+    were found without a probe (``detect_silent=False``, ``scope='train_except_norm'``): then
+    mcdrop cannot see which kernels run (a parent may read a child ``nn.Dropout``'s rate into
+    fused attention), so any module that is a fused PyTorch layer or not one of PyTorch's own
+    layers counts."""
+    if twin.trace.calls or not twin.sites:  # probed: the calls name the kernels
+        return set()
+    root = getattr(twin.module, "_orig_mod", twin.module)  # torch.compile's wrapper
+    unsafe = set()
+    for module in root.modules():
+        if isinstance(module, _FUSED_TYPES) or not type(module).__module__.startswith("torch.nn."):
+            unsafe.add(f"{type(module).__name__} (not probed)")
+    return unsafe
+
+
+def profile_of(
+    twin: Sampling, probe_rows: int, masks: MaskedDropout | None = None
+) -> planner.Profile:
+    """What the probe measured on ``probe_rows`` examples, as the plan reads it; ``masks``:
+    shared masks, which write out the fused attention kernels (vmap batches them) and give a
+    tensor without a batch dimension one mask per pass (replicate would share it)."""
+    functions = {f for site in twin.sites for f in site.functions}
+    if masks is not None:
+        functions -= SHARED_VMAP_SAFE
+    trace = twin.trace
+    # With the check pending the trace is the training probe's: only the calls that sample.
+    sampled = trace.calls if twin.pending is None else twin.pending.expected
+    on_weights = {key[0] or "<model>" for key in trace.on_weights if key in sampled}
+    if masks is not None:
+        unbatched = masks.layouts or {}
+        on_weights |= {key[0] or "<model>" for key, lay in unbatched.items() if lay.dim is None}
+    counted = trace.flops_complete  # else the FLOPs, the prefix share and the call's size unknown
+    return planner.Profile(
+        prefix_flops=trace.prefix_flops(sampled) if counted else 0,
+        total_flops=trace.total_flops if counted else 0,
+        vmap_unsafe=tuple(sorted((functions & _VMAP_UNSAFE) | _unprobed(twin))),
+        replicate_unsafe=tuple(sorted(on_weights)),
+        bytes_per_row=trace.output_bytes / max(probe_rows, 1),
+        flops_per_row=trace.total_flops / max(probe_rows, 1) if counted else 0.0,
+    )
