@@ -65,7 +65,8 @@ def test_classification_recalibrators_refuse_boolean_inputs(make, inputs, kind):
     # labels may be booleans (a binary problem)
     binary, y = _inputs(inputs, LOGITS[:, :2]), LABELS % 2
     np.testing.assert_array_equal(
-        make().fit(binary, y.astype(bool)).transform(binary), make().fit(binary, y).transform(binary)
+        make().fit(binary, y.astype(bool)).transform(binary),
+        make().fit(binary, y).transform(binary),
     )
 
 

@@ -24,22 +24,24 @@ LOGITS = _RNG.normal(size=(N, C))
 CALLS = {
     "risk_coverage_curve": (M.risk_coverage_curve, {"y_true": Y, "y_prob": P, "scores": S}),
     "accuracy_rejection_curve": (
-        M.accuracy_rejection_curve, {"y_true": Y, "y_prob": P, "scores": S}
+        M.accuracy_rejection_curve,
+        {"y_true": Y, "y_prob": P, "scores": S},
     ),
     "aurc": (M.aurc, {"y_true": Y, "y_prob": P, "scores": S}),
     "augrc": (M.augrc, {"y_true": Y, "y_prob": P, "scores": S}),
     "risk_at_coverage": (
-        lambda **a: M.risk_at_coverage(**a, coverage=0.5), {"y_true": Y, "y_prob": P, "scores": S}
+        lambda **a: M.risk_at_coverage(**a, coverage=0.5),
+        {"y_true": Y, "y_prob": P, "scores": S},
     ),
     "coverage_at_risk": (
-        lambda **a: M.coverage_at_risk(**a, risk=0.5), {"y_true": Y, "y_prob": P, "scores": S}
+        lambda **a: M.coverage_at_risk(**a, risk=0.5),
+        {"y_true": Y, "y_prob": P, "scores": S},
     ),
     "prediction_rejection_ratio": (
-        M.prediction_rejection_ratio, {"y_true": Y, "y_prob": P, "scores": S}
+        M.prediction_rejection_ratio,
+        {"y_true": Y, "y_prob": P, "scores": S},
     ),
-    "misclassification_auroc": (
-        M.misclassification_auroc, {"y_true": Y, "y_prob": P, "scores": S}
-    ),
+    "misclassification_auroc": (M.misclassification_auroc, {"y_true": Y, "y_prob": P, "scores": S}),
     "ood_auroc": (M.ood_auroc, {"scores_in": S, "scores_out": S + 1}),
     "fpr_at_95_tpr": (M.fpr_at_95_tpr, {"scores_in": S, "scores_out": S + 1}),
     "sparsification_curve": (M.sparsification_curve, {"errors": SD, "scores": S}),
