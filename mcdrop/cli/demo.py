@@ -533,8 +533,8 @@ def _augrc_sentence(scored: list[dict[str, Any]]) -> str:
         means = {m: float(_stack(scored, "augrc", m, name).mean()) for m in METHODS}
         best = min(METHODS, key=lambda m: means[m])
         where = {"in distribution": "in distribution", "rotation 30": "rotated by 30°"}
-        parts.append(f"{where.get(name, f'under {name}')} {best}'s ({means[best]:.4f})")
-        mc.append(f"{means['MC dropout']:.4f}")
+        parts.append(f"{where.get(name, f'under {name}')} {best}'s ({means[best]:.5f})")
+        mc.append(f"{means['MC dropout']:.5f}")
     return (
         "  Rejecting by predictive entropy, the lowest AUGRC (accepted errors over all "
         f"predictions, averaged over the coverages; Traub et al. 2024) is {', '.join(parts)}; "
@@ -598,7 +598,7 @@ def _tables(scored: list[dict[str, Any]]) -> str:
     parts.append(
         "AUGRC, rejecting by predictive entropy (area under the generalised risk-coverage "
         "curve: accepted errors over all predictions, Traub et al. 2024; lower is better), mean "
-        "over seeds:\n" + format_table(rows, precision=4)
+        "over seeds:\n" + format_table(rows, precision=5)
     )
     rows = {m: {s: mean("ood_auroc", m, s) for s in MEASURES[m]} for m in METHODS}
     parts.append(
