@@ -362,7 +362,11 @@ class DirichletCalibration(_AffineScaling):
     grid : sequence of float, default=(1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0)
         Candidate values for the weights chosen by cross-validation.
     cv : int, default=5
-        Number of folds, >= 2.
+        Number of folds, >= 2. With fewer than ``cv`` examples of some class in ``y``, the
+        folds are reduced to the smallest class count (classes absent from ``y`` aside), so
+        that every fold trains and tests on every class; ``fit`` raises ``ValueError`` when a
+        class has a single example (no fold could train on it) and the weights are not both
+        given.
 
     Attributes
     ----------
@@ -464,9 +468,7 @@ class DirichletCalibration(_AffineScaling):
             pairs = [(self.reg_lambda, value) for value in self.grid]
         from sklearn.model_selection import StratifiedKFold
 
-        with warnings.catch_warnings():  # a class with fewer members than folds is fine here
-            warnings.simplefilter("ignore", UserWarning)
-            folds = list(StratifiedKFold(n_splits=self.cv).split(x, labels))
+        folds = list(StratifiedKFold(n_splits=self._folds(labels)).split(x, labels))
         order = sorted(range(len(pairs)), key=lambda k: pairs[k], reverse=True)
         losses = np.zeros(len(pairs))
         for train, test in folds:
@@ -478,6 +480,20 @@ class DirichletCalibration(_AffineScaling):
                 log_p = log_softmax(_affine(x[test], weights, bias), axis=1)
                 losses[k] -= float(np.sum(log_p[np.arange(test.size), labels[test]]))
         return pairs[int(np.argmin(losses))]
+
+    def _folds(self, labels: np.ndarray) -> int:
+        """``cv``, or the smallest class count when lower (at least 2, or a ``ValueError``)."""
+        classes, counts = np.unique(labels, return_counts=True)
+        rarest = int(np.argmin(counts))
+        if counts[rarest] < 2:
+            chosen = [f"`{k}`" for k in ("reg_lambda", "reg_mu") if getattr(self, k) is None]
+            missing = " and ".join(chosen)
+            raise ValueError(
+                f"Expected `y` to hold at least 2 examples of every class present, to choose "
+                f"{missing} by cross-validation, but class {int(classes[rarest])} has "
+                f"{int(counts[rarest])}; give {missing} or fit on more data."
+            )
+        return min(self.cv, int(counts[rarest]))
 
     def transform(self, logits: ArrayLike) -> np.ndarray:
         """Calibrated probabilities ``softmax(W log p + b)``.
