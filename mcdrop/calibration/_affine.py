@@ -347,7 +347,7 @@ class DirichletCalibration(_AffineScaling):
 
     the off-diagonal and intercept regularisation (ODIR) that keeps the map near a
     temperature-like diagonal. ``λ`` and ``μ`` are given or chosen, as Kull et al. do, by
-    ``cv``-fold cross-validation (stratified folds in input order) of the log-loss: over the
+    ``cv``-fold cross-validation (stratified folds of examples in input order; the ``T`` samples of an example stay in one fold) of the log-loss: over the
     pairs ``λ = μ`` of ``grid`` when both are ``None`` (one fit per value and fold instead of
     one per pair, Kull et al. search the full product), over ``grid`` for the one that is
     ``None`` otherwise; the map is then refitted on all the data.
@@ -450,14 +450,16 @@ class DirichletCalibration(_AffineScaling):
             ``self``, fitted.
         """
         x, labels = self._training_data(logits, y)
-        lam, mu = self._choose(x, labels)
+        lam, mu = self._choose(x, labels, len(y))  # type: ignore[arg-type]
         theta, converged = _fit(x, labels, "matrix", lam, mu)
         self.reg_lambda_, self.reg_mu_ = lam, mu
         self._set(theta, x.shape[1], converged)
         return self
 
-    def _choose(self, x: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-        """The given weights, or the candidates of least cross-validated log-loss."""
+    def _choose(self, x: np.ndarray, labels: np.ndarray, n: int) -> tuple[float, float]:
+        """The given weights, or the candidates of least cross-validated log-loss. ``n``: the
+        number of examples; rows ``r`` and ``r + n`` (samples of one example, ``(T, N, C)``
+        inputs) always fall in the same fold, so no fold is scored on an example it saw."""
         if self.reg_lambda is not None and self.reg_mu is not None:
             return self.reg_lambda, self.reg_mu
         if self.reg_lambda is None and self.reg_mu is None:
@@ -468,7 +470,13 @@ class DirichletCalibration(_AffineScaling):
             pairs = [(self.reg_lambda, value) for value in self.grid]
         from sklearn.model_selection import StratifiedKFold
 
-        folds = list(StratifiedKFold(n_splits=self._folds(labels)).split(x, labels))
+        examples = labels[:n]
+        repeats = len(labels) // n
+        by_example = StratifiedKFold(n_splits=self._folds(examples)).split(examples, examples)
+        folds = [
+            tuple((np.arange(repeats)[:, None] * n + part).ravel() for part in split)
+            for split in by_example
+        ]
         order = sorted(range(len(pairs)), key=lambda k: pairs[k], reverse=True)
         losses = np.zeros(len(pairs))
         for train, test in folds:

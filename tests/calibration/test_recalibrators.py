@@ -587,3 +587,17 @@ def test_quantile_recalibration_refuses_bad_input():
             model.quantile(mean, std, level=level)
     with pytest.raises(ValueError, match="`probabilities`"):
         model.transform([0.5, 1.5])
+
+
+def test_dirichlet_folds_keep_an_examples_samples_together():
+    """(T, N, C) inputs whose T samples are copies of (N, C) logits: with folds over examples the
+    cross-validated losses are T times those of (N, C), so the same weights are chosen; folds over
+    rows would score each fold on copies of its training rows (and favour weak penalties)."""
+    rng = np.random.default_rng(3)
+    n, c = 60, 3
+    y = rng.integers(0, c, n)
+    logits = rng.normal(size=(n, c)) * 2.0 + 1.5 * np.eye(c)[y] * rng.normal(size=(n, 1))
+    one = DirichletCalibration(inputs="logits").fit(logits, y)
+    copies = DirichletCalibration(inputs="logits").fit(np.broadcast_to(logits, (4, n, c)), y)
+    assert (copies.reg_lambda_, copies.reg_mu_) == (one.reg_lambda_, one.reg_mu_)
+    np.testing.assert_allclose(copies.weights, one.weights, rtol=1e-4, atol=1e-5)
