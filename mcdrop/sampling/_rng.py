@@ -54,18 +54,6 @@ def fresh_seed() -> int:
     return secrets.randbits(63)
 
 
-def forked_rng(
-    device: torch.device, *, private: bool = False
-) -> contextlib.AbstractContextManager[None]:
-    """The CPU generator and ``device``'s, restored on exit: passes that must not consume the
-    seeded stream (checks, measurements) run inside. ``private``: the passes draw nothing from
-    PyTorch's generators (shared masks), which are then left alone (restoring them would hand
-    another thread's draws back to it)."""
-    if private:
-        return contextlib.nullcontext()
-    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
-
-
 def rng_state(device: torch.device) -> Callable[[], None]:
     """A function that puts the CPU generator and ``device``'s back in their present state."""
     cpu = torch.get_rng_state()
