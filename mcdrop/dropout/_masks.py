@@ -315,7 +315,7 @@ def _from_shape(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tor
             bounds.insert(0, kwargs.pop("low"))
         if "high" in kwargs:
             bounds.append(kwargs.pop("high"))
-        return torch.randint(*bounds, tuple(x.shape), **kwargs)
+        return _LIKE[func](*bounds, tuple(x.shape), **kwargs)
     return _LIKE[func](tuple(x.shape), **kwargs)
 
 
