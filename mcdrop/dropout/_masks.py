@@ -309,14 +309,13 @@ def _from_shape(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tor
     kwargs = {k: v for k, v in kwargs.items() if k not in ("input", "memory_format")}
     kwargs.setdefault("dtype", x.dtype)
     kwargs.setdefault("device", x.device)
-    if func is torch.randint_like:
-        bounds = list(rest)
-        if "low" in kwargs:
-            bounds.insert(0, kwargs.pop("low"))
-        if "high" in kwargs:
-            bounds.append(kwargs.pop("high"))
-        return _LIKE[func](*bounds, tuple(x.shape), **kwargs)
-    return _LIKE[func](tuple(x.shape), **kwargs)
+    make = _LIKE[func]
+    bounds = list(rest)
+    if "low" in kwargs:  # randint_like's bounds
+        bounds.insert(0, kwargs.pop("low"))
+    if "high" in kwargs:
+        bounds.append(kwargs.pop("high"))
+    return make(*bounds, tuple(x.shape), **kwargs)
 
 
 # Everything the mode answers; any other function runs as it is after one set lookup.
