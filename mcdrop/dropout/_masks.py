@@ -296,7 +296,7 @@ _RANDOM = frozenset(
 # ``*_like`` ops given a generator have no vmap batching rule: vmap's fallback runs them once for
 # an input that is not batched, so every sample of a pass would get the same numbers (torch
 # 2.13-2.15, silently). They are drawn from the shape instead (the same numbers outside vmap).
-_LIKE = {
+_LIKE: dict[Any, Callable[..., torch.Tensor]] = {
     torch.rand_like: torch.rand,
     torch.randn_like: torch.randn,
     torch.randint_like: torch.randint,
