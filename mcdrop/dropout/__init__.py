@@ -42,6 +42,7 @@ from mcdrop.dropout._masks import (
     MaskedDropout,
     PrivateRandom,
     infer_layouts,
+    keep_mask,
     private_randomness,
 )
 from mcdrop.dropout._probe import NoDropout, NoLayerSkip, Recording, recording
@@ -86,6 +87,7 @@ __internal__ = [
     "check_scope",
     "check_sites",
     "infer_layouts",
+    "keep_mask",
     "private_randomness",
     "recording",
     "sampling_twin",

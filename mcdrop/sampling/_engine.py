@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,20 +21,53 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
-from mcdrop.dropout import Probe, check_sites, sampling_twin
+from mcdrop.dropout import Probe, check_sites, sampling_twin, user_stacklevel
 from mcdrop.sampling import _memory as memory
 from mcdrop.sampling import _planner as planner
 from mcdrop.sampling._inputs import _Batch
 from mcdrop.sampling._options import SamplingOptions
 from mcdrop.sampling._refusals import refuse_up_front
-from mcdrop.sampling._rng import forked_rng, fresh_seed, sampling_rng
+from mcdrop.sampling._rng import fresh_seed, sampling_rng
 from mcdrop.sampling._run import Run
-from mcdrop.sampling._shared import check_shareable
+from mcdrop.sampling._shared import check_shareable, scripted_modules
 from mcdrop.sampling._strategies import Runner
 
 __all__: list[str] = []
 
 logger = logging.getLogger("mcdrop")
+
+
+def global_stream(model: nn.Module, options: SamplingOptions) -> str | None:
+    """What makes a call draw its masks from PyTorch's global generators (None: nothing, the
+    usual case): dropout that runs where mcdrop cannot give it a generator, inside a compiled
+    graph or TorchScript."""
+    scripted = scripted_modules(model)
+    if scripted:
+        return (
+            f"the TorchScript module(s) {', '.join(scripted[:3])} (their dropout runs in C++); "
+            "sample the eager model instead"
+        )
+    if options.compile is not None:  # a compiled model's twin runs eagerly: not this case
+        return "compile= (the compiled graph draws its own dropout masks); use compile=None instead"
+    return None
+
+
+_WARNED: set[str] = set()
+
+
+def warn_global_stream(reason: str) -> None:
+    """Say once per process (per reason) that a call draws from PyTorch's global generators."""
+    if reason in _WARNED:
+        return
+    _WARNED.add(reason)
+    warnings.warn(
+        f"mcdrop: this model's dropout draws from PyTorch's global random generator because of "
+        f"{reason}. A call with `seed=` then seeds that generator for its duration: another "
+        "thread drawing from it meanwhile repeats numbers and changes this call's samples. "
+        "Everywhere else mcdrop draws from its own generator and leaves the global one alone.",
+        UserWarning,
+        stacklevel=user_stacklevel(),
+    )
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -63,24 +97,30 @@ class Engine:
         """Seeded sampling of the batches of one call (``n_examples`` in all, None when
         unknown): the sampling twin, built and probed on ``first``, and the call's plan.
 
-        Shared masks (``masks="shared"``) draw from mcdrop's own generator, keyed by ``seed``
-        (a fresh one when None): PyTorch's global generators are neither seeded nor forked.
+        Every mask is drawn from mcdrop's own generators, keyed by ``seed`` (a fresh one from
+        the operating system when None): PyTorch's global generators are neither read, seeded
+        nor forked. Only where the dropout runs inside code mcdrop cannot reach (a compiled
+        graph, TorchScript: :func:`global_stream`) does a seeded call seed them, as before.
         """
         refuse_up_front(self.model, first, self.device)
         o = self.options
         shared = o.masks == "shared"
         if shared:
             check_shareable(self.model)
+        unreachable = None if shared else global_stream(self.model, o)
+        if unreachable is None:
             seed = fresh_seed() if seed is None else seed
-        with sampling_rng(None if shared else seed, self.device), torch.inference_mode():
+        else:
+            warn_global_stream(unreachable)
+        private = seed if unreachable is None else None
+        with (
+            sampling_rng(None if private is not None else seed, self.device),
+            torch.inference_mode(),
+        ):
             first = first.to(self.device)
             small = first.slice(0, min(2, first.size))
-            probe = Probe(
-                (small.args, small.kwargs),
-                (first.args, first.kwargs),
-                private=seed if shared else None,
-            )
-            # Without compile (shared masks run eagerly), the sampling twin's check runs on the
+            probe = Probe((small.args, small.kwargs), (first.args, first.kwargs), private=private)
+            # Without compile (mcdrop's masks run eagerly), the sampling twin's check runs on the
             # first chunk (Run).
             with sampling_twin(
                 self.model,
@@ -96,9 +136,10 @@ class Engine:
                     twin,
                     first,
                     small,
-                    seeded=seed is not None and not shared,
+                    seeded=seed is not None,
                     call_rows=None if n_examples is None else n_examples * o.sample_limit,
-                    masks_seed=seed if shared else None,
+                    masks_seed=private,
+                    shared=shared,
                 )
 
     # -- CUDA rows per pass ---------------------------------------------------------------------
@@ -127,7 +168,7 @@ def measure_rows(runner: Runner, batch: _Batch, device: torch.device) -> int | N
     """
     k = 2
     try:
-        with forked_rng(device, private=runner.masks is not None):
+        with runner.forked():
             runner.run("replicate", batch, k)
             peak, outs = memory.pass_bytes(lambda: runner.run("replicate", batch, k), device)
     except torch.OutOfMemoryError:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
@@ -33,7 +34,7 @@ from mcdrop.sampling._checks import INTERACT, rows_interact, varies
 from mcdrop.sampling._inputs import _Batch
 from mcdrop.sampling._options import SamplingOptions
 from mcdrop.sampling._planner import Plan, Planner
-from mcdrop.sampling._rng import forked_rng, rng_state
+from mcdrop.sampling._rng import rng_state
 from mcdrop.sampling._shared import (
     SHARED_VMAP_SAFE,
     attribution,
@@ -94,12 +95,17 @@ class Run:
     probe_batch : _Batch
         Its first (up to) two examples, which the probe ran.
     seeded : bool
-        A seed was given: a first chunk that runs again rewinds the generators.
+        A seed was given: a first chunk that runs again rewinds PyTorch's generators (when the
+        masks come from them: ``masks_seed`` None).
     call_rows : int or None
         Samples x examples of the whole call, None when unknown.
     masks_seed : int or None, default=None
-        Shared masks (``masks="shared"``): the seed of the ``T`` networks; every dropout call
-        is then answered by :class:`mcdrop.dropout.MaskedDropout`, keyed by the sample index.
+        The seed of mcdrop's own generators: every dropout call is then answered by
+        :class:`mcdrop.dropout.MaskedDropout` and every random op draws from it (a first chunk
+        that runs again rewinds them). None: PyTorch's dropout and global generators (compiled
+        graphs, TorchScript).
+    shared : bool, default=False
+        Shared masks (``masks="shared"``, with ``masks_seed``): sample ``t`` is one network.
     """
 
     def __init__(
@@ -112,6 +118,7 @@ class Run:
         seeded: bool,
         call_rows: int | None,
         masks_seed: int | None = None,
+        shared: bool = False,
     ) -> None:
         o = engine.options
         self.engine = engine
@@ -121,8 +128,8 @@ class Run:
         self.seeded = seeded
         self.call_rows = call_rows
         self.compiled = o.compile is not None or unwrap_compiled(engine.model)[1]
-        self.runner, self.eager = _runners(engine, twin, masks_seed)
-        self.masks = self.runner.masks
+        self.runner, self.eager = _runners(engine, twin, masks_seed, shared)
+        self.masks = self.runner.masks if shared else None  # shared masks' own steps
         if self.masks is not None:
             learn_layouts(self.eager, first)
         self.validated = False  # the first chunk checks the auto candidate
@@ -130,7 +137,7 @@ class Run:
         self.first_chunk_seconds: float | None = None  # the first chunk that stood, timed
         if twin.pending is None:
             _log_layer_skips(twin.trace.layer_skips)
-        self.profile = profile_of(twin, probe_batch.size, self.masks)
+        self.profile = profile_of(twin, probe_batch.size, self.runner.masks, shared=shared)
         self.measured_rows: int | None = None
         plan = self._checked(self._make_plan(()))
         if engine.memory_sized:
@@ -161,11 +168,11 @@ class Run:
         that stands (kept for the first one only), synchronising a CUDA device.
         """
         plans = self.engine.planner
-        # With a seed, a first chunk that is run again (another candidate, a new plan) starts
-        # from the same random state: auto then gives the numbers of the strategy it settles on.
-        # Without one nothing is to be reproduced, and rewinding the process-wide generators
-        # would hand other threads the same numbers again.
-        rewind = rng_state(self.engine.device) if self.seeded and not self.validated else _unchanged
+        # A first chunk that is run again (another candidate, a new plan) starts from the same
+        # random state: auto then gives the numbers of the strategy it settles on. PyTorch's
+        # process-wide generators are rewound only with a seed (else nothing is to be
+        # reproduced, and rewinding would hand other threads the same numbers again).
+        rewind = self._rewind() if not self.validated else _unchanged
         requested = k
         while True:
             k = min(k, plans.sample_cap or k)
@@ -199,6 +206,12 @@ class Run:
                 examples,
             )
         return k, outs
+
+    def _rewind(self) -> Callable[[], None]:
+        """What puts the generators of the passes back in their present state."""
+        if self.runner.masks is not None:
+            return self.runner.masks.state()
+        return rng_state(self.engine.device) if self.seeded else _unchanged
 
     def _seconds_since(self, started: float) -> float:
         """Seconds the passes took since ``started`` (the device synchronised)."""
@@ -292,7 +305,7 @@ class Run:
         if not self.plan.can_fall_back:
             return None
         if outs[0].shape[0] > 1 and not varies(outs):
-            with forked_rng(self.engine.device, private=self.masks is not None):
+            with self.runner.forked():
                 if not varies(self.runner.run("loop", self.probe_batch, 2)):
                     return None  # the loop does not vary either: the checks will say why
             return "it drew identical samples where the loop did not"
@@ -318,7 +331,9 @@ class Run:
         if self.masks is not None:  # shared masks: the new sites' calls, and where the rows are
             self.runner.attributed = self.eager.attributed = attribution(self.masks, self.twin)
             learn_layouts(self.eager, self.first)
-        self.profile = profile_of(self.twin, self.probe_batch.size, self.masks)
+        self.profile = profile_of(
+            self.twin, self.probe_batch.size, self.runner.masks, shared=self.masks is not None
+        )
         return self._checked(self._make_plan(self.plan.fallbacks))
 
     def _adopt(self, plan: Plan) -> None:
@@ -374,7 +389,7 @@ class Run:
         """Whether one plain sample of the same batch runs (so an error was vmap's, not the
         model's); random state forked, nothing kept."""
         try:
-            with forked_rng(self.engine.device, private=self.masks is not None):
+            with self.runner.forked():
                 self.runner.run("loop", batch, 1)
         except Exception:
             return False
@@ -382,16 +397,19 @@ class Run:
 
 
 def _runners(
-    engine: EngineState, twin: Sampling, masks_seed: int | None = None
+    engine: EngineState, twin: Sampling, masks_seed: int | None = None, shared: bool = False
 ) -> tuple[Runner, Runner]:
     """The runner of the passes (compiled with ``compile=``) and an eager one on the same twin:
     the examples-interact check and the memory measurement run eagerly (compiling them, with
-    eval flags and other shapes, would not pay). With ``masks_seed`` (shared masks) both answer
-    every dropout call with the same :class:`mcdrop.dropout.MaskedDropout`, eagerly."""
+    eval flags and other shapes, would not pay). With ``masks_seed`` both answer every dropout
+    call with the same :class:`mcdrop.dropout.MaskedDropout` (shared masks, or independent
+    masks from mcdrop's generators), eagerly."""
     o = engine.options
     module: Any = twin.module
-    masks = None if masks_seed is None else MaskedDropout(masks_seed, layouts={})
-    if masks is not None:
+    masks = None
+    if masks_seed is not None:
+        masks = MaskedDropout(masks_seed, layouts={} if shared else None)
+    if shared:
         module = eager_for_shared_masks(module, o.compile is not None)
     elif o.compile is not None:
         # Cheap: dynamo caches graphs on the forward's code object, guarded on the module's
@@ -405,7 +423,7 @@ def _runners(
         output_transform=o.output_transform,
         no_layer_skip=bool(twin.trace.layer_skips),
         masks=masks,
-        attributed=None if masks is None else attribution(masks, twin),
+        attributed=attribution(masks, twin) if masks is not None and shared else None,
     )
     eager = copy.copy(runner)
     eager.module = getattr(twin.module, "_orig_mod", twin.module)
@@ -439,11 +457,12 @@ def _unprobed(twin: Sampling) -> set[str]:
 
 
 def profile_of(
-    twin: Sampling, probe_rows: int, masks: MaskedDropout | None = None
+    twin: Sampling, probe_rows: int, masks: MaskedDropout | None = None, *, shared: bool = False
 ) -> planner.Profile:
     """What the probe measured on ``probe_rows`` examples, as the plan reads it; ``masks``:
-    shared masks, which write out the fused attention kernels (vmap batches them) and give a
-    tensor without a batch dimension one mask per pass (replicate would share it)."""
+    mcdrop's own masks, which write out the fused attention kernels (vmap batches them);
+    ``shared``: they are shared masks, which give a tensor without a batch dimension one mask
+    per pass (replicate would share it)."""
     functions = {f for site in twin.sites for f in site.functions}
     if masks is not None:
         functions -= SHARED_VMAP_SAFE
@@ -451,7 +470,7 @@ def profile_of(
     # With the check pending the trace is the training probe's: only the calls that sample.
     sampled = trace.calls if twin.pending is None else twin.pending.expected
     on_weights = {key[0] or "<model>" for key in trace.on_weights if key in sampled}
-    if masks is not None:
+    if masks is not None and shared:
         unbatched = masks.layouts or {}
         on_weights |= {key[0] or "<model>" for key, lay in unbatched.items() if lay.dim is None}
     counted = trace.flops_complete  # else the FLOPs, the prefix share and the call's size unknown
