@@ -7,6 +7,7 @@ parameter docs, and validate what :class:`MCDropout` is given.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from typing import Any
 
@@ -170,6 +171,7 @@ class MCDropout(SamplingWrapper):
         # sizing, whose out-of-memory back-off and CUDA rows carry over. Rebuilt when `model`
         # is replaced.
         self._engine: Engine | None = None
+        self._engine_key: SamplingOptions | None = None
         self.last_strategy: str | None = None  # what the last forward used (auto decision)
         self.last_samples_per_pass: int | None = None  # after out-of-memory back-off
         self.last_sampling: SamplingRecord | None = None  # the last forward's plan
@@ -183,9 +185,9 @@ class MCDropout(SamplingWrapper):
         gives them); a heteroscedastic regressor gives ``(means, log_variances)``. The same
         checks as :func:`predict_with_uncertainty` run (NaN/Inf, dropout that changes nothing).
         """
-        if self._engine is None or self._engine.model is not self.model:
-            self._engine = Engine(self.model, self._sampling)
-        stacked, run = driver.sample_stack(self._engine, batch_of(args, kwargs), self._seed)
+        stacked, run = driver.sample_stack(
+            self._engine_for(self._sampling), batch_of(args, kwargs), self._seed
+        )
         self.last_sampling = driver.record_of(run)
         self.last_strategy = self.last_sampling.strategy
         self.last_samples_per_pass = self.last_sampling.samples_per_pass
@@ -194,10 +196,29 @@ class MCDropout(SamplingWrapper):
     def predict_with_uncertainty(
         self, inputs: Any, **overrides: Any
     ) -> ClassificationResult | RegressionResult:
-        """Aggregated result over ``inputs``, as :func:`mcdrop.predict_with_uncertainty`."""
+        """Aggregated result over ``inputs``, as :func:`mcdrop.predict_with_uncertainty`.
+
+        With the wrapper's own options (``overrides`` may change ``seed``, ``generator``,
+        ``progress`` and ``targets``), the plan kept by :meth:`forward` serves here too, and the
+        other way round.
+        """
         kwargs = {**self.options, **overrides}
         kwargs.setdefault("n_samples", self.n_samples)
-        return predict_with_uncertainty(self.model, inputs, **kwargs)
+        targets = kwargs.pop("targets", None)
+        o = SamplingOptions.create(**kwargs)
+        if o.distributed:
+            return predict_with_uncertainty(self.model, inputs, targets=targets, **kwargs)
+        return driver.predict(self.model, inputs, targets, o, o.draw_seed(), self._engine_for(o))
+
+    def _engine_for(self, options: SamplingOptions) -> Engine:
+        """The engine that keeps the plan for ``options`` (seed, generator and progress aside);
+        a new one when ``model`` was replaced or the options differ."""
+        key = dataclasses.replace(options, seed=None, generator=None, progress=None)
+        engine = self._engine
+        if engine is None or engine.model is not self.model or self._engine_key != key:
+            engine = self._engine = Engine(self.model, options, keep=True)
+            self._engine_key = key
+        return engine
 
     def sites(self, example_inputs: Any = None) -> list[DropoutSite]:
         """The dropout sites this wrapper samples (see :func:`mcdrop.dropout_sites`)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,11 +24,12 @@ from torch.utils._pytree import tree_flatten
 from mcdrop.dropout import Probe, check_sites, sampling_twin
 from mcdrop.sampling import _memory as memory
 from mcdrop.sampling import _planner as planner
+from mcdrop.sampling._fingerprint import Fingerprint, fingerprint
 from mcdrop.sampling._inputs import _Batch
 from mcdrop.sampling._options import SamplingOptions
 from mcdrop.sampling._refusals import refuse_up_front
 from mcdrop.sampling._rng import forked_rng, fresh_seed, sampling_rng
-from mcdrop.sampling._run import Run
+from mcdrop.sampling._run import Kept, Run
 from mcdrop.sampling._shared import check_shareable
 from mcdrop.sampling._strategies import Runner
 
@@ -44,7 +46,7 @@ def model_device(model: nn.Module) -> torch.device:
 class Engine:
     """Sampling state of one model and one set of options (see the module docstring)."""
 
-    def __init__(self, model: nn.Module, options: SamplingOptions) -> None:
+    def __init__(self, model: nn.Module, options: SamplingOptions, *, keep: bool = False) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
                 f"Expected `model` to be a torch.nn.Module, but got {type(model).__name__}."
@@ -57,11 +59,23 @@ class Engine:
         # measure_rows), per model structure and input signature (_BUDGETS): an engine that
         # saw other inputs first sizes the passes as a new one would.
         self.memory_sized = options.batch_budget is None and self.device.type == "cuda"
+        # With ``keep`` (MCDropout), the plan of the last call, used again while the fingerprint
+        # of the model, inputs and torch's modes is the same (see run); ``plans_made`` counts
+        # the calls that built and probed a twin.
+        self.keep = keep
+        self.kept: Kept | None = None
+        self.plans_made = 0
+        self._lock = threading.Lock()
 
     @contextlib.contextmanager
-    def run(self, first: _Batch, seed: int | None, n_examples: int | None) -> Iterator[Run]:
+    def run(
+        self, first: _Batch, seed: int | None, n_examples: int | None, *, fresh: bool = False
+    ) -> Iterator[Run]:
         """Seeded sampling of the batches of one call (``n_examples`` in all, None when
-        unknown): the sampling twin, built and probed on ``first``, and the call's plan.
+        unknown): the sampling twin, built and probed on ``first``, and the call's plan; or,
+        with ``keep`` and unless ``fresh``, the plan kept from an earlier call whose fingerprint
+        (:mod:`._fingerprint`) is the same as this call's. A kept plan's first chunk may find it
+        stale (:class:`~._run.StalePlan`): the caller then runs the call again with ``fresh``.
 
         Shared masks (``masks="shared"``) draw from mcdrop's own generator, keyed by ``seed``
         (a fresh one when None): PyTorch's global generators are neither seeded nor forked.
@@ -72,34 +86,62 @@ class Engine:
         if shared:
             check_shareable(self.model)
             seed = fresh_seed() if seed is None else seed
-        with sampling_rng(None if shared else seed, self.device), torch.inference_mode():
-            first = first.to(self.device)
-            small = first.slice(0, min(2, first.size))
-            probe = Probe(
-                (small.args, small.kwargs),
-                (first.args, first.kwargs),
-                private=seed if shared else None,
-            )
-            # Without compile (shared masks run eagerly), the sampling twin's check runs on the
-            # first chunk (Run).
-            with sampling_twin(
-                self.model,
-                o.scope,
-                o.include,
-                o.exclude,
-                probe if o.detect_silent else None,
-                defer=o.compile is None or shared,
-            ) as twin:
-                check_sites(self.model, twin.sites)
-                yield Run(
-                    self,
-                    twin,
-                    first,
-                    small,
-                    seeded=seed is not None and not shared,
-                    call_rows=None if n_examples is None else n_examples * o.sample_limit,
-                    masks_seed=seed if shared else None,
+        call_rows = None if n_examples is None else n_examples * o.sample_limit
+        with sampling_rng(None if shared else seed, self.device):
+            # Taken before the twin is built: a model changed meanwhile leaves a kept plan whose
+            # fingerprint is not the model's, so the next call plans again.
+            mark = self._fingerprint(first, call_rows) if self.keep and not shared else None
+            kept = None if mark is None or fresh else self._take(mark)
+            with torch.inference_mode():
+                first = first.to(self.device)
+                small = first.slice(0, min(2, first.size))
+                seeded = seed is not None and not shared
+                if kept is not None:
+                    kept.refresh_buffers(self.model)
+                    yield Run.resumed(self, kept, first, small, seeded=seeded, call_rows=call_rows)
+                    self.kept = kept
+                    return
+                self.plans_made += 1
+                probe = Probe(
+                    (small.args, small.kwargs),
+                    (first.args, first.kwargs),
+                    private=seed if shared else None,
                 )
+                # Without compile (shared masks run eagerly), the sampling twin's check runs on
+                # the first chunk (Run).
+                with sampling_twin(
+                    self.model,
+                    o.scope,
+                    o.include,
+                    o.exclude,
+                    probe if o.detect_silent else None,
+                    defer=o.compile is None or shared,
+                ) as twin:
+                    check_sites(self.model, twin.sites)
+                    run = Run(
+                        self,
+                        twin,
+                        first,
+                        small,
+                        seeded=seeded,
+                        call_rows=call_rows,
+                        masks_seed=seed if shared else None,
+                    )
+                    yield run
+                if mark is not None:
+                    self.kept = run.kept(mark)
+
+    def _fingerprint(self, first: _Batch, call_rows: int | None) -> Fingerprint:
+        return fingerprint(self.model, (first.args, first.kwargs), (call_rows, str(self.device)))
+
+    def _take(self, mark: Fingerprint) -> Kept | None:
+        """The kept plan when ``mark`` is its fingerprint; it is the caller's until it gives it
+        back (another thread meanwhile plans afresh)."""
+        with self._lock:
+            kept, self.kept = self.kept, None
+        if kept is None or kept.fingerprint != mark:
+            return None
+        return kept
 
     # -- CUDA rows per pass ---------------------------------------------------------------------
     def cuda_rows(self, runner: Runner, first: _Batch) -> int:
