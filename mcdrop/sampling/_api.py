@@ -117,8 +117,15 @@ class MCDropout(SamplingWrapper):
     **options
         Any keyword option of :func:`predict_with_uncertainty` (``task``, ``outputs``,
         ``strategy``, ``scope``, ``batch_budget``, ``amp``, ``seed``, ...), validated once.
-        Between calls only the pass sizing is kept: the out-of-memory back-off and the CUDA
-        rows per pass carry over; the twin, its sites and the plan are made again per call.
+        Between calls the plan is kept (the sampling twin, its sites, the strategy, the rows
+        per pass, the out-of-memory back-off), guarded: every call takes a fingerprint of the
+        module tree, training flags, hooks, every parameter's and buffer's identity, shape,
+        dtype and device, every other module attribute (rates, ``attention_dropout``,
+        ``config._attn_implementation``, an instance-level ``forward``), the input signature
+        and torch's modes, and plans afresh when it differs; the first chunk of every call is
+        recorded and must make the dropout calls the plan was made for, else the call runs
+        again on a new plan. Parameters updated in place are used as they are. See
+        :ref:`kept-plan` for exactly what is checked.
         With ``masks="shared"`` the wrapper is one ensemble of ``T`` networks: every call
         applies the same ``T`` networks (drawn once, from ``seed`` when given), so calls on
         different inputs (decoding steps, a pool and a target set) are joint draws.

@@ -19,9 +19,9 @@ first; only when the two are equal is the plan used again. The fingerprint holds
   anything else (functions, an instance-level ``forward``, other objects) by identity;
 - the input signature: the pytree structure, each tensor's shape, dtype, device and layout,
   other leaves by value (plain) or identity;
-- torch's modes: grad, inference, deterministic algorithms, autocast per device type, the
-  default dtype, the fused-attention fast path switch, the number of active
-  ``TorchFunctionMode``\\ s;
+- torch's modes: deterministic algorithms, autocast per device type, the default dtype, the
+  fused-attention fast path switch, the number of active ``TorchFunctionMode`` objects (grad and
+  inference mode are not: sampling runs under inference mode whatever the caller's);
 - the caller's own key (options, the call's size).
 
 Objects are compared by identity and kept alive by the fingerprint (an id of a freed object may
@@ -208,9 +208,8 @@ def _modes() -> tuple[Hashable, ...]:
     functions = 0
     with contextlib.suppress(AttributeError):
         functions = torch._C._len_torch_function_stack()
+    # Grad and inference mode are left out: every pass runs under inference mode.
     return (
-        torch.is_grad_enabled(),
-        torch.is_inference_mode_enabled(),
         torch.are_deterministic_algorithms_enabled(),
         torch.is_deterministic_algorithms_warn_only_enabled(),
         torch.get_default_dtype(),
@@ -218,4 +217,3 @@ def _modes() -> tuple[Hashable, ...]:
         functions,
         autocast,
     )
-

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import threading
 import types
-import warnings
 
 import pytest
 import torch
@@ -380,7 +379,7 @@ def test_eight_threads_get_the_single_threaded_results():
     single = mcdrop.MCDropout(model, n_samples=T, seed=SEED)
     expected = [single(x) for x in inputs]
     mc = mcdrop.MCDropout(model, n_samples=T, seed=SEED)
-    results: dict[tuple[int, int], torch.Tensor] = {}
+    results: dict[tuple[int, int], tuple[int, torch.Tensor]] = {}
     errors: list[BaseException] = []
     start = threading.Barrier(8)
 
@@ -390,7 +389,7 @@ def test_eight_threads_get_the_single_threaded_results():
             for j in range(6):
                 k = (i + j) % len(inputs)
                 results[(i, j)] = (k, mc(inputs[k]))
-        except BaseException as error:  # noqa: BLE001 - reported below
+        except BaseException as error:
             errors.append(error)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
