@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         parts[f"  the same, recorded ({strategy})"] = lambda s=strategy: recorded(s)
     mc = mcdrop.MCDropout(model, n_samples=100, seed=0, progress=False, amp=amp)
     mc(x)
-    assert mc._engine.kept is not None  # the plan kept by the first call
+    assert mc._engine.kept  # the plan kept by the first call
     parts |= {
         "examples-interact check": lambda: _rows_interact(runner, b),
         "statistics": stats,

@@ -63,7 +63,7 @@ class Engine:
         # of the model, inputs and torch's modes is the same (see run); ``plans_made`` counts
         # the calls that built and probed a twin.
         self.keep = keep
-        self.kept: Kept | None = None
+        self.kept: list[Kept] = []  # most recent first, one per fingerprint (input shapes)
         self.plans_made = 0
         self._lock = threading.Lock()
 
@@ -99,7 +99,7 @@ class Engine:
                 if kept is not None:
                     kept.refresh_buffers(self.model)
                     yield Run.resumed(self, kept, first, small, seeded=seeded, call_rows=call_rows)
-                    self.kept = kept
+                    self._give_back(kept)
                     return
                 self.plans_made += 1
                 probe = Probe(
@@ -128,20 +128,32 @@ class Engine:
                         masks_seed=seed if shared else None,
                     )
                     yield run
-                if mark is not None:
-                    self.kept = run.kept(mark)
+                kept = None if mark is None else run.kept(mark)
+                if kept is not None:
+                    self._give_back(kept)
 
     def _fingerprint(self, first: _Batch, call_rows: int | None) -> Fingerprint:
         return fingerprint(self.model, (first.args, first.kwargs), (call_rows, str(self.device)))
 
     def _take(self, mark: Fingerprint) -> Kept | None:
-        """The kept plan when ``mark`` is its fingerprint; it is the caller's until it gives it
-        back (another thread meanwhile plans afresh)."""
+        """The kept plan whose fingerprint is ``mark``, or None; it is the caller's until it
+        gives it back (another thread meanwhile plans afresh)."""
         with self._lock:
-            kept, self.kept = self.kept, None
-        if kept is None or kept.fingerprint != mark:
-            return None
-        return kept
+            for i, kept in enumerate(self.kept):
+                if kept.fingerprint == mark:
+                    return self.kept.pop(i)
+        return None
+
+    def _give_back(self, kept: Kept) -> None:
+        """Keep ``kept`` first; one plan per fingerprint, at most ``_MAX_KEPT``, all of the
+        model as ``kept`` saw it (the plans of a changed model go: they hold its old parts)."""
+        mark = kept.fingerprint
+        with self._lock:
+            self.kept = [
+                k for k in self.kept if k.fingerprint.same_model(mark) and k.fingerprint != mark
+            ]
+            self.kept.insert(0, kept)
+            del self.kept[_MAX_KEPT:]
 
     # -- CUDA rows per pass ---------------------------------------------------------------------
     def cuda_rows(self, runner: Runner, first: _Batch) -> int:
@@ -188,6 +200,8 @@ def measure_rows(runner: Runner, batch: _Batch, device: torch.device) -> int | N
     )
     return budget
 
+
+_MAX_KEPT = 8  # plans an engine keeps: one per input signature a server sees (batch sizes)
 
 # CUDA rows per pass, measured once per model structure and input signature. A stale entry can
 # only change the pass size (speed, memory), never which dropout is sampled; the key holds ids,

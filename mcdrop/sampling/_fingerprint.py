@@ -79,22 +79,35 @@ _MAX_ITEMS = 64  # a longer container is taken by identity (its contents may cha
 
 
 class Fingerprint:
-    """Plain values compared by value and objects compared by identity (held alive)."""
+    """Plain values compared by value and objects compared by identity (held alive): those of
+    the model (``model``) and those of the call (inputs, modes, the caller's key)."""
 
-    __slots__ = ("refs", "values")
+    __slots__ = ("call", "model")
 
-    def __init__(self, values: list[Hashable], refs: list[Any]) -> None:
-        self.values = values
-        self.refs = refs
+    def __init__(self, model: _Walker, call: _Walker) -> None:
+        self.model = (model.values, model.refs)
+        self.call = (call.values, call.refs)
 
     def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Fingerprint) or len(self.refs) != len(other.refs):
-            return False
-        return self.values == other.values and all(
-            a is b for a, b in zip(self.refs, other.refs, strict=True)
+        return (
+            isinstance(other, Fingerprint)
+            and _same(self.call, other.call)
+            and _same(self.model, other.model)
         )
 
     __hash__ = None  # type: ignore[assignment]
+
+    def same_model(self, other: Fingerprint) -> bool:
+        """Whether the model part is the same (another input signature may differ)."""
+        return _same(self.model, other.model)
+
+
+def _same(a: tuple[list[Hashable], list[Any]], b: tuple[list[Hashable], list[Any]]) -> bool:
+    return (
+        len(a[1]) == len(b[1])
+        and a[0] == b[0]
+        and all(x is y for x, y in zip(a[1], b[1], strict=True))
+    )
 
 
 class _Walker:
@@ -178,25 +191,25 @@ class _Walker:
 def fingerprint(model: nn.Module, inputs: Any, key: Hashable) -> Fingerprint:
     """The fingerprint of ``model`` called on ``inputs`` (args and kwargs of the first batch)
     under the present torch modes, with the caller's ``key``; see the module docstring."""
-    walker = _Walker()
-    walker.values.append(key)
-    walker.values.append(_modes())
+    walker, call = _Walker(), _Walker()
     for name in _GLOBAL_HOOKS:
         hooks = getattr(_module, name, None)
         if hooks:
             walker.values.append((name, *hooks))
     for module in model.modules():
         walker.module(module)
+    call.values.append(key)
+    call.values.append(_modes())
     leaves, spec = tree_flatten(inputs)
-    walker.values.append(spec)
+    call.values.append(spec)
     for leaf in leaves:
         if isinstance(leaf, torch.Tensor):
-            walker.values.append((leaf.shape, leaf.dtype, leaf.device, leaf.layout))
+            call.values.append((leaf.shape, leaf.dtype, leaf.device, leaf.layout))
         elif type(leaf) in _PLAIN:
-            walker.values.append((type(leaf), leaf))
+            call.values.append((type(leaf), leaf))
         else:
-            walker.refs.append(leaf)
-    return Fingerprint(walker.values, walker.refs)
+            call.refs.append(leaf)
+    return Fingerprint(walker, call)
 
 
 def _modes() -> tuple[Hashable, ...]:

@@ -130,6 +130,47 @@ def test_dropout_rate_changed(p):
     _assert_same_distribution(second, _reference(_mutated(mutate), _x()))
 
 
+class TensorRate(Net):
+    """The rate held in a tensor, read at every forward: updated in place, it changes nothing
+    the fingerprint holds (same tensor); the recording of the first chunk sees the new rate."""
+
+    def __init__(self):
+        super().__init__()
+        self.rate = torch.tensor(0.2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.dropout(self.body(x), float(self.rate), self.training)
+        return self.head(h)
+
+
+def test_rate_held_in_a_tensor_updated_in_place():
+    torch.manual_seed(0)
+    model = TensorRate().eval()
+    with torch.no_grad():
+        model.head.weight.mul_(3)
+
+    def mutate(m):
+        m.rate.fill_(0.6)
+
+    first, second, fresh, plans = _changed(mutate, model)
+    assert torch.equal(second, fresh) and not torch.equal(first, second)
+    assert plans == 2  # the kept plan was found stale by its first chunk
+    _assert_same_distribution(second, _reference(model, _x()))
+
+
+def test_a_plan_per_batch_size_is_kept():
+    model = _net()
+    mc = mcdrop.MCDropout(model, n_samples=T, seed=SEED)
+    sizes = [8, 5, 8, 5, 3, 8]
+    got = [mc(_x(n)) for n in sizes]
+    assert mc._engine.plans_made == 3
+    for n, samples in zip(sizes, got, strict=True):
+        assert torch.equal(samples, _fresh(model, _x(n)))
+    model.drop.p = 0.5  # the plans of the old model go with the first call that sees it
+    mc(_x(8))
+    assert len(mc._engine.kept) == 1
+
+
 class FloatAttention(nn.Module):
     """Attention dropout held in a float attribute (Hugging Face's eager attention)."""
 
