@@ -178,7 +178,6 @@ class MCDropout(SamplingWrapper):
         # sizing, whose out-of-memory back-off and CUDA rows carry over. Rebuilt when `model`
         # is replaced.
         self._engine: Engine | None = None
-        self._engine_key: SamplingOptions | None = None
         self.last_strategy: str | None = None  # what the last forward used (auto decision)
         self.last_samples_per_pass: int | None = None  # after out-of-memory back-off
         self.last_sampling: SamplingRecord | None = None  # the last forward's plan
@@ -220,11 +219,13 @@ class MCDropout(SamplingWrapper):
     def _engine_for(self, options: SamplingOptions) -> Engine:
         """The engine that keeps the plan for ``options`` (seed, generator and progress aside);
         a new one when ``model`` was replaced or the options differ."""
-        key = dataclasses.replace(options, seed=None, generator=None, progress=None)
         engine = self._engine
-        if engine is None or engine.model is not self.model or self._engine_key != key:
+        if (
+            engine is None
+            or engine.model is not self.model
+            or _plan_options(engine.options) != _plan_options(options)
+        ):
             engine = self._engine = Engine(self.model, options, keep=True)
-            self._engine_key = key
         return engine
 
     def sites(self, example_inputs: Any = None) -> list[DropoutSite]:
@@ -237,3 +238,8 @@ class MCDropout(SamplingWrapper):
             exclude=o.exclude,
             example_inputs=example_inputs,
         )
+
+
+def _plan_options(options: SamplingOptions) -> SamplingOptions:
+    """``options`` without those that never change a plan."""
+    return dataclasses.replace(options, seed=None, generator=None, progress=None)
