@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import threading
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -24,11 +25,12 @@ from torch.utils._pytree import tree_flatten
 from mcdrop.dropout import Probe, check_sites, sampling_twin, user_stacklevel
 from mcdrop.sampling import _memory as memory
 from mcdrop.sampling import _planner as planner
+from mcdrop.sampling._fingerprint import Fingerprint, fingerprint
 from mcdrop.sampling._inputs import _Batch
 from mcdrop.sampling._options import SamplingOptions
 from mcdrop.sampling._refusals import refuse_up_front
 from mcdrop.sampling._rng import fresh_seed, sampling_rng
-from mcdrop.sampling._run import Run
+from mcdrop.sampling._run import Kept, Run
 from mcdrop.sampling._shared import check_shareable, scripted_modules
 from mcdrop.sampling._strategies import Runner
 
@@ -78,7 +80,7 @@ def model_device(model: nn.Module) -> torch.device:
 class Engine:
     """Sampling state of one model and one set of options (see the module docstring)."""
 
-    def __init__(self, model: nn.Module, options: SamplingOptions) -> None:
+    def __init__(self, model: nn.Module, options: SamplingOptions, *, keep: bool = False) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
                 f"Expected `model` to be a torch.nn.Module, but got {type(model).__name__}."
@@ -91,11 +93,23 @@ class Engine:
         # measure_rows), per model structure and input signature (_BUDGETS): an engine that
         # saw other inputs first sizes the passes as a new one would.
         self.memory_sized = options.batch_budget is None and self.device.type == "cuda"
+        # With ``keep`` (MCDropout), the plan of the last call, used again while the fingerprint
+        # of the model, inputs and torch's modes is the same (see run); ``plans_made`` counts
+        # the calls that built and probed a twin.
+        self.keep = keep
+        self.kept: list[Kept] = []  # most recent first, one per fingerprint (input shapes)
+        self.plans_made = 0
+        self._lock = threading.Lock()
 
     @contextlib.contextmanager
-    def run(self, first: _Batch, seed: int | None, n_examples: int | None) -> Iterator[Run]:
+    def run(
+        self, first: _Batch, seed: int | None, n_examples: int | None, *, fresh: bool = False
+    ) -> Iterator[Run]:
         """Seeded sampling of the batches of one call (``n_examples`` in all, None when
-        unknown): the sampling twin, built and probed on ``first``, and the call's plan.
+        unknown): the sampling twin, built and probed on ``first``, and the call's plan; or,
+        with ``keep`` and unless ``fresh``, the plan kept from an earlier call whose fingerprint
+        (:mod:`._fingerprint`) is the same as this call's. A kept plan's first chunk may find it
+        stale (:class:`~._run.StalePlan`): the caller then runs the call again with ``fresh``.
 
         Every mask is drawn from mcdrop's own generators, keyed by ``seed`` (a fresh one from
         the operating system when None): PyTorch's global generators are neither read, seeded
@@ -113,34 +127,80 @@ class Engine:
         else:
             warn_global_stream(unreachable)
         private = seed if unreachable is None else None
-        with (
-            sampling_rng(None if private is not None else seed, self.device),
-            torch.inference_mode(),
-        ):
-            first = first.to(self.device)
-            small = first.slice(0, min(2, first.size))
-            probe = Probe((small.args, small.kwargs), (first.args, first.kwargs), private=private)
-            # Without compile (mcdrop's masks run eagerly), the sampling twin's check runs on the
-            # first chunk (Run).
-            with sampling_twin(
-                self.model,
-                o.scope,
-                o.include,
-                o.exclude,
-                probe if o.detect_silent else None,
-                defer=o.compile is None or shared,
-            ) as twin:
-                check_sites(self.model, twin.sites)
-                yield Run(
-                    self,
-                    twin,
-                    first,
-                    small,
-                    seeded=seed is not None,
-                    call_rows=None if n_examples is None else n_examples * o.sample_limit,
-                    masks_seed=private,
-                    shared=shared,
+        call_rows = None if n_examples is None else n_examples * o.sample_limit
+        with sampling_rng(None if private is not None else seed, self.device):
+            # Taken before the twin is built: a model changed meanwhile leaves a kept plan whose
+            # fingerprint is not the model's, so the next call plans again.
+            mark = self._fingerprint(first, call_rows) if self.keep and not shared else None
+            kept = None if mark is None or fresh else self._take(mark)
+            with torch.inference_mode():
+                first = first.to(self.device)
+                small = first.slice(0, min(2, first.size))
+                if kept is not None:
+                    kept.refresh_buffers(self.model)
+                    yield Run.resumed(
+                        self,
+                        kept,
+                        first,
+                        small,
+                        seeded=seed is not None,
+                        call_rows=call_rows,
+                        masks_seed=private,
+                    )
+                    self._give_back(kept)
+                    return
+                self.plans_made += 1
+                probe = Probe(
+                    (small.args, small.kwargs), (first.args, first.kwargs), private=private
                 )
+                # Without compile (mcdrop's masks run eagerly), the sampling twin's check runs on
+                # the first chunk (Run).
+                with sampling_twin(
+                    self.model,
+                    o.scope,
+                    o.include,
+                    o.exclude,
+                    probe if o.detect_silent else None,
+                    defer=o.compile is None or shared,
+                ) as twin:
+                    check_sites(self.model, twin.sites)
+                    run = Run(
+                        self,
+                        twin,
+                        first,
+                        small,
+                        seeded=seed is not None,
+                        call_rows=call_rows,
+                        masks_seed=private,
+                        shared=shared,
+                    )
+                    yield run
+                kept = None if mark is None else run.kept(mark)
+                if kept is not None:
+                    self._give_back(kept)
+
+    def _fingerprint(self, first: _Batch, call_rows: int | None) -> Fingerprint:
+        return fingerprint(self.model, (first.args, first.kwargs), (call_rows, str(self.device)))
+
+    def _take(self, mark: Fingerprint) -> Kept | None:
+        """The kept plan whose fingerprint is ``mark``, or None; it is the caller's until it
+        gives it back (another thread meanwhile plans afresh)."""
+        with self._lock:
+            for i, kept in enumerate(self.kept):
+                if kept.fingerprint == mark:
+                    return self.kept.pop(i)
+        return None
+
+    def _give_back(self, kept: Kept) -> None:
+        """Keep ``kept`` first; one plan per fingerprint, at most ``_MAX_KEPT``, all of the
+        model as ``kept`` saw it (the plans of a changed model go: they hold its old parts)."""
+        mark = kept.fingerprint
+        with self._lock:
+            self.kept = [
+                k for k in self.kept if k.fingerprint.same_model(mark) and k.fingerprint != mark
+            ]
+            self.kept.insert(0, kept)
+            del self.kept[_MAX_KEPT:]
 
     # -- CUDA rows per pass ---------------------------------------------------------------------
     def cuda_rows(self, runner: Runner, first: _Batch) -> int:
@@ -187,6 +247,8 @@ def measure_rows(runner: Runner, batch: _Batch, device: torch.device) -> int | N
     )
     return budget
 
+
+_MAX_KEPT = 8  # plans an engine keeps: one per input signature a server sees (batch sizes)
 
 # CUDA rows per pass, measured once per model structure and input signature. A stale entry can
 # only change the pass size (speed, memory), never which dropout is sampled; the key holds ids,

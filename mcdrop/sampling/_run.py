@@ -13,8 +13,10 @@ state with a seed: ``auto`` then gives the numbers of the strategy it settles on
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -27,10 +29,12 @@ from mcdrop.dropout import (
     MaskedDropout,
     Recording,
     Sampling,
+    recording,
     unwrap_compiled,
 )
 from mcdrop.sampling import _planner as planner
 from mcdrop.sampling._checks import INTERACT, rows_interact, varies
+from mcdrop.sampling._fingerprint import Fingerprint
 from mcdrop.sampling._inputs import _Batch
 from mcdrop.sampling._options import SamplingOptions
 from mcdrop.sampling._planner import Plan, Planner
@@ -79,6 +83,65 @@ class EngineState(Protocol):
     memory_sized: bool
 
     def cuda_rows(self, runner: Runner, first: _Batch) -> int: ...
+
+
+class StalePlan(Exception):
+    """A kept plan's first chunk did not make the dropout calls its first call made, or raised:
+    the call runs again with a new plan (:meth:`~._engine.Engine.run` with ``fresh``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Calls:
+    """What the recording of a first chunk saw, per pass: the dropout calls that sample, the
+    dropout calls with ``training=False`` and the other random draws, and the layers skipped.
+    A kept plan's first chunk must see the same (:meth:`Run.kept`)."""
+
+    sampled: dict[Any, int]
+    dead: dict[Any, float]
+    random: dict[Any, float]
+    layer_skips: frozenset[str]
+
+    @classmethod
+    def of(cls, rec: Recording) -> Calls | None:
+        """Per pass; None when a pass differs from another (counts that depend on the rows)."""
+        r = rec.recorder
+        if not r.passes or any(p != r.passes[0] for p in r.passes):
+            return None
+        n = len(r.passes)
+        return cls(
+            dict(r.passes[0]),
+            {k: v / n for k, v in r.dead.items()},
+            {k: v / n for k, v in r.random.items()},
+            frozenset(r.layer_skips),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Kept:
+    """A plan kept between the calls of one :class:`~._engine.Engine` (``keep``): everything a
+    :class:`Run` decided, with the fingerprint taken before it decided (:mod:`._fingerprint`),
+    and what the recording of its first chunk saw (``calls``; None: nothing is recorded again,
+    the twin's check was not settled by a recording)."""
+
+    fingerprint: Fingerprint
+    twin: Sampling
+    plan: Plan
+    profile: planner.Profile
+    measured_rows: int | None
+    runner: Runner
+    eager: Runner
+    calls: Calls | None
+    modules: dict[str, nn.Module]
+
+    def refresh_buffers(self, model: nn.Module) -> None:
+        """The twin's modules that sample hold copies of the model's buffers (never written to
+        the model): copied again from the model's buffers as they are now."""
+        inner = unwrap_compiled(model)[0]
+        for original, module in zip(inner.modules(), self.modules.values(), strict=False):
+            if module.training and original._buffers:
+                module._buffers = OrderedDict(
+                    (k, None if v is None else v.clone()) for k, v in original._buffers.items()
+                )
 
 
 class Run:
@@ -139,12 +202,71 @@ class Run:
             _log_layer_skips(twin.trace.layer_skips)
         self.profile = profile_of(twin, probe_batch.size, self.runner.masks, shared=shared)
         self.measured_rows: int | None = None
+        self.calls: Calls | None = None  # the first chunk's dropout calls (twin confirmed)
+        self.checking: Calls | None = None  # a kept plan: its first chunk must make these
+        self.kept_modules: dict[str, nn.Module] | None = None  # a kept plan's, by name
         plan = self._checked(self._make_plan(()))
         if engine.memory_sized:
             self.measured_rows = engine.cuda_rows(self.eager, first)
             plan = self._make_plan(plan.fallbacks)
         self.plan = plan
         engine.planner.adopt(plan)
+
+    @classmethod
+    def resumed(
+        cls,
+        engine: EngineState,
+        kept: Kept,
+        first: _Batch,
+        probe_batch: _Batch,
+        *,
+        seeded: bool,
+        call_rows: int | None,
+        masks_seed: int | None = None,
+    ) -> Run:
+        """A run on a kept plan (no probe, no examples-interact check, nothing measured): its
+        first chunk is recorded and must make the calls ``kept.calls`` (when known), else it
+        raises :class:`StalePlan`. ``masks_seed``: this call's seed of mcdrop's generators (the
+        kept runners then draw from new ones; None: PyTorch's, as when the plan was made)."""
+        run = cls.__new__(cls)
+        run.engine, run.twin, run.first, run.probe_batch = engine, kept.twin, first, probe_batch
+        run.seeded, run.call_rows = seeded, call_rows
+        run.compiled = engine.options.compile is not None or unwrap_compiled(engine.model)[1]
+        run.runner, run.eager = copy.copy(kept.runner), copy.copy(kept.eager)
+        if (masks_seed is None) != (kept.runner.masks is None):
+            raise StalePlan("the source of the random numbers changed")
+        if masks_seed is not None:
+            run.runner.masks = run.eager.masks = MaskedDropout(masks_seed)
+        run.masks = None
+        run.validated = True
+        run.samples_per_pass = None
+        run.first_chunk_seconds = None
+        run.profile, run.measured_rows, run.plan = kept.profile, kept.measured_rows, kept.plan
+        run.calls = kept.calls
+        run.checking = kept.calls
+        run.kept_modules = kept.modules
+        engine.planner.adopt(kept.plan)
+        return run
+
+    def kept(self, mark: Fingerprint) -> Kept | None:
+        """What a later call with the fingerprint ``mark`` may use again; None when nothing is
+        to be kept (shared masks, the twin's check still pending, the candidate not checked)."""
+        if self.masks is not None or self.twin.pending is not None or not self.validated:
+            return None
+        modules = self.kept_modules
+        if modules is None:
+            modules = dict(getattr(self.twin.module, "_orig_mod", self.twin.module).named_modules())
+        return Kept(
+            mark,
+            self.twin,
+            self.plan,
+            self.profile,
+            self.measured_rows,
+            self.runner,
+            self.eager,
+            self.calls,
+            modules,
+        )
 
     @property
     def sites(self) -> list[DropoutSite]:
@@ -185,6 +307,8 @@ class Run:
                 self._back_off(k, batch)
                 continue
             except Exception as error:
+                if self.checking is not None:
+                    raise StalePlan(f"{type(error).__name__}: {error}") from error
                 if self.validated:
                     raise
                 self._adopt(self._after_error(error, batch))
@@ -223,9 +347,14 @@ class Run:
         self, batch: _Batch, k: int, examples: int, first: int = 0
     ) -> tuple[Outputs, Recording | None]:
         """One chunk, recorded while the sampling twin's check is pending."""
-        if self.twin.pending is None:
+        if self.twin.pending is None and self.checking is None:
             return self._run_split(batch, k, examples, first=first), None
-        with self.twin.recording() as rec:
+        if self.checking is None:
+            recorded = self.twin.recording()
+        else:
+            assert self.kept_modules is not None
+            recorded = recording(self.kept_modules, flops=False)
+        with recorded as rec:
             return self._run_split(batch, k, examples, rec.modes, first), rec
 
     def _run_split(
@@ -261,7 +390,14 @@ class Run:
     # -- after the first chunk: the plan that stands -------------------------------------------
     def _after_chunk(self, outs: Outputs, recording: Recording | None) -> Plan | None:
         """None when the chunk stands: the twin confirmed by its recording (or the full check
-        kept the sites) and, the first time, the candidate valid; else the next plan."""
+        kept the sites) and, the first time, the candidate valid; else the next plan. A kept
+        plan's first chunk that does not make its first call's calls raises :class:`StalePlan`."""
+        if self.checking is not None:
+            seen = None if recording is None else Calls.of(recording)
+            if seen != self.checking:
+                raise StalePlan("the first chunk made other dropout calls than the kept plan's")
+            self.checking = None
+            return None
         if recording is not None and self._confirm_twin(recording):
             return self._replanned()
         if self.validated:
@@ -293,7 +429,11 @@ class Run:
         it changed the sites (then the plan is made again). Outside the chunk's error handling:
         an error of the check is never taken for a strategy that cannot run the model."""
         before = self.twin.sites
+        pending = self.twin.pending
         self.twin = self.twin.confirm(recording)
+        if pending is not None and recording is not None:
+            if pending.confirmed_by(recording.recorder.passes):
+                self.calls = Calls.of(recording)
         skips = self.twin.trace.layer_skips
         self.runner.no_layer_skip = self.eager.no_layer_skip = bool(skips)
         _log_layer_skips(skips)
