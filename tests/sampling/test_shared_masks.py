@@ -557,3 +557,140 @@ def test_sample_log_probs_are_joint_draws_of_the_same_networks():
         mcdrop.sample_log_probs(model, (pool, target))
     with pytest.raises(TypeError, match="masks"):
         mcdrop.sample_log_probs(model, [pool], masks="independent")
+
+
+# -- layouts kept between calls ---------------------------------------------------------------------
+class Flagged(nn.Module):
+    """Dropout on ``(B, L, H)``, or with ``seq_first`` on ``(L, B, H)``: a flag moves the batch
+    dimension (with ``L = 2`` the probe's two-example shapes are the same either way)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 4)
+        self.drop = nn.Dropout(0.5)
+        self.seq_first = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.lin(x)
+        if self.seq_first:
+            return self.drop(h.transpose(0, 1)).transpose(0, 1).sum(-1)
+        return self.drop(h).sum(-1)
+
+
+class SeqFirstDropout(nn.Module):
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return F.dropout(h.transpose(0, 1), self.p, self.training).transpose(0, 1)
+
+
+def _learning_counted(monkeypatch) -> list[int]:
+    from mcdrop.sampling import _shared
+
+    count = [0]
+    learned = _shared._learned
+
+    def counted(*args):
+        count[0] += 1
+        return learned(*args)
+
+    monkeypatch.setattr(_shared, "_learned", counted)
+    return count
+
+
+def _alone_is_in_pair(mc: mcdrop.MCDropout, x: torch.Tensor) -> bool:
+    return torch.allclose(mc(x[1:2])[:, 0], mc(x[:2])[:, 1])
+
+
+def test_layouts_are_kept_between_calls_and_learned_again_when_what_decided_them_changes(
+    monkeypatch,
+):
+    count = _learning_counted(monkeypatch)
+    torch.manual_seed(0)
+    model = Flagged().eval()
+    mc = mcdrop.MCDropout(model, n_samples=8, masks="shared", seed=3, strategy="loop")
+    x = torch.randn(4, 2, 3)
+    first = mc(x)
+    assert count[0] == 1
+    assert _alone_is_in_pair(mc, x)  # one example alone: another probe, learned once more
+    assert count[0] == 2
+    torch.testing.assert_close(mc(x), first)  # kept: no passes to learn them again
+    assert _alone_is_in_pair(mc, x)
+    predicted = _samples(model, x, n_samples=8, seed=3, strategy="loop", task="regression")
+    torch.testing.assert_close(predicted, first)
+    assert count[0] == 2  # predict_with_uncertainty found them too
+
+    model.seq_first = True  # a flag: the batch dimension moves, the probe's shapes do not
+    assert _alone_is_in_pair(mc, x)
+    assert count[0] == 4
+    x3 = torch.randn(4, 3, 3)  # another input length
+    assert _alone_is_in_pair(mc, x3)
+    assert count[0] == 6
+    model.seq_first = False
+    model.drop = SeqFirstDropout(0.5).eval()  # a site replaced
+    assert _alone_is_in_pair(mc, x)
+    assert count[0] == 8
+
+
+def test_a_stale_layout_would_break_one_network_per_sample(monkeypatch):
+    """What the key guards against: the same layouts taken after the flag moved the batch
+    dimension give an example other networks alone than in a batch (or a refusal)."""
+    from mcdrop.sampling import _run
+
+    monkeypatch.setattr(_run, "layouts_key", lambda *args: "always the same")
+    torch.manual_seed(0)
+    model = Flagged().eval()
+    mc = mcdrop.MCDropout(model, n_samples=8, masks="shared", seed=3, strategy="loop")
+    x = torch.randn(4, 2, 3)
+    assert _alone_is_in_pair(mc, x)
+    model.seq_first = True
+    assert not _alone_is_in_pair(mc, x)
+
+
+# -- hand-written dropout ---------------------------------------------------------------------------
+class HandMask(nn.Module):
+    """Dropout written by hand, as some research code does (a Bernoulli mask per unit)."""
+
+    def __init__(self, form: str) -> None:
+        super().__init__()
+        self.form = form
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return h
+        if self.form == "bernoulli":
+            mask = torch.bernoulli(torch.full_like(h, 0.7))
+        else:
+            mask = h.new_empty(h.shape).bernoulli_(0.7)
+        return h * mask / 0.7
+
+
+class HandWritten(nn.Module):
+    def __init__(self, form: str) -> None:
+        super().__init__()
+        self.lin = nn.Linear(6, 16)
+        self.noise = HandMask(form)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.noise(self.lin(x)))
+
+
+@pytest.mark.parametrize("form", ["bernoulli", "bernoulli_"])
+@pytest.mark.parametrize("how", ["found", "include"])
+def test_hand_written_dropout_is_refused_naming_the_site(form, how):
+    """Hand-written masks cannot be given one network per sample: shared mode refuses them
+    with the module's name and the way out (independent mode samples them)."""
+    torch.manual_seed(0)
+    model = HandWritten(form).eval()
+    x = torch.randn(5, 6)
+    options = {"include": ["noise"]} if how == "include" else {}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"`noise`.*calls .*bernoulli.*masks='independent'"):
+        _samples(model, x, **options)
+    assert not any(m.training for m in model.modules())  # the model untouched
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    independent = _samples(model, x, masks="independent", n_samples=50, **options)
+    assert not torch.allclose(independent[0], independent[1])  # sampled there
