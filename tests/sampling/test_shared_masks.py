@@ -21,6 +21,8 @@ from torch.nn import functional as F
 import mcdrop
 from mcdrop.results import load_result
 
+from conftest import _mutual_information  # isort: skip
+
 STRATEGIES = ["loop", "replicate", "vmap", "auto"]
 
 
@@ -233,7 +235,31 @@ def _assert_marginals(ours: torch.Tensor, reference_logits: torch.Tensor, class_
     assert 0.65 < ratio < 1.35, f"variance ratio {ratio:.2f}"
 
 
-def _check_family(model, inputs, *, class_dim=1, transform=None, strategies=("auto",)):
+def _assert_mutual_information(
+    ours: torch.Tensor, reference_logits: torch.Tensor, class_dim: int
+) -> None:
+    """The mutual information averaged over examples within 4 bootstrap standard errors of the
+    reference's. The bootstrap resamples whole samples (networks), so the dependence that
+    shared masks give the examples of one sample is kept."""
+    theirs = torch.softmax(reference_logits.double(), dim=class_dim + 1 if class_dim >= 0 else -1)
+    gen = torch.Generator().manual_seed(0)
+
+    def spread(samples: torch.Tensor) -> torch.Tensor:
+        picks = [torch.randint(0, len(samples), (len(samples),), generator=gen) for _ in range(40)]
+        return torch.stack([_mutual_information(samples[i], class_dim) for i in picks]).std()
+
+    mi_ours, mi_theirs = (
+        _mutual_information(ours, class_dim),
+        _mutual_information(theirs, class_dim),
+    )
+    tol = 4 * (spread(ours.double()) ** 2 + spread(theirs) ** 2).sqrt()
+    assert mi_theirs > 1e-3, "the reference has no epistemic uncertainty: the test could not fail"
+    assert abs(mi_ours - mi_theirs) < tol, f"MI {mi_ours:.4f} vs {mi_theirs:.4f} (tol {tol:.4f})"
+
+
+def _check_family(
+    model, inputs, *, class_dim=1, transform=None, strategies=("auto",), mutual_information=False
+):
     transform = transform or (lambda out: out)
     reference = training_reference(model, lambda m: transform(m(**inputs)), T)
     for strategy in strategies:
@@ -246,6 +272,8 @@ def _check_family(model, inputs, *, class_dim=1, transform=None, strategies=("au
             strategy=strategy,
         )
         _assert_marginals(samples, reference, class_dim)
+        if mutual_information:
+            _assert_mutual_information(samples, reference, class_dim)
 
 
 def test_marginals_mlp_and_cnn_with_channel_dropout():
@@ -434,6 +462,142 @@ def test_marginals_tiny_llama_per_token():
         class_dim=-1,
         transform=lambda out: out.logits,
         strategies=("vmap",),
+    )
+
+
+def _scaled(head: nn.Linear, factor: float = 6.0) -> None:
+    """Random-init heads are near-constant: scaled, so that a wrong answer can fail."""
+    with torch.no_grad():
+        head.weight.mul_(factor)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_marginals_tiny_bart(impl):
+    config = tf.BartConfig(
+        vocab_size=32,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        dropout=0.1,
+        attention_dropout=0.2,
+        activation_dropout=0.1,
+        classifier_dropout=0.0,
+        init_std=0.2,
+        num_labels=3,
+        max_position_embeddings=16,
+    )
+    config._attn_implementation = impl
+    torch.manual_seed(0)
+    model = tf.BartForSequenceClassification(config).eval()
+    _scaled(model.classification_head.out_proj)
+    ids = torch.randint(3, 32, (3, 6), generator=torch.Generator().manual_seed(0))
+    ids[:, -1] = config.eos_token_id
+    _check_family(
+        model,
+        {"input_ids": ids},
+        transform=lambda out: out.logits,
+        strategies=("vmap",),
+        mutual_information=True,
+    )
+
+
+@pytest.mark.slow
+def test_marginals_tiny_t5_per_token():
+    config = tf.T5Config(
+        vocab_size=32,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=1,
+        num_decoder_layers=1,
+        num_heads=4,
+        dropout_rate=0.2,
+        initializer_factor=4.0,
+    )
+    torch.manual_seed(0)
+    model = tf.T5ForConditionalGeneration(config).eval()
+    gen = torch.Generator().manual_seed(0)
+    inputs = {
+        "input_ids": torch.randint(0, 32, (3, 5), generator=gen),
+        "decoder_input_ids": torch.randint(0, 32, (3, 4), generator=gen),
+    }
+    _check_family(
+        model,
+        inputs,
+        class_dim=-1,
+        transform=lambda out: out.logits,
+        strategies=("vmap",),
+        mutual_information=True,
+    )
+
+
+@pytest.mark.slow
+def test_marginals_tiny_vit():
+    config = tf.ViTConfig(
+        image_size=8,
+        patch_size=4,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        attention_probs_dropout_prob=0.2,
+        hidden_dropout_prob=0.1,
+        initializer_range=0.2,
+        num_labels=3,
+    )
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = tf.ViTForImageClassification(config).eval()
+    _scaled(model.classifier)
+    pixels = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    _check_family(
+        model,
+        {"pixel_values": pixels},
+        transform=lambda out: out.logits,
+        strategies=("replicate",),
+        mutual_information=True,
+    )
+
+
+@pytest.mark.slow
+def test_marginals_tiny_clip_vision_classifier():
+    vision = tf.CLIPVisionConfig(
+        image_size=8,
+        patch_size=4,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        attention_dropout=0.2,
+        initializer_factor=4.0,
+    )
+    config = tf.CLIPConfig(
+        vision_config=vision.to_dict(),
+        text_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 4,
+        },
+        num_labels=3,
+    )
+    config.vision_config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = tf.CLIPForImageClassification(config).eval()
+    _scaled(model.classifier)
+    pixels = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    _check_family(
+        model,
+        {"pixel_values": pixels},
+        transform=lambda out: out.logits,
+        strategies=("vmap",),
+        mutual_information=True,
     )
 
 
