@@ -22,7 +22,9 @@ time (kept per call and shape), then mixed once more with the hash of the sample
 with vectorised ``int64`` tensor operations whose values stay below ``2**32`` and whose products
 stay below ``2**63`` (no overflow: the result is the same on every device). An element is kept when its hash is at least
 ``p * 2**32``: a Bernoulli(1 - p) draw, exact to ``2**-32``. The mask has no batch dimension, so it
-costs ``T`` times the size of one example, not ``T`` times the batch.
+costs ``T`` times the size of one example, not ``T`` times the batch. A ``loop`` chunk (one sample
+per pass) computes each call's masks for all its samples at its first pass (the same masks, a few
+tensor operations per call and chunk instead of per pass; at most 64 MiB held).
 
 What is masked, per kind of site (the per-example distribution is training mode's):
 
@@ -366,7 +368,7 @@ class MaskedDropout(TorchFunctionMode):
         # a loop's chunk of samples, one per pass: every call's keep masks for all of them at
         # once (a few tensor operations per call and chunk rather than per pass)
         self.chunk: range | None = None
-        self.chunk_keeps: dict[tuple[int, tuple[int, ...], int, torch.device], torch.Tensor] = {}
+        self.chunk_keeps: dict[Any, torch.Tensor] = {}  # (call, sizes, cut, device, scaled)
         self.chunk_bytes = 0
 
     # -- passes and attribution ------------------------------------------------------------------
