@@ -20,6 +20,16 @@ def _fixed_seed():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _fresh_layouts():
+    """Shared masks keep the layouts they learn between calls (keyed by module ids, which a
+    later test's model may reuse): every test learns its own first."""
+    from mcdrop.sampling import _shared
+
+    _shared._LAYOUTS.clear()
+    yield
+
+
 @pytest.fixture
 def pyplot():
     """matplotlib.pyplot with every figure closed after the test."""

@@ -22,7 +22,9 @@ time (kept per call and shape), then mixed once more with the hash of the sample
 with vectorised ``int64`` tensor operations whose values stay below ``2**32`` and whose products
 stay below ``2**63`` (no overflow: the result is the same on every device). An element is kept when its hash is at least
 ``p * 2**32``: a Bernoulli(1 - p) draw, exact to ``2**-32``. The mask has no batch dimension, so it
-costs ``T`` times the size of one example, not ``T`` times the batch.
+costs ``T`` times the size of one example, not ``T`` times the batch. A ``loop`` chunk (one sample
+per pass) computes each call's masks for all its samples at its first pass (the same masks, a few
+tensor operations per call and chunk instead of per pass; at most 64 MiB held).
 
 What is masked, per kind of site (the per-example distribution is training mode's):
 
@@ -120,6 +122,8 @@ def _text_id(text: str) -> int:
 
 _COORDINATES = 0x3C6EF372  # separates the coordinates' chain from the samples' keys
 _GRID_BYTES = 128 * 2**20  # coordinates' hashes kept per sampling call, at most
+_CHUNK_BYTES = 64 * 2**20  # a loop chunk's keep masks (one byte each), at most
+_CHUNK_ELEMENTS = 2**22  # per call: its int64 hashes (32 MiB) are made at once
 
 
 def coordinates(
@@ -457,15 +461,31 @@ class MaskedDropout(PrivateRandom):
         # the coordinates' hashes of each call and shape: computed once per sampling call
         self.grids: dict[tuple[int, tuple[int, ...], torch.device], torch.Tensor] = {}
         self.grid_bytes = 0
+        # a loop's chunk of samples, one per pass: every call's keep masks for all of them at
+        # once (a few tensor operations per call and chunk rather than per pass)
+        self.chunk: range | None = None
+        self.chunk_keeps: dict[Any, torch.Tensor] = {}  # (call, sizes, cut, device, scaled)
+        self.chunk_bytes = 0
 
     # -- passes and attribution ------------------------------------------------------------------
-    def start_pass(self, t: torch.Tensor, rows: int, samples: list[int] | None = None) -> None:
+    def start_pass(
+        self,
+        t: torch.Tensor,
+        rows: int,
+        samples: list[int] | None = None,
+        chunk: range | None = None,
+    ) -> None:
         """The next forward pass holds ``len(t)`` samples of ``rows`` rows each (sample-major:
         row ``r`` is sample ``t[r // rows]``); ``samples``: the values of ``t``, when known on
-        the host (not under vmap)."""
+        the host (not under vmap); ``chunk``: the samples of the loop this one-sample pass is
+        part of, whose masks are then computed together (the same masks)."""
         self.t = t
         self.rows = rows
         self.samples = samples
+        if chunk != self.chunk:
+            self.chunk = chunk
+            self.chunk_keeps.clear()
+            self.chunk_bytes = 0
         self.counts.clear()
 
     @contextlib.contextmanager
@@ -574,23 +594,26 @@ class MaskedDropout(PrivateRandom):
         device: torch.device,
         p: float,
         extra: tuple[int, ...] = (),
+        scaled: tuple[torch.dtype, float] | None = None,
     ) -> tuple[tuple[int, ...], torch.Tensor]:
         """``(view shape, keep mask)``: the input viewed with its batch dimension split into
         ``(samples, rows, units)`` (or ``(units, samples, rows)``), and a boolean mask that
-        broadcasts against that view. ``masked``: the dimensions along which the mask varies."""
+        broadcasts against that view. ``masked``: the dimensions along which the mask varies.
+        ``scaled=(dtype, scale)``: the mask as that dtype times ``scale``."""
         ndim = len(shape)
         dims = [shape[i] if i in masked else 1 for i in range(ndim)]
         if self.layouts is None:  # independent draws, from this mode's own generator
-            return tuple(shape), keep_mask(tuple(dims), p, device, self.generator(device))
+            keep = keep_mask(tuple(dims), p, device, self.generator(device))
+            return tuple(shape), keep if scaled is None else keep.to(scaled[0]) * scaled[1]
         base = self._base(key, extra)
         assert self.t is not None and self.rows is not None
-        t = self.t.to(device)
+        t = self.t if self.t.device == device else self.t.to(device)
         k = t.shape[0]
         if layout is None or layout.dim is None:
             if k != 1:
                 self._refuse_replicate(key)
             sizes = [shape[i] for i in range(ndim) if i in masked]
-            return tuple(shape), self._hashes(base, t, sizes).reshape(dims).ge(threshold(p))
+            return tuple(shape), self._keeps(base, t, sizes, p, scaled).reshape(dims)
         d = layout.dim
         rows = k * self.rows
         if d >= ndim or shape[d] % rows:
@@ -604,7 +627,7 @@ class MaskedDropout(PrivateRandom):
         others = [i for i in range(ndim) if i != d]
         units = f if d in masked else 1
         sizes = ([f] if d in masked else []) + [shape[i] for i in others if i in masked]
-        h = self._hashes(base, t, sizes).reshape(k, units, *[dims[i] for i in others])
+        h = self._keeps(base, t, sizes, p, scaled).reshape(k, units, *[dims[i] for i in others])
         before = list(range(2, 2 + d))
         after = list(range(2 + d, 1 + ndim))
         if layout.major:
@@ -613,7 +636,7 @@ class MaskedDropout(PrivateRandom):
         else:
             h = h.permute(*before, 1, 0, *after).unsqueeze(d + 2)
             view = (*shape[:d], f, k, self.rows, *shape[d + 1 :])
-        return view, h.ge(threshold(p))
+        return view, h
 
     def _base(self, key: Key, extra: tuple[int, ...] = ()) -> int:
         """The key of one call: seed, module, function, call index (and the RNN layer)."""
@@ -623,7 +646,37 @@ class MaskedDropout(PrivateRandom):
             self.bases[(key, extra)] = base
         return base
 
-    def _hashes(self, base: int, t: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    def _keeps(
+        self,
+        base: int,
+        t: torch.Tensor,
+        sizes: list[int],
+        p: float,
+        scaled: tuple[torch.dtype, float] | None = None,
+    ) -> torch.Tensor:
+        """``(len(t), *sizes)`` keep masks: :func:`hashes` at or above :func:`threshold` (with
+        ``scaled``, as that dtype times the scale). In a loop's one-sample pass, the rows of the
+        chunk's masks, computed at its first pass: the same masks, with fewer operations."""
+        chunk, samples, cut = self.chunk, self.samples, threshold(p)
+        if chunk is None or samples is None or len(samples) != 1:
+            return _as(self._hashes(base, t, sizes, samples).ge(cut), scaled)
+        index = (base, tuple(sizes), cut, t.device, scaled)
+        keeps = self.chunk_keeps.get(index)
+        if keeps is None:
+            size = len(chunk) * math.prod(sizes)
+            width = 1 if scaled is None else scaled[0].itemsize
+            if size > _CHUNK_ELEMENTS or self.chunk_bytes + size * width > _CHUNK_BYTES:
+                return _as(self._hashes(base, t, sizes, samples).ge(cut), scaled)
+            ts = torch.arange(chunk.start, chunk.stop, device=t.device)
+            keeps = _as(self._hashes(base, ts, sizes, list(chunk)).ge(cut), scaled)
+            self.chunk_keeps[index] = keeps
+            self.chunk_bytes += size * width
+        i = samples[0] - chunk.start
+        return keeps[i : i + 1]
+
+    def _hashes(
+        self, base: int, t: torch.Tensor, sizes: list[int], samples: list[int] | None
+    ) -> torch.Tensor:
         """:func:`hashes`, the coordinates' part kept for the next pass of the same shape."""
         index = (base, tuple(sizes), t.device)
         grid = self.grids.get(index)
@@ -632,7 +685,7 @@ class MaskedDropout(PrivateRandom):
             if self.grid_bytes + 8 * grid.numel() <= _GRID_BYTES:  # else computed every pass
                 self.grids[index] = grid
                 self.grid_bytes += 8 * grid.numel()
-        return combine(grid, base, t, self.samples)
+        return combine(grid, base, t, samples)
 
     def _refuse_replicate(self, key: Key) -> None:
         raise ValueError(
@@ -654,14 +707,17 @@ class MaskedDropout(PrivateRandom):
         inplace: bool = False,
         extra: tuple[int, ...] = (),
     ) -> torch.Tensor:
-        view, keep = self._keep(key, x.shape, masked, layout, x.device, p, extra)
-        noise = keep.to(x.dtype)
         if alpha:  # ATen: x * noise * a + (noise - 1) * alpha * a + alpha * a * p
+            view, keep = self._keep(key, x.shape, masked, layout, x.device, p, extra)
+            noise = keep.to(x.dtype)
             a = 1.0 / math.sqrt((_ALPHA * _ALPHA * p + 1) * (1 - p))
             out = x.reshape(view) * (noise * a) + (noise - 1 + p) * (_ALPHA * a)
         else:
             scale = 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
-            out = x.reshape(view) * (noise * scale)
+            view, noise = self._keep(
+                key, x.shape, masked, layout, x.device, p, extra, (x.dtype, scale)
+            )
+            out = x.reshape(view) * noise
         out = out.reshape(x.shape)
         return x.copy_(out) if inplace else out
 
@@ -770,10 +826,15 @@ class MaskedDropout(PrivateRandom):
             self._refuse_replicate(key)
         steps = torch.repeat_interleave(torch.arange(len(sizes)), sizes.cpu()).to(data.device)
         # the keys of a padded batch's (time step, unit), one unit per example along the batch
-        h = self._hashes(self._base(key, (layer,)), t, [1, len(sizes), data.shape[1]])
-        keep = h.reshape(len(sizes), data.shape[1]).ge(threshold(p))
+        keep = self._keeps(self._base(key, (layer,)), t, [1, len(sizes), data.shape[1]], p)
+        keep = keep.reshape(len(sizes), data.shape[1])
         scale = 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
         return data * (keep[steps].to(data.dtype) * scale)
+
+
+def _as(keep: torch.Tensor, scaled: tuple[torch.dtype, float] | None) -> torch.Tensor:
+    """A boolean mask, or with ``scaled=(dtype, scale)`` that dtype times ``scale``."""
+    return keep if scaled is None else keep.to(scaled[0]) * scaled[1]
 
 
 def attention_weights(

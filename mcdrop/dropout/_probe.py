@@ -421,6 +421,7 @@ class _Recorder(TorchFunctionMode):
         self.on_weights: set[Call] = set()  # calls that drop out a parameter (DropConnect)
         self.random: Counter[tuple[str, str]] = Counter()  # other random draws per module
         self.dead: Counter[Call] = Counter()  # dropout calls with a rate but training=False
+        self.shapes: list[tuple[Call, tuple[int, ...]]] = []  # each call's input shape, in order
         self.guard = guard  # mcdrop.dropout._twin.Untwinned, or None
         self.intruders: dict[int, str] = {}
         self._frame: Any = None  # the last frame found running a module, and that module's id
@@ -459,6 +460,8 @@ class _Recorder(TorchFunctionMode):
             if self.passes:
                 self.passes[-1][key] += 1
             self.first_flops.setdefault(key, self.flops.total)
+            x = args[0] if args else next(iter(kwargs.values()), None)
+            self.shapes.append((key, tuple(x.shape) if isinstance(x, torch.Tensor) else ()))
             # A weight dropped out (DropConnect), or a mask of a shape mcdrop cannot relate to
             # the rows: one mask per pass, which the copies of a replicated batch could share.
             if mask or isinstance(_arg(args, kwargs, 0, "input", None), nn.Parameter):
@@ -509,6 +512,7 @@ class Trace:
     random: Counter[tuple[str, str]] = field(default_factory=Counter)  # other random draws
     dead: Counter[Call] = field(default_factory=Counter)  # dropout with training=False
     intruders: dict[int, str] = field(default_factory=dict)  # user modules that ran (guard)
+    shapes: tuple[tuple[Call, tuple[int, ...]], ...] = ()  # each dropout call's input shape
 
     def prefix_flops(self, calls: Any = None) -> int:
         """FLOPs done before the first of ``calls`` (default: any dropout call); all of them
@@ -569,6 +573,7 @@ class Recording:
             random=self.recorder.random,
             dead=self.recorder.dead,
             intruders=self.recorder.intruders,
+            shapes=tuple(self.recorder.shapes),
         )
 
 

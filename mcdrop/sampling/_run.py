@@ -43,6 +43,7 @@ from mcdrop.sampling._shared import (
     SHARED_VMAP_SAFE,
     attribution,
     eager_for_shared_masks,
+    layouts_key,
     learn_layouts,
 )
 from mcdrop.sampling._strategies import Outputs, Recorded, Runner
@@ -194,7 +195,7 @@ class Run:
         self.runner, self.eager = _runners(engine, twin, masks_seed, shared)
         self.masks = self.runner.masks if shared else None  # shared masks' own steps
         if self.masks is not None:
-            learn_layouts(self.eager, first)
+            learn_layouts(self.eager, first, self._layouts_key())
         self.validated = False  # the first chunk checks the auto candidate
         self.samples_per_pass: int | None = None  # the most samples per pass since a back-off
         self.first_chunk_seconds: float | None = None  # the first chunk that stood, timed
@@ -470,11 +471,15 @@ class Run:
         """The plan for the sites the twin's full check settled on."""
         if self.masks is not None:  # shared masks: the new sites' calls, and where the rows are
             self.runner.attributed = self.eager.attributed = attribution(self.masks, self.twin)
-            learn_layouts(self.eager, self.first)
+            learn_layouts(self.eager, self.first, self._layouts_key())
         self.profile = profile_of(
             self.twin, self.probe_batch.size, self.runner.masks, shared=self.masks is not None
         )
         return self._checked(self._make_plan(self.plan.fallbacks))
+
+    def _layouts_key(self) -> object:
+        e = self.engine
+        return layouts_key(e.model, self.twin, self.first, e.options, e.device, self.eager)
 
     def _adopt(self, plan: Plan) -> None:
         self.plan = plan

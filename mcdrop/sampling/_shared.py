@@ -4,19 +4,23 @@ The masks themselves come from :class:`mcdrop.dropout.MaskedDropout` (a counter-
 keyed by the seed, the sample index, the dropout call and each element's position within its
 example). This module prepares a run for it: the refusals that come first (TorchScript), the
 eager twin (dynamo cannot trace the mode), the hooks that name each call's module, and where
-each dropout input holds the examples (:func:`learn_layouts`).
+each dropout input holds the examples (:func:`learn_layouts`), kept between calls for what
+decided them (:func:`layouts_key`).
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_flatten
 
-from mcdrop.dropout import MaskedDropout, Sampling, infer_layouts, user_stacklevel
+from mcdrop.dropout import Layout, MaskedDropout, Sampling, infer_layouts, user_stacklevel
 from mcdrop.sampling._inputs import _Batch
+from mcdrop.sampling._options import SamplingOptions
 from mcdrop.sampling._strategies import Runner
 
 __all__: list[str] = []
@@ -68,13 +72,28 @@ def attribution(masks: MaskedDropout, twin: Sampling) -> Any:
     return lambda: masks.attributed(modules)
 
 
-def learn_layouts(runner: Runner, first: _Batch) -> None:
+def learn_layouts(runner: Runner, first: _Batch, key: Any = None) -> None:
     """Where each dropout call's input holds the examples: the sampling twin on one example and
     on two, every dropout the identity (:func:`mcdrop.dropout.infer_layouts`). The second example
     is the batch's next one; where the values cannot tell contiguous from strided units (equal
-    examples), the first example reversed along its last dimension."""
+    examples), the first example reversed along its last dimension.
+
+    ``key`` (:func:`layouts_key`): what decided the layouts; those learned for the same key
+    before are taken without running the twin (two passes saved per call), and new ones are
+    kept for it. None: learned, not kept."""
     masks = runner.masks
     assert masks is not None
+    if key is not None and key in _LAYOUTS:
+        masks.layouts = dict(_LAYOUTS[key])
+        return
+    masks.layouts = _learned(runner, first)
+    if key is not None:
+        if len(_LAYOUTS) >= _MAX_LAYOUTS:
+            _LAYOUTS.pop(next(iter(_LAYOUTS)))
+        _LAYOUTS[key] = dict(masks.layouts)
+
+
+def _learned(runner: Runner, first: _Batch) -> dict[Any, Layout]:
     one = _probe_layout(runner, first.slice(0, 1), "one example")
     pairs = [first.slice(0, 2)] if first.size >= 2 else []
     reversed_pair = first.map_batched(
@@ -84,8 +103,7 @@ def learn_layouts(runner: Runner, first: _Batch) -> None:
     for pair in [*pairs, reversed_pair]:
         layouts, unclear = infer_layouts(one, _probe_layout(runner, pair, "two examples"))
         if not unclear:
-            masks.layouts = layouts
-            return
+            return layouts
     (site, label, index), reason = sorted(unclear.items())[0]
     raise ValueError(
         f"Expected to find which dimension of each dropout input holds the examples "
@@ -112,3 +130,177 @@ def _probe_layout(runner: Runner, batch: _Batch, what: str) -> dict[Any, Any]:
             "masks='independent' for a model that cannot run on so few examples."
         ) from error
     return records
+
+
+# -- layouts kept between calls ------------------------------------------------------------------
+# Layouts learned per key (:func:`layouts_key`): ids, types, shapes and plain values, no reference
+# to a model or its inputs. Bounded; the oldest entry goes first.
+_LAYOUTS: dict[Any, dict[Any, Layout]] = {}
+_MAX_LAYOUTS = 256
+_PLAIN = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device)
+_PLAIN_TYPES = frozenset(_PLAIN)
+_TENSORS = frozenset(["_parameters", "_buffers"])
+# nn.Module's own state that does not change what its forward computes
+_SKIPPED = frozenset(
+    [
+        "_modules",
+        "_non_persistent_buffers_set",
+        "_backward_hooks",
+        "_backward_pre_hooks",
+        "_state_dict_hooks",
+        "_state_dict_pre_hooks",
+        "_load_state_dict_pre_hooks",
+        "_load_state_dict_post_hooks",
+        "_is_full_backward_hook",
+    ]
+)
+
+
+class _Unkeyable(Exception):
+    """A value that :func:`layouts_key` cannot summarise: the layouts are learned every call."""
+
+
+def layouts_key(
+    model: nn.Module,
+    twin: Sampling,
+    first: _Batch,
+    options: SamplingOptions,
+    device: torch.device,
+    runner: Runner,
+) -> Any:
+    """Everything that decides where each dropout call's input holds the examples, or None when
+    something cannot be told (then :func:`learn_layouts` learns them every call).
+
+    The key holds: every module of ``model`` (its id and its class's, its plain attributes,
+    the ids of its hooks and of any function stored on it, the shapes of its parameters, buffers
+    and tensor attributes, and the plain attributes of any other object it holds, such as a
+    configuration); the sampling twin's sites and the training-mode probe's trace (each dropout
+    call, its module and the shape of its input, on two examples); the options that change what
+    runs; and one example's input signature (shapes without the batch dimension, dtypes,
+    devices, other values). A model changed between calls (a site replaced, a flag set) or
+    inputs of another length give another key, and the layouts are learned again.
+    """
+    if not twin.trace.calls:  # no probe: nothing recorded what the calls see
+        return None
+    try:
+        return (
+            id(model),
+            _modules_key(model),
+            tuple((s.name, s.type, s.rate, s.functions) for s in twin.sites),
+            tuple(sorted(twin.trace.calls.items())),
+            twin.trace.shapes,
+            _example_key(first),
+            options.scope,
+            options.detect_silent,
+            options.amp,
+            _filter_key(options.include),
+            _filter_key(options.exclude),
+            str(device),
+            runner.no_layer_skip,
+        )
+    except _Unkeyable:
+        return None
+
+
+def _filter_key(value: Any) -> Any:
+    if value is None or isinstance(value, str):
+        return value
+    if callable(value):
+        return ("callable", id(value))
+    return tuple(_plain(v) for v in value)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` when hashable and plain (a tuple of them too); else :class:`_Unkeyable`."""
+    if isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, (tuple, list)):
+        return (type(value).__name__, *(_plain(v) for v in value))
+    raise _Unkeyable
+
+
+def _tensor_key(t: torch.Tensor) -> Any:
+    return tuple(t.shape), t.dtype, t.device.type, t.device.index
+
+
+def _example_key(first: _Batch) -> Any:
+    """The input signature of one example: batched tensors without their batch dimension."""
+    batched = first.batched or frozenset()
+    parts = []
+    for key, value in [*enumerate(first.args), *sorted(first.kwargs.items())]:
+        if key in batched and isinstance(value, torch.Tensor):
+            parts.append((key, "batched", *_tensor_key(value[:1])))
+            continue
+        leaves, spec = tree_flatten(value)
+        parts.append(
+            (
+                key,
+                str(spec),
+                tuple(
+                    _tensor_key(leaf) if isinstance(leaf, torch.Tensor) else _plain(leaf)
+                    for leaf in leaves
+                ),
+            )
+        )
+    return tuple(parts)
+
+
+def _modules_key(model: nn.Module) -> Any:
+    objects: dict[int, Any] = {}  # other objects' plain attributes, once each
+    return tuple(
+        (name, id(m), id(type(m)), *_attributes_key(m, objects))
+        for name, m in model.named_modules()
+    )
+
+
+def _attributes_key(module: nn.Module, objects: dict[int, Any]) -> list[Any]:
+    parts: list[Any] = []
+    for name, value in module.__dict__.items():
+        kind = type(value)
+        if kind in _PLAIN_TYPES:
+            parts.append((name, value))
+        elif name in _TENSORS:  # parameters and buffers: their shapes
+            parts.append(
+                tuple((k, None if t is None else _tensor_key(t)) for k, t in value.items())
+            )
+        elif name in _SKIPPED:
+            continue
+        elif name.startswith("_forward"):  # forward hooks may change what a module sees
+            if value:
+                parts.append((name, tuple(id(h) for h in value.values())))
+        elif isinstance(value, torch.Tensor):
+            parts.append((name, _tensor_key(value)))
+        elif isinstance(value, nn.Module):
+            parts.append((name, id(value)))
+        else:
+            parts.append((name, _value_key(value, objects)))
+    return parts
+
+
+def _value_key(value: Any, objects: dict[int, Any]) -> Any:
+    """A plain value (a dict of them too); a function by id; another object by id and its
+    attributes' plain values (others by id)."""
+    try:
+        return _plain(value)
+    except _Unkeyable:
+        pass
+    if isinstance(value, dict):
+        try:
+            return ("dict", tuple((_plain(k), _plain(v)) for k, v in value.items()))
+        except _Unkeyable:
+            return ("id", id(value))
+    if callable(value) or not hasattr(value, "__dict__"):
+        return ("id", id(value), type(value).__qualname__)
+    found = objects.get(id(value))
+    if found is None:
+        found = (id(value), type(value).__qualname__, tuple(_shallow(vars(value))))
+        objects[id(value)] = found
+    return found
+
+
+def _shallow(attributes: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    for name, value in attributes.items():
+        try:
+            yield name, _plain(value)
+        except _Unkeyable:
+            yield name, ("id", id(value))

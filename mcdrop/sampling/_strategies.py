@@ -161,17 +161,23 @@ class Runner:
         with hooks, self.masks:
             yield
 
-    def _start(self, t: torch.Tensor, rows: int, samples: list[int] | None = None) -> None:
+    def _start(
+        self,
+        t: torch.Tensor,
+        rows: int,
+        samples: list[int] | None = None,
+        chunk: range | None = None,
+    ) -> None:
         """The next pass holds the samples ``t`` (sample-major), ``rows`` rows each;
-        ``samples``: their values, when known on the host."""
+        ``samples``: their values, when known on the host; ``chunk``: the loop's samples."""
         if self.masks is not None:
-            self.masks.start_pass(t, rows, samples)
+            self.masks.start_pass(t, rows, samples, chunk)
 
     def _loop(self, batch: _Batch, k: int, first: int = 0) -> Outputs:
         outs = []
-        for i in range(k):
-            t = first + i
-            self._start(torch.full((1,), t, device=self.device), batch.size, [t])
+        chunk = range(first, first + k)
+        for t in chunk:
+            self._start(torch.full((1,), t, device=self.device), batch.size, [t], chunk)
             outs.append(self.call(batch))
         return tuple(torch.stack(parts) for parts in zip(*outs, strict=True))
 

@@ -21,6 +21,8 @@ from torch.nn import functional as F
 import mcdrop
 from mcdrop.results import load_result
 
+from conftest import _mutual_information  # isort: skip
+
 STRATEGIES = ["loop", "replicate", "vmap", "auto"]
 
 
@@ -233,7 +235,31 @@ def _assert_marginals(ours: torch.Tensor, reference_logits: torch.Tensor, class_
     assert 0.65 < ratio < 1.35, f"variance ratio {ratio:.2f}"
 
 
-def _check_family(model, inputs, *, class_dim=1, transform=None, strategies=("auto",)):
+def _assert_mutual_information(
+    ours: torch.Tensor, reference_logits: torch.Tensor, class_dim: int
+) -> None:
+    """The mutual information averaged over examples within 4 bootstrap standard errors of the
+    reference's. The bootstrap resamples whole samples (networks), so the dependence that
+    shared masks give the examples of one sample is kept."""
+    theirs = torch.softmax(reference_logits.double(), dim=class_dim + 1 if class_dim >= 0 else -1)
+    gen = torch.Generator().manual_seed(0)
+
+    def spread(samples: torch.Tensor) -> torch.Tensor:
+        picks = [torch.randint(0, len(samples), (len(samples),), generator=gen) for _ in range(40)]
+        return torch.stack([_mutual_information(samples[i], class_dim) for i in picks]).std()
+
+    mi_ours, mi_theirs = (
+        _mutual_information(ours, class_dim),
+        _mutual_information(theirs, class_dim),
+    )
+    tol = 4 * (spread(ours.double()) ** 2 + spread(theirs) ** 2).sqrt()
+    assert mi_theirs > 1e-3, "the reference has no epistemic uncertainty: the test could not fail"
+    assert abs(mi_ours - mi_theirs) < tol, f"MI {mi_ours:.4f} vs {mi_theirs:.4f} (tol {tol:.4f})"
+
+
+def _check_family(
+    model, inputs, *, class_dim=1, transform=None, strategies=("auto",), mutual_information=False
+):
     transform = transform or (lambda out: out)
     reference = training_reference(model, lambda m: transform(m(**inputs)), T)
     for strategy in strategies:
@@ -246,6 +272,8 @@ def _check_family(model, inputs, *, class_dim=1, transform=None, strategies=("au
             strategy=strategy,
         )
         _assert_marginals(samples, reference, class_dim)
+        if mutual_information:
+            _assert_mutual_information(samples, reference, class_dim)
 
 
 def test_marginals_mlp_and_cnn_with_channel_dropout():
@@ -437,6 +465,142 @@ def test_marginals_tiny_llama_per_token():
     )
 
 
+def _scaled(head: nn.Linear, factor: float = 6.0) -> None:
+    """Random-init heads are near-constant: scaled, so that a wrong answer can fail."""
+    with torch.no_grad():
+        head.weight.mul_(factor)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_marginals_tiny_bart(impl):
+    config = tf.BartConfig(
+        vocab_size=32,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        dropout=0.1,
+        attention_dropout=0.2,
+        activation_dropout=0.1,
+        classifier_dropout=0.0,
+        init_std=0.2,
+        num_labels=3,
+        max_position_embeddings=16,
+    )
+    config._attn_implementation = impl
+    torch.manual_seed(0)
+    model = tf.BartForSequenceClassification(config).eval()
+    _scaled(model.classification_head.out_proj)
+    ids = torch.randint(3, 32, (3, 6), generator=torch.Generator().manual_seed(0))
+    ids[:, -1] = config.eos_token_id
+    _check_family(
+        model,
+        {"input_ids": ids},
+        transform=lambda out: out.logits,
+        strategies=("vmap",),
+        mutual_information=True,
+    )
+
+
+@pytest.mark.slow
+def test_marginals_tiny_t5_per_token():
+    config = tf.T5Config(
+        vocab_size=32,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=1,
+        num_decoder_layers=1,
+        num_heads=4,
+        dropout_rate=0.2,
+        initializer_factor=4.0,
+    )
+    torch.manual_seed(0)
+    model = tf.T5ForConditionalGeneration(config).eval()
+    gen = torch.Generator().manual_seed(0)
+    inputs = {
+        "input_ids": torch.randint(0, 32, (3, 5), generator=gen),
+        "decoder_input_ids": torch.randint(0, 32, (3, 4), generator=gen),
+    }
+    _check_family(
+        model,
+        inputs,
+        class_dim=-1,
+        transform=lambda out: out.logits,
+        strategies=("vmap",),
+        mutual_information=True,
+    )
+
+
+@pytest.mark.slow
+def test_marginals_tiny_vit():
+    config = tf.ViTConfig(
+        image_size=8,
+        patch_size=4,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        attention_probs_dropout_prob=0.2,
+        hidden_dropout_prob=0.1,
+        initializer_range=0.2,
+        num_labels=3,
+    )
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = tf.ViTForImageClassification(config).eval()
+    _scaled(model.classifier)
+    pixels = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    _check_family(
+        model,
+        {"pixel_values": pixels},
+        transform=lambda out: out.logits,
+        strategies=("replicate",),
+        mutual_information=True,
+    )
+
+
+@pytest.mark.slow
+def test_marginals_tiny_clip_vision_classifier():
+    vision = tf.CLIPVisionConfig(
+        image_size=8,
+        patch_size=4,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        attention_dropout=0.2,
+        initializer_factor=4.0,
+    )
+    config = tf.CLIPConfig(
+        vision_config=vision.to_dict(),
+        text_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 4,
+        },
+        num_labels=3,
+    )
+    config.vision_config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = tf.CLIPForImageClassification(config).eval()
+    _scaled(model.classifier)
+    pixels = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    _check_family(
+        model,
+        {"pixel_values": pixels},
+        transform=lambda out: out.logits,
+        strategies=("vmap",),
+        mutual_information=True,
+    )
+
+
 def test_a_compiled_model_runs_eagerly_with_the_same_networks():
     model = _mlp()
     x = torch.randn(5, 6)
@@ -557,3 +721,140 @@ def test_sample_log_probs_are_joint_draws_of_the_same_networks():
         mcdrop.sample_log_probs(model, (pool, target))
     with pytest.raises(TypeError, match="masks"):
         mcdrop.sample_log_probs(model, [pool], masks="independent")
+
+
+# -- layouts kept between calls ---------------------------------------------------------------------
+class Flagged(nn.Module):
+    """Dropout on ``(B, L, H)``, or with ``seq_first`` on ``(L, B, H)``: a flag moves the batch
+    dimension (with ``L = 2`` the probe's two-example shapes are the same either way)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 4)
+        self.drop = nn.Dropout(0.5)
+        self.seq_first = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.lin(x)
+        if self.seq_first:
+            return self.drop(h.transpose(0, 1)).transpose(0, 1).sum(-1)
+        return self.drop(h).sum(-1)
+
+
+class SeqFirstDropout(nn.Module):
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return F.dropout(h.transpose(0, 1), self.p, self.training).transpose(0, 1)
+
+
+def _learning_counted(monkeypatch) -> list[int]:
+    from mcdrop.sampling import _shared
+
+    count = [0]
+    learned = _shared._learned
+
+    def counted(*args):
+        count[0] += 1
+        return learned(*args)
+
+    monkeypatch.setattr(_shared, "_learned", counted)
+    return count
+
+
+def _alone_is_in_pair(mc: mcdrop.MCDropout, x: torch.Tensor) -> bool:
+    return torch.allclose(mc(x[1:2])[:, 0], mc(x[:2])[:, 1])
+
+
+def test_layouts_are_kept_between_calls_and_learned_again_when_what_decided_them_changes(
+    monkeypatch,
+):
+    count = _learning_counted(monkeypatch)
+    torch.manual_seed(0)
+    model = Flagged().eval()
+    mc = mcdrop.MCDropout(model, n_samples=8, masks="shared", seed=3, strategy="loop")
+    x = torch.randn(4, 2, 3)
+    first = mc(x)
+    assert count[0] == 1
+    assert _alone_is_in_pair(mc, x)  # one example alone: another probe, learned once more
+    assert count[0] == 2
+    torch.testing.assert_close(mc(x), first)  # kept: no passes to learn them again
+    assert _alone_is_in_pair(mc, x)
+    predicted = _samples(model, x, n_samples=8, seed=3, strategy="loop", task="regression")
+    torch.testing.assert_close(predicted, first)
+    assert count[0] == 2  # predict_with_uncertainty found them too
+
+    model.seq_first = True  # a flag: the batch dimension moves, the probe's shapes do not
+    assert _alone_is_in_pair(mc, x)
+    assert count[0] == 4
+    x3 = torch.randn(4, 3, 3)  # another input length
+    assert _alone_is_in_pair(mc, x3)
+    assert count[0] == 6
+    model.seq_first = False
+    model.drop = SeqFirstDropout(0.5).eval()  # a site replaced
+    assert _alone_is_in_pair(mc, x)
+    assert count[0] == 8
+
+
+def test_a_stale_layout_would_break_one_network_per_sample(monkeypatch):
+    """What the key guards against: the same layouts taken after the flag moved the batch
+    dimension give an example other networks alone than in a batch (or a refusal)."""
+    from mcdrop.sampling import _run
+
+    monkeypatch.setattr(_run, "layouts_key", lambda *args: "always the same")
+    torch.manual_seed(0)
+    model = Flagged().eval()
+    mc = mcdrop.MCDropout(model, n_samples=8, masks="shared", seed=3, strategy="loop")
+    x = torch.randn(4, 2, 3)
+    assert _alone_is_in_pair(mc, x)
+    model.seq_first = True
+    assert not _alone_is_in_pair(mc, x)
+
+
+# -- hand-written dropout ---------------------------------------------------------------------------
+class HandMask(nn.Module):
+    """Dropout written by hand, as some research code does (a Bernoulli mask per unit)."""
+
+    def __init__(self, form: str) -> None:
+        super().__init__()
+        self.form = form
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return h
+        if self.form == "bernoulli":
+            mask = torch.bernoulli(torch.full_like(h, 0.7))
+        else:
+            mask = h.new_empty(h.shape).bernoulli_(0.7)
+        return h * mask / 0.7
+
+
+class HandWritten(nn.Module):
+    def __init__(self, form: str) -> None:
+        super().__init__()
+        self.lin = nn.Linear(6, 16)
+        self.noise = HandMask(form)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.noise(self.lin(x)))
+
+
+@pytest.mark.parametrize("form", ["bernoulli", "bernoulli_"])
+@pytest.mark.parametrize("how", ["found", "include"])
+def test_hand_written_dropout_is_refused_naming_the_site(form, how):
+    """Hand-written masks cannot be given one network per sample: shared mode refuses them
+    with the module's name and the way out (independent mode samples them)."""
+    torch.manual_seed(0)
+    model = HandWritten(form).eval()
+    x = torch.randn(5, 6)
+    options = {"include": ["noise"]} if how == "include" else {}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"`noise`.*calls .*bernoulli.*masks='independent'"):
+        _samples(model, x, **options)
+    assert not any(m.training for m in model.modules())  # the model untouched
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    independent = _samples(model, x, masks="independent", n_samples=50, **options)
+    assert not torch.allclose(independent[0], independent[1])  # sampled there
