@@ -263,7 +263,7 @@ def _span(tensor: torch.Tensor) -> _Span | None:
         )
     except (RuntimeError, NotImplementedError, TypeError):
         return None
-    return address, first * size, (first + last + 1) * size
+    return address, int(first) * size, (int(first) + int(last) + 1) * size
 
 
 def _overlap(a: _Span, b: _Span) -> bool:
