@@ -158,12 +158,12 @@ def test_auto_shares_the_prefix_of_inplace_dropout(model_cls):
     before = x.clone()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        result = _samples(model, x, 300, seed=3)
+        result = _samples(model, x, 200, seed=3)
     assert result.sampling.strategy == "vmap"
     assert result.sampling.fallbacks == ()
     assert torch.equal(x, before)
     assert not any(m.training for m in model.modules())
-    _assert_same_distribution(result.samples, _training_reference(model, x, 300, seed=4))
+    _assert_same_distribution(result.samples, _training_reference(model, x, 200, seed=4))
 
 
 @pytest.mark.parametrize("strategy", ["loop", "replicate", "vmap"])
