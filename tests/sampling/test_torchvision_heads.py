@@ -20,11 +20,19 @@ FAMILIES = ["mobilenet_v3_small", "efficientnet_b0", "mnasnet0_5"]
 
 
 def _model(name: str) -> torch.nn.Module:
+    """Random weights whose eval-mode activations do not vanish: the norm layers' running
+    statistics set from a few training-mode batches (random init leaves logits near 1e-10)."""
     torch.manual_seed(0)
-    model = getattr(models, name)(weights=None).eval()
-    with torch.no_grad():  # random heads are near-constant: let dropout move the logits
-        model.classifier[-1].weight.mul_(20.0)
-    return model
+    model = getattr(models, name)(weights=None)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = None  # a plain average of the batches seen
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(8, 3, 32, 32))
+        model.classifier[-1].weight.mul_(10.0)
+    return model.eval()
 
 
 def _out_of_place(model: torch.nn.Module) -> torch.nn.Module:
@@ -55,6 +63,6 @@ def test_torchvision_inplace_heads_sample_with_vmap(name):
         _out_of_place(model), x, n_samples=6, seed=0, keep_samples=True, progress=False
     )
     assert torch.equal(result.samples, plain.samples)
-    assert result.samples.std(0).max() > 1e-4  # dropout moves the outputs
+    assert result.samples.std(0).max() > 1e-3  # dropout moves the outputs
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert not any(m.training for m in model.modules())
