@@ -5,7 +5,8 @@ sequence repeats ``--repeats`` times, so that load from other processes hits the
 alike. Models: the families of ``bench_sampling.py`` (CPU sizes; default: the conv net with a
 dropout head), ``B = 32``, ``T = 100``, with ``seed=0``; for each family the median of
 ``--rounds`` interleaved rounds of one deterministic pass, one ``predict_with_uncertainty`` call
-and one call of a held ``MCDropout`` (steady state). ``--import-time`` also times ``import
+one call of a held ``MCDropout`` (steady state) and one of its ``predict_with_uncertainty``
+(``MCDropout.pwu``; a checkout without it in the older behaviour re-plans at every call). ``--import-time`` also times ``import
 mcdrop`` in fresh processes (median of ``--rounds``). At the end, per family, the median over
 repeats of each checkout's ratios and their ratio to the first checkout. For example, against an
 older commit::
@@ -40,15 +41,18 @@ for family in families.split(","):
     call = lambda: mcdrop.predict_with_uncertainty(model, x, n_samples=100, seed=0, progress=False)
     with torch.inference_mode():
         for _ in range(3):
-            call(); model(x); held(x)
-        calls, passes, helds = [], [], []
+            call(); model(x); held(x); held.predict_with_uncertainty(x)
+        calls, passes, helds, pwus = [], [], [], []
         for _ in range(rounds):
             start = time.perf_counter(); model(x); passes.append(time.perf_counter() - start)
             start = time.perf_counter(); call(); calls.append(time.perf_counter() - start)
             start = time.perf_counter(); held(x); helds.append(time.perf_counter() - start)
+            start = time.perf_counter(); held.predict_with_uncertainty(x)
+            pwus.append(time.perf_counter() - start)
     p = statistics.median(passes)
     out[family] = {"pass_ms": p * 1e3, "call_x": statistics.median(calls) / p,
-                   "mcdropout_x": statistics.median(helds) / p}
+                   "mcdropout_x": statistics.median(helds) / p,
+                   "pwu_x": statistics.median(pwus) / p}
 print(json.dumps(out))
 """
 
@@ -85,11 +89,13 @@ def main(argv: list[str] | None = None) -> int:
             for family, row in rows.items():
                 print(
                     f"{checkout}: {family:<18} pass {row['pass_ms']:.2f} ms  "
-                    f"call {row['call_x']:.2f}x  MCDropout {row['mcdropout_x']:.2f}x",
+                    f"call {row['call_x']:.2f}x  MCDropout {row['mcdropout_x']:.2f}x  "
+                    f"MCDropout.pwu {row['pwu_x']:.2f}x",
                     flush=True,
                 )
                 table[(str(checkout), family, "call")].append(row["call_x"])
                 table[(str(checkout), family, "MCDropout")].append(row["mcdropout_x"])
+                table[(str(checkout), family, "MCDropout.pwu")].append(row["pwu_x"])
             if args.import_time:
                 ms = _import_ms(root, args.rounds)
                 print(f"{checkout}: import mcdrop {ms:.0f} ms", flush=True)
@@ -99,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     for (checkout, family, what), values in sorted(table.items(), key=lambda kv: kv[0][1:]):
         median = statistics.median(values)
         base = statistics.median(table[(first, family, what)])
-        print(f"  {family:<18} {what:<10} {checkout:<30} {median:8.2f}  {median / base:.3f}")
+        print(f"  {family:<18} {what:<14} {checkout:<30} {median:8.2f}  {median / base:.3f}")
     return 0
 
 

@@ -6,8 +6,11 @@ deterministic pass, and the parts of an ``auto`` call measured one by one — bu
 the training-mode probe (with FLOP counting), the sampling chunk of 100 samples (vmap for the conv
 net, replicate for PyTorch's fused transformer, both otherwise) plain and recorded (the first chunk of a call also checks the sampling
 twin's dropout calls), the examples-interact check (``auto`` before replicate) and the streaming
-statistics. Medians of
-``--repeats`` interleaved rounds, milliseconds, with a device synchronisation around each.
+statistics. Then the calls a server makes again and again on the same model: ``MCDropout``'s
+``predict_with_uncertainty(x)`` and ``MCDropout(x)`` on its kept plan, with their own parts:
+the fingerprint taken at every call (:mod:`mcdrop.sampling._fingerprint`) and the chunk recorded
+to check the kept plan. Medians of ``--repeats`` interleaved rounds, milliseconds, with a device
+synchronisation around each.
 
 Run::
 
@@ -36,6 +39,7 @@ from mcdrop.dropout import _probe
 from mcdrop.dropout._sites import _set_flags, _TwinModules
 from mcdrop.dropout._twin import _twin
 from mcdrop.sampling._checks import rows_interact as _rows_interact
+from mcdrop.sampling._fingerprint import fingerprint
 from mcdrop.sampling._inputs import _Batch
 from mcdrop.sampling._strategies import Runner
 from mcdrop.stats import ClassificationAccumulator
@@ -105,12 +109,18 @@ def main(argv: list[str] | None = None) -> int:
     for strategy in strategies:
         parts[f"{strategy} chunk, 100 samples"] = lambda s=strategy: runner.run(s, b, 100)
         parts[f"  the same, recorded ({strategy})"] = lambda s=strategy: recorded(s)
+    mc = mcdrop.MCDropout(model, n_samples=100, seed=0, progress=False, amp=amp)
+    mc(x)
+    assert mc._engine.kept  # the plan kept by the first call
     parts |= {
         "examples-interact check": lambda: _rows_interact(runner, b),
         "statistics": stats,
         "predict_with_uncertainty": lambda: mcdrop.predict_with_uncertainty(
             model, x, n_samples=100, seed=0, progress=False, amp=amp
         ),
+        "MCDropout.predict_with_uncertainty": lambda: mc.predict_with_uncertainty(x),
+        "MCDropout(x)": lambda: mc(x),
+        "  fingerprint (every call)": lambda: fingerprint(model, ((x,), {}), (3200, "cpu")),
     }
     times: dict[str, list[float]] = {name: [] for name in parts}
     with torch.inference_mode():
@@ -132,16 +142,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     for name, values in times.items():
         ms = statistics.median(values) * 1e3
-        print(f"  {name:<30} {ms:8.2f} ms  {ms / (det * 1e3):7.2f}x pass")
+        print(f"  {name:<36} {ms:8.2f} ms  {ms / (det * 1e3):7.2f}x pass")
     # What a call cannot go below while it probes at every call: the sampling itself, the
     # probe's pass without its recording, the twin and the statistics.
     floor_parts = (f"{strategies[0]} chunk, 100 samples", "  its pass alone, unrecorded")
     floor = sum(statistics.median(times[k]) for k in (*floor_parts, "twin", "statistics"))
     print(
-        f"  {'floor (chunk+pass+twin+stats)':<30} {floor * 1e3:8.2f} ms  {floor / det:7.2f}x pass"
+        f"  {'floor (chunk+pass+twin+stats)':<36} {floor * 1e3:8.2f} ms  {floor / det:7.2f}x pass"
     )
+    kept = (f"{strategies[0]} chunk, 100 samples", "statistics", "  fingerprint (every call)")
+    floor = sum(statistics.median(times[k]) for k in kept)
+    print(f"  {'kept floor (chunk+stats+fp)':<36} {floor * 1e3:8.2f} ms  {floor / det:7.2f}x pass")
+    print(f"  MCDropout plans made: {mc._engine.plans_made} (1: the plan was kept every call)")
     if args.cprofile:
         _host_profile(parts["predict_with_uncertainty"], args.cprofile, cuda)
+        _host_profile(parts["MCDropout.predict_with_uncertainty"], args.cprofile, cuda)
     return 0
 
 

@@ -96,8 +96,12 @@ def readme_block(summary: str) -> str:
     wrong = re.search(r"wrong predictions per seed: ([\d, ]+) of (\d+)", summary)
     verdicts = re.findall(r"^  (Under .+)$", summary, flags=re.MULTILINE)
     scaling = re.search(r"^  (Temperature scaling .+)$", summary, flags=re.MULTILINE)
-    if wrong is None or scaling is None or len(verdicts) != 2:
-        raise ValueError("the summary lacks the misclassification, verdict or scaling lines")
+    dirichlet = re.search(r"^  (Dirichlet calibration .+)$", summary, flags=re.MULTILINE)
+    augrc = re.search(r"^  Rejecting by predictive entropy, (the lowest AUGRC .+)$", summary, re.M)
+    if wrong is None or scaling is None or dirichlet is None or augrc is None:
+        raise ValueError("the summary lacks a misclassification, scaling or AUGRC line")
+    if len(verdicts) != 2:
+        raise ValueError(f"expected two verdicts in the summary, found {len(verdicts)}")
     text = (
         f"What it measured (mean over {n_seeds[1]} seeds, default settings; the run took "
         f"{seconds[1]} s with torch {torch_version[1]}, and `python docs/make_readme_figure.py` "
@@ -122,12 +126,12 @@ def readme_block(summary: str) -> str:
         )
         + " under rotation and "
         + _lower(_comparison(summary, "noise", "deep ensemble", "MC dropout"), whose="it")
-        + f" under noise. {' '.join(verdicts)} {scaling[1]} Rejecting the most uncertain images "
-        f"(by predictive entropy), the area under the risk–coverage curve is "
+        + f" under noise. {' '.join(verdicts)} {scaling[1]} {dirichlet[1]} Rejecting the most "
+        f"uncertain images (by predictive entropy), the area under the risk–coverage curve is "
         f"{aurc['deep ensemble']['rotation 30']} for the ensemble and "
         f"{aurc['MC dropout']['rotation 30']} for MC dropout rotated by 30°, "
         f"{aurc['deep ensemble']['noise 0.45']} and {aurc['MC dropout']['noise 0.45']} under "
-        f"noise 0.45 (lower is better). Detecting the unseen digits 8 and 9, the best score is "
+        f"noise 0.45 (lower is better); {augrc[1]} Detecting the unseen digits 8 and 9, the best score is "
         f"the {best[0]}'s {best[1]} (AUROC {best[2]}); MC dropout's entropy reaches "
         f"{ood['MC dropout']['entropy']} and its mutual information "
         f"{ood['MC dropout']['mutual information']}. Its entropy tells its own wrong predictions "

@@ -105,6 +105,24 @@ def to_array(name: str, value: Any) -> np.ndarray:
     return array
 
 
+def to_real_array(name: str, value: Any) -> np.ndarray:
+    """:func:`to_array` for an argument that holds real values (scores, probabilities, logits,
+    samples, targets, ...): integers and floats of any width pass, booleans are refused.
+
+    A boolean array is almost always a mistake there (a mask or a comparison passed where the
+    values were meant) and would otherwise be read silently as 0 and 1. Labels, which may be
+    booleans, go through :func:`check_class_labels` instead.
+    """
+    array = to_array(name, value)
+    if array.dtype.kind == "b":
+        raise TypeError(
+            f"Expected `{name}` to hold real numbers (an integer or floating-point array or "
+            f"tensor), but got booleans (dtype bool); convert with `.astype(float)` or "
+            f"`.float()` if 0 and 1 are meant."
+        )
+    return array
+
+
 def describe_shape(array: np.ndarray) -> str:
     return str(tuple(int(s) for s in array.shape))
 
@@ -127,8 +145,9 @@ def check_finite(name: str, array: np.ndarray) -> None:
 
 
 def as_real(name: str, value: Any, *, ndim: int | None = None) -> np.ndarray:
-    """A non-empty, finite float64 array, optionally of a given number of dimensions."""
-    array = to_array(name, value)
+    """A non-empty, finite float64 array, optionally of a given number of dimensions
+    (booleans refused, see :func:`to_real_array`)."""
+    array = to_real_array(name, value)
     if ndim is not None and array.ndim != ndim:
         raise ValueError(
             f"Expected `{name}` to be {ndim}-dimensional, but got shape {describe_shape(array)}."
@@ -150,8 +169,9 @@ def _row_sum_tolerance(value: Any, array: np.ndarray) -> float:
 
 
 def check_probs(name: str, value: Any, *, allow_1d: bool = True) -> np.ndarray:
-    """Validate probabilities: shape ``(N, C)`` rows summing to one, or ``(N,)`` in ``[0, 1]``."""
-    array = to_array(name, value)
+    """Validate probabilities: shape ``(N, C)`` rows summing to one, or ``(N,)`` in ``[0, 1]``
+    (booleans refused, see :func:`to_real_array`)."""
+    array = to_real_array(name, value)
     allowed = (1, 2) if allow_1d else (2,)
     if array.ndim not in allowed:
         expected = "(N, C) or (N,)" if allow_1d else "(N, C)"

@@ -19,8 +19,8 @@ Sharding
     ``drop_last`` is ignored too, so no example is lost.
 Seeds
     Each rank samples with its own seed, a hash of ``(seed, rank)``; with ``seed=None`` the base
-    is drawn from each rank's global torch RNG (so ``torch.manual_seed`` on every rank makes a
-    run reproducible). No two ranks draw the same masks; the result agrees with a single-process
+    comes from each rank's operating-system entropy (PyTorch's global generators are never
+    read: pass ``seed=`` for a reproducible run). No two ranks draw the same masks; the result agrees with a single-process
     run within Monte Carlo error, but is not bitwise identical to it, nor across world sizes.
 Gathering
     Each rank keeps only its ``O(N_rank x C)`` aggregates. After the local work every rank joins

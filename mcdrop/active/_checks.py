@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mcdrop._validation import check_int, to_array
+from mcdrop._validation import check_int, to_real_array
 
 __all__: list[str] = []
 
@@ -31,7 +31,7 @@ def as_tensor(name: str, value: Any) -> torch.Tensor:
                 f"Expected `{name}` to hold real numbers, but got dtype {tensor.dtype}."
             )
         return tensor
-    return torch.from_numpy(np.ascontiguousarray(to_array(name, value)))
+    return torch.from_numpy(np.ascontiguousarray(to_real_array(name, value)))
 
 
 def sample_probs(

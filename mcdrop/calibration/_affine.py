@@ -347,7 +347,7 @@ class DirichletCalibration(_AffineScaling):
 
     the off-diagonal and intercept regularisation (ODIR) that keeps the map near a
     temperature-like diagonal. ``λ`` and ``μ`` are given or chosen, as Kull et al. do, by
-    ``cv``-fold cross-validation (stratified folds in input order) of the log-loss: over the
+    ``cv``-fold cross-validation (stratified folds of examples in input order; the ``T`` samples of an example stay in one fold) of the log-loss: over the
     pairs ``λ = μ`` of ``grid`` when both are ``None`` (one fit per value and fold instead of
     one per pair, Kull et al. search the full product), over ``grid`` for the one that is
     ``None`` otherwise; the map is then refitted on all the data.
@@ -362,7 +362,11 @@ class DirichletCalibration(_AffineScaling):
     grid : sequence of float, default=(1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0)
         Candidate values for the weights chosen by cross-validation.
     cv : int, default=5
-        Number of folds, >= 2.
+        Number of folds, >= 2. With fewer than ``cv`` examples of some class in ``y``, the
+        folds are reduced to the smallest class count (classes absent from ``y`` aside), so
+        that every fold trains and tests on every class; ``fit`` raises ``ValueError`` when a
+        class has a single example (no fold could train on it) and the weights are not both
+        given.
 
     Attributes
     ----------
@@ -446,14 +450,16 @@ class DirichletCalibration(_AffineScaling):
             ``self``, fitted.
         """
         x, labels = self._training_data(logits, y)
-        lam, mu = self._choose(x, labels)
+        lam, mu = self._choose(x, labels, len(y))  # type: ignore[arg-type]
         theta, converged = _fit(x, labels, "matrix", lam, mu)
         self.reg_lambda_, self.reg_mu_ = lam, mu
         self._set(theta, x.shape[1], converged)
         return self
 
-    def _choose(self, x: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-        """The given weights, or the candidates of least cross-validated log-loss."""
+    def _choose(self, x: np.ndarray, labels: np.ndarray, n: int) -> tuple[float, float]:
+        """The given weights, or the candidates of least cross-validated log-loss. ``n``: the
+        number of examples; rows ``r`` and ``r + n`` (samples of one example, ``(T, N, C)``
+        inputs) always fall in the same fold, so no fold is scored on an example it saw."""
         if self.reg_lambda is not None and self.reg_mu is not None:
             return self.reg_lambda, self.reg_mu
         if self.reg_lambda is None and self.reg_mu is None:
@@ -464,9 +470,13 @@ class DirichletCalibration(_AffineScaling):
             pairs = [(self.reg_lambda, value) for value in self.grid]
         from sklearn.model_selection import StratifiedKFold
 
-        with warnings.catch_warnings():  # a class with fewer members than folds is fine here
-            warnings.simplefilter("ignore", UserWarning)
-            folds = list(StratifiedKFold(n_splits=self.cv).split(x, labels))
+        examples = labels[:n]
+        repeats = len(labels) // n
+        by_example = StratifiedKFold(n_splits=self._folds(examples)).split(examples, examples)
+        folds = [
+            tuple((np.arange(repeats)[:, None] * n + part).ravel() for part in split)
+            for split in by_example
+        ]
         order = sorted(range(len(pairs)), key=lambda k: pairs[k], reverse=True)
         losses = np.zeros(len(pairs))
         for train, test in folds:
@@ -478,6 +488,20 @@ class DirichletCalibration(_AffineScaling):
                 log_p = log_softmax(_affine(x[test], weights, bias), axis=1)
                 losses[k] -= float(np.sum(log_p[np.arange(test.size), labels[test]]))
         return pairs[int(np.argmin(losses))]
+
+    def _folds(self, labels: np.ndarray) -> int:
+        """``cv``, or the smallest class count when lower (at least 2, or a ``ValueError``)."""
+        classes, counts = np.unique(labels, return_counts=True)
+        rarest = int(np.argmin(counts))
+        if counts[rarest] < 2:
+            chosen = [f"`{k}`" for k in ("reg_lambda", "reg_mu") if getattr(self, k) is None]
+            missing = " and ".join(chosen)
+            raise ValueError(
+                f"Expected `y` to hold at least 2 examples of every class present, to choose "
+                f"{missing} by cross-validation, but class {int(classes[rarest])} has "
+                f"{int(counts[rarest])}; give {missing} or fit on more data."
+            )
+        return min(self.cv, int(counts[rarest]))
 
     def transform(self, logits: ArrayLike) -> np.ndarray:
         """Calibrated probabilities ``softmax(W log p + b)``.

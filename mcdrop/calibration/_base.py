@@ -20,7 +20,7 @@ from mcdrop._validation import (
     check_labels,
     check_probs,
     describe_shape,
-    to_array,
+    to_real_array,
 )
 
 FORMAT = "mcdrop-recalibrator"
@@ -165,7 +165,7 @@ def class_scores(name: str, value: Any, inputs: str) -> tuple[np.ndarray, tuple[
     probabilities (and ``-inf`` log-probabilities) become ``log(tiny) ≈ -708``, so that an
     affine map of them stays finite.
     """
-    array = to_array(name, value)
+    array = to_real_array(name, value)
     if array.ndim < 2 or array.shape[-1] < 1 or array.size == 0:
         raise ValueError(
             f"Expected `{name}` to have shape (N, C) or (..., N, C) with N, C >= 1, but got "
@@ -197,7 +197,7 @@ def class_scores(name: str, value: Any, inputs: str) -> tuple[np.ndarray, tuple[
 def class_probs(name: str, value: Any, inputs: str) -> tuple[np.ndarray, tuple[int, ...]]:
     """``(M, C)`` probabilities (softmax of logits, exp of log-probabilities) and leading shape."""
     if inputs == "probs":
-        array = to_array(name, value)
+        array = to_real_array(name, value)
         if array.ndim < 2 or array.size == 0:
             raise ValueError(
                 f"Expected `{name}` to have shape (N, C) or (..., N, C) with N, C >= 1, but "

@@ -18,7 +18,7 @@ from mcdrop._validation import (
     check_positive,
     check_probs,
     match_shape,
-    to_array,
+    to_real_array,
 )
 from mcdrop.calibration._base import Persistent, state_array
 
@@ -224,7 +224,7 @@ class TemperatureScaling(Persistent):
 
 def _to_2d(name: str, value: Any, *, allow_neg_inf: bool) -> np.ndarray:
     """A ``(N, C)`` float64 array without NaN (and without infinities unless ``-inf`` allowed)."""
-    array = to_array(name, value)
+    array = to_real_array(name, value)
     if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
         raise ValueError(
             f"Expected `{name}` to have shape (N, C) with N, C >= 1, but got shape "

@@ -5,13 +5,16 @@ a few seeds,
 
 * the **deterministic** network (dropout off),
 * **MC dropout** (the average of ``samples`` stochastic passes),
-* **temperature scaling** of the deterministic logits (fitted on a validation split), and
+* **temperature scaling** of the deterministic logits (fitted on a validation split),
+* **Dirichlet calibration** of the same logits (Kull et al. 2019, ODIR weights chosen by
+  cross-validation on the validation split), and
 * a **deep ensemble** of ``members`` networks trained from different seeds (Lakshminarayanan et
   al. 2017), the baseline that Ovadia et al. (2019) found best under dataset shift,
 
 in distribution, under increasing shift (rotation, pixel noise) and out of distribution (the
 held-out digits 8 and 9): accuracy, NLL, Brier score and ECE per shift level, OOD AUROC of each
-uncertainty measure, and accuracy–rejection curves. It writes figures, ``report.json`` and the
+uncertainty measure, AURC and AUGRC (Traub et al. 2024) of rejecting by predictive entropy, and
+accuracy–rejection curves. It writes figures, ``report.json`` and the
 in-distribution MC dropout result, and returns a :class:`DemoResult` whose ``summary`` says what
 the numbers show. ``mcdrop demo`` is a thin wrapper around :func:`run`.
 
@@ -41,13 +44,20 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["DemoResult", "digits_cnn", "digits_splits", "run", "shifted"]
 
-METHODS = ("deterministic", "MC dropout", "temperature-scaled", "deep ensemble")
+METHODS = (
+    "deterministic",
+    "MC dropout",
+    "temperature-scaled",
+    "Dirichlet-calibrated",
+    "deep ensemble",
+)
 METRICS = ("accuracy", "nll", "brier", "ece")
 SHIFTS = {"rotation": (0.0, 15.0, 30.0, 45.0, 60.0), "noise": (0.0, 0.15, 0.3, 0.45, 0.6)}
 SHIFT_UNITS = {"rotation": "degrees", "noise": "pixel noise std"}
 MEASURES = {
     "deterministic": ("1 − confidence", "entropy"),
     "temperature-scaled": ("1 − confidence", "entropy"),
+    "Dirichlet-calibrated": ("1 − confidence", "entropy"),
     "MC dropout": ("1 − confidence", "entropy", "mutual information"),
     "deep ensemble": ("1 − confidence", "entropy", "mutual information"),
 }
@@ -58,6 +68,7 @@ COLORS = {
     "deterministic": "C7",
     "MC dropout": "C1",
     "temperature-scaled": "C2",
+    "Dirichlet-calibrated": "C5",
     "deep ensemble": "C4",
 }
 LINESTYLES = {"1 − confidence": ":", "entropy": "-", "mutual information": "--"}
@@ -226,7 +237,7 @@ def _run_seed(
 ) -> dict[str, Any]:
     import torch
 
-    from mcdrop.calibration import TemperatureScaling
+    from mcdrop.calibration import DirichletCalibration, TemperatureScaling
     from mcdrop.sampling import predict_with_uncertainty
     from mcdrop.stats import summarize_samples
 
@@ -254,6 +265,7 @@ def _run_seed(
         logits = [m(inputs).double() for m in models]
         val_logits = models[0](torch.from_numpy(splits["val"][0])).double()
     scaler = TemperatureScaling().fit(val_logits, splits["val"][1])
+    dirichlet = DirichletCalibration(inputs="logits").fit(val_logits, splits["val"][1])
     mc = predict_with_uncertainty(
         models[0], inputs, n_samples=samples, seed=seed, progress=progress
     )
@@ -262,12 +274,14 @@ def _run_seed(
         "deterministic": logits[0].softmax(1).numpy(),
         "MC dropout": mc.mean.numpy(),
         "temperature-scaled": scaler.transform(logits[0]),
+        "Dirichlet-calibrated": dirichlet.transform(logits[0]),
         "deep ensemble": ensemble.mean.numpy(),
     }
     results = {"MC dropout": mc, "deep ensemble": ensemble}
     log(
         f"seed {seed}: trained {members} networks ({epochs} epochs each), temperature "
-        f"{scaler.temperature:.3f}"
+        f"{scaler.temperature:.3f}, Dirichlet ODIR weights {dirichlet.reg_lambda_:g}, "
+        f"{dirichlet.reg_mu_:g}"
     )
     return {
         "conditions": conditions,
@@ -275,6 +289,7 @@ def _run_seed(
         "results": results,
         "losses": losses,
         "temperature": scaler.temperature,
+        "dirichlet_weights": (dirichlet.reg_lambda_, dirichlet.reg_mu_),
         "model": models[0],
         "splits": splits,
         "seed": seed,
@@ -282,13 +297,14 @@ def _run_seed(
 
 
 def _score_seed(run: Mapping[str, Any]) -> dict[str, Any]:
-    """Metrics per method and condition, OOD AUROC per measure, AURC in distribution."""
+    """Metrics per method and condition, OOD AUROC per measure, AURC and AUGRC per condition."""
     from mcdrop import metrics
 
     conditions: _Conditions = run["conditions"]
     table: dict[str, dict[str, dict[str, float]]] = {m: {} for m in METHODS}
     auroc: dict[str, dict[str, float]] = {m: {} for m in METHODS}
     aurc: dict[str, dict[str, float]] = {m: {} for m in METHODS}
+    augrc: dict[str, dict[str, float]] = {m: {} for m in METHODS}
     where = dict(zip(conditions.names, conditions.slices, strict=True))
     labels = dict(zip(conditions.names, conditions.labels, strict=True))
     for method in METHODS:
@@ -303,6 +319,7 @@ def _score_seed(run: Mapping[str, Any]) -> dict[str, Any]:
                 "ece": metrics.expected_calibration_error(y, p, n_bins=N_BINS),
             }
             aurc[method][name] = metrics.aurc(y, p, _entropy(p))
+            augrc[method][name] = metrics.augrc(y, p, _entropy(p))
         sub = None if result is None else _subset(result, where["in distribution"])
         ood = None if result is None else _subset(result, where["ood"])
         s_in = _scores(method, probs[where["in distribution"]], sub)
@@ -327,9 +344,11 @@ def _score_seed(run: Mapping[str, Any]) -> dict[str, Any]:
         "metrics": table,
         "ood_auroc": auroc,
         "aurc": aurc,
+        "augrc": augrc,
         "misclassification_auroc": misclassification,
         "n_wrong": wrong,
         "n_test": len(y_in),
+        "dirichlet_weights": list(run["dirichlet_weights"]),
         "seed": run["seed"],
     }
 
@@ -420,10 +439,15 @@ def _summary(scored: list[dict[str, Any]]) -> str:
         f"kind; mean ± std of the paired difference over {n} seed{'s' if n > 1 else ''}):"
     ]
     verdicts = []
+    pairs = (
+        ("MC dropout", "deterministic"),
+        ("deep ensemble", "MC dropout"),
+        ("Dirichlet-calibrated", "temperature-scaled"),
+    )
     for kind in SHIFTS:
         outcome = {}
         for metric in ("nll", "ece"):
-            for better, worse in (("MC dropout", "deterministic"), ("deep ensemble", "MC dropout")):
+            for better, worse in pairs:
                 lower, text = _compare(scored, better, worse, metric, kind)
                 outcome[better, metric] = lower
                 lines.append(f"  {kind}, {metric.upper()}: {text}")
@@ -453,6 +477,8 @@ def _summary(scored: list[dict[str, Any]]) -> str:
         f"  Temperature scaling (fitted in distribution) "
         f"{'lowers' if ts else 'does not lower'} the NLL under shift."
     )
+    lines.append(_dirichlet_sentence(scored))
+    lines.append(_augrc_sentence(scored))
     best = max(
         (
             (m, s, float(_stack(scored, "ood_auroc", m, s).mean()))
@@ -469,6 +495,51 @@ def _summary(scored: list[dict[str, Any]]) -> str:
     )
     lines.append(f"  {_figures_note(scored)}")
     return "\n".join(lines)
+
+
+def _dirichlet_sentence(scored: list[dict[str, Any]]) -> str:
+    """Dirichlet calibration against temperature scaling, in distribution and under shift."""
+
+    def in_dist(method: str, metric: str) -> float:
+        return float(_stack(scored, "metrics", method, "in distribution", metric).mean())
+
+    d_nll, t_nll = in_dist("Dirichlet-calibrated", "nll"), in_dist("temperature-scaled", "nll")
+    d_ece, t_ece = in_dist("Dirichlet-calibrated", "ece"), in_dist("temperature-scaled", "ece")
+    d_shift = float(_shifted_mean(scored, "Dirichlet-calibrated", "nll").mean())
+    t_shift = float(_shifted_mean(scored, "temperature-scaled", "nll").mean())
+    weights = [run["dirichlet_weights"] for run in scored]
+    if all(lam == mu for lam, mu in weights):
+        chosen = "λ = μ = " + ", ".join(f"{lam:g}" for lam, _ in weights)
+    else:
+        chosen = ", ".join(f"(λ, μ) = ({lam:g}, {mu:g})" for lam, mu in weights)
+    chosen += f" in the {_seeds_text(scored)}" if len(scored) > 1 else ""
+    return (
+        f"  Dirichlet calibration (fitted in distribution; cross-validation chose {chosen}) "
+        f"has in distribution NLL {d_nll:.3f} and ECE {d_ece:.4f} against temperature "
+        f"scaling's {t_nll:.3f} and {t_ece:.4f}: {'lower' if d_nll < t_nll else 'higher'} NLL, "
+        f"{'lower' if d_ece < t_ece else 'higher'} ECE. Averaged over the shifted sets its NLL "
+        f"is {d_shift:.3f}, {'below' if d_shift < t_shift else 'above'} temperature scaling's "
+        f"{t_shift:.3f}."
+    )
+
+
+REJECTION = ("in distribution", "rotation 30", "noise 0.45")  # the conditions of the AURC tables
+
+
+def _augrc_sentence(scored: list[dict[str, Any]]) -> str:
+    """Which method has the lowest AUGRC on each condition of the tables, and MC dropout's."""
+    parts, mc = [], []
+    for name in REJECTION:
+        means = {m: float(_stack(scored, "augrc", m, name).mean()) for m in METHODS}
+        best = min(METHODS, key=lambda m: means[m])
+        where = {"in distribution": "in distribution", "rotation 30": "rotated by 30°"}
+        parts.append(f"{where.get(name, f'under {name}')} {best}'s ({means[best]:.5f})")
+        mc.append(f"{means['MC dropout']:.5f}")
+    return (
+        "  Rejecting by predictive entropy, the lowest AUGRC (accepted errors over all "
+        f"predictions, averaged over the coverages; Traub et al. 2024) is {', '.join(parts)}; "
+        f"MC dropout's is {', '.join(mc)}."
+    )
 
 
 def _figures_note(scored: list[dict[str, Any]]) -> str:
@@ -512,14 +583,22 @@ def _tables(scored: list[dict[str, Any]]) -> str:
                 f"{metric.upper()} under {kind} ({SHIFT_UNITS[kind]}), mean over seeds:\n"
                 + format_table(rows, precision=3)
             )
-    rejection = ("in distribution", "rotation 30", "noise 0.45")
     rows = {
-        m: {n.replace("in distribution", "in dist."): mean("aurc", m, n) for n in rejection}
+        m: {n.replace("in distribution", "in dist."): mean("aurc", m, n) for n in REJECTION}
         for m in METHODS
     }
     parts.append(
         "AURC, rejecting by predictive entropy (area under the risk-coverage curve, lower is "
         "better), mean over seeds:\n" + format_table(rows, precision=3)
+    )
+    rows = {
+        m: {n.replace("in distribution", "in dist."): mean("augrc", m, n) for n in REJECTION}
+        for m in METHODS
+    }
+    parts.append(
+        "AUGRC, rejecting by predictive entropy (area under the generalised risk-coverage "
+        "curve: accepted errors over all predictions, Traub et al. 2024; lower is better), mean "
+        "over seeds:\n" + format_table(rows, precision=5)
     )
     rows = {m: {s: mean("ood_auroc", m, s) for s in MEASURES[m]} for m in METHODS}
     parts.append(
@@ -611,7 +690,7 @@ def _reliability_figure(run: Mapping[str, Any], scored: list[dict[str, Any]]) ->
     conditions: _Conditions = run["conditions"]
     part = dict(zip(conditions.names, conditions.slices, strict=True))["in distribution"]
     labels = run["splits"]["test"][1]
-    fig = Figure(figsize=(16.0, 6.0), layout="constrained")
+    fig = Figure(figsize=(3.6 * len(METHODS), 6.0), layout="constrained")
     grid = fig.add_gridspec(2, len(METHODS), height_ratios=(3.2, 1.0))
     for column, method in enumerate(METHODS):
         ax = fig.add_subplot(grid[0, column])
@@ -735,7 +814,7 @@ def _ood_figure(run: Mapping[str, Any], scored: list[dict[str, Any]]) -> Figure:
 
     conditions: _Conditions = run["conditions"]
     where = dict(zip(conditions.names, conditions.slices, strict=True))
-    fig = Figure(figsize=(16.0, 7.6), layout="constrained")
+    fig = Figure(figsize=(3.6 * len(METHODS), 7.6), layout="constrained")
     axes = fig.subplots(2, len(METHODS))
     for column, method in enumerate(METHODS):
         probs = run["probs"][method]
@@ -837,7 +916,8 @@ class DemoResult:
     ----------
     scored : list of dict
         Per seed: ``metrics[method][condition][metric]``, ``ood_auroc[method][measure]`` and
-        ``aurc[method][condition]`` (rejecting by predictive entropy).
+        ``aurc[method][condition]`` and ``augrc[method][condition]`` (rejecting by predictive
+        entropy), ``dirichlet_weights`` (the ODIR weights ``[λ, μ]`` cross-validation chose).
     summary : str
         The tables and what they show (printed by ``mcdrop demo``).
     figures : dict of str to matplotlib Figure
@@ -996,6 +1076,7 @@ def _finish(
         "methods": list(METHODS),
         "training_loss": first["losses"][0],
         "temperature": [float(first["temperature"])],
+        "dirichlet_weights": [run["dirichlet_weights"] for run in scored],
         "table_columns": list(METRICS),
         "metrics": {m: dict(scored[0]["metrics"][m]["in distribution"]) for m in METHODS},
         "mean_over_seeds": {

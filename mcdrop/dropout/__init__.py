@@ -42,6 +42,7 @@ from mcdrop.dropout._masks import (
     MaskedDropout,
     PrivateRandom,
     infer_layouts,
+    keep_mask,
     private_randomness,
 )
 from mcdrop.dropout._probe import (
@@ -98,6 +99,7 @@ __internal__ = [
     "check_sites",
     "culprit",
     "infer_layouts",
+    "keep_mask",
     "out_of_place",
     "private_randomness",
     "recording",

@@ -293,6 +293,31 @@ _RANDOM = frozenset(
 )
 
 
+# ``*_like`` ops given a generator have no vmap batching rule: vmap's fallback runs them once for
+# an input that is not batched, so every sample of a pass would get the same numbers (torch
+# 2.13-2.15, silently). They are drawn from the shape instead (the same numbers outside vmap).
+_LIKE: dict[Any, Callable[..., torch.Tensor]] = {
+    torch.rand_like: torch.rand,
+    torch.randn_like: torch.randn,
+    torch.randint_like: torch.randint,
+}
+
+
+def _from_shape(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+    """``torch.rand_like(x, ...)`` as ``torch.rand(x.shape, ...)`` (and randn, randint)."""
+    x, *rest = args if args else (kwargs.pop("input"),)
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("input", "memory_format")}
+    kwargs.setdefault("dtype", x.dtype)
+    kwargs.setdefault("device", x.device)
+    make = _LIKE[func]
+    bounds = list(rest)
+    if "low" in kwargs:  # randint_like's bounds
+        bounds.insert(0, kwargs.pop("low"))
+    if "high" in kwargs:
+        bounds.append(kwargs.pop("high"))
+    return make(*bounds, tuple(x.shape), **kwargs)
+
+
 # Everything the mode answers; any other function runs as it is after one set lookup.
 _INTERCEPTED = frozenset([*_KINDS, *_PYTHON, F.scaled_dot_product_attention, *_RNN, *_RANDOM])
 
@@ -325,15 +350,86 @@ class PrivateRandom(TorchFunctionMode):
             self.generators[device] = gen
         return gen
 
+    def with_generator(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """``func`` (a random op) called with this mode's generator unless it was given one."""
+        if kwargs.get("generator") is not None:
+            return func(*args, **kwargs)
+        kwargs = {**kwargs, "generator": self.generator(_device_of(args, kwargs))}
+        if func in _LIKE:
+            return _from_shape(func, args, kwargs)
+        return func(*args, **kwargs)
+
+    def state(self) -> Callable[[], None]:
+        """A function that puts the generators back in their present state (generators made
+        since are dropped). They are this call's own: no other thread's draws are handed back."""
+        states = {device: gen.get_state() for device, gen in self.generators.items()}
+
+        def restore() -> None:
+            for device in list(self.generators):
+                if device in states:
+                    self.generators[device].set_state(states[device])
+                else:
+                    del self.generators[device]
+
+        return restore
+
+    @contextlib.contextmanager
+    def forked(self) -> Iterator[None]:
+        """Inside, draws do not count: the generators are put back as they were on exit."""
+        restore = self.state()
+        try:
+            yield
+        finally:
+            restore()
+
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
-        if func in _RANDOM and kwargs.get("generator") is None:
-            kwargs = {**kwargs, "generator": self.generator(_device_of(args, kwargs))}
+        if func in _RANDOM:
+            return self.with_generator(func, args, kwargs)
         return func(*args, **kwargs)
 
 
+@functools.cache
+def bytes_under_vmap() -> bool:
+    """Whether vmap can view 64-bit words as bytes (no batching rule for ``view.dtype`` before
+    torch 2.13): decided once per process, without random numbers, so that every call draws its
+    masks the same way."""
+    try:
+        torch.func.vmap(lambda w: w.view(torch.uint8))(torch.zeros(2, 1, dtype=torch.int64))
+    except RuntimeError:
+        return False
+    return True
+
+
+def keep_mask(
+    shape: tuple[int, ...] | torch.Size,
+    p: float,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Bernoulli(1 - p) keep mask, drawn from ``generator`` (PyTorch's global one when None).
+    For rates that are multiples of 1/256 (0.5, 0.25, ...) one random byte per unit decides
+    exactly (eight from each 64-bit draw: about 3x cheaper than a float per unit); otherwise
+    ``rand >= p`` in float32, as PyTorch's own masks resolve rates."""
+    # ``generator=`` only when given: dynamo cannot trace an explicit ``generator=None``
+    drawn: dict[str, Any] = (
+        {"device": device}
+        if generator is None
+        else {
+            "device": device,
+            "generator": generator,
+        }
+    )
+    threshold = p * 256
+    if len(shape) == 0 or threshold != int(threshold) or not bytes_under_vmap():
+        return torch.rand(shape, dtype=torch.float32, **drawn).ge(p)
+    *lead, last = shape
+    words = torch.randint(-(2**63), 2**63 - 1, (*lead, (last + 7) // 8), **drawn)
+    return words.view(torch.uint8)[..., :last].ge(int(threshold))
+
+
 # -- the mode -----------------------------------------------------------------------------------
-class MaskedDropout(TorchFunctionMode):
+class MaskedDropout(PrivateRandom):
     """Answers every dropout call with an explicit mask (see the module docstring).
 
     Parameters
@@ -341,14 +437,14 @@ class MaskedDropout(TorchFunctionMode):
     seed : int
         The call's seed.
     layouts : dict or None
-        Per call (:data:`Key`), where its input holds the examples: shared masks. ``None``: no
-        layouts, every mask is drawn per element from the random ops in force (a
-        :class:`PrivateRandom` outside): independent masks without the global generator, for the
-        training-mode probe.
+        Per call (:data:`Key`), where its input holds the examples: shared masks. ``None``:
+        independent masks (``masks="independent"``, and the training-mode probe), drawn per
+        element from this mode's own generators (:class:`PrivateRandom`, seeded from ``seed``),
+        as is every other random op of the model: PyTorch's global generators are never used.
     """
 
     def __init__(self, seed: int, layouts: dict[Key, Layout] | None = None) -> None:
-        super().__init__()
+        super().__init__(seed)
         self.base = chain(seed)
         self.layouts = layouts
         self.stack: list[str] = []
@@ -434,8 +530,10 @@ class MaskedDropout(TorchFunctionMode):
         kwargs = kwargs or {}
         if func not in _INTERCEPTED:
             return func(*args, **kwargs)
-        if func in _RANDOM and self.layouts is not None:
-            self._refuse_random(func)
+        if func in _RANDOM:
+            if self.layouts is not None:
+                self._refuse_random(func)
+            return self.with_generator(func, args, kwargs)
         label, p = dropout_call(func, args, kwargs)
         if p <= 0.0:
             return func(*args, **kwargs)
@@ -482,8 +580,8 @@ class MaskedDropout(TorchFunctionMode):
         broadcasts against that view. ``masked``: the dimensions along which the mask varies."""
         ndim = len(shape)
         dims = [shape[i] if i in masked else 1 for i in range(ndim)]
-        if self.layouts is None:  # independent draws (the training-mode probe)
-            return tuple(shape), torch.rand(dims, device=device).ge(p)
+        if self.layouts is None:  # independent draws, from this mode's own generator
+            return tuple(shape), keep_mask(tuple(dims), p, device, self.generator(device))
         base = self._base(key, extra)
         assert self.t is not None and self.rows is not None
         t = self.t.to(device)
@@ -711,5 +809,5 @@ def attention_weights(
 def private_randomness(seed: int) -> Iterator[None]:
     """Run a probe without PyTorch's global generators: dropout masks and every other random op
     draw from mcdrop's own generators seeded from ``seed``."""
-    with PrivateRandom(seed), MaskedDropout(seed):
+    with MaskedDropout(seed):
         yield

@@ -14,6 +14,7 @@ from mcdrop._validation import (
     check_classification,
     check_int,
     to_array,
+    to_real_array,
 )
 from mcdrop.metrics._base import (
     _check_n_bins,
@@ -89,8 +90,8 @@ _SPREAD_METRICS = (
 def _evaluate_regression(result: RegressionResult, y: Any) -> dict[str, float]:
     from scipy.stats import norm
 
-    mean = to_array("result.mean", result.mean).astype(np.float64)
-    variance = to_array("result.variance", result.variance).astype(np.float64)
+    mean = to_real_array("result.mean", result.mean).astype(np.float64)
+    variance = to_real_array("result.variance", result.variance).astype(np.float64)
     y_arr, mean = _regression_pair(y, "result.mean", mean)
     variance = variance.reshape(mean.shape)
     std = np.sqrt(variance)
@@ -177,11 +178,11 @@ def evaluate(
         if targets is None:
             targets = result.targets
         mean = result.mean.movedim(result.class_dim, -1)
-        probs = to_array("result.mean", mean.reshape(-1, mean.shape[-1]))
+        probs = to_real_array("result.mean", mean.reshape(-1, mean.shape[-1]))
         if targets is not None:
             targets = to_array("y_true", targets).reshape(-1)
     else:
-        probs = to_array("result", result)
+        probs = to_real_array("result", result)
     if targets is None:
         raise ValueError("Expected `y_true` (or `result.targets`) to hold labels, but got None.")
     if ignore_index is not None:

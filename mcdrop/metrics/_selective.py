@@ -20,9 +20,24 @@ from mcdrop.metrics._base import (
 )
 
 
-def _rejection_order(scores: np.ndarray) -> np.ndarray:
-    """Indices from most to least uncertain; ties keep input order (stable sort)."""
-    return np.argsort(-scores, kind="stable")
+def _expected_cumsum(values: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Sum of ``values`` over the ``m`` lowest ``scores``, ``m = 1, ..., N``, ties averaged.
+
+    Where the ``m``-th place falls inside a group of ``g`` tied scores, of which the first ``r``
+    are taken, the group contributes ``r / g`` of its sum: the expectation over the ``g!``
+    equally likely orders of the group. The result depends on the multiset of
+    ``(score, value)`` pairs only, bit for bit: the values are summed in the order of a
+    lexicographic sort on ``(score, value)``, whatever the input order.
+    """
+    n = scores.shape[0]
+    order = np.lexsort((values, scores))
+    sorted_scores, sorted_values = scores[order], values[order]
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    sizes = np.diff(np.r_[starts, n])
+    group_sums = np.add.reduceat(sorted_values, starts)
+    before = np.r_[0.0, np.cumsum(group_sums)[:-1]]
+    taken = np.arange(1, n + 1, dtype=np.float64) - np.repeat(starts, sizes)
+    return np.repeat(before, sizes) + taken * np.repeat(group_sums / sizes, sizes)
 
 
 def accuracy_rejection_curve(
@@ -31,8 +46,15 @@ def accuracy_rejection_curve(
     """Accuracy on the retained examples as the most uncertain ones are rejected.
 
     Examples are rejected one at a time in decreasing order of ``scores`` (higher = more
-    uncertain = rejected first). Ties are broken deterministically by position: among equal
-    scores the example that comes first in the input is rejected first.
+    uncertain = rejected first).
+
+    Ties are averaged: where ``k`` rejections end inside a group of ``g`` tied scores, the
+    accuracy is the expectation over the ``g!`` equally likely orders of that group, i.e.
+    the group's rejected part counts ``r / g`` of each of its members. At a score threshold
+    (a whole group rejected) this is the accuracy of that threshold; in between it is the
+    accuracy of rejecting a uniformly random part of the group. The curve, and every area
+    and operating point of this module, therefore depend on the pairs ``(score, example)``
+    only, not on the order of the input. Without ties this is the plain one-at-a-time curve.
 
     Parameters
     ----------
@@ -65,9 +87,8 @@ def _accuracy_after_rejection(
     correct: np.ndarray, scores: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     n = correct.shape[0]
-    ordered = correct[_rejection_order(scores)]
-    # Retained after rejecting k: ordered[k:]; suffix sums give their number correct.
-    retained_correct = np.cumsum(ordered[::-1])[::-1]
+    # Retained after rejecting k: the N - k least uncertain, expected number correct.
+    retained_correct = _expected_cumsum(correct, scores)[::-1]
     retained = np.arange(n, 0, -1, dtype=np.float64)
     return np.arange(n, dtype=np.float64) / n, retained_correct / retained
 
@@ -84,7 +105,11 @@ def aurc(y_true: ArrayLike, y_prob: ArrayLike, scores: ArrayLike) -> float:
         \sum_{j \le m} \mathbb{1}[\text{example } \pi_j \text{ misclassified}]
 
     with ``\pi`` the examples in increasing order of ``scores``; equivalently the mean of
-    ``1 - accuracy`` of :func:`accuracy_rejection_curve` (same tie-breaking).
+    ``1 - accuracy`` of :func:`accuracy_rejection_curve`.
+
+    Ties in ``scores`` are averaged (see :func:`accuracy_rejection_curve`): the AURC is the
+    expectation of the AURC over the random orders of each tied group, so it does not depend
+    on the order of the input.
 
     Parameters
     ----------
@@ -106,13 +131,13 @@ def aurc(y_true: ArrayLike, y_prob: ArrayLike, scores: ArrayLike) -> float:
     return float(np.mean(1.0 - acc))
 
 
-def _errors_in_acceptance_order(y_true: Any, y_prob: Any, scores: Any) -> np.ndarray:
-    """0/1 errors, least uncertain first: the reverse of the rejection order of
-    :func:`accuracy_rejection_curve`, so that coverage ``m / N`` keeps the first ``m``."""
+def _accepted_errors(y_true: Any, y_prob: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
+    """0/1 errors, and the expected number of errors among the ``m`` least uncertain,
+    ``m = 1, ..., N`` (ties averaged as in :func:`accuracy_rejection_curve`)."""
     labels, probs = check_classification(y_true, y_prob)
     score_values = check_scores("scores", scores, labels.shape[0])
     errors = (_prob_matrix(probs).argmax(axis=1) != labels).astype(np.float64)
-    return errors[_rejection_order(score_values)[::-1]]
+    return errors, _expected_cumsum(errors, score_values)
 
 
 def risk_coverage_curve(
@@ -120,9 +145,8 @@ def risk_coverage_curve(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     r"""Selective risk and generalised risk at every coverage.
 
-    The ``m`` least uncertain examples (lowest ``scores``) are accepted, ``m = 1, ..., N``;
-    ties are broken as in :func:`accuracy_rejection_curve`. With ``e_j`` the 0/1 error of the
-    ``j``-th accepted example,
+    The ``m`` least uncertain examples (lowest ``scores``) are accepted, ``m = 1, ..., N``.
+    With ``e_j`` the 0/1 error of the ``j``-th accepted example,
 
     .. math::
 
@@ -133,6 +157,15 @@ def risk_coverage_curve(
     The selective risk is the error rate among the accepted examples; the generalised risk
     (Traub et al. 2024) is the probability that an example is both accepted *and*
     misclassified.
+
+    Ties in ``scores`` are averaged: where ``m`` ends inside a group of ``g`` tied scores with
+    ``k`` errors, of which ``r`` are accepted, the group contributes ``r k / g`` errors, the
+    expectation over the ``g!`` orders of the group (accepting a random part of it). At the
+    coverages of the distinct score thresholds, where whole groups are accepted, the values
+    are those of the thresholds (the only points that Traub et al.'s reference code and
+    :func:`sklearn.metrics.roc_curve` keep); in between, the generalised risk runs on the
+    straight line between them. Every output is independent of the order of the input, and
+    the areas (:func:`aurc`, :func:`augrc`) are the means of this curve.
 
     Parameters
     ----------
@@ -158,9 +191,8 @@ def risk_coverage_curve(
     Traub, Bungert, Lüth, Baumgartner, Maier-Hein, Jaeger & Jäger (2024), "Overcoming common
     flaws in the evaluation of selective classification systems", NeurIPS.
     """
-    errors = _errors_in_acceptance_order(y_true, y_prob, scores)
+    errors, accepted_errors = _accepted_errors(y_true, y_prob, scores)
     n = errors.shape[0]
-    accepted_errors = np.cumsum(errors)
     accepted = np.arange(1, n + 1, dtype=np.float64)
     return accepted / n, accepted_errors / accepted, accepted_errors / n
 
@@ -197,6 +229,14 @@ def augrc(y_true: ArrayLike, y_prob: ArrayLike, scores: ArrayLike) -> float:
     torch-uncertainty's ``AUGRC`` integrates the same curve with the trapezoidal rule from
     coverage ``1/N`` and divides by ``1 - 1/N``; the two agree to ``O(1/N)``.
 
+    Ties in ``scores`` are averaged (see :func:`risk_coverage_curve`): the AUGRC is the
+    expectation over the random orders of each tied group. Traub et al.'s reference code
+    (fd-shifts, ``RiskCoverageStats.augrc``) keeps one point per distinct score and
+    integrates linearly from coverage 0, which treats each tied group as one block; with
+    ``E`` errors in all, that area plus ``E / (2 N²)`` is this AUGRC, ties or not.
+    torch-uncertainty sorts with an unstable ``argsort``, so its value under ties depends on
+    the order its sort happens to give.
+
     References
     ----------
     Traub et al. (2024), "Overcoming common flaws in the evaluation of selective classification
@@ -215,6 +255,10 @@ def risk_at_coverage(
     y_true: ArrayLike, y_prob: ArrayLike, scores: ArrayLike, *, coverage: float
 ) -> float:
     r"""Selective risk (error rate) of the ``ceil(coverage · N)`` least uncertain examples.
+
+    Where those examples end inside a group of tied ``scores``, the risk is the expectation
+    over the orders of that group (accepting a random part of it), as in
+    :func:`risk_coverage_curve`.
 
     Parameters
     ----------
@@ -235,9 +279,9 @@ def risk_at_coverage(
     Geifman & El-Yaniv (2017), "Selective classification for deep neural networks", NeurIPS.
     """
     coverage = check_float("coverage", coverage, low=0.0, high=1.0, low_inclusive=False)
-    errors = _errors_in_acceptance_order(y_true, y_prob, scores)
+    errors, accepted_errors = _accepted_errors(y_true, y_prob, scores)
     m = _accepted_count(coverage, errors.shape[0])
-    return float(np.mean(errors[:m]))
+    return float(accepted_errors[m - 1] / m)
 
 
 def coverage_at_risk(
@@ -247,7 +291,10 @@ def coverage_at_risk(
 
     ``max {m / N : risk(m / N) <= risk}`` over the curve of :func:`risk_coverage_curve`. The
     selective risk need not decrease with the coverage; the largest admissible coverage is
-    reported, as in torch-uncertainty's ``CovAtxRisk``.
+    reported, as in torch-uncertainty's ``CovAtxRisk``. It is read from the tie-averaged curve
+    of :func:`risk_coverage_curve`: a coverage inside a group of tied scores is reached by
+    accepting a random part of the group, and its risk is the expected one. A risk within
+    ``1e-12`` of ``risk`` counts as equal (rounding of the averaged values).
 
     Parameters
     ----------
@@ -268,7 +315,7 @@ def coverage_at_risk(
     """
     risk = check_float("risk", risk, low=0.0, high=1.0)
     coverage, selective_risk, _ = risk_coverage_curve(y_true, y_prob, scores)
-    admissible = np.flatnonzero(selective_risk <= risk)
+    admissible = np.flatnonzero(selective_risk <= risk + 1e-12)
     return float(coverage[admissible[-1]]) if admissible.size else 0.0
 
 
@@ -314,13 +361,16 @@ def prediction_rejection_ratio(y_true: ArrayLike, y_prob: ArrayLike, scores: Arr
     areas between rejection curves measured in errors over *all* examples, which gives
     different values.
 
+    Ties in ``scores`` are averaged as in :func:`aurc`; lm-polygraph sorts with a stable
+    ``argsort`` and so breaks them by input order.
+
     References
     ----------
     Malinin (2019), "Uncertainty estimation in deep learning with application to spoken
     language assessment", PhD thesis, Cambridge. Fadeeva et al. (2023), "LM-Polygraph:
     Uncertainty estimation for language models", EMNLP demo.
     """
-    errors = _errors_in_acceptance_order(y_true, y_prob, scores)
+    errors, accepted_errors = _accepted_errors(y_true, y_prob, scores)
     n = errors.shape[0]
     n_errors = int(errors.sum())
     if n_errors in (0, n):
@@ -330,7 +380,7 @@ def prediction_rejection_ratio(y_true: ArrayLike, y_prob: ArrayLike, scores: Arr
             f"predictions, but all {n} are {kind}; the prediction-rejection ratio is undefined."
         )
     accepted = np.arange(1, n + 1, dtype=np.float64)
-    area = float(np.mean(np.cumsum(errors) / accepted))
+    area = float(np.mean(accepted_errors / accepted))
     oracle = float(np.mean(np.cumsum(np.sort(errors)) / accepted))
     random = n_errors / n
     return (random - area) / (random - oracle)
@@ -349,20 +399,19 @@ def _errors_and_uncertainty(errors: Any, scores: Any) -> tuple[np.ndarray, np.nd
     return error_values, score_values.ravel()
 
 
-def _mean_after_removal(values: np.ndarray) -> np.ndarray:
-    """Mean of ``values[k:]`` for ``k = 0, ..., N - 1`` (suffix means)."""
-    n = values.shape[0]
-    return np.cumsum(values[::-1])[::-1] / np.arange(n, 0, -1, dtype=np.float64)
-
-
 def sparsification_curve(
     errors: ArrayLike, scores: ArrayLike
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     r"""Mean error of the retained examples as the most uncertain ones are removed.
 
-    Examples are removed one at a time in decreasing order of ``scores`` (ties as in
-    :func:`accuracy_rejection_curve`); the oracle removes them in decreasing order of their
-    own error. The gap between the two curves is the sparsification error (Ilg et al. 2018).
+    Examples are removed one at a time in decreasing order of ``scores``; the oracle removes
+    them in decreasing order of their own error. The gap between the two curves is the
+    sparsification error (Ilg et al. 2018).
+
+    Ties in ``scores`` are averaged as in :func:`accuracy_rejection_curve`: where ``k``
+    removals end inside a group of tied scores, the mean error is the expectation over the
+    orders of that group. (Ties in the oracle's ordering need no rule: tied errors are equal.)
+    The outputs do not depend on the order of the input.
 
     Parameters
     ----------
@@ -388,10 +437,11 @@ def sparsification_curve(
     """
     error_values, score_values = _errors_and_uncertainty(errors, scores)
     n = error_values.shape[0]
-    by_score = error_values[_rejection_order(score_values)]
-    by_error = np.sort(error_values)[::-1]
+    retained = np.arange(n, 0, -1, dtype=np.float64)
+    by_score = _expected_cumsum(error_values, score_values)[::-1] / retained
+    by_error = np.cumsum(np.sort(error_values))[::-1] / retained
     fraction = np.arange(n, dtype=np.float64) / n
-    return fraction, _mean_after_removal(by_score), _mean_after_removal(by_error)
+    return fraction, by_score, by_error
 
 
 def ause(errors: ArrayLike, scores: ArrayLike) -> float:
@@ -420,7 +470,9 @@ def ause(errors: ArrayLike, scores: ArrayLike) -> float:
     -----
     torch-uncertainty's ``AUSE`` divides both curves by the mean error (a relative AUSE) and
     integrates with the trapezoidal rule over ``0, ..., (M-1)/M``: with ``d_k`` the gap above
-    (``d_0 = 0``) it equals ``(sum_k d_k - d_{M-1} / 2) / (M · mean error)``.
+    (``d_0 = 0``) it equals ``(sum_k d_k - d_{M-1} / 2) / (M · mean error)``. Ties in
+    ``scores`` are averaged here (see :func:`sparsification_curve`); torch-uncertainty sorts
+    with an unstable ``argsort``, so its value under ties depends on the order its sort gives.
 
     References
     ----------

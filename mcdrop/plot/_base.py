@@ -18,6 +18,7 @@ from mcdrop._validation import as_real, check_choice, check_nonempty, to_array
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     from mcdrop.results import ClassificationResult, RegressionResult
 
@@ -129,6 +130,22 @@ def once(ax: Axes, label: str) -> str:
     return label if label not in legend_labels(ax) else f"_{label}"
 
 
+def reference_line(
+    ax: Axes, x: Any, y: Any, label: str, *, linestyle: str = "--", zorder: float = 2
+) -> Line2D:
+    """A thin grey reference curve (oracle, random rejection) on ``ax``, in the legend once."""
+    (line,) = ax.plot(
+        x,
+        y,
+        color=REF_COLOR,
+        linestyle=linestyle,
+        linewidth=1.2,
+        label=once(ax, label),
+        zorder=zorder,
+    )
+    return line
+
+
 def labelled(name: str | None, value_text: str | None) -> str | None:
     """``"name (ECE = 0.042)"``, ``"name"``, ``"ECE = 0.042"`` or ``None``."""
     if name and value_text:
@@ -186,6 +203,29 @@ def labels_of(name: str, value: ArrayLike) -> np.ndarray:
     array = to_array(name, value).reshape(-1)
     check_nonempty(name, array)
     return array
+
+
+def probabilities(y_prob: ArrayLike, argument: str = "y_prob") -> np.ndarray:
+    """Non-empty, finite ``(N, C)`` or ``(N,)`` probabilities (values checked by the metric)."""
+    probs = as_real(argument, y_prob)
+    if probs.ndim not in (1, 2):
+        raise ValueError(
+            f"Expected `{argument}` of shape (N, C) or (N,), but got shape {probs.shape}."
+        )
+    return probs
+
+
+def rejection_inputs(
+    y_true: ArrayLike, y_prob: ArrayLike, scores: ArrayLike | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels, probabilities and uncertainty scores of a rejection or risk-coverage curve;
+    ``1 - max probability`` when ``scores`` is ``None`` (``max(p, 1 - p)`` for an ``(N,)`` p)."""
+    probs = probabilities(y_prob)
+    labels = labels_of("y_true", y_true)
+    if scores is None:
+        top = np.maximum(probs, 1.0 - probs) if probs.ndim == 1 else probs.max(axis=-1)
+        return labels, probs, 1.0 - top
+    return labels, probs, as_real("scores", scores).reshape(-1)
 
 
 def one_d(name: str, value: ArrayLike) -> np.ndarray:
@@ -246,6 +286,16 @@ def classification_score(result: ClassificationResult, score: str) -> tuple[np.n
     if score in ("confidence", "margin"):
         values = 1.0 - values
     return values, CLASSIFICATION_SCORES[score]
+
+
+def scored_result(
+    result: ClassificationResult, y_true: ArrayLike | None, score: str, name: str | None
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, str]:
+    """Flattened labels, probabilities and the uncertainty ``score`` of a result, and the legend
+    name (the score's, without its unit, when ``name`` is ``None``)."""
+    values, score_label = classification_score(result, score)
+    labels, probs = flatten_classification(result, targets(result, y_true))
+    return labels, probs, values, score_label.replace(" (nats)", "") if name is None else name
 
 
 def result_score(

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mcdrop._validation import as_real, check_bool, check_choice
+from mcdrop._validation import check_bool, check_choice
 from mcdrop.metrics import (
     ReliabilityCurve,
     accuracy_rejection_curve,
@@ -22,12 +22,15 @@ from mcdrop.plot._base import (
     REF_COLOR,
     ArrayLike,
     Display,
-    classification_score,
     flatten_classification,
     labelled,
     labels_of,
     legend_labels,
     once,
+    probabilities,
+    reference_line,
+    rejection_inputs,
+    scored_result,
     style,
     targets,
 )
@@ -393,7 +396,7 @@ class ReliabilityDisplay(Display):
         >>> display.binary
         True
         """
-        probs = _probabilities(y_prob)
+        probs = probabilities(y_prob)
         labels = labels_of("y_true", y_true)
         curve = reliability_curve(labels, probs, n_bins=n_bins, strategy=strategy)
         ece = expected_calibration_error(labels, probs, n_bins=n_bins, strategy=strategy)
@@ -638,14 +641,8 @@ class AccuracyRejectionDisplay(Display):
                 and self.oracle_accuracy is not None
                 and self.oracle_rejection_fraction is not None
             ):
-                (self.oracle_line_,) = ax.plot(
-                    self.oracle_rejection_fraction,
-                    self.oracle_accuracy,
-                    color=REF_COLOR,
-                    linestyle="--",
-                    linewidth=1.2,
-                    label=once(ax, "Oracle"),
-                    zorder=2,
+                self.oracle_line_ = reference_line(
+                    ax, self.oracle_rejection_fraction, self.oracle_accuracy, "Oracle"
                 )
             (self.line_,) = ax.plot(self.rejection_fraction, self.accuracy, **line_style)
             ax.set(
@@ -692,13 +689,7 @@ class AccuracyRejectionDisplay(Display):
         -------
         display : AccuracyRejectionDisplay
         """
-        probs = _probabilities(y_prob)
-        labels = labels_of("y_true", y_true)
-        if scores is None:  # 1 - max probability; a binary (N,) p has max(p, 1 - p)
-            top = np.maximum(probs, 1.0 - probs) if probs.ndim == 1 else probs.max(axis=-1)
-            score = 1.0 - top
-        else:
-            score = as_real("scores", scores).reshape(-1)
+        labels, probs, score = rejection_inputs(y_true, y_prob, scores)
         fraction, accuracy = accuracy_rejection_curve(labels, probs, score)
         area = float(aurc(labels, probs, score))
         oracle_fraction = oracle_accuracy = None
@@ -747,20 +738,7 @@ class AccuracyRejectionDisplay(Display):
         -------
         display : AccuracyRejectionDisplay
         """
-        values, score_label = classification_score(result, score)
-        labels, probs = flatten_classification(result, targets(result, y_true))
-        if name is None:
-            name = score_label.replace(" (nats)", "")
+        labels, probs, values, name = scored_result(result, y_true, score, name)
         return cls.from_predictions(
             labels, probs, scores=values, name=name, oracle=oracle, ax=ax, **kwargs
         )
-
-
-def _probabilities(y_prob: ArrayLike, argument: str = "y_prob") -> np.ndarray:
-    """Non-empty, finite ``(N, C)`` or ``(N,)`` probabilities (values checked by the metric)."""
-    probs = as_real(argument, y_prob)
-    if probs.ndim not in (1, 2):
-        raise ValueError(
-            f"Expected `{argument}` of shape (N, C) or (N,), but got shape {probs.shape}."
-        )
-    return probs

@@ -17,17 +17,14 @@ from mcdrop.metrics import (
     sparsification_curve,
 )
 from mcdrop.plot._base import (
-    REF_COLOR,
     ArrayLike,
     Display,
-    classification_score,
-    flatten_classification,
     labelled,
-    labels_of,
-    once,
+    reference_line,
     regression_arrays,
+    rejection_inputs,
+    scored_result,
     style,
-    targets,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -155,24 +152,12 @@ class RiskCoverageDisplay(Display):
         with self._axes(ax, figsize=(5.5, 4.2), layout="constrained") as ax:
             self.random_line_ = self.oracle_line_ = None
             if random_line and math.isfinite(self.error_rate):
-                (self.random_line_,) = ax.plot(
-                    [0.0, 1.0],
-                    [self.error_rate, self.error_rate] if selective else [0.0, self.error_rate],
-                    color=REF_COLOR,
-                    linestyle=":",
-                    linewidth=1.2,
-                    label=once(ax, "Random rejection"),
+                random = [self.error_rate] * 2 if selective else [0.0, self.error_rate]
+                self.random_line_ = reference_line(
+                    ax, [0.0, 1.0], random, "Random rejection", linestyle=":"
                 )
             if oracle and oracle_curve is not None:
-                (self.oracle_line_,) = ax.plot(
-                    self.coverage,
-                    oracle_curve,
-                    color=REF_COLOR,
-                    linestyle="--",
-                    linewidth=1.2,
-                    label=once(ax, "Oracle"),
-                    zorder=2,
-                )
+                self.oracle_line_ = reference_line(ax, self.coverage, oracle_curve, "Oracle")
             (self.line_,) = ax.plot(self.coverage, curve, **line_style)
             ylabel = "Risk (error rate of accepted)" if selective else "Generalised risk"
             ax.set(xlabel="Coverage", ylabel=ylabel, xlim=(0.0, 1.0))
@@ -217,13 +202,7 @@ class RiskCoverageDisplay(Display):
         display : RiskCoverageDisplay
         """
         check_bool("oracle", oracle)
-        probs = as_real("y_prob", y_prob)
-        labels = labels_of("y_true", y_true)
-        if scores is None:  # 1 - max probability; a binary (N,) p has max(p, 1 - p)
-            top = np.maximum(probs, 1.0 - probs) if probs.ndim == 1 else probs.max(axis=-1)
-            score = 1.0 - top
-        else:
-            score = as_real("scores", scores).reshape(-1)
+        labels, probs, score = rejection_inputs(y_true, y_prob, scores)
         coverage, risk, generalized = risk_coverage_curve(labels, probs, score)
         oracle_risk = oracle_generalized = None
         if oracle:
@@ -274,10 +253,7 @@ class RiskCoverageDisplay(Display):
         -------
         display : RiskCoverageDisplay
         """
-        values, score_label = classification_score(result, score)
-        labels, probs = flatten_classification(result, targets(result, y_true))
-        if name is None:
-            name = score_label.replace(" (nats)", "")
+        labels, probs, values, name = scored_result(result, y_true, score, name)
         return cls.from_predictions(
             labels, probs, scores=values, name=name, oracle=oracle, ax=ax, **kwargs
         )
@@ -377,14 +353,8 @@ class SparsificationDisplay(Display):
             self.oracle_line_ = self.fill_ = None
             (self.line_,) = ax.plot(self.fraction_removed, self.error, **line_style)
             if oracle:
-                (self.oracle_line_,) = ax.plot(
-                    self.fraction_removed,
-                    self.oracle_error,
-                    color=REF_COLOR,
-                    linestyle="--",
-                    linewidth=1.2,
-                    label=once(ax, "Oracle"),
-                    zorder=2,
+                self.oracle_line_ = reference_line(
+                    ax, self.fraction_removed, self.oracle_error, "Oracle"
                 )
             if fill:
                 self.fill_ = ax.fill_between(

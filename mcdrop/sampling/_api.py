@@ -7,6 +7,7 @@ parameter docs, and validate what :class:`MCDropout` is given.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from typing import Any
 
@@ -116,8 +117,15 @@ class MCDropout(SamplingWrapper):
     **options
         Any keyword option of :func:`predict_with_uncertainty` (``task``, ``outputs``,
         ``strategy``, ``scope``, ``batch_budget``, ``amp``, ``seed``, ...), validated once.
-        Between calls only the pass sizing is kept: the out-of-memory back-off and the CUDA
-        rows per pass carry over; the twin, its sites and the plan are made again per call.
+        Between calls the plan is kept (the sampling twin, its sites, the strategy, the rows
+        per pass, the out-of-memory back-off), guarded: every call takes a fingerprint of the
+        module tree, training flags, hooks, every parameter's and buffer's identity, shape,
+        dtype and device, every other module attribute (rates, ``attention_dropout``,
+        ``config._attn_implementation``, an instance-level ``forward``), the input signature
+        and torch's modes, and plans afresh when it differs; the first chunk of every call is
+        recorded and must make the dropout calls the plan was made for, else the call runs
+        again on a new plan. Parameters updated in place are used as they are. See
+        :ref:`kept-plan` for exactly what is checked.
         With ``masks="shared"`` the wrapper is one ensemble of ``T`` networks: every call
         applies the same ``T`` networks (drawn once, from ``seed`` when given), so calls on
         different inputs (decoding steps, a pool and a target set) are joint draws.
@@ -183,9 +191,9 @@ class MCDropout(SamplingWrapper):
         gives them); a heteroscedastic regressor gives ``(means, log_variances)``. The same
         checks as :func:`predict_with_uncertainty` run (NaN/Inf, dropout that changes nothing).
         """
-        if self._engine is None or self._engine.model is not self.model:
-            self._engine = Engine(self.model, self._sampling)
-        stacked, run = driver.sample_stack(self._engine, batch_of(args, kwargs), self._seed)
+        stacked, run = driver.sample_stack(
+            self._engine_for(self._sampling), batch_of(args, kwargs), self._seed
+        )
         self.last_sampling = driver.record_of(run)
         self.last_strategy = self.last_sampling.strategy
         self.last_samples_per_pass = self.last_sampling.samples_per_pass
@@ -194,10 +202,31 @@ class MCDropout(SamplingWrapper):
     def predict_with_uncertainty(
         self, inputs: Any, **overrides: Any
     ) -> ClassificationResult | RegressionResult:
-        """Aggregated result over ``inputs``, as :func:`mcdrop.predict_with_uncertainty`."""
+        """Aggregated result over ``inputs``, as :func:`mcdrop.predict_with_uncertainty`.
+
+        With the wrapper's own options (``overrides`` may change ``seed``, ``generator``,
+        ``progress`` and ``targets``), the plan kept by :meth:`forward` serves here too, and the
+        other way round.
+        """
         kwargs = {**self.options, **overrides}
         kwargs.setdefault("n_samples", self.n_samples)
-        return predict_with_uncertainty(self.model, inputs, **kwargs)
+        targets = kwargs.pop("targets", None)
+        o = SamplingOptions.create(**kwargs)
+        if o.distributed:
+            return predict_with_uncertainty(self.model, inputs, targets=targets, **kwargs)
+        return driver.predict(self.model, inputs, targets, o, o.draw_seed(), self._engine_for(o))
+
+    def _engine_for(self, options: SamplingOptions) -> Engine:
+        """The engine that keeps the plan for ``options`` (seed, generator and progress aside);
+        a new one when ``model`` was replaced or the options differ."""
+        engine = self._engine
+        if (
+            engine is None
+            or engine.model is not self.model
+            or _plan_options(engine.options) != _plan_options(options)
+        ):
+            engine = self._engine = Engine(self.model, options, keep=True)
+        return engine
 
     def sites(self, example_inputs: Any = None) -> list[DropoutSite]:
         """The dropout sites this wrapper samples (see :func:`mcdrop.dropout_sites`)."""
@@ -209,3 +238,8 @@ class MCDropout(SamplingWrapper):
             exclude=o.exclude,
             example_inputs=example_inputs,
         )
+
+
+def _plan_options(options: SamplingOptions) -> SamplingOptions:
+    """``options`` without those that never change a plan."""
+    return dataclasses.replace(options, seed=None, generator=None, progress=None)

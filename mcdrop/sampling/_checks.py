@@ -10,7 +10,6 @@ from torch import nn
 
 from mcdrop.dropout import DropoutSite, NoDropout
 from mcdrop.sampling._inputs import _Batch
-from mcdrop.sampling._rng import forked_rng
 from mcdrop.sampling._strategies import Outputs, Runner
 
 __all__: list[str] = []
@@ -35,7 +34,7 @@ def rows_interact(runner: Runner, first: _Batch) -> str | None:
     alone, beside = _interaction_batches(first)
     try:
         # other randomness of the model: not the caller's
-        with forked_rng(runner.device, private=runner.masks is not None):
+        with runner.forked():
             a = runner.run("loop", alone, 1, record=NoDropout)
             b = runner.run("loop", beside, 1, record=NoDropout)
             if _outputs_agree(a, b, runner):

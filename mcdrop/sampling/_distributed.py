@@ -77,7 +77,7 @@ def shard_indices(n: int, rank: int, world_size: int) -> range:
 def _rank_seed(seed: int | None, rank: int) -> int:
     """A seed for ``rank`` that no other rank shares (hash of the base seed and the rank)."""
     if seed is None:
-        seed = int(torch.randint(0, 2**62, (1,)).item())
+        seed = fresh_seed()
     digest = hashlib.blake2b(f"mcdrop/rank/{seed}/{rank}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 2
 

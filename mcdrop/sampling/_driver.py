@@ -25,7 +25,7 @@ from mcdrop.sampling._inputs import _Batch, iter_batches
 from mcdrop.sampling._options import SamplingOptions
 from mcdrop.sampling._planner import PREFIX_SHARE_FOR_VMAP
 from mcdrop.sampling._progress import Progress
-from mcdrop.sampling._run import Run
+from mcdrop.sampling._run import Run, StalePlan
 from mcdrop.sampling._strategies import Outputs
 from mcdrop.stats import (
     ClassificationAccumulator,
@@ -156,10 +156,16 @@ def _first_line(text: str, limit: int = 120) -> str:
 
 
 def predict(
-    model: nn.Module, inputs: Any, targets: Any, options: SamplingOptions, seed: int | None
+    model: nn.Module,
+    inputs: Any,
+    targets: Any,
+    options: SamplingOptions,
+    seed: int | None,
+    engine: Engine | None = None,
 ) -> ClassificationResult | RegressionResult:
-    """:func:`mcdrop.predict_with_uncertainty` on one process."""
-    engine = Engine(model, options)
+    """:func:`mcdrop.predict_with_uncertainty` on one process; ``engine``: one that outlives the
+    call (:class:`mcdrop.MCDropout`'s, which keeps its plan), else a new one."""
+    engine = engine or Engine(model, options)
     batches, n_batches, n_examples = iter_batches(
         inputs,
         batch_size=options.batch_size or engine.planner.budget,
@@ -181,8 +187,12 @@ def predict(
     total = None if n_batches is None else n_batches * options.sample_limit
     progress = Progress(options.progress, total)
     try:
-        with engine.run(first, seed, n_examples) as run:
-            sampled = _sample_all(run, first, iterator, progress, n_examples)
+        try:
+            with engine.run(first, seed, n_examples) as run:
+                sampled = _sample_all(run, first, iterator, progress, n_examples)
+        except StalePlan:  # raised by a kept plan's first chunk, before any batch was sampled
+            with engine.run(first, seed, n_examples, fresh=True) as run:
+                sampled = _sample_all(run, first, iterator, progress, n_examples)
     finally:
         progress.close()
     states, counts, target_parts, worst_se = sampled
@@ -246,9 +256,16 @@ def _sample_all(
 def sample_stack(engine: Engine, batch: _Batch, seed: int | None) -> tuple[Outputs, Run]:
     """``T`` stacked samples of one batch (:meth:`mcdrop.MCDropout.forward`), with the checks,
     and the run that drew them."""
+    try:
+        return _stack(engine, batch, seed, fresh=False)
+    except StalePlan:  # raised by a kept plan's first chunk
+        return _stack(engine, batch, seed, fresh=True)
+
+
+def _stack(engine: Engine, batch: _Batch, seed: int | None, *, fresh: bool) -> tuple[Outputs, Run]:
     n = engine.options.sample_limit
     chunks: list[Outputs] = []
-    with engine.run(batch, seed, batch.size) as run:
+    with engine.run(batch, seed, batch.size, fresh=fresh) as run:
         batch = batch.to(engine.device)
         checks = OutputChecks(check_variation=True)
         done = 0

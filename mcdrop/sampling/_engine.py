@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import threading
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,20 +22,54 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
-from mcdrop.dropout import Probe, check_sites, sampling_twin
+from mcdrop.dropout import Probe, check_sites, sampling_twin, user_stacklevel
 from mcdrop.sampling import _memory as memory
 from mcdrop.sampling import _planner as planner
+from mcdrop.sampling._fingerprint import Fingerprint, fingerprint
 from mcdrop.sampling._inputs import _Batch
 from mcdrop.sampling._options import SamplingOptions
 from mcdrop.sampling._refusals import refuse_up_front
-from mcdrop.sampling._rng import forked_rng, fresh_seed, sampling_rng
-from mcdrop.sampling._run import Run
-from mcdrop.sampling._shared import check_shareable
+from mcdrop.sampling._rng import fresh_seed, sampling_rng
+from mcdrop.sampling._run import Kept, Run
+from mcdrop.sampling._shared import check_shareable, scripted_modules
 from mcdrop.sampling._strategies import Runner
 
 __all__: list[str] = []
 
 logger = logging.getLogger("mcdrop")
+
+
+def global_stream(model: nn.Module, options: SamplingOptions) -> str | None:
+    """What makes a call draw its masks from PyTorch's global generators (None: nothing, the
+    usual case): dropout that runs where mcdrop cannot give it a generator, inside a compiled
+    graph or TorchScript."""
+    scripted = scripted_modules(model)
+    if scripted:
+        return (
+            f"the TorchScript module(s) {', '.join(scripted[:3])} (their dropout runs in C++); "
+            "sample the eager model instead"
+        )
+    if options.compile is not None:  # a compiled model's twin runs eagerly: not this case
+        return "compile= (the compiled graph draws its own dropout masks); use compile=None instead"
+    return None
+
+
+_WARNED: set[str] = set()
+
+
+def warn_global_stream(reason: str) -> None:
+    """Say once per process (per reason) that a call draws from PyTorch's global generators."""
+    if reason in _WARNED:
+        return
+    _WARNED.add(reason)
+    warnings.warn(
+        f"mcdrop: this model's dropout draws from PyTorch's global random generator because of "
+        f"{reason}. A call with `seed=` then seeds that generator for its duration: another "
+        "thread drawing from it meanwhile repeats numbers and changes this call's samples. "
+        "Everywhere else mcdrop draws from its own generator and leaves the global one alone.",
+        UserWarning,
+        stacklevel=user_stacklevel(),
+    )
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -44,7 +80,7 @@ def model_device(model: nn.Module) -> torch.device:
 class Engine:
     """Sampling state of one model and one set of options (see the module docstring)."""
 
-    def __init__(self, model: nn.Module, options: SamplingOptions) -> None:
+    def __init__(self, model: nn.Module, options: SamplingOptions, *, keep: bool = False) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
                 f"Expected `model` to be a torch.nn.Module, but got {type(model).__name__}."
@@ -57,49 +93,114 @@ class Engine:
         # measure_rows), per model structure and input signature (_BUDGETS): an engine that
         # saw other inputs first sizes the passes as a new one would.
         self.memory_sized = options.batch_budget is None and self.device.type == "cuda"
+        # With ``keep`` (MCDropout), the plan of the last call, used again while the fingerprint
+        # of the model, inputs and torch's modes is the same (see run); ``plans_made`` counts
+        # the calls that built and probed a twin.
+        self.keep = keep
+        self.kept: list[Kept] = []  # most recent first, one per fingerprint (input shapes)
+        self.plans_made = 0
+        self._lock = threading.Lock()
 
     @contextlib.contextmanager
-    def run(self, first: _Batch, seed: int | None, n_examples: int | None) -> Iterator[Run]:
+    def run(
+        self, first: _Batch, seed: int | None, n_examples: int | None, *, fresh: bool = False
+    ) -> Iterator[Run]:
         """Seeded sampling of the batches of one call (``n_examples`` in all, None when
-        unknown): the sampling twin, built and probed on ``first``, and the call's plan.
+        unknown): the sampling twin, built and probed on ``first``, and the call's plan; or,
+        with ``keep`` and unless ``fresh``, the plan kept from an earlier call whose fingerprint
+        (:mod:`._fingerprint`) is the same as this call's. A kept plan's first chunk may find it
+        stale (:class:`~._run.StalePlan`): the caller then runs the call again with ``fresh``.
 
-        Shared masks (``masks="shared"``) draw from mcdrop's own generator, keyed by ``seed``
-        (a fresh one when None): PyTorch's global generators are neither seeded nor forked.
+        Every mask is drawn from mcdrop's own generators, keyed by ``seed`` (a fresh one from
+        the operating system when None): PyTorch's global generators are neither read, seeded
+        nor forked. Only where the dropout runs inside code mcdrop cannot reach (a compiled
+        graph, TorchScript: :func:`global_stream`) does a seeded call seed them, as before.
         """
         refuse_up_front(self.model, first, self.device)
         o = self.options
         shared = o.masks == "shared"
         if shared:
             check_shareable(self.model)
+        unreachable = None if shared else global_stream(self.model, o)
+        if unreachable is None:
             seed = fresh_seed() if seed is None else seed
-        with sampling_rng(None if shared else seed, self.device), torch.inference_mode():
-            first = first.to(self.device)
-            small = first.slice(0, min(2, first.size))
-            probe = Probe(
-                (small.args, small.kwargs),
-                (first.args, first.kwargs),
-                private=seed if shared else None,
-            )
-            # Without compile (shared masks run eagerly), the sampling twin's check runs on the
-            # first chunk (Run).
-            with sampling_twin(
-                self.model,
-                o.scope,
-                o.include,
-                o.exclude,
-                probe if o.detect_silent else None,
-                defer=o.compile is None or shared,
-            ) as twin:
-                check_sites(self.model, twin.sites)
-                yield Run(
-                    self,
-                    twin,
-                    first,
-                    small,
-                    seeded=seed is not None and not shared,
-                    call_rows=None if n_examples is None else n_examples * o.sample_limit,
-                    masks_seed=seed if shared else None,
+        else:
+            warn_global_stream(unreachable)
+        private = seed if unreachable is None else None
+        call_rows = None if n_examples is None else n_examples * o.sample_limit
+        with sampling_rng(None if private is not None else seed, self.device):
+            # Taken before the twin is built: a model changed meanwhile leaves a kept plan whose
+            # fingerprint is not the model's, so the next call plans again.
+            mark = self._fingerprint(first, call_rows) if self.keep and not shared else None
+            kept = None if mark is None or fresh else self._take(mark)
+            with torch.inference_mode():
+                first = first.to(self.device)
+                small = first.slice(0, min(2, first.size))
+                if kept is not None:
+                    kept.refresh_buffers(self.model)
+                    yield Run.resumed(
+                        self,
+                        kept,
+                        first,
+                        small,
+                        seeded=seed is not None,
+                        call_rows=call_rows,
+                        masks_seed=private,
+                    )
+                    self._give_back(kept)
+                    return
+                self.plans_made += 1
+                probe = Probe(
+                    (small.args, small.kwargs), (first.args, first.kwargs), private=private
                 )
+                # Without compile (mcdrop's masks run eagerly), the sampling twin's check runs on
+                # the first chunk (Run).
+                with sampling_twin(
+                    self.model,
+                    o.scope,
+                    o.include,
+                    o.exclude,
+                    probe if o.detect_silent else None,
+                    defer=o.compile is None or shared,
+                ) as twin:
+                    check_sites(self.model, twin.sites)
+                    run = Run(
+                        self,
+                        twin,
+                        first,
+                        small,
+                        seeded=seed is not None,
+                        call_rows=call_rows,
+                        masks_seed=private,
+                        shared=shared,
+                    )
+                    yield run
+                kept = None if mark is None else run.kept(mark)
+                if kept is not None:
+                    self._give_back(kept)
+
+    def _fingerprint(self, first: _Batch, call_rows: int | None) -> Fingerprint:
+        return fingerprint(self.model, (first.args, first.kwargs), (call_rows, str(self.device)))
+
+    def _take(self, mark: Fingerprint) -> Kept | None:
+        """The kept plan whose fingerprint is ``mark``, or None; it is the caller's until it
+        gives it back (another thread meanwhile plans afresh)."""
+        with self._lock:
+            for i, kept in enumerate(self.kept):
+                if kept.fingerprint == mark:
+                    return self.kept.pop(i)
+        return None
+
+    def _give_back(self, kept: Kept) -> None:
+        """Keep ``kept`` first; one plan per fingerprint, at most ``_MAX_KEPT``, all of the
+        model as ``kept`` saw it (the plans of a changed model go: they hold its old parts)."""
+        mark = kept.fingerprint
+        with self._lock:
+            self.kept = [
+                k for k in self.kept if k.fingerprint.same_model(mark) and k.fingerprint != mark
+            ]
+            self.kept.insert(0, kept)
+            del self.kept[_MAX_KEPT:]
 
     # -- CUDA rows per pass ---------------------------------------------------------------------
     def cuda_rows(self, runner: Runner, first: _Batch) -> int:
@@ -127,7 +228,7 @@ def measure_rows(runner: Runner, batch: _Batch, device: torch.device) -> int | N
     """
     k = 2
     try:
-        with forked_rng(device, private=runner.masks is not None):
+        with runner.forked():
             runner.run("replicate", batch, k)
             peak, outs = memory.pass_bytes(lambda: runner.run("replicate", batch, k), device)
     except torch.OutOfMemoryError:
@@ -146,6 +247,8 @@ def measure_rows(runner: Runner, batch: _Batch, device: torch.device) -> int | N
     )
     return budget
 
+
+_MAX_KEPT = 8  # plans an engine keeps: one per input signature a server sees (batch sizes)
 
 # CUDA rows per pass, measured once per model structure and input signature. A stale entry can
 # only change the pass size (speed, memory), never which dropout is sampled; the key holds ids,

@@ -307,8 +307,11 @@ class SamplingOptions:
         check_seed,
         """seed : int, optional
         Seed for reproducible results (same inputs, options and seed: the same numbers, however
-        busy the machine); the caller's global RNG state is left as it was. Sampling calls run one
-        at a time per process (PyTorch's generators are process-wide).""",
+        busy the machine, whatever other threads draw). Masks come from mcdrop's own generators:
+        PyTorch's global ones are never seeded, read or advanced, so ``torch.manual_seed`` does
+        not make a call reproducible (``None``: a fresh seed from the operating system).
+        ``compile=`` and TorchScript modules are the exception (their dropout draws from the
+        global generator, which a seeded call then seeds for its duration; a warning says so).""",
     )
     generator: torch.Generator | None = option(
         None,

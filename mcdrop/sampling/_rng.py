@@ -1,9 +1,12 @@
-"""Seeds, and the lock that keeps seeded sampling reproducible when threads share the process.
+"""Seeds, and the lock under which sampling calls run.
 
-PyTorch's default random generators are process-wide: two threads that sample at once draw from
-one stream, and ``fork_rng`` in one thread would rewind the other's. mcdrop therefore runs its
-sampling and its probes one call at a time per process (``SAMPLING_LOCK``); plain model calls in
-other threads are never blocked, and they never see the twin's dropout.
+Masks come from mcdrop's own generators (:class:`mcdrop.dropout.MaskedDropout`), seeded from a
+call's seed or, without one, from the operating system (:func:`fresh_seed`): PyTorch's global
+generators are never seeded, read or advanced. Only dropout that cannot take a generator
+(``compile=``, TorchScript) draws from them; :func:`sampling_rng` then seeds them for the call
+and restores them after. mcdrop runs its sampling and its probes one call at a time per process
+(``SAMPLING_LOCK``); plain model calls in other threads are never blocked, and they never see
+the twin's dropout.
 """
 
 from __future__ import annotations
@@ -52,18 +55,6 @@ def fresh_seed() -> int:
     """A seed from the operating system's entropy (``secrets``), not from PyTorch's generators:
     shared masks without ``seed=`` leave the caller's stream as it was."""
     return secrets.randbits(63)
-
-
-def forked_rng(
-    device: torch.device, *, private: bool = False
-) -> contextlib.AbstractContextManager[None]:
-    """The CPU generator and ``device``'s, restored on exit: passes that must not consume the
-    seeded stream (checks, measurements) run inside. ``private``: the passes draw nothing from
-    PyTorch's generators (shared masks), which are then left alone (restoring them would hand
-    another thread's draws back to it)."""
-    if private:
-        return contextlib.nullcontext()
-    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
 
 
 def rng_state(device: torch.device) -> Callable[[], None]:

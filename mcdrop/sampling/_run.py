@@ -13,8 +13,11 @@ state with a seed: ``auto`` then gives the numbers of the strategy it settles on
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
@@ -27,14 +30,16 @@ from mcdrop.dropout import (
     Recording,
     Sampling,
     culprit,
+    recording,
     unwrap_compiled,
 )
 from mcdrop.sampling import _planner as planner
 from mcdrop.sampling._checks import INTERACT, rows_interact, varies
+from mcdrop.sampling._fingerprint import Fingerprint
 from mcdrop.sampling._inputs import _Batch
 from mcdrop.sampling._options import SamplingOptions
 from mcdrop.sampling._planner import Plan, Planner
-from mcdrop.sampling._rng import forked_rng, rng_state
+from mcdrop.sampling._rng import rng_state
 from mcdrop.sampling._shared import (
     SHARED_VMAP_SAFE,
     attribution,
@@ -81,6 +86,65 @@ class EngineState(Protocol):
     def cuda_rows(self, runner: Runner, first: _Batch) -> int: ...
 
 
+class StalePlan(Exception):
+    """A kept plan's first chunk did not make the dropout calls its first call made, or raised:
+    the call runs again with a new plan (:meth:`~._engine.Engine.run` with ``fresh``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Calls:
+    """What the recording of a first chunk saw, per pass: the dropout calls that sample, the
+    dropout calls with ``training=False`` and the other random draws, and the layers skipped.
+    A kept plan's first chunk must see the same (:meth:`Run.kept`)."""
+
+    sampled: dict[Any, int]
+    dead: dict[Any, float]
+    random: dict[Any, float]
+    layer_skips: frozenset[str]
+
+    @classmethod
+    def of(cls, rec: Recording) -> Calls | None:
+        """Per pass; None when a pass differs from another (counts that depend on the rows)."""
+        r = rec.recorder
+        if not r.passes or any(p != r.passes[0] for p in r.passes):
+            return None
+        n = len(r.passes)
+        return cls(
+            dict(r.passes[0]),
+            {k: v / n for k, v in r.dead.items()},
+            {k: v / n for k, v in r.random.items()},
+            frozenset(r.layer_skips),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Kept:
+    """A plan kept between the calls of one :class:`~._engine.Engine` (``keep``): everything a
+    :class:`Run` decided, with the fingerprint taken before it decided (:mod:`._fingerprint`),
+    and what the recording of its first chunk saw (``calls``; None: nothing is recorded again,
+    the twin's check was not settled by a recording)."""
+
+    fingerprint: Fingerprint
+    twin: Sampling
+    plan: Plan
+    profile: planner.Profile
+    measured_rows: int | None
+    runner: Runner
+    eager: Runner
+    calls: Calls | None
+    modules: dict[str, nn.Module]
+
+    def refresh_buffers(self, model: nn.Module) -> None:
+        """The twin's modules that sample hold copies of the model's buffers (never written to
+        the model): copied again from the model's buffers as they are now."""
+        inner = unwrap_compiled(model)[0]
+        for original, module in zip(inner.modules(), self.modules.values(), strict=False):
+            if module.training and original._buffers:
+                module._buffers = OrderedDict(
+                    (k, None if v is None else v.clone()) for k, v in original._buffers.items()
+                )
+
+
 class Run:
     """Sampling of one call's batches (see the module docstring).
 
@@ -95,12 +159,17 @@ class Run:
     probe_batch : _Batch
         Its first (up to) two examples, which the probe ran.
     seeded : bool
-        A seed was given: a first chunk that runs again rewinds the generators.
+        A seed was given: a first chunk that runs again rewinds PyTorch's generators (when the
+        masks come from them: ``masks_seed`` None).
     call_rows : int or None
         Samples x examples of the whole call, None when unknown.
     masks_seed : int or None, default=None
-        Shared masks (``masks="shared"``): the seed of the ``T`` networks; every dropout call
-        is then answered by :class:`mcdrop.dropout.MaskedDropout`, keyed by the sample index.
+        The seed of mcdrop's own generators: every dropout call is then answered by
+        :class:`mcdrop.dropout.MaskedDropout` and every random op draws from it (a first chunk
+        that runs again rewinds them). None: PyTorch's dropout and global generators (compiled
+        graphs, TorchScript).
+    shared : bool, default=False
+        Shared masks (``masks="shared"``, with ``masks_seed``): sample ``t`` is one network.
     """
 
     def __init__(
@@ -113,6 +182,7 @@ class Run:
         seeded: bool,
         call_rows: int | None,
         masks_seed: int | None = None,
+        shared: bool = False,
     ) -> None:
         o = engine.options
         self.engine = engine
@@ -122,8 +192,8 @@ class Run:
         self.seeded = seeded
         self.call_rows = call_rows
         self.compiled = o.compile is not None or unwrap_compiled(engine.model)[1]
-        self.runner, self.eager = _runners(engine, twin, masks_seed)
-        self.masks = self.runner.masks
+        self.runner, self.eager = _runners(engine, twin, masks_seed, shared)
+        self.masks = self.runner.masks if shared else None  # shared masks' own steps
         if self.masks is not None:
             learn_layouts(self.eager, first)
         self.validated = False  # the first chunk checks the auto candidate
@@ -131,14 +201,73 @@ class Run:
         self.first_chunk_seconds: float | None = None  # the first chunk that stood, timed
         if twin.pending is None:
             _log_layer_skips(twin.trace.layer_skips)
-        self.profile = profile_of(twin, probe_batch.size, self.masks)
+        self.profile = profile_of(twin, probe_batch.size, self.runner.masks, shared=shared)
         self.measured_rows: int | None = None
+        self.calls: Calls | None = None  # the first chunk's dropout calls (twin confirmed)
+        self.checking: Calls | None = None  # a kept plan: its first chunk must make these
+        self.kept_modules: dict[str, nn.Module] | None = None  # a kept plan's, by name
         plan = self._checked(self._make_plan(()))
         if engine.memory_sized:
             self.measured_rows = engine.cuda_rows(self.eager, first)
             plan = self._make_plan(plan.fallbacks)
         self.plan = plan
         engine.planner.adopt(plan)
+
+    @classmethod
+    def resumed(
+        cls,
+        engine: EngineState,
+        kept: Kept,
+        first: _Batch,
+        probe_batch: _Batch,
+        *,
+        seeded: bool,
+        call_rows: int | None,
+        masks_seed: int | None = None,
+    ) -> Run:
+        """A run on a kept plan (no probe, no examples-interact check, nothing measured): its
+        first chunk is recorded and must make the calls ``kept.calls`` (when known), else it
+        raises :class:`StalePlan`. ``masks_seed``: this call's seed of mcdrop's generators (the
+        kept runners then draw from new ones; None: PyTorch's, as when the plan was made)."""
+        run = cls.__new__(cls)
+        run.engine, run.twin, run.first, run.probe_batch = engine, kept.twin, first, probe_batch
+        run.seeded, run.call_rows = seeded, call_rows
+        run.compiled = engine.options.compile is not None or unwrap_compiled(engine.model)[1]
+        run.runner, run.eager = copy.copy(kept.runner), copy.copy(kept.eager)
+        if (masks_seed is None) != (kept.runner.masks is None):
+            raise StalePlan("the source of the random numbers changed")
+        if masks_seed is not None:
+            run.runner.masks = run.eager.masks = MaskedDropout(masks_seed)
+        run.masks = None
+        run.validated = True
+        run.samples_per_pass = None
+        run.first_chunk_seconds = None
+        run.profile, run.measured_rows, run.plan = kept.profile, kept.measured_rows, kept.plan
+        run.calls = kept.calls
+        run.checking = kept.calls
+        run.kept_modules = kept.modules
+        engine.planner.adopt(kept.plan)
+        return run
+
+    def kept(self, mark: Fingerprint) -> Kept | None:
+        """What a later call with the fingerprint ``mark`` may use again; None when nothing is
+        to be kept (shared masks, the twin's check still pending, the candidate not checked)."""
+        if self.masks is not None or self.twin.pending is not None or not self.validated:
+            return None
+        modules = self.kept_modules
+        if modules is None:
+            modules = dict(getattr(self.twin.module, "_orig_mod", self.twin.module).named_modules())
+        return Kept(
+            mark,
+            self.twin,
+            self.plan,
+            self.profile,
+            self.measured_rows,
+            self.runner,
+            self.eager,
+            self.calls,
+            modules,
+        )
 
     @property
     def sites(self) -> list[DropoutSite]:
@@ -162,11 +291,11 @@ class Run:
         that stands (kept for the first one only), synchronising a CUDA device.
         """
         plans = self.engine.planner
-        # With a seed, a first chunk that is run again (another candidate, a new plan) starts
-        # from the same random state: auto then gives the numbers of the strategy it settles on.
-        # Without one nothing is to be reproduced, and rewinding the process-wide generators
-        # would hand other threads the same numbers again.
-        rewind = rng_state(self.engine.device) if self.seeded and not self.validated else _unchanged
+        # A first chunk that is run again (another candidate, a new plan) starts from the same
+        # random state: auto then gives the numbers of the strategy it settles on. PyTorch's
+        # process-wide generators are rewound only with a seed (else nothing is to be
+        # reproduced, and rewinding would hand other threads the same numbers again).
+        rewind = self._rewind() if not self.validated else _unchanged
         requested = k
         while True:
             k = min(k, plans.sample_cap or k)
@@ -179,6 +308,8 @@ class Run:
                 self._back_off(k, batch)
                 continue
             except Exception as error:
+                if self.checking is not None:
+                    raise StalePlan(f"{type(error).__name__}: {error}") from error
                 if self.validated:
                     raise
                 self._adopt(self._after_error(error, batch))
@@ -201,6 +332,12 @@ class Run:
             )
         return k, outs
 
+    def _rewind(self) -> Callable[[], None]:
+        """What puts the generators of the passes back in their present state."""
+        if self.runner.masks is not None:
+            return self.runner.masks.state()
+        return rng_state(self.engine.device) if self.seeded else _unchanged
+
     def _seconds_since(self, started: float) -> float:
         """Seconds the passes took since ``started`` (the device synchronised)."""
         if self.engine.device.type == "cuda":
@@ -211,9 +348,14 @@ class Run:
         self, batch: _Batch, k: int, examples: int, first: int = 0
     ) -> tuple[Outputs, Recording | None]:
         """One chunk, recorded while the sampling twin's check is pending."""
-        if self.twin.pending is None:
+        if self.twin.pending is None and self.checking is None:
             return self._run_split(batch, k, examples, first=first), None
-        with self.twin.recording() as rec:
+        if self.checking is None:
+            recorded = self.twin.recording()
+        else:
+            assert self.kept_modules is not None
+            recorded = recording(self.kept_modules, flops=False)
+        with recorded as rec:
             return self._run_split(batch, k, examples, rec.modes, first), rec
 
     def _run_split(
@@ -249,7 +391,14 @@ class Run:
     # -- after the first chunk: the plan that stands -------------------------------------------
     def _after_chunk(self, outs: Outputs, recording: Recording | None) -> Plan | None:
         """None when the chunk stands: the twin confirmed by its recording (or the full check
-        kept the sites) and, the first time, the candidate valid; else the next plan."""
+        kept the sites) and, the first time, the candidate valid; else the next plan. A kept
+        plan's first chunk that does not make its first call's calls raises :class:`StalePlan`."""
+        if self.checking is not None:
+            seen = None if recording is None else Calls.of(recording)
+            if seen != self.checking:
+                raise StalePlan("the first chunk made other dropout calls than the kept plan's")
+            self.checking = None
+            return None
         if recording is not None and self._confirm_twin(recording):
             return self._replanned()
         if self.validated:
@@ -283,7 +432,7 @@ class Run:
         root = getattr(self.twin.module, "_orig_mod", self.twin.module)  # torch.compile's wrapper
         with culprit(dict(root.named_modules())) as mode:
             try:
-                with forked_rng(self.engine.device, private=self.masks is not None):
+                with self.eager.forked():
                     self.eager.run("vmap", self.probe_batch, 2, record=lambda: mode)
             except Exception:
                 pass
@@ -297,7 +446,11 @@ class Run:
         it changed the sites (then the plan is made again). Outside the chunk's error handling:
         an error of the check is never taken for a strategy that cannot run the model."""
         before = self.twin.sites
+        pending = self.twin.pending
         self.twin = self.twin.confirm(recording)
+        if pending is not None and recording is not None:
+            if pending.confirmed_by(recording.recorder.passes):
+                self.calls = Calls.of(recording)
         skips = self.twin.trace.layer_skips
         self.runner.no_layer_skip = self.eager.no_layer_skip = bool(skips)
         self.runner.out_of_place = self.eager.out_of_place = self.twin.trace.out_of_place
@@ -311,7 +464,7 @@ class Run:
         if not self.plan.can_fall_back:
             return None
         if outs[0].shape[0] > 1 and not varies(outs):
-            with forked_rng(self.engine.device, private=self.masks is not None):
+            with self.runner.forked():
                 if not varies(self.runner.run("loop", self.probe_batch, 2)):
                     return None  # the loop does not vary either: the checks will say why
             return "it drew identical samples where the loop did not"
@@ -337,7 +490,9 @@ class Run:
         if self.masks is not None:  # shared masks: the new sites' calls, and where the rows are
             self.runner.attributed = self.eager.attributed = attribution(self.masks, self.twin)
             learn_layouts(self.eager, self.first)
-        self.profile = profile_of(self.twin, self.probe_batch.size, self.masks)
+        self.profile = profile_of(
+            self.twin, self.probe_batch.size, self.runner.masks, shared=self.masks is not None
+        )
         return self._checked(self._make_plan(self.plan.fallbacks))
 
     def _adopt(self, plan: Plan) -> None:
@@ -393,7 +548,7 @@ class Run:
         """Whether one plain sample of the same batch runs (so an error was vmap's, not the
         model's); random state forked, nothing kept."""
         try:
-            with forked_rng(self.engine.device, private=self.masks is not None):
+            with self.runner.forked():
                 self.runner.run("loop", batch, 1)
         except Exception:
             return False
@@ -401,16 +556,19 @@ class Run:
 
 
 def _runners(
-    engine: EngineState, twin: Sampling, masks_seed: int | None = None
+    engine: EngineState, twin: Sampling, masks_seed: int | None = None, shared: bool = False
 ) -> tuple[Runner, Runner]:
     """The runner of the passes (compiled with ``compile=``) and an eager one on the same twin:
     the examples-interact check and the memory measurement run eagerly (compiling them, with
-    eval flags and other shapes, would not pay). With ``masks_seed`` (shared masks) both answer
-    every dropout call with the same :class:`mcdrop.dropout.MaskedDropout`, eagerly."""
+    eval flags and other shapes, would not pay). With ``masks_seed`` both answer every dropout
+    call with the same :class:`mcdrop.dropout.MaskedDropout` (shared masks, or independent
+    masks from mcdrop's generators), eagerly."""
     o = engine.options
     module: Any = twin.module
-    masks = None if masks_seed is None else MaskedDropout(masks_seed, layouts={})
-    if masks is not None:
+    masks = None
+    if masks_seed is not None:
+        masks = MaskedDropout(masks_seed, layouts={} if shared else None)
+    if shared:
         module = eager_for_shared_masks(module, o.compile is not None)
     elif o.compile is not None:
         # Cheap: dynamo caches graphs on the forward's code object, guarded on the module's
@@ -426,7 +584,7 @@ def _runners(
         out_of_place=twin.trace.out_of_place,
         copy_inputs=_copy_inputs(twin),
         masks=masks,
-        attributed=None if masks is None else attribution(masks, twin),
+        attributed=attribution(masks, twin) if masks is not None and shared else None,
     )
     eager = copy.copy(runner)
     eager.module = getattr(twin.module, "_orig_mod", twin.module)
@@ -467,11 +625,12 @@ def _unprobed(twin: Sampling) -> set[str]:
 
 
 def profile_of(
-    twin: Sampling, probe_rows: int, masks: MaskedDropout | None = None
+    twin: Sampling, probe_rows: int, masks: MaskedDropout | None = None, *, shared: bool = False
 ) -> planner.Profile:
     """What the probe measured on ``probe_rows`` examples, as the plan reads it; ``masks``:
-    shared masks, which write out the fused attention kernels (vmap batches them) and give a
-    tensor without a batch dimension one mask per pass (replicate would share it)."""
+    mcdrop's own masks, which write out the fused attention kernels (vmap batches them);
+    ``shared``: they are shared masks, which give a tensor without a batch dimension one mask
+    per pass (replicate would share it)."""
     functions = {f for site in twin.sites for f in site.functions}
     if masks is not None:
         functions -= SHARED_VMAP_SAFE
@@ -479,7 +638,7 @@ def profile_of(
     # With the check pending the trace is the training probe's: only the calls that sample.
     sampled = trace.calls if twin.pending is None else twin.pending.expected
     on_weights = {key[0] or "<model>" for key in trace.on_weights if key in sampled}
-    if masks is not None:
+    if masks is not None and shared:
         unbatched = masks.layouts or {}
         on_weights |= {key[0] or "<model>" for key, lay in unbatched.items() if lay.dim is None}
     counted = trace.flops_complete  # else the FLOPs, the prefix share and the call's size unknown

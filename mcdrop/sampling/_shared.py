@@ -25,11 +25,17 @@ __all__: list[str] = []
 SHARED_VMAP_SAFE = frozenset({"F.scaled_dot_product_attention", "F.multi_head_attention_forward"})
 
 
-def check_shareable(model: nn.Module) -> None:
-    """TorchScript runs its dropout in C++, where no mask can be given: refuse shared masks."""
-    scripted = [
+def scripted_modules(model: nn.Module) -> list[str]:
+    """The TorchScript modules of ``model``: their dropout runs in C++, where mcdrop can give it
+    neither a mask nor a generator."""
+    return [
         n or "<model>" for n, m in model.named_modules() if isinstance(m, torch.jit.ScriptModule)
     ]
+
+
+def check_shareable(model: nn.Module) -> None:
+    """TorchScript runs its dropout in C++, where no mask can be given: refuse shared masks."""
+    scripted = scripted_modules(model)
     if scripted:
         raise ValueError(
             f"Expected a model without TorchScript modules with masks='shared', but "

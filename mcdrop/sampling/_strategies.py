@@ -16,7 +16,6 @@ never changes the distribution of the results, only the speed and the memory:
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +23,7 @@ import torch
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
-from mcdrop.dropout import MaskedDropout, NoLayerSkip, OutOfPlaceDropout, out_of_place
+from mcdrop.dropout import MaskedDropout, NoLayerSkip, OutOfPlaceDropout, keep_mask, out_of_place
 from mcdrop.sampling._inputs import _Batch, extract_outputs
 
 __all__: list[str] = []
@@ -33,28 +32,9 @@ Outputs = tuple[torch.Tensor, ...]
 Recorded = Callable[[], contextlib.AbstractContextManager[Any]]  # modes entered innermost
 
 
-@functools.cache
-def _bytes_under_vmap() -> bool:
-    """Whether vmap can view 64-bit words as bytes (no batching rule for ``view.dtype`` before
-    torch 2.13): decided once per process, without random numbers, so that every call draws its
-    masks the same way."""
-    try:
-        torch.func.vmap(lambda w: w.view(torch.uint8))(torch.zeros(2, 1, dtype=torch.int64))
-    except RuntimeError:
-        return False
-    return True
-
-
 def _keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
-    """Bernoulli(1 - p) keep mask. For rates that are multiples of 1/256 (0.5, 0.25, ...) one
-    random byte per unit decides exactly (eight from each 64-bit draw: about 3x cheaper than a
-    float per unit); otherwise ``rand >= p`` in float32, as PyTorch's own masks resolve rates."""
-    threshold = p * 256
-    if len(shape) == 0 or threshold != int(threshold) or not _bytes_under_vmap():
-        return torch.rand(shape, dtype=torch.float32, device=device).ge(p)
-    *lead, last = shape
-    words = torch.randint(-(2**63), 2**63 - 1, (*lead, (last + 7) // 8), device=device)
-    return words.view(torch.uint8)[..., :last].ge(int(threshold))
+    """Bernoulli(1 - p) keep mask from PyTorch's global generator (:func:`mcdrop.dropout.keep_mask`)."""
+    return keep_mask(shape, p, device)
 
 
 class FastCPUDropout(TorchFunctionMode):
@@ -111,9 +91,11 @@ class Runner:
         Each ``loop`` pass runs on a copy of the batch: in-place dropout that stays in place
         (its input read again, or not probed) must not write into the caller's inputs.
     masks : MaskedDropout, optional
-        Shared masks (``masks="shared"``): every dropout call is answered by it, keyed by the
-        sample index of each pass's rows; ``attributed`` gives the hooks that name the module of
-        each call. None: PyTorch's dropout (cheaper masks on the CPU, :class:`FastCPUDropout`).
+        Every dropout call is answered by it, and every random op draws from its generators:
+        shared masks keyed by the sample index of each pass's rows (``attributed`` gives the
+        hooks that name the module of each call), or independent masks. None: PyTorch's own
+        dropout and global generators (a compiled graph, TorchScript; cheaper masks on the CPU,
+        :class:`FastCPUDropout`).
     """
 
     def __init__(
@@ -170,7 +152,7 @@ class Runner:
         )
         fast: contextlib.AbstractContextManager[Any]
         if self.masks is not None:
-            fast = self._shared()
+            fast = self._masked()
         elif self.device.type == "cpu":
             fast = FastCPUDropout(out_of_place=self.out_of_place)
         elif self.out_of_place:
@@ -186,8 +168,16 @@ class Runner:
                 return self._loop(batch, k, first)
             return self._replicate(batch, k, first)
 
+    def forked(self) -> contextlib.AbstractContextManager[Any]:
+        """Inside, passes draw without consuming the call's random numbers (checks,
+        measurements): mcdrop's generators put back, or PyTorch's forked (compiled graphs,
+        TorchScript)."""
+        if self.masks is not None:
+            return self.masks.forked()
+        return torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
+
     @contextlib.contextmanager
-    def _shared(self) -> Any:
+    def _masked(self) -> Any:
         assert self.masks is not None
         hooks = contextlib.nullcontext() if self.attributed is None else self.attributed()
         # Entered inside the masks: the call reaches them out of place.

@@ -178,6 +178,34 @@ def test_dirichlet_cross_validation_chooses_from_the_grid_and_beats_a_poor_choic
     assert _nll(model.transform(probs[600:]), labels[600:]) <= max(held)
 
 
+def test_dirichlet_folds_shrink_to_the_rarest_class_and_a_singleton_class_is_refused():
+    logits, labels = _miscalibrated(60, 3, 4)
+    probs = softmax(logits, axis=1)
+    grid = (1e-3, 1.0)
+    # a rare class of 3 examples: cv=5 runs as cv=3 (every fold trains and tests every class)
+    rare = np.flatnonzero(labels == 2)[3:]
+    keep = np.setdiff1d(np.arange(60), rare)
+    x, y = probs[keep], labels[keep]
+    assert np.bincount(y).min() == 3
+    five = DirichletCalibration(grid=grid, cv=5).fit(x, y)
+    three = DirichletCalibration(grid=grid, cv=3).fit(x, y)
+    assert (five.reg_lambda_, five.reg_mu_) == (three.reg_lambda_, three.reg_mu_)
+    np.testing.assert_array_equal(five.weights, three.weights)
+    # fewer examples than folds: N = 4, two of each class
+    tiny = DirichletCalibration(grid=grid, cv=5).fit(
+        probs[:4, :2] / probs[:4, :2].sum(1, keepdims=True), [0, 1, 0, 1]
+    )
+    assert tiny.reg_lambda_ in grid
+    # a class seen once cannot be cross-validated: our error, not scikit-learn's
+    single = np.r_[y[y != 2], 2]
+    x_single = np.r_[x[y != 2], x[y == 2][:1]]
+    for options, named in [({}, "`reg_lambda` and `reg_mu`"), ({"reg_mu": 0.1}, "`reg_lambda`")]:
+        with pytest.raises(ValueError, match=rf"`y`.*at least 2 examples.*class 2 has 1.*{named}"):
+            DirichletCalibration(grid=grid, **options).fit(x_single, single)
+    given = DirichletCalibration(reg_lambda=0.1, reg_mu=0.1).fit(x_single, single)  # no CV
+    assert given.reg_lambda_ == 0.1
+
+
 # ------------------------------------------------------------------------------------------
 # non-parametric: isotonic and histogram binning
 # ------------------------------------------------------------------------------------------
@@ -559,3 +587,17 @@ def test_quantile_recalibration_refuses_bad_input():
             model.quantile(mean, std, level=level)
     with pytest.raises(ValueError, match="`probabilities`"):
         model.transform([0.5, 1.5])
+
+
+def test_dirichlet_folds_keep_an_examples_samples_together():
+    """(T, N, C) inputs whose T samples are copies of (N, C) logits: with folds over examples the
+    cross-validated losses are T times those of (N, C), so the same weights are chosen; folds over
+    rows would score each fold on copies of its training rows (and favour weak penalties)."""
+    rng = np.random.default_rng(3)
+    n, c = 60, 3
+    y = rng.integers(0, c, n)
+    logits = rng.normal(size=(n, c)) * 2.0 + 1.5 * np.eye(c)[y] * rng.normal(size=(n, 1))
+    one = DirichletCalibration(inputs="logits").fit(logits, y)
+    copies = DirichletCalibration(inputs="logits").fit(np.broadcast_to(logits, (4, n, c)), y)
+    assert (copies.reg_lambda_, copies.reg_mu_) == (one.reg_lambda_, one.reg_mu_)
+    np.testing.assert_allclose(copies.weights, one.weights, rtol=1e-4, atol=1e-5)

@@ -20,7 +20,13 @@ from mcdrop.metrics import evaluate
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 REPORT_FILES = ("reliability.png", "accuracy_rejection.png", "uncertainty_hist.png")
 DEMO_FILES = (*REPORT_FILES, "shift.png", "ood.png")
-MODELS = ("deterministic", "MC dropout", "temperature-scaled", "deep ensemble")
+MODELS = (
+    "deterministic",
+    "MC dropout",
+    "temperature-scaled",
+    "Dirichlet-calibrated",
+    "deep ensemble",
+)
 COLUMNS = ("accuracy", "nll", "brier", "ece")
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from matplotlib.colors import to_rgba
 
+from mcdrop.calibration import DirichletCalibration
 from mcdrop.cli import demo
 
 
@@ -204,7 +205,7 @@ def test_numbers_in_the_figures_are_the_printed_ones(two_seeds):
 def test_histograms_have_linear_density_axes(two_seeds):
     hist_axes = [ax for ax in two_seeds.figures["ood"].axes if "best by mean" in ax.get_title()]
     hist_axes += two_seeds.figures["uncertainty_hist"].axes
-    assert len(hist_axes) == 4 + 2
+    assert len(hist_axes) == len(demo.METHODS) + 2  # a histogram per method, two of MC dropout
     assert {ax.get_yscale() for ax in hist_axes} == {"linear"}
 
 
@@ -223,3 +224,25 @@ def test_misclassification_interval_is_a_stratified_bootstrap():
     np.testing.assert_allclose([low, high], expected, atol=0.025)
     estimate = roc_auc_score(np.r_[np.ones(6), np.zeros(280)], np.r_[wrong, right])
     assert low < estimate < high and high - low > 0.1  # 6 errors: a wide interval
+
+
+def test_augrc_and_dirichlet_are_reported_as_measured(two_seeds):
+    """The AUGRC table is the mean of the per-seed AUGRCs (each at most the AURC, Traub et al.),
+    and the Dirichlet sentence says what the in-distribution table shows."""
+    scored, summary = two_seeds.scored, two_seeds.summary
+    augrc, aurc = _table(summary, "AUGRC"), _table(summary, "AURC")
+    for method in demo.METHODS:
+        for condition in demo.REJECTION:
+            column = condition.replace("in distribution", "in dist.")
+            values = [run["augrc"][method][condition] for run in scored]
+            assert augrc[method][column] == f"{np.mean(values):.5f}"
+            assert float(augrc[method][column]) <= float(aurc[method][column]) + 5e-4
+    in_dist = _table(summary, "in distribution")
+    d, t = in_dist["Dirichlet-calibrated"], in_dist["temperature-scaled"]
+    lower = float(d["nll"]) < float(t["nll"])
+    sentence = next(line for line in summary.splitlines() if "Dirichlet calibration" in line)
+    assert f"{'lower' if lower else 'higher'} NLL" in sentence
+    weights = [run["dirichlet_weights"] for run in scored]
+    assert two_seeds.payload["dirichlet_weights"] == weights
+    grid = DirichletCalibration().grid
+    assert all(lam in grid and mu in grid for lam, mu in weights)

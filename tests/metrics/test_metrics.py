@@ -415,10 +415,11 @@ def test_accuracy_rejection_curve_hand_case_and_ties():
     frac, acc = M.accuracy_rejection_curve(labels, probs, scores)
     np.testing.assert_allclose(frac, [0, 0.25, 0.5, 0.75])
     np.testing.assert_allclose(acc, [0.5, 2 / 3, 1.0, 1.0])
-    # Ties: the earlier example is rejected first (index 1 before index 3).
+    # Ties are averaged: rejecting k of three tied examples (one wrong) keeps, in expectation
+    # over the 3! orders, an accuracy of 2/3 whatever k.
     probs_t = np.array([[0.9, 0.1], [0.9, 0.1], [0.9, 0.1]])
     _, acc_t = M.accuracy_rejection_curve([0, 1, 0], probs_t, [1.0, 1.0, 1.0])
-    np.testing.assert_allclose(acc_t, [2 / 3, 0.5, 1.0])
+    np.testing.assert_allclose(acc_t, [2 / 3, 2 / 3, 2 / 3])
     # AURC = mean of the selective risks at coverage 1/N..N/N.
     assert M.aurc(labels, probs, scores) == pytest.approx(np.mean(1 - acc))
 

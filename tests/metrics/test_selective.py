@@ -172,15 +172,203 @@ def test_selective_invariants(data):
     assert M.coverage_at_risk(labels, probs, scores, risk=rate) == 1.0
 
 
-def test_ties_are_broken_as_in_the_accuracy_rejection_curve():
+def test_all_tied_scores_give_the_average_everywhere():
     labels = np.array([0, 0, 0, 0])
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.9, 0.1], [0.2, 0.8]])  # errors at 1 and 3
-    scores = np.zeros(4)  # all tied: the first in the input is rejected first
+    scores = np.zeros(4)  # one tied group: every coverage accepts a random part of it
     _, accuracy = M.accuracy_rejection_curve(labels, probs, scores)
-    _, risk, _ = M.risk_coverage_curve(labels, probs, scores)
-    np.testing.assert_allclose(risk[::-1], 1.0 - accuracy)
-    # accepted first: example 3 (error), then 2, 1, 0
-    np.testing.assert_allclose(risk, [1.0, 0.5, 2 / 3, 0.5])
+    coverage, risk, generalized = M.risk_coverage_curve(labels, probs, scores)
+    np.testing.assert_allclose(accuracy, 0.5)
+    np.testing.assert_allclose(risk, 0.5)
+    np.testing.assert_allclose(generalized, coverage / 2)
+
+
+# ------------------------------------------------------------------------------------------
+# ties: averaged over the orders of each tied group, so the input order does not matter
+# ------------------------------------------------------------------------------------------
+
+COVERAGES = (0.1, 0.3, 0.5, 0.6, 0.75, 1.0)
+RISKS = (0.0, 0.15, 0.3, 0.45, 0.7, 1.0)
+
+
+def _classification_metrics(labels, probs, scores):
+    """Every selective metric of one input, as a flat dict of arrays and floats."""
+    coverage, risk, generalized = M.risk_coverage_curve(labels, probs, scores)
+    out = {
+        "coverage": coverage,
+        "risk": risk,
+        "generalized": generalized,
+        "accuracy": M.accuracy_rejection_curve(labels, probs, scores)[1],
+        "aurc": M.aurc(labels, probs, scores),
+        "augrc": M.augrc(labels, probs, scores),
+    }
+    for c in COVERAGES:
+        out[f"risk@{c}"] = M.risk_at_coverage(labels, probs, scores, coverage=c)
+    for r in RISKS:
+        out[f"coverage@{r}"] = M.coverage_at_risk(labels, probs, scores, risk=r)
+    wrong = probs.argmax(axis=1) != labels
+    if 0 < wrong.sum() < wrong.size:
+        out["prr"] = M.prediction_rejection_ratio(labels, probs, scores)
+    return out
+
+
+def _regression_metrics(errors, scores):
+    fraction, curve, oracle = M.sparsification_curve(errors, scores)
+    return {
+        "fraction": fraction,
+        "curve": curve,
+        "oracle": oracle,
+        "ause": M.ause(errors, scores),
+    }
+
+
+def _tied_problem(wrong, scores):
+    """Binary predictions wrong where ``wrong`` is set, with the given scores."""
+    wrong = np.asarray(wrong, dtype=bool)
+    labels = np.zeros(wrong.size, dtype=int)
+    probs = np.where(wrong[:, None], [0.3, 0.7], [0.7, 0.3])
+    return labels, probs, np.asarray(scores, dtype=np.float64)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.integers(1, 30).flatmap(
+        lambda n: st.tuples(
+            st.lists(st.booleans(), min_size=n, max_size=n),
+            st.lists(st.integers(0, 3), min_size=n, max_size=n),
+            st.lists(st.floats(0, 4, allow_subnormal=False), min_size=n, max_size=n),
+            st.randoms(use_true_random=False),
+        )
+    )
+)
+def test_permuting_the_inputs_changes_no_selective_metric(data):
+    wrong, raw_scores, raw_errors, rnd = data
+    labels, probs, scores = _tied_problem(wrong, raw_scores)  # integer scores: many ties
+    errors = np.round(np.asarray(raw_errors), 1)  # tied errors too
+    perm = np.array(rnd.sample(range(scores.size), scores.size))
+    before = _classification_metrics(labels, probs, scores)
+    after = _classification_metrics(labels[perm], probs[perm], scores[perm])
+    assert before.keys() == after.keys()
+    for key, value in before.items():  # bit for bit: the sums run in a canonical order
+        np.testing.assert_array_equal(after[key], value, err_msg=key)
+    before = _regression_metrics(errors, scores)
+    after = _regression_metrics(errors[perm], scores[perm])
+    for key, value in before.items():
+        np.testing.assert_array_equal(after[key], value, err_msg=key)
+
+
+def _orders_breaking_ties(scores):
+    """Every order of the examples by increasing score, tied groups in every order: the
+    distinct permutations that sort ``scores`` (each equally likely under random ties)."""
+    n = len(scores)
+    return [
+        perm
+        for perm in itertools.permutations(range(n))
+        if all(scores[perm[i]] <= scores[perm[i + 1]] for i in range(n - 1))
+    ]
+
+
+def _naive_classification(wrong, scores):
+    """The metrics written per order (accept in that order, one at a time) and averaged over
+    every order that breaks the ties; operating points read off the averaged curve."""
+    n = len(wrong)
+    orders = _orders_breaking_ties(scores)
+    risk = np.zeros(n)
+    for order in orders:
+        accepted = [wrong[i] for i in order]
+        risk += [sum(accepted[:m]) / m for m in range(1, n + 1)]
+    risk /= len(orders)
+    m = np.arange(1, n + 1)
+    out = {
+        "coverage": m / n,
+        "risk": risk,
+        "generalized": risk * m / n,
+        "accuracy": 1.0 - risk[::-1],
+        "aurc": risk.mean(),
+        "augrc": np.mean(risk * m / n),
+    }
+    for c in COVERAGES:
+        out[f"risk@{c}"] = risk[max(1, math.ceil(Fraction(str(c)) * n)) - 1]
+    for r in RISKS:
+        fits = [k / n for k in range(1, n + 1) if risk[k - 1] <= r + 1e-12]
+        out[f"coverage@{r}"] = max(fits, default=0.0)
+    e = sum(wrong)
+    if 0 < e < n:
+        rate = e / n
+        oracle = np.mean([max(0, k - (n - e)) / k for k in range(1, n + 1)])
+        out["prr"] = (rate - risk.mean()) / (rate - oracle)
+    return out
+
+
+def _naive_sparsification_over_orders(errors, scores):
+    n = len(errors)
+    orders = _orders_breaking_ties(scores)
+    curve = np.zeros(n)
+    for order in orders:
+        removal = list(order)[::-1]  # most uncertain removed first
+        curve += [np.mean([errors[i] for i in removal[k:]]) for k in range(n)]
+    curve /= len(orders)
+    by_error = sorted(errors, reverse=True)
+    oracle = np.array([np.mean(by_error[k:]) for k in range(n)])
+    return {
+        "fraction": np.arange(n) / n,
+        "curve": curve,
+        "oracle": oracle,
+        "ause": np.mean(curve - oracle),
+    }
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_ties_equal_the_average_over_every_tie_breaking_order(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 7))
+    wrong = rng.random(n) < 0.4
+    scores = rng.integers(0, 3, n).astype(float)  # at most 3 distinct values: ties
+    errors = np.round(rng.gamma(1.0, size=n), 1)
+    got = _classification_metrics(*_tied_problem(wrong, scores))
+    want = _naive_classification(list(wrong), list(scores))
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        np.testing.assert_allclose(got[key], value, rtol=0, atol=1e-10, err_msg=key)
+    got = _regression_metrics(errors, scores)
+    want = _naive_sparsification_over_orders(list(errors), list(scores))
+    for key, value in want.items():
+        np.testing.assert_allclose(got[key], value, rtol=0, atol=1e-10, err_msg=key)
+
+
+def _fd_shifts_augrc(wrong, scores):
+    """Traub et al.'s reference (fd-shifts ``generalized_risk_stats`` + linear ``evaluate_auc``)
+    written as a loop: one point per distinct score, coverage from 1 down to 0, trapezoids."""
+    n = len(wrong)
+    confidence = -np.asarray(scores)  # fd-shifts ranks by confidence, accepting high first
+    order = np.argsort(confidence, kind="stable")
+    residuals, confidence = np.asarray(wrong, dtype=float)[order], confidence[order]
+    error_sum, coverages, risks = residuals.sum(), [1.0], [residuals.sum() / n]
+    for i in range(n - 1):
+        error_sum -= residuals[i]
+        if confidence[i] != confidence[i + 1]:
+            coverages.append((n - 1 - i) / n)
+            risks.append(error_sum / n)
+    coverages.append(0.0)
+    risks.append(0.0)
+    return sum(
+        (coverages[j] - coverages[j + 1]) * (risks[j] + risks[j + 1]) / 2
+        for j in range(len(coverages) - 1)
+    )
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("levels", [2, 5, 10_000])
+def test_augrc_is_the_reference_codes_block_area_plus_half_an_error_per_example(seed, levels):
+    """fd-shifts integrates the threshold points linearly (a tied group is one block); the
+    expectation over tie orders adds E / (2 N²) to that, with or without ties."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 300))
+    wrong = rng.random(n) < 0.3
+    scores = rng.integers(0, levels, n).astype(float)
+    labels, probs, scores = _tied_problem(wrong, scores)
+    expected = _fd_shifts_augrc(wrong, scores) + wrong.sum() / (2 * n**2)
+    assert M.augrc(labels, probs, scores) == pytest.approx(expected, abs=1e-12)
 
 
 # ------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ class InplaceDropout(nn.Module):
 # -- auto ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model_cls", [InplaceDropout, TinyTransformer])
+@pytest.mark.parametrize("model_cls", [InplaceDropout])
 def test_auto_falls_back_when_vmap_cannot_run_the_model(model_cls, caplog):
     model = model_cls().eval()
     x = torch.randn(5, 6) if model_cls is InplaceDropout else torch.randn(5, 7, 16)
@@ -58,6 +58,17 @@ def test_auto_falls_back_when_vmap_cannot_run_the_model(model_cls, caplog):
             refused.value
         )
         assert "in-place F.dropout in `drop`" in mc.last_sampling.reason
+    _assert_same_distribution(samples, _naive_probs(model, x, 300, seed=2))
+
+
+def test_vmap_runs_fused_attention_written_out():
+    """``nn.TransformerEncoderLayer``'s attention runs fused; mcdrop writes it out with its own
+    masks (independent masks too), which vmap batches: sampled like training mode."""
+    model = TinyTransformer().eval()
+    x = torch.randn(5, 7, 16)
+    mc = mcdrop.MCDropout(model, n_samples=300, strategy="vmap", seed=1)
+    samples = torch.softmax(mc(x), -1)
+    assert mc.last_strategy == "vmap"
     _assert_same_distribution(samples, _naive_probs(model, x, 300, seed=2))
 
 
@@ -209,9 +220,9 @@ class OutOfMemoryThenFailsUnderVmap(nn.Module):
 
 
 def test_a_dropped_candidates_out_of_memory_cap_does_not_carry_over(monkeypatch):
-    """The fallback starts as if chosen first (same numbers as the fixed strategy), and only a
-    seeded call rewinds the generators (without a seed other threads would get the same numbers
-    again)."""
+    """The fallback starts as if chosen first (same numbers as the fixed strategy), rewinding
+    mcdrop's own generators: PyTorch's global ones are never rewound (other threads would get
+    the same numbers again), seeded or not."""
     torch.manual_seed(0)
     x = torch.randn(9, 64)
     model = OutOfMemoryThenFailsUnderVmap().eval()
@@ -225,10 +236,13 @@ def test_a_dropped_candidates_out_of_memory_cap_does_not_carry_over(monkeypatch)
         driver, "rng_state", lambda device: rewinds.append(device) or (lambda: None)
     )
     model.vmap_calls = 1  # the next vmap attempt fails at once
+    state = torch.get_rng_state()
     mcdrop.MCDropout(model, n_samples=10)(x)
     assert rewinds == []
+    model.vmap_calls = 1
     mcdrop.MCDropout(model, n_samples=10, seed=2)(x)
-    assert len(rewinds) == 1
+    assert rewinds == []
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_auto_picks_prefix_sharing_on_a_prefix_heavy_model_without_timing(caplog):
@@ -312,13 +326,17 @@ def test_same_seed_same_numbers_in_processes_with_different_thread_counts(tmp_pa
 
 
 def test_auto_probe_does_not_consume_the_callers_random_stream():
+    """The probe and the checks draw nothing that the samples would draw (auto gives the fixed
+    strategy's numbers), and the caller's global stream is neither read nor advanced."""
     model = DeepDropoutMLP().eval()
     x = torch.randn(8, 6)
     torch.manual_seed(5)
-    mc = mcdrop.MCDropout(model, n_samples=32)
-    probed = mc(x)  # fresh model: probes under fork_rng, then samples
+    state = torch.get_rng_state()
+    mc = mcdrop.MCDropout(model, n_samples=32, seed=5)
+    probed = mc(x)  # fresh model: probes, then samples
     chosen = mc.last_strategy
     assert chosen is not None
-    torch.manual_seed(5)
-    direct = mcdrop.MCDropout(model, n_samples=32, strategy=chosen)(x)
+    assert torch.equal(torch.get_rng_state(), state)
+    direct = mcdrop.MCDropout(model, n_samples=32, strategy=chosen, seed=5)(x)
     torch.testing.assert_close(probed, direct)
+    assert torch.equal(torch.get_rng_state(), state)

@@ -644,14 +644,14 @@ def test_cpu_dropout_keep_rate_is_exact_to_a_256th(p):
 def test_byte_masks_fall_back_to_floats_where_vmap_cannot_view_bytes(monkeypatch):
     """Before torch 2.13 vmap has no batching rule for viewing words as bytes: every mask is then
     drawn in float32, decided once per process without drawing random numbers."""
-    from mcdrop.sampling import _strategies as strategies
+    from mcdrop.dropout import _masks as strategies
 
-    strategies._bytes_under_vmap.cache_clear()
+    strategies.bytes_under_vmap.cache_clear()
     before = torch.get_rng_state()
-    assert strategies._bytes_under_vmap() in (True, False)
+    assert strategies.bytes_under_vmap() in (True, False)
     assert torch.equal(torch.get_rng_state(), before)
-    monkeypatch.setattr(strategies, "_bytes_under_vmap", lambda: False)
-    kept = strategies._keep_mask(torch.Size([1000, 2000]), 0.25, torch.device("cpu"))
+    monkeypatch.setattr(strategies, "bytes_under_vmap", lambda: False)
+    kept = strategies.keep_mask(torch.Size([1000, 2000]), 0.25, torch.device("cpu"))
     assert stats.binomtest(int(kept.sum()), kept.numel(), 0.75).pvalue > 1e-4
     w = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64)
     x = torch.tensor([[1.0, 2.0, -1.0, 0.5]], dtype=torch.float64)

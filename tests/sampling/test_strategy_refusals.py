@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import FusedClassifier
+from conftest import FusedClassifier, training_reference
 from strategy_models import _assert_same_distribution, _naive_probs
 from torch import nn
 from torch.nn import functional as F
@@ -102,13 +102,43 @@ def test_explicit_vmap_errors_name_the_option_only_when_the_model_runs_without_v
         mcdrop.predict_with_uncertainty(broken, torch.randn(5, 4), strategy="vmap")
 
 
+class HostCheck(nn.Module):
+    """A data-dependent check after the dropout: vmap cannot run it."""
+
+    def __init__(self):
+        super().__init__()
+        self.body, self.drop, self.head = nn.Linear(16, 32), nn.Dropout(0.3), nn.Linear(32, 3)
+
+    def forward(self, x):
+        h = self.drop(torch.relu(self.body(x)))
+        if not bool(torch.isfinite(h).all()):
+            raise ValueError("non-finite activations")
+        return self.head(h).mean(1)
+
+
 def test_explicit_vmap_that_cannot_run_the_model_names_the_option():
-    """SDPA's fused dropout cannot draw per-sample masks under vmap: a clear error, not torch's."""
-    model = FusedClassifier().eval()
+    """A model vmap cannot run: a clear error, not torch's."""
+    model = HostCheck().eval()
     with pytest.raises(ValueError, match="`strategy`.*'vmap'.*'auto'"):
         mcdrop.predict_with_uncertainty(model, torch.randn(4, 5, 16), n_samples=4, strategy="vmap")
     auto = mcdrop.predict_with_uncertainty(model, torch.randn(4, 5, 16), n_samples=4)
     assert auto.n_samples == 4
+
+
+def test_explicit_vmap_runs_fused_attention_with_mcdrops_masks():
+    """SDPA's fused dropout cannot draw per-sample masks under vmap; mcdrop writes the attention
+    out with its own masks, which vmap batches: sampled like training mode."""
+    model = FusedClassifier().eval()
+    for module in model.modules():  # a head that is not near-constant
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=1.0)
+    x = torch.randn(4, 5, 16)
+    mc = mcdrop.MCDropout(model, n_samples=300, strategy="vmap", seed=0)
+    samples = torch.softmax(mc(x), -1)
+    assert mc.last_strategy == "vmap"
+    torch.manual_seed(1)
+    reference = training_reference(model, lambda m: torch.softmax(m(x), -1), 300)
+    _assert_same_distribution(samples, reference)
 
 
 def test_vmap_is_refused_for_sites_whose_kernels_were_not_probed():

@@ -1,0 +1,232 @@
+"""A cheap fingerprint of everything that decided a plan, so that a plan can be kept between calls.
+
+:class:`mcdrop.MCDropout` keeps the plan of its last call (the sampling twin, its sites, the
+strategy, the rows per pass; :class:`~mcdrop.sampling._engine.Kept`) with the
+:func:`fingerprint` taken at the start of that call. The next call takes a new fingerprint
+first; only when the two are equal is the plan used again. The fingerprint holds:
+
+- the module tree: every module (by identity) and its class, the class's ``forward`` and
+  ``train``, the child names, the training flag;
+- the hooks: the handles of every module's forward, pre-forward and backward hook registries,
+  and of PyTorch's global module hooks;
+- every parameter and buffer: identity, shape, dtype, device (``model.to(dtype)`` keeps the
+  identity, ``param.data = ...`` too). Values are not in it: a parameter updated in place is
+  read by the kept twin, which shares it (buffers of modules that sample are copied again at
+  every call);
+- every other attribute of every module: plain values (rates, ``attention_dropout``, flags,
+  strings) by value, tensors by identity, shape, dtype and device, lists, tuples, dicts and
+  plain objects (a ``config``: ``_attn_implementation``) by their contents, two levels deep;
+  anything else (functions, an instance-level ``forward``, other objects) by identity;
+- the input signature: the pytree structure, each tensor's shape, dtype, device and layout,
+  other leaves by value (plain) or identity;
+- torch's modes: deterministic algorithms, autocast per device type, the default dtype, the
+  fused-attention fast path switch, the number of active ``TorchFunctionMode`` objects (grad and
+  inference mode are not: sampling runs under inference mode whatever the caller's);
+- the caller's own key (options, the call's size).
+
+Objects are compared by identity and kept alive by the fingerprint (an id of a freed object may
+be reused). Comparing two fingerprints costs one pass over lists; taking one costs about a
+microsecond per attribute.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Hashable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules import module as _module
+from torch.utils._pytree import tree_flatten
+
+__all__: list[str] = []
+
+_PLAIN = frozenset({bool, int, float, complex, str, bytes, type(None)})
+_HOOKS = (
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+)
+_TENSORS = ("_parameters", "_buffers")
+_SKIPPED = frozenset(
+    {
+        "_modules",
+        "training",
+        "_non_persistent_buffers_set",
+        "_state_dict_hooks",
+        "_state_dict_pre_hooks",
+        "_load_state_dict_pre_hooks",
+        "_load_state_dict_post_hooks",
+        *_HOOKS,
+        *_TENSORS,
+    }
+)
+_GLOBAL_HOOKS = (
+    "_global_forward_hooks",
+    "_global_forward_hooks_with_kwargs",
+    "_global_forward_hooks_always_called",
+    "_global_forward_pre_hooks",
+    "_global_backward_hooks",
+    "_global_backward_pre_hooks",
+)
+_DEPTH = 2  # containers and plain objects looked into, below a module attribute
+_MAX_ITEMS = 64  # a longer container is taken by identity (its contents may change unseen)
+
+
+class Fingerprint:
+    """Plain values compared by value and objects compared by identity (held alive): those of
+    the model (``model``) and those of the call (inputs, modes, the caller's key)."""
+
+    __slots__ = ("call", "model")
+
+    def __init__(self, model: _Walker, call: _Walker) -> None:
+        self.model = (model.values, model.refs)
+        self.call = (call.values, call.refs)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Fingerprint)
+            and _same(self.call, other.call)
+            and _same(self.model, other.model)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def same_model(self, other: Fingerprint) -> bool:
+        """Whether the model part is the same (another input signature may differ)."""
+        return _same(self.model, other.model)
+
+
+def _same(a: tuple[list[Hashable], list[Any]], b: tuple[list[Hashable], list[Any]]) -> bool:
+    return (
+        len(a[1]) == len(b[1])
+        and a[0] == b[0]
+        and all(x is y for x, y in zip(a[1], b[1], strict=True))
+    )
+
+
+class _Walker:
+    def __init__(self) -> None:
+        self.values: list[Hashable] = []
+        self.refs: list[Any] = []
+        self.seen: dict[int, int] = {}  # id of a container or object looked into -> its index
+        self.classes: set[type] = set()
+
+    def module(self, module: nn.Module) -> None:
+        values, refs = self.values, self.refs
+        cls = type(module)
+        refs.append(module)
+        refs.append(cls)
+        values.append(module.training)
+        if cls not in self.classes:
+            self.classes.add(cls)
+            refs.append(getattr(cls, "forward", None))
+            refs.append(getattr(cls, "train", None))
+        state = module.__dict__
+        values.append(tuple(state["_modules"]))
+        for name in _HOOKS:
+            hooks = state.get(name)
+            if hooks:
+                values.append((name, *hooks))  # handle ids: never reused
+        for name in _TENSORS:
+            for key, tensor in state.get(name, {}).items():
+                values.append(key)
+                self.tensor(tensor)
+        for key, value in state.items():
+            if key in _SKIPPED:
+                continue
+            values.append(key)
+            self.value(value, 0)
+
+    def tensor(self, tensor: torch.Tensor | None) -> None:
+        if tensor is None:
+            self.values.append(None)
+            return
+        self.refs.append(tensor)
+        self.values.append((tensor.shape, tensor.dtype, tensor.device, tensor.layout))
+
+    def value(self, value: Any, depth: int) -> None:
+        kind = type(value)
+        if kind in _PLAIN:
+            self.values.append((kind, value))
+            return
+        if isinstance(value, torch.Tensor):
+            self.tensor(value)
+            return
+        self.refs.append(value)
+        if depth >= _DEPTH or isinstance(value, (nn.Module, type)) or callable(value):
+            return
+        key = id(value)
+        if key in self.seen:
+            self.values.append(("@", self.seen[key]))
+            return
+        self.seen[key] = len(self.values)
+        if kind in (list, tuple, set, frozenset) or isinstance(value, (list, tuple)):
+            items = value if kind not in (set, frozenset) else sorted(value, key=repr)
+            if len(items) <= _MAX_ITEMS:
+                self.values.append(("[", len(items)))
+                for item in items:
+                    self.value(item, depth + 1)
+            return
+        if isinstance(value, dict):
+            if len(value) <= _MAX_ITEMS:
+                self.values.append(("{", len(value)))
+                for k, item in value.items():
+                    self.value(k, depth + 1)
+                    self.value(item, depth + 1)
+            return
+        attrs = getattr(value, "__dict__", None)
+        if isinstance(attrs, dict) and len(attrs) <= 4 * _MAX_ITEMS:  # a config, a namespace
+            self.values.append(("(", len(attrs)))
+            for k, item in attrs.items():
+                self.values.append(k)
+                self.value(item, depth + 1)
+
+
+def fingerprint(model: nn.Module, inputs: Any, key: Hashable) -> Fingerprint:
+    """The fingerprint of ``model`` called on ``inputs`` (args and kwargs of the first batch)
+    under the present torch modes, with the caller's ``key``; see the module docstring."""
+    walker, call = _Walker(), _Walker()
+    for name in _GLOBAL_HOOKS:
+        hooks = getattr(_module, name, None)
+        if hooks:
+            walker.values.append((name, *hooks))
+    for module in model.modules():
+        walker.module(module)
+    call.values.append(key)
+    call.values.append(_modes())
+    leaves, spec = tree_flatten(inputs)
+    call.values.append(spec)
+    for leaf in leaves:
+        if isinstance(leaf, torch.Tensor):
+            call.values.append((leaf.shape, leaf.dtype, leaf.device, leaf.layout))
+        elif type(leaf) in _PLAIN:
+            call.values.append((type(leaf), leaf))
+        else:
+            call.refs.append(leaf)
+    return Fingerprint(walker, call)
+
+
+def _modes() -> tuple[Hashable, ...]:
+    autocast = tuple(
+        (d, torch.is_autocast_enabled(d), torch.get_autocast_dtype(d))
+        for d in ("cpu", "cuda")
+        if torch.is_autocast_enabled(d)
+    )
+    functions = 0
+    with contextlib.suppress(AttributeError):
+        functions = torch._C._len_torch_function_stack()
+    # Grad and inference mode are left out: every pass runs under inference mode.
+    return (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.get_default_dtype(),
+        torch.backends.mha.get_fastpath_enabled(),
+        functions,
+        autocast,
+    )
