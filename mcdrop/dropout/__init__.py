@@ -45,7 +45,16 @@ from mcdrop.dropout._masks import (
     keep_mask,
     private_randomness,
 )
-from mcdrop.dropout._probe import NoDropout, NoLayerSkip, Recording, recording
+from mcdrop.dropout._probe import (
+    Culprit,
+    NoDropout,
+    NoLayerSkip,
+    OutOfPlaceDropout,
+    Recording,
+    culprit,
+    out_of_place,
+    recording,
+)
 from mcdrop.dropout._sites import (
     GATING_TYPES,
     DropoutSite,
@@ -69,6 +78,7 @@ __all__ = ["DropoutSite", "Scope", "dropout_enabled", "dropout_sites"]
 
 # Not part of the public API; used by mcdrop.sampling.
 __internal__ = [
+    "Culprit",
     "GATING_TYPES",
     "MASK_KINDS",
     "SAMPLING_LOCK",
@@ -77,6 +87,7 @@ __internal__ = [
     "ModuleFilter",
     "NoDropout",
     "NoLayerSkip",
+    "OutOfPlaceDropout",
     "PrivateRandom",
     "Probe",
     "Recording",
@@ -86,8 +97,10 @@ __internal__ = [
     "check_materialised",
     "check_scope",
     "check_sites",
+    "culprit",
     "infer_layouts",
     "keep_mask",
+    "out_of_place",
     "private_randomness",
     "recording",
     "sampling_twin",

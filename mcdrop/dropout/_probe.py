@@ -116,6 +116,39 @@ _RANDOM_OPS = {
     if hasattr(torch.ops.aten, n)
 }
 
+# In-place dropout kernels and their out-of-place forms (``inplace=True`` of the functionals
+# picks the in-place kernel).
+_OUT_OF_PLACE: dict[Any, Any] = {
+    getattr(torch, f"{name}_"): getattr(torch, name)
+    for name in ("dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout")
+    if hasattr(torch, f"{name}_") and hasattr(torch, name)
+}
+_OUT_OF_PLACE_OPS: dict[Any, Any] = {
+    getattr(torch.ops.aten, f"{name}_"): getattr(torch.ops.aten, name)
+    for name in ("dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout")
+    if hasattr(torch.ops.aten, f"{name}_") and hasattr(torch.ops.aten, name)
+}
+# Calls that read a tensor's metadata, not its values (``x.shape``, ``x.size(0)``, ``len(x)``).
+_METADATA = frozenset(
+    {
+        "__get__",
+        "__len__",
+        "size",
+        "dim",
+        "ndimension",
+        "numel",
+        "nelement",
+        "stride",
+        "storage_offset",
+        "element_size",
+        "is_floating_point",
+        "is_complex",
+        "is_contiguous",
+        "get_device",
+        "data_ptr",
+    }
+)
+
 Call = tuple[str, str, float]  # (module name, function label, effective rate)
 UNKNOWN_RATE = -1.0  # the rate of a mask drawn from a tensor of probabilities
 
@@ -174,6 +207,73 @@ def _dropout(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[
         train = _arg(args, kwargs, 2, "train", True)
         return _ATEN_OPS[packet], p, train is None or bool(train)
     return "", 0.0, False
+
+
+def out_of_place(
+    func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Any, tuple[Any, ...], dict[str, Any]] | None:
+    """The out-of-place form ``(func, args, kwargs)`` of an in-place dropout call
+    (``F.dropout(..., inplace=True)`` and the other functionals, ``torch.dropout_``,
+    ``aten.dropout_``); None for any other call. Same mask, same values: only the input is left
+    as it was."""
+    if func in _FUNCTIONAL:
+        if not _arg(args, kwargs, 3, "inplace", False):
+            return None
+        args, kwargs = _with_arg(args, kwargs, 3, "inplace", False)
+        return func, args, kwargs
+    plain = _OUT_OF_PLACE.get(func)
+    if plain is not None:
+        return plain, args, kwargs
+    packet = getattr(func, "_overloadpacket", None)
+    plain = _OUT_OF_PLACE_OPS.get(packet) if packet is not None else None
+    if plain is not None:
+        return getattr(plain, func._overloadname), args, kwargs
+    return None
+
+
+class OutOfPlaceDropout(TorchFunctionMode):
+    """Every in-place dropout call runs out of place (:func:`out_of_place`): the same mask and
+    values, but the input is not written. Under vmap an in-place dropout of a tensor computed
+    before the first dropout (unbatched: the prefix shared by every sample) cannot hold a mask
+    per sample; out of place it can. Equivalent to the in-place call only when the forward does
+    not read the input again: the training-mode probe checks it (``Trace.aliased``)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        call = out_of_place(func, args, kwargs)
+        if call is not None:
+            func, args, kwargs = call
+        return func(*args, **kwargs)
+
+
+_Span = tuple[int, int, int]  # (storage address, first byte, one past the last byte)
+
+
+def _span(tensor: torch.Tensor) -> _Span | None:
+    """The bytes of its storage that ``tensor`` views; None when mcdrop cannot read them (a
+    tensor subclass without storage) or it views none (no elements)."""
+    try:
+        address = int(tensor.untyped_storage().data_ptr())
+        if address == 0 or tensor.numel() == 0:
+            return None
+        size = tensor.element_size()
+        last = sum((n - 1) * abs(s) for n, s in zip(tensor.shape, tensor.stride(), strict=True))
+        first = tensor.storage_offset() - sum(
+            (n - 1) * -s for n, s in zip(tensor.shape, tensor.stride(), strict=True) if s < 0
+        )
+    except (RuntimeError, NotImplementedError, TypeError):
+        return None
+    return address, int(first) * size, (int(first) + int(last) + 1) * size
+
+
+def _overlap(a: _Span, b: _Span) -> bool:
+    return a[0] == b[0] and a[1] < b[2] and b[1] < a[2]
+
+
+def _func_name(func: Any) -> str:
+    if getattr(func, "_overloadpacket", None) is not None:
+        return str(func)
+    return str(getattr(func, "__name__", func))
 
 
 def mask_call(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, float, int]:
@@ -409,6 +509,7 @@ class _Recorder(TorchFunctionMode):
         flops: _FlopCounter,
         modules: dict[str, nn.Module],
         guard: Any = None,
+        out_of_place: bool = False,
     ) -> None:
         super().__init__()
         self.stack = stack
@@ -424,6 +525,13 @@ class _Recorder(TorchFunctionMode):
         self.shapes: list[tuple[Call, tuple[int, ...]]] = []  # each call's input shape, in order
         self.guard = guard  # mcdrop.dropout._twin.Untwinned, or None
         self.intruders: dict[int, str] = {}
+        # With ``out_of_place``, in-place dropout runs out of place (as sampling runs it), and
+        # every later call that reads the memory of such a call's input is noted (``aliased``):
+        # the forward then relies on the input holding the dropped values.
+        self.rewrite = out_of_place
+        self.inplace: set[Call] = set()  # dropout calls made in place (run out of place here)
+        self.aliased: dict[Call, str] = {}  # of those, the ones whose input was read again
+        self._dropped: list[tuple[Call, torch.Tensor, _Span]] = []  # inputs kept alive, memory
         self._frame: Any = None  # the last frame found running a module, and that module's id
         self._owner = 0
 
@@ -431,6 +539,8 @@ class _Recorder(TorchFunctionMode):
         kwargs = kwargs or {}
         if self.guard is not None:
             self._check_frames()
+        if self._dropped:
+            self._check_reads(func, args, kwargs)
         where = self.stack[-1] if self.stack else ""
         if func is torch.rand:
             ones = layer_skip_draw(args, kwargs)
@@ -466,7 +576,37 @@ class _Recorder(TorchFunctionMode):
             # the rows: one mask per pass, which the copies of a replicated batch could share.
             if mask or isinstance(_arg(args, kwargs, 0, "input", None), nn.Parameter):
                 self.on_weights.add(key)
+            if not mask and self.rewrite:
+                call = out_of_place(func, args, kwargs)
+                if call is not None:
+                    return self._out_of_place(key, *call)
         return func(*args, **kwargs)
+
+    def _out_of_place(
+        self, key: Call, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """Run an in-place dropout call out of place; keep its input to see it read again."""
+        self.inplace.add(key)
+        x = _arg(args, kwargs, 0, "input", None)
+        out = func(*args, **kwargs)
+        if isinstance(x, torch.Tensor):
+            span = _span(x)
+            if span is None and x.numel():  # memory mcdrop cannot compare: assume it is read
+                self.aliased.setdefault(key, "an input whose memory mcdrop cannot see")
+            elif span is not None:
+                self._dropped.append((key, x, span))
+        return out
+
+    def _check_reads(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Note the in-place dropout calls whose input memory ``func`` reads (or writes)."""
+        if getattr(func, "__name__", "") in _METADATA:
+            return
+        for leaf in tree_flatten((args, kwargs))[0]:
+            if isinstance(leaf, torch.Tensor):
+                span = _span(leaf)
+                for key, _, held in self._dropped:
+                    if span is not None and _overlap(span, held) and key not in self.aliased:
+                        self.aliased[key] = _func_name(func)
 
     def _random(self, where: str, label: str) -> None:
         if not not_dropout(where, self.modules.get(where)):
@@ -513,6 +653,14 @@ class Trace:
     dead: Counter[Call] = field(default_factory=Counter)  # dropout with training=False
     intruders: dict[int, str] = field(default_factory=dict)  # user modules that ran (guard)
     shapes: tuple[tuple[Call, tuple[int, ...]], ...] = ()  # each dropout call's input shape
+    inplace: set[Call] = field(default_factory=set)  # dropout calls made in place
+    aliased: dict[Call, str] = field(default_factory=dict)  # ... whose input is read again: by
+
+    @property
+    def out_of_place(self) -> bool:
+        """Whether sampling may run this model's in-place dropout out of place
+        (:class:`OutOfPlaceDropout`): it makes some, and none of their inputs is read again."""
+        return bool(self.inplace) and not self.aliased
 
     def prefix_flops(self, calls: Any = None) -> int:
         """FLOPs done before the first of ``calls`` (default: any dropout call); all of them
@@ -545,11 +693,12 @@ class Recording:
         flops: bool,
         modules: dict[str, nn.Module],
         guard: Any = None,
+        out_of_place: bool = False,
     ) -> None:
         self.called = called
         self.counting = flops
         self.counter = _FlopCounter()
-        self.recorder = _Recorder(stack, self.counter, modules, guard)
+        self.recorder = _Recorder(stack, self.counter, modules, guard, out_of_place)
 
     def new_pass(self) -> None:
         self.recorder.passes.append(Counter())
@@ -574,22 +723,26 @@ class Recording:
             dead=self.recorder.dead,
             intruders=self.recorder.intruders,
             shapes=tuple(self.recorder.shapes),
+            inplace=self.recorder.inplace,
+            aliased=self.recorder.aliased,
         )
 
 
 @contextlib.contextmanager
 def recording(
-    modules: dict[str, nn.Module], *, flops: bool, guard: Any = None
+    modules: dict[str, nn.Module], *, flops: bool, guard: Any = None, out_of_place: bool = False
 ) -> Iterator[Recording]:
     """Forward hooks on every module of ``modules`` (of a twin) naming the innermost module that
     runs; the :class:`Recording` attributes each dropout call to it. Hooks are removed
     afterwards; the caller owns the modules, so nobody else sees them. With ``guard`` (what the
     twin could not redirect, :class:`mcdrop.dropout._twin.Untwinned`), every operation run by
-    code of a module of the user's model rather than the twin is noted (``Trace.intruders``)."""
+    code of a module of the user's model rather than the twin is noted (``Trace.intruders``).
+    With ``out_of_place``, in-place dropout runs out of place and the calls whose input is read
+    again are noted (``Trace.aliased``)."""
     names = {id(m): name for name, m in modules.items()}
     stack: list[str] = []
     called: set[str] = set()
-    rec = Recording(stack, called, flops, modules, guard)
+    rec = Recording(stack, called, flops, modules, guard, out_of_place)
 
     def pre_hook(mod: nn.Module, _args: Any) -> None:
         if not stack:  # the root's forward: a new pass
@@ -612,21 +765,52 @@ def recording(
             handle.remove()
 
 
+class Culprit(TorchFunctionMode):
+    """Notes the innermost module running, and the function, of the first call that raises
+    (``found``): entered innermost around a pass, inside :func:`culprit`'s hooks."""
+
+    def __init__(self, stack: list[str]) -> None:
+        super().__init__()
+        self.stack = stack
+        self.found: tuple[str, str] | None = None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        try:
+            return func(*args, **(kwargs or {}))
+        except Exception:
+            if self.found is None:
+                self.found = (self.stack[-1] if self.stack else "", _func_name(func))
+            raise
+
+
+@contextlib.contextmanager
+def culprit(modules: dict[str, nn.Module]) -> Iterator[Culprit]:
+    """Hooks on ``modules`` (of a twin) naming the innermost module that runs, and the mode to
+    enter innermost around a pass: its ``found`` is ``(module name, function)`` of the first
+    torch call that raised (None if none did), which site or operation a strategy cannot run."""
+    with recording(modules, flops=False) as rec:
+        yield Culprit(rec.recorder.stack)
+
+
 def trace(
     modules: dict[str, nn.Module],
     run: Callable[[], Any],
     *,
     flops: bool,
     guard: Any = None,
+    out_of_place: bool = True,
 ) -> Trace:
     """Run ``run()`` once with hooks on every module of ``modules`` (of a twin) and record.
 
     A ``TorchFunctionMode`` and hooks disable PyTorch's fused transformer fast path: the probe
     sees the slow path's dropout calls (:mod:`mcdrop.dropout` switches on the layers whose fast
     path would skip them). With ``flops``, the FLOPs before each dropout call and in all are
-    counted too.
+    counted too. With ``out_of_place`` (the default), in-place dropout runs out of place, as
+    sampling runs it, and the calls whose input the forward reads again are noted
+    (``Trace.aliased``; sampling then keeps them in place): the probe never writes into the
+    examples it was given.
     """
-    with recording(modules, flops=flops, guard=guard) as rec:
+    with recording(modules, flops=flops, guard=guard, out_of_place=out_of_place) as rec:
         with rec.modes():
             output = run()
         return rec.trace(output)

@@ -23,6 +23,7 @@ from mcdrop.sampling._checks import OutputChecks, check_consistent, check_sample
 from mcdrop.sampling._engine import Engine
 from mcdrop.sampling._inputs import _Batch, iter_batches
 from mcdrop.sampling._options import SamplingOptions
+from mcdrop.sampling._planner import PREFIX_SHARE_FOR_VMAP
 from mcdrop.sampling._progress import Progress
 from mcdrop.sampling._run import Run, StalePlan
 from mcdrop.sampling._strategies import Outputs
@@ -103,16 +104,25 @@ def sample_batch(
 
 
 def record_of(run: Run) -> SamplingRecord:
-    """The plan ``run`` sampled with, for the result; says when ``auto`` fell back."""
+    """The plan ``run`` sampled with, for the result; warns when ``auto`` fell back or did
+    without prefix sharing, saying what it costs."""
     plan = run.plan
     fallbacks = tuple((f.strategy, f.reason) for f in plan.fallbacks)
+    name = type(run.engine.model).__name__
+    cost = _lost_sharing(run)
     if fallbacks:
-        tried = ", then ".join(f"{name!r} ({_first_line(reason)})" for name, reason in fallbacks)
+        tried = ", then ".join(f"{s!r} ({_first_line(reason)})" for s, reason in fallbacks)
         warnings.warn(
-            f"mcdrop: strategy='auto' fell back to {plan.strategy!r} for "
-            f"`{type(run.engine.model).__name__}`: {tried} did not fit this model. The numbers "
-            f"are those of {plan.strategy!r}; pass strategy={plan.strategy!r} to skip the "
-            "attempt (result.sampling records it).",
+            f"mcdrop: strategy='auto' fell back to {plan.strategy!r} for `{name}`: {tried} did "
+            f"not fit this model. The numbers are those of {plan.strategy!r}; pass "
+            f"strategy={plan.strategy!r} to skip the attempt (result.sampling records it).{cost}",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
+    elif cost:
+        warnings.warn(
+            f"mcdrop: strategy='auto' samples `{name}` with {plan.strategy!r}, not 'vmap' "
+            f"({plan.reason}; result.sampling records it).{cost}",
             UserWarning,
             stacklevel=user_stacklevel(),
         )
@@ -121,6 +131,22 @@ def record_of(run: Run) -> SamplingRecord:
         samples_per_pass=run.samples_per_pass,
         reason=plan.reason,
         fallbacks=fallbacks,
+    )
+
+
+def _lost_sharing(run: Run) -> str:
+    """What ``auto`` doing without prefix sharing costs, in words (``""`` when it did not: it
+    samples with vmap, the strategy was given, or too little comes before the first dropout)."""
+    share = run.profile.prefix_share
+    options = run.engine.options
+    if options.strategy != "auto" or run.plan.strategy == "vmap" or share < PREFIX_SHARE_FOR_VMAP:
+        return ""
+    n = options.sample_limit
+    ratio = n / (share + n * (1.0 - share))
+    return (
+        f" Without prefix sharing every sample runs the whole network: {100 * share:.0f}% of "
+        "its FLOPs come before the first dropout, which vmap would compute once for all "
+        f"samples, so {n} samples cost about {ratio:.0f}x the FLOPs they would with vmap."
     )
 
 

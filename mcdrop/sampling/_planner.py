@@ -176,10 +176,11 @@ def make_plan(
 def _refuse(strategy: str, profile: Profile) -> None:
     if profile.vmap_unsafe and strategy == "vmap":
         raise ValueError(
-            "Expected a `strategy` other than 'vmap' for this model: its dropout runs inside "
-            f"{', '.join(profile.vmap_unsafe)}: a fused kernel that cannot draw a dropout "
-            "mask per sample under vmap, or a site whose kernels were not probed "
-            "(detect_silent=False or scope='train_except_norm'). Use strategy='auto', "
+            "Expected a `strategy` other than 'vmap' for this model: vmap cannot draw a "
+            f"dropout mask per sample in {', '.join(profile.vmap_unsafe)} (a fused kernel "
+            "that draws one mask for every sample, a site whose kernels were not probed with "
+            "detect_silent=False or scope='train_except_norm', or an in-place dropout whose "
+            "input is read again, which mcdrop keeps in place). Use strategy='auto', "
             "'replicate' or 'loop'."
         )
     if profile.replicate_unsafe and strategy == "replicate":

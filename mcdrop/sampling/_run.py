@@ -29,6 +29,7 @@ from mcdrop.dropout import (
     MaskedDropout,
     Recording,
     Sampling,
+    culprit,
     recording,
     unwrap_compiled,
 )
@@ -419,11 +420,27 @@ class Run:
             return self._replanned()
         if self.plan.strategy == "vmap" and self._loop_runs(batch):
             raise ValueError(
-                "Expected a `strategy` that can run this model, but 'vmap' cannot "
-                f"({type(error).__name__}: {error}); without vmap the model runs. "
-                "Use strategy='auto', 'replicate' or 'loop'."
+                "Expected a `strategy` that can run this model, but 'vmap' cannot: "
+                f"{self._where_vmap_fails()}raised {type(error).__name__}: {error}; without vmap "
+                "the model runs. Use strategy='auto', 'replicate' or 'loop'."
             ) from error
         raise error
+
+    def _where_vmap_fails(self) -> str:
+        """``"`module` (function) "``: the innermost module and the torch call that raised in a
+        vmap pass of the probe's examples (random state forked, nothing kept); ``""`` when that
+        pass runs or nothing names it."""
+        root = getattr(self.twin.module, "_orig_mod", self.twin.module)  # torch.compile's wrapper
+        with culprit(dict(root.named_modules())) as mode:
+            try:
+                with self.eager.forked():
+                    self.eager.run("vmap", self.probe_batch, 2, record=lambda: mode)
+            except Exception:
+                pass
+        if mode.found is None:
+            return ""
+        name, func = mode.found
+        return f"`{name or '<model>'}` ({func}) "
 
     def _confirm_twin(self, recording: Recording | None) -> bool:
         """Settle the sampling twin's check (:meth:`mcdrop.dropout.Sampling.confirm`); whether
@@ -437,6 +454,8 @@ class Run:
                 self.calls = Calls.of(recording)
         skips = self.twin.trace.layer_skips
         self.runner.no_layer_skip = self.eager.no_layer_skip = bool(skips)
+        self.runner.out_of_place = self.eager.out_of_place = self.twin.trace.out_of_place
+        self.runner.copy_inputs = self.eager.copy_inputs = _copy_inputs(self.twin)
         _log_layer_skips(skips)
         return self.twin.sites != before
 
@@ -567,12 +586,21 @@ def _runners(
         n_outputs=o.n_outputs,
         output_transform=o.output_transform,
         no_layer_skip=bool(twin.trace.layer_skips),
+        out_of_place=twin.trace.out_of_place,
+        copy_inputs=_copy_inputs(twin),
         masks=masks,
         attributed=attribution(masks, twin) if masks is not None and shared else None,
     )
     eager = copy.copy(runner)
     eager.module = getattr(twin.module, "_orig_mod", twin.module)
     return runner, eager
+
+
+def _copy_inputs(twin: Sampling) -> bool:
+    """Whether a ``loop`` pass runs on a copy of its inputs: an in-place dropout stays in place
+    (its input read again), or the sites were not probed (what runs in place is unknown)."""
+    trace = twin.trace
+    return bool(trace.aliased) or (not trace.calls and bool(twin.sites))
 
 
 def _unchanged() -> None:
@@ -619,10 +647,18 @@ def profile_of(
         unbatched = masks.layouts or {}
         on_weights |= {key[0] or "<model>" for key, lay in unbatched.items() if lay.dim is None}
     counted = trace.flops_complete  # else the FLOPs, the prefix share and the call's size unknown
+    # In-place dropout whose input the forward reads again stays in place: under vmap the
+    # prefix it writes is shared by every sample, so it cannot hold a mask per sample.
+    in_place = {
+        f"an in-place {label} in `{name or '<model>'}` whose input the forward reads again "
+        f"({reader})"
+        for (name, label, p), reader in trace.aliased.items()
+        if (name, label, p) in sampled
+    }
     return planner.Profile(
         prefix_flops=trace.prefix_flops(sampled) if counted else 0,
         total_flops=trace.total_flops if counted else 0,
-        vmap_unsafe=tuple(sorted((functions & _VMAP_UNSAFE) | _unprobed(twin))),
+        vmap_unsafe=tuple(sorted((functions & _VMAP_UNSAFE) | _unprobed(twin) | in_place)),
         replicate_unsafe=tuple(sorted(on_weights)),
         bytes_per_row=trace.output_bytes / max(probe_rows, 1),
         flops_per_row=trace.total_flops / max(probe_rows, 1) if counted else 0.0,

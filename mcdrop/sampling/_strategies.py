@@ -23,7 +23,7 @@ import torch
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
-from mcdrop.dropout import MaskedDropout, NoLayerSkip, keep_mask
+from mcdrop.dropout import MaskedDropout, NoLayerSkip, OutOfPlaceDropout, keep_mask, out_of_place
 from mcdrop.sampling._inputs import _Batch, extract_outputs
 
 __all__: list[str] = []
@@ -44,11 +44,21 @@ class FastCPUDropout(TorchFunctionMode):
     Carlo dropout when little is computed after the dropout (a head-dropout network). Comparing
     random numbers against ``p`` gives the same Bernoulli(1 - p) mask (:func:`_keep_mask`),
     scaled by ``1 / (1 - p)``.
-    Only standard ``F.dropout`` in training mode is replaced; everything else runs as it is.
+    Only standard ``F.dropout`` in training mode is replaced; everything else runs as it is, but
+    with ``out_of_place`` every in-place dropout call runs out of place
+    (:class:`mcdrop.dropout.OutOfPlaceDropout`, in the same mode: one Python call per operation).
     """
+
+    def __init__(self, *, out_of_place: bool = False) -> None:
+        super().__init__()
+        self.out_of_place = out_of_place
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
+        if self.out_of_place:
+            call = out_of_place(func, args, kwargs)
+            if call is not None:
+                func, args, kwargs = call
         if func is F.dropout:
             bound = dict(zip(("input", "p", "training", "inplace"), args, strict=False), **kwargs)
             x, p = bound["input"], float(bound.get("p", 0.5))
@@ -74,6 +84,12 @@ class Runner:
         Applied to the raw output first.
     no_layer_skip : bool, default=False
         Keep random layer skipping off (a site also does layer drop: see ``NoLayerSkip``).
+    out_of_place : bool, default=False
+        Run in-place dropout out of place (:class:`mcdrop.dropout.OutOfPlaceDropout`): the
+        probe found no in-place dropout whose input the forward reads again.
+    copy_inputs : bool, default=False
+        Each ``loop`` pass runs on a copy of the batch: in-place dropout that stays in place
+        (its input read again, or not probed) must not write into the caller's inputs.
     masks : MaskedDropout, optional
         Every dropout call is answered by it, and every random op draws from its generators:
         shared masks keyed by the sample index of each pass's rows (``attributed`` gives the
@@ -91,10 +107,14 @@ class Runner:
         n_outputs: int,
         output_transform: Callable[[Any], Any] | None,
         no_layer_skip: bool = False,
+        out_of_place: bool = False,
+        copy_inputs: bool = False,
         masks: MaskedDropout | None = None,
         attributed: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
     ) -> None:
         self.module = module
+        self.out_of_place = out_of_place
+        self.copy_inputs = copy_inputs
         self.masks = masks
         self.attributed = attributed
         self.no_layer_skip = no_layer_skip
@@ -134,7 +154,9 @@ class Runner:
         if self.masks is not None:
             fast = self._masked()
         elif self.device.type == "cpu":
-            fast = FastCPUDropout()
+            fast = FastCPUDropout(out_of_place=self.out_of_place)
+        elif self.out_of_place:
+            fast = OutOfPlaceDropout()
         else:
             fast = contextlib.nullcontext()
         keep_layers = NoLayerSkip() if self.no_layer_skip else contextlib.nullcontext()
@@ -158,7 +180,9 @@ class Runner:
     def _masked(self) -> Any:
         assert self.masks is not None
         hooks = contextlib.nullcontext() if self.attributed is None else self.attributed()
-        with hooks, self.masks:
+        # Entered inside the masks: the call reaches them out of place.
+        plain = OutOfPlaceDropout() if self.out_of_place else contextlib.nullcontext()
+        with hooks, self.masks, plain:
             yield
 
     def _start(
@@ -178,7 +202,8 @@ class Runner:
         chunk = range(first, first + k)
         for t in chunk:
             self._start(torch.full((1,), t, device=self.device), batch.size, [t], chunk)
-            outs.append(self.call(batch))
+            # In-place dropout of an input must not write into the caller's tensors.
+            outs.append(self.call(batch.map_batched(torch.clone) if self.copy_inputs else batch))
         return tuple(torch.stack(parts) for parts in zip(*outs, strict=True))
 
     def _replicate(self, batch: _Batch, k: int, first: int = 0) -> Outputs:

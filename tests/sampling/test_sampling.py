@@ -737,6 +737,13 @@ def test_exclude_callable_is_honoured_on_every_call():
         assert torch.equal(by_lambda.mean, by_name.mean)
 
 
+class HostCheckLinear(nn.Linear):
+    def forward(self, h):
+        if not bool(torch.isfinite(h).all()):  # data-dependent: vmap cannot run it
+            raise ValueError("non-finite activations")
+        return super().forward(h)
+
+
 def test_auto_decides_again_at_every_call_when_the_model_changes(caplog):
     class Head(nn.Module):
         def __init__(self):
@@ -753,8 +760,11 @@ def test_auto_decides_again_at_every_call_when_the_model_changes(caplog):
     mc = mcdrop.MCDropout(model, n_samples=64, seed=0)
     mc(x)
     assert mc.last_strategy == "vmap"  # the whole body comes before the dropout
-    model.drop.inplace = True  # in-place dropout on an unbatched tensor: vmap now fails
-    with caplog.at_level(logging.INFO, logger="mcdrop"):
+    model.drop.inplace = True  # in-place dropout on an unbatched tensor: run out of place
+    mc(x)
+    assert mc.last_strategy == "vmap"
+    model.out = HostCheckLinear(32, 3)  # a host-side check after the dropout: vmap now fails
+    with caplog.at_level(logging.INFO, logger="mcdrop"), pytest.warns(UserWarning, match="fell"):
         samples = mc(x)
     assert mc.last_strategy == "replicate" and samples.shape == (64, 8, 3)
     assert any("'vmap' does not work" in r.getMessage() for r in caplog.records)
