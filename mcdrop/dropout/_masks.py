@@ -293,7 +293,23 @@ _RANDOM = frozenset(
         torch.Tensor.cauchy_,
         torch.Tensor.log_normal_,
         torch.Tensor.multinomial,
+        # torch.distributions (Gamma, Beta, Dirichlet, Binomial) and RReLU's kernel
+        torch._standard_gamma,
+        torch._sample_dirichlet,
+        torch.binomial,
+        torch.rrelu,
+        torch.rrelu_,
     )
+)
+# Python functions that draw inside (their inner random ops must reach the mode too): run under
+# it without their own ``__torch_function__`` check (:func:`_unchecked`).
+_PY_RANDOM = frozenset(
+    getattr(F, name)
+    for name in (
+        "rrelu",
+        "gumbel_softmax",
+    )
+    if hasattr(F, name)
 )
 
 
@@ -323,7 +339,9 @@ def _from_shape(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tor
 
 
 # Everything the mode answers; any other function runs as it is after one set lookup.
-_INTERCEPTED = frozenset([*_KINDS, *_PYTHON, F.scaled_dot_product_attention, *_RNN, *_RANDOM])
+_INTERCEPTED = frozenset(
+    [*_KINDS, *_PYTHON, F.scaled_dot_product_attention, *_RNN, *_RANDOM, *_PY_RANDOM]
+)
 
 
 def _device_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.device:
@@ -390,6 +408,9 @@ class PrivateRandom(TorchFunctionMode):
         kwargs = kwargs or {}
         if func in _RANDOM:
             return self.with_generator(func, args, kwargs)
+        if func in _PY_RANDOM:
+            with self:
+                return _unchecked(func)(*args, **kwargs)
         return func(*args, **kwargs)
 
 
@@ -550,9 +571,12 @@ class MaskedDropout(PrivateRandom):
         kwargs = kwargs or {}
         if func not in _INTERCEPTED:
             return func(*args, **kwargs)
-        if func in _RANDOM:
+        if func in _RANDOM or func in _PY_RANDOM:
             if self.layouts is not None:
                 self._refuse_random(func)
+            if func in _PY_RANDOM:
+                with self:
+                    return _unchecked(func)(*args, **kwargs)
             return self.with_generator(func, args, kwargs)
         label, p = dropout_call(func, args, kwargs)
         if p <= 0.0:

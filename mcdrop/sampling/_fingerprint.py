@@ -32,6 +32,7 @@ microsecond per attribute.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Hashable
 from typing import Any
 
@@ -110,6 +111,16 @@ def _same(a: tuple[list[Hashable], list[Any]], b: tuple[list[Hashable], list[Any
     )
 
 
+class _Unseen:
+    """Equal to nothing, itself included: a fingerprint that holds one matches no other."""
+
+    def __eq__(self, other: object) -> bool:
+        return False
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
 class _Walker:
     def __init__(self) -> None:
         self.values: list[Hashable] = []
@@ -127,6 +138,11 @@ class _Walker:
             self.classes.add(cls)
             refs.append(getattr(cls, "forward", None))
             refs.append(getattr(cls, "train", None))
+            # every function the user's classes define (a patched helper method changes one)
+            for klass in cls.__mro__:
+                if klass.__module__.startswith("torch.") or klass is object:
+                    continue
+                refs.extend(v for v in vars(klass).values() if callable(v))
         state = module.__dict__
         values.append(tuple(state["_modules"]))
         for name in _HOOKS:
@@ -172,6 +188,8 @@ class _Walker:
                 self.values.append(("[", len(items)))
                 for item in items:
                     self.value(item, depth + 1)
+            else:
+                self.long(tuple(items))
             return
         if isinstance(value, dict):
             if len(value) <= _MAX_ITEMS:
@@ -179,6 +197,8 @@ class _Walker:
                 for k, item in value.items():
                     self.value(k, depth + 1)
                     self.value(item, depth + 1)
+            else:
+                self.long(tuple(itertools.chain.from_iterable(value.items())))
             return
         attrs = getattr(value, "__dict__", None)
         if isinstance(attrs, dict) and len(attrs) <= 4 * _MAX_ITEMS:  # a config, a namespace
@@ -186,6 +206,17 @@ class _Walker:
             for k, item in attrs.items():
                 self.values.append(k)
                 self.value(item, depth + 1)
+        elif isinstance(attrs, dict):
+            self.long(tuple(itertools.chain.from_iterable(attrs.items())))
+
+    def long(self, items: tuple[Any, ...]) -> None:
+        """A container too long to walk (the twin may hold a copy of it): its contents by value
+        when they are plain values (``id2label``), else a value equal to nothing, so that no
+        plan is kept while it is there (its contents could change unseen)."""
+        if all(type(item) in _PLAIN for item in items):
+            self.values.append(("[*", items))
+        else:
+            self.values.append(_Unseen())
 
 
 def fingerprint(model: nn.Module, inputs: Any, key: Hashable) -> Fingerprint:

@@ -178,9 +178,11 @@ def _refuse(strategy: str, profile: Profile) -> None:
         raise ValueError(
             "Expected a `strategy` other than 'vmap' for this model: vmap cannot draw a "
             f"dropout mask per sample in {', '.join(profile.vmap_unsafe)} (a fused kernel "
-            "that draws one mask for every sample, a site whose kernels were not probed with "
-            "detect_silent=False or scope='train_except_norm', or an in-place dropout whose "
-            "input is read again, which mcdrop keeps in place). Use strategy='auto', "
+            "that draws one mask for every sample; a site whose kernels were not probed, with "
+            "detect_silent=False or scope='train_except_norm', or whose randomness is not a "
+            "dropout call mcdrop recognises, such as a hand-written mask named by include=; or "
+            "an in-place dropout whose input is read again, which mcdrop keeps in place). Use "
+            "strategy='auto', "
             "'replicate' or 'loop'."
         )
     if profile.replicate_unsafe and strategy == "replicate":

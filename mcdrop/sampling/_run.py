@@ -239,6 +239,10 @@ class Run:
             raise StalePlan("the source of the random numbers changed")
         if masks_seed is not None:
             run.runner.masks = run.eager.masks = MaskedDropout(masks_seed)
+        # What the fingerprint cannot see (a module-level flag, a patched function) may make the
+        # examples of a pass interact: a kept 'replicate' checks again (three small passes).
+        if kept.plan.strategy == "replicate" and rows_interact(run.eager, first) == INTERACT:
+            raise StalePlan("the examples of a pass interact")
         run.masks = None
         run.validated = True
         run.samples_per_pass = None

@@ -80,20 +80,35 @@ def learn_layouts(runner: Runner, first: _Batch, key: Any = None) -> None:
 
     ``key`` (:func:`layouts_key`): what decided the layouts; those learned for the same key
     before are taken without running the twin (two passes saved per call), and new ones are
-    kept for it. None: learned, not kept."""
+    kept for it, unless a batch dimension's size is that of another dimension of its input
+    (:func:`_ambiguous`). None: learned, not kept."""
     masks = runner.masks
     assert masks is not None
     if key is not None and key in _LAYOUTS:
         masks.layouts = dict(_LAYOUTS[key])
         return
-    masks.layouts = _learned(runner, first)
-    if key is not None:
+    masks.layouts, two = _learned(runner, first)
+    if key is not None and not _ambiguous(masks.layouts, two):
         if len(_LAYOUTS) >= _MAX_LAYOUTS:
             _LAYOUTS.pop(next(iter(_LAYOUTS)))
         _LAYOUTS[key] = dict(masks.layouts)
 
 
-def _learned(runner: Runner, first: _Batch) -> dict[Any, Layout]:
+def _ambiguous(layouts: dict[Any, Layout], two: dict[Any, Any]) -> bool:
+    """Whether some call's batch dimension has the size of another of its dimensions on two
+    examples: state the key cannot see (a module-level flag that transposes) could then move it
+    without changing any shape the key holds, so such layouts are learned every call."""
+    for call, layout in layouts.items():
+        x = two.get(call)
+        if layout.dim is None or not isinstance(x, torch.Tensor) or layout.dim >= x.ndim:
+            continue
+        if list(x.shape).count(x.shape[layout.dim]) > 1:
+            return True
+    return False
+
+
+def _learned(runner: Runner, first: _Batch) -> tuple[dict[Any, Layout], dict[Any, Any]]:
+    """The layouts, and the calls' inputs on the two examples that settled them."""
     one = _probe_layout(runner, first.slice(0, 1), "one example")
     pairs = [first.slice(0, 2)] if first.size >= 2 else []
     reversed_pair = first.map_batched(
@@ -101,9 +116,10 @@ def _learned(runner: Runner, first: _Batch) -> dict[Any, Layout]:
     )
     reversed_pair.size = 2
     for pair in [*pairs, reversed_pair]:
-        layouts, unclear = infer_layouts(one, _probe_layout(runner, pair, "two examples"))
+        two = _probe_layout(runner, pair, "two examples")
+        layouts, unclear = infer_layouts(one, two)
         if not unclear:
-            return layouts
+            return layouts, two
     (site, label, index), reason = sorted(unclear.items())[0]
     raise ValueError(
         f"Expected to find which dimension of each dropout input holds the examples "

@@ -496,3 +496,91 @@ def test_model_replaced_while_a_call_runs_finishes_on_a_consistent_plan(when):
     new = mc(x)  # the next call plans for the changed model
     assert torch.equal(new, _fresh(model, x))
     assert not torch.equal(new, old)
+
+
+# -- what the fingerprint cannot see (a hostile review) -------------------------------------------
+_MIX = {"on": False}
+
+
+class _Mixing(nn.Module):
+    """A module-level flag (invisible to the fingerprint) makes the examples of a pass interact."""
+
+    def __init__(self):
+        super().__init__()
+        self.d, self.l1 = nn.Dropout(0.3), nn.Linear(4, 64)
+        self.l2, self.l3 = nn.Linear(64, 64), nn.Linear(64, 3)
+
+    def post(self, h):
+        return h
+
+    def forward(self, x):
+        h = self.post(self.l1(self.d(x)))
+        if _MIX["on"]:
+            h = h - h.mean(0, keepdim=True)
+        return self.l3(self.l2(h).relu())
+
+
+def _kept_then_fresh(model, mutate, x):
+    mc = mcdrop.MCDropout(model, n_samples=8, seed=3)
+    before = mc(x)
+    chosen = mc.last_strategy
+    mutate()
+    after = mc(x)
+    fresh = mcdrop.MCDropout(model, n_samples=8, seed=3)(x)
+    return chosen, before, after, fresh
+
+
+def test_a_kept_replicate_plan_checks_the_examples_again():
+    torch.manual_seed(0)
+    try:
+        chosen, before, after, fresh = _kept_then_fresh(
+            _Mixing().eval(), lambda: _MIX.update(on=True), torch.randn(5, 4)
+        )
+    finally:
+        _MIX["on"] = False
+    assert chosen == "replicate"
+    assert not torch.equal(before, after)
+    assert torch.equal(after, fresh)
+
+
+def test_a_patched_helper_method_is_in_the_fingerprint():
+    class Patched(_Mixing):
+        pass
+
+    def patch():
+        Patched.post = lambda self, h: h - h.mean(0, keepdim=True)
+
+    torch.manual_seed(0)
+    chosen, before, after, fresh = _kept_then_fresh(Patched().eval(), patch, torch.randn(5, 4))
+    assert chosen == "replicate"
+    assert torch.equal(after, fresh) and not torch.equal(before, after)
+
+
+class _ListRate(nn.Module):
+    """A rate in a list too long to walk: the twin holds a copy, so it must not be reused."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(4, 16), nn.Linear(16, 3)
+        self.rates = [0.1] * n
+        self.rates_of = {f"k{i}": [0.1] for i in range(n)}  # unplain values
+
+    def forward(self, x):
+        p = max(self.rates[7], self.rates_of["k7"][0])
+        return self.l2(F.dropout(self.l1(x).relu(), p, self.training))
+
+
+@pytest.mark.parametrize("where", ["list", "dict of lists"])
+def test_a_rate_in_a_long_container_changed_in_place_takes_effect(where):
+    torch.manual_seed(0)
+    model = _ListRate(100).eval()
+
+    def mutate():
+        if where == "list":
+            model.rates[7] = 0.9
+        else:
+            model.rates_of["k7"][0] = 0.9
+
+    _, before, after, fresh = _kept_then_fresh(model, mutate, torch.randn(5, 4))
+    assert not torch.equal(before, after)
+    assert torch.equal(after, fresh)

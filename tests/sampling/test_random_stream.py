@@ -15,6 +15,7 @@ import torch
 from conftest import FusedClassifier, training_reference
 from strategy_models import _assert_same_distribution
 from torch import nn
+from torch.nn import functional as F
 
 import mcdrop
 
@@ -184,3 +185,42 @@ def test_only_compile_draws_from_the_global_stream_and_says_so():
     with warnings.catch_warnings():
         warnings.filterwarnings("error", "mcdrop", UserWarning)
         mcdrop.predict_with_uncertainty(torch.compile(model), x, n_samples=4, seed=0)
+
+
+class _Stochastic(nn.Module):
+    """Training-only randomness that is not dropout: RReLU and a Gumbel-softmax head."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.act, self.d, self.b = (
+            nn.Linear(4, 8),
+            nn.RReLU(),
+            nn.Dropout(0.2),
+            nn.Linear(8, 3),
+        )
+
+    def forward(self, x):
+        logits = self.b(self.d(self.act(self.a(x))))
+        if self.training:
+            sample = torch.distributions.Gamma(torch.ones(3), torch.ones(3)).sample()
+            return F.gumbel_softmax(logits, tau=1.0) + 0.01 * sample
+        return logits
+
+
+@pytest.mark.parametrize("strategy", ["loop", "replicate", "auto"])
+def test_random_ops_inside_python_functions_draw_from_mcdrops_generator(strategy):
+    """F.rrelu and F.gumbel_softmax draw inside Python; torch.distributions through
+    ``_standard_gamma``: all from mcdrop's generator, so the seed reproduces them."""
+    torch.manual_seed(0)
+    model, x = _Stochastic().eval(), torch.randn(5, 4)
+    state = torch.get_rng_state()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        runs = [
+            mcdrop.MCDropout(
+                model, n_samples=8, seed=123, scope="train_except_norm", strategy=strategy
+            )(x)
+            for _ in range(2)
+        ]
+    assert torch.equal(runs[0], runs[1]) and runs[0].var(0).min() > 0
+    assert torch.equal(torch.get_rng_state(), state)

@@ -775,7 +775,7 @@ def test_layouts_are_kept_between_calls_and_learned_again_when_what_decided_them
     torch.manual_seed(0)
     model = Flagged().eval()
     mc = mcdrop.MCDropout(model, n_samples=8, masks="shared", seed=3, strategy="loop")
-    x = torch.randn(4, 2, 3)
+    x = torch.randn(4, 3, 3)  # L = 3: the batch dimension (2 in the probe) has no other's size
     first = mc(x)
     assert count[0] == 1
     assert _alone_is_in_pair(mc, x)  # one example alone: another probe, learned once more
@@ -786,16 +786,49 @@ def test_layouts_are_kept_between_calls_and_learned_again_when_what_decided_them
     torch.testing.assert_close(predicted, first)
     assert count[0] == 2  # predict_with_uncertainty found them too
 
-    model.seq_first = True  # a flag: the batch dimension moves, the probe's shapes do not
+    model.seq_first = True  # a flag: the batch dimension moves
     assert _alone_is_in_pair(mc, x)
     assert count[0] == 4
-    x3 = torch.randn(4, 3, 3)  # another input length
-    assert _alone_is_in_pair(mc, x3)
+    x5 = torch.randn(4, 5, 3)  # another input length
+    assert _alone_is_in_pair(mc, x5)
     assert count[0] == 6
     model.seq_first = False
     model.drop = SeqFirstDropout(0.5).eval()  # a site replaced
     assert _alone_is_in_pair(mc, x)
     assert count[0] == 8
+
+
+_TRANSPOSE = {"on": False}
+
+
+class GlobalFlagged(nn.Module):
+    """A module-level flag (no key can see it) moves the batch dimension; with L = 2 beside the
+    probe's two examples no shape changes either."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(4, 2), nn.Linear(2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.l1(x)
+        if _TRANSPOSE["on"]:
+            return self.l2(F.dropout(h.T, 0.5, self.training).T)
+        return self.l2(F.dropout(h, 0.5, self.training))
+
+
+def test_layouts_whose_batch_dimension_shares_its_size_are_learned_every_call(monkeypatch):
+    count = _learning_counted(monkeypatch)
+    torch.manual_seed(0)
+    model = GlobalFlagged().eval()
+    mc = mcdrop.MCDropout(model, n_samples=8, masks="shared", seed=0, strategy="loop")
+    x = torch.randn(2, 4)
+    try:
+        assert _alone_is_in_pair(mc, x)
+        _TRANSPOSE["on"] = True
+        assert _alone_is_in_pair(mc, x)
+    finally:
+        _TRANSPOSE["on"] = False
+    assert count[0] == 4  # (2, 2) inputs: never kept
 
 
 def test_a_stale_layout_would_break_one_network_per_sample(monkeypatch):
@@ -807,10 +840,14 @@ def test_a_stale_layout_would_break_one_network_per_sample(monkeypatch):
     torch.manual_seed(0)
     model = Flagged().eval()
     mc = mcdrop.MCDropout(model, n_samples=8, masks="shared", seed=3, strategy="loop")
-    x = torch.randn(4, 2, 3)
+    x = torch.randn(4, 4, 3)
     assert _alone_is_in_pair(mc, x)
     model.seq_first = True
-    assert not _alone_is_in_pair(mc, x)
+    try:
+        same = _alone_is_in_pair(mc, x)
+    except ValueError:  # refused: the kept dimension does not hold the rows
+        same = False
+    assert not same
 
 
 # -- hand-written dropout ---------------------------------------------------------------------------
