@@ -291,6 +291,9 @@ def test_every_redirected_random_op_takes_a_generator():
         torch.Tensor.bernoulli: lambda f: f(torch.full((2,), 0.5), generator=gen),
         torch.Tensor.multinomial: lambda f: f(torch.ones(3), 2, generator=gen),
         torch.Tensor.geometric_: lambda f: f(torch.ones(2), 0.5, generator=gen),
+        torch.binomial: lambda f: f(torch.full((2,), 3.0), torch.full((2,), 0.5), generator=gen),
+        torch.rrelu: lambda f: f(-torch.ones(2), 0.1, 0.3, True, generator=gen),
+        torch.rrelu_: lambda f: f(-torch.ones(2), 0.1, 0.3, True, generator=gen),
     }
     state = torch.get_rng_state()
     for func in _RANDOM:
