@@ -131,7 +131,7 @@ class Engine:
         with sampling_rng(None if private is not None else seed, self.device):
             # Taken before the twin is built: a model changed meanwhile leaves a kept plan whose
             # fingerprint is not the model's, so the next call plans again.
-            mark = self._fingerprint(first, call_rows) if self.keep and not shared else None
+            mark = self._fingerprint(first, call_rows) if self.keep else None
             kept = None if mark is None or fresh else self._take(mark)
             with torch.inference_mode():
                 first = first.to(self.device)

@@ -195,8 +195,9 @@ class Run:
         self.compiled = o.compile is not None or unwrap_compiled(engine.model)[1]
         self.runner, self.eager = _runners(engine, twin, masks_seed, shared)
         self.masks = self.runner.masks if shared else None  # shared masks' own steps
+        self.layouts_keepable = True  # shared masks: layouts that may be kept with the plan
         if self.masks is not None:
-            learn_layouts(self.eager, first, self._layouts_key())
+            self.layouts_keepable = learn_layouts(self.eager, first, self._layouts_key())
         self.validated = False  # the first chunk checks the auto candidate
         self.samples_per_pass: int | None = None  # the most samples per pass since a back-off
         self.first_chunk_seconds: float | None = None  # the first chunk that stood, timed
@@ -237,13 +238,19 @@ class Run:
         run.runner, run.eager = copy.copy(kept.runner), copy.copy(kept.eager)
         if (masks_seed is None) != (kept.runner.masks is None):
             raise StalePlan("the source of the random numbers changed")
+        run.masks = None
+        run.layouts_keepable = True
+        layouts = None if kept.runner.masks is None else kept.runner.masks.layouts
         if masks_seed is not None:
-            run.runner.masks = run.eager.masks = MaskedDropout(masks_seed)
+            masks = MaskedDropout(masks_seed, None if layouts is None else dict(layouts))
+            run.runner.masks = run.eager.masks = masks
+            if layouts is not None:  # shared masks: the kept layouts, hooks on the kept twin
+                run.masks = masks
+                run.runner.attributed = run.eager.attributed = attribution(masks, kept.twin)
         # What the fingerprint cannot see (a module-level flag, a patched function) may make the
         # examples of a pass interact: a kept 'replicate' checks again (three small passes).
         if kept.plan.strategy == "replicate" and rows_interact(run.eager, first) == INTERACT:
             raise StalePlan("the examples of a pass interact")
-        run.masks = None
         run.validated = True
         run.samples_per_pass = None
         run.first_chunk_seconds = None
@@ -256,8 +263,9 @@ class Run:
 
     def kept(self, mark: Fingerprint) -> Kept | None:
         """What a later call with the fingerprint ``mark`` may use again; None when nothing is
-        to be kept (shared masks, the twin's check still pending, the candidate not checked)."""
-        if self.masks is not None or self.twin.pending is not None or not self.validated:
+        to be kept (the twin's check still pending, the candidate not checked, shared masks
+        whose layouts are ambiguous)."""
+        if not self.layouts_keepable or self.twin.pending is not None or not self.validated:
             return None
         modules = self.kept_modules
         if modules is None:
@@ -494,7 +502,7 @@ class Run:
         """The plan for the sites the twin's full check settled on."""
         if self.masks is not None:  # shared masks: the new sites' calls, and where the rows are
             self.runner.attributed = self.eager.attributed = attribution(self.masks, self.twin)
-            learn_layouts(self.eager, self.first, self._layouts_key())
+            self.layouts_keepable = learn_layouts(self.eager, self.first, self._layouts_key())
         self.profile = profile_of(
             self.twin, self.probe_batch.size, self.runner.masks, shared=self.masks is not None
         )

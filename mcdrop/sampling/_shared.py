@@ -72,7 +72,7 @@ def attribution(masks: MaskedDropout, twin: Sampling) -> Any:
     return lambda: masks.attributed(modules)
 
 
-def learn_layouts(runner: Runner, first: _Batch, key: Any = None) -> None:
+def learn_layouts(runner: Runner, first: _Batch, key: Any = None) -> bool:
     """Where each dropout call's input holds the examples: the sampling twin on one example and
     on two, every dropout the identity (:func:`mcdrop.dropout.infer_layouts`). The second example
     is the batch's next one; where the values cannot tell contiguous from strided units (equal
@@ -81,17 +81,20 @@ def learn_layouts(runner: Runner, first: _Batch, key: Any = None) -> None:
     ``key`` (:func:`layouts_key`): what decided the layouts; those learned for the same key
     before are taken without running the twin (two passes saved per call), and new ones are
     kept for it, unless a batch dimension's size is that of another dimension of its input
-    (:func:`_ambiguous`). None: learned, not kept."""
+    (:func:`_ambiguous`). None: learned, not kept. Returns whether the layouts may be kept
+    (with a plan: :meth:`mcdrop.sampling._run.Run.kept`), i.e. are not ambiguous."""
     masks = runner.masks
     assert masks is not None
     if key is not None and key in _LAYOUTS:
         masks.layouts = dict(_LAYOUTS[key])
-        return
+        return True
     masks.layouts, two = _learned(runner, first)
-    if key is not None and not _ambiguous(masks.layouts, two):
+    keepable = not _ambiguous(masks.layouts, two)
+    if key is not None and keepable:
         if len(_LAYOUTS) >= _MAX_LAYOUTS:
             _LAYOUTS.pop(next(iter(_LAYOUTS)))
         _LAYOUTS[key] = dict(masks.layouts)
+    return keepable
 
 
 def _ambiguous(layouts: dict[Any, Layout], two: dict[Any, Any]) -> bool:

@@ -895,3 +895,40 @@ def test_hand_written_dropout_is_refused_naming_the_site(form, how):
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     independent = _samples(model, x, masks="independent", n_samples=50, **options)
     assert not torch.allclose(independent[0], independent[1])  # sampled there
+
+
+def test_a_held_wrapper_keeps_its_plan_with_shared_masks():
+    """The kept plan serves shared masks too: no new plan on a repeat call, the same networks
+    (bit for bit a fresh wrapper's), one example alone the same network as in the batch; a rate
+    changed between calls takes effect."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(0.5),
+        nn.Linear(8, 4),
+    ).eval()
+    x = torch.randn(6, 3, 8, 8)
+    mc = mcdrop.MCDropout(model, n_samples=20, masks="shared", seed=1)
+    first = mc(x)
+    again = mc(x)
+    assert mc._engine.plans_made == 1
+    fresh = mcdrop.MCDropout(model, n_samples=20, masks="shared", seed=1)(x)
+    assert torch.equal(first, again) and torch.equal(again, fresh)
+    alone = mc(x[2:3])
+    torch.testing.assert_close(alone[:, 0], first[:, 2])
+    model[4].p = 0.2
+    changed = mc(x)
+    assert torch.equal(changed, mcdrop.MCDropout(model, n_samples=20, masks="shared", seed=1)(x))
+    assert not torch.equal(changed, first)
+
+
+def test_ambiguous_layouts_keep_no_plan():
+    torch.manual_seed(0)
+    mc = mcdrop.MCDropout(GlobalFlagged().eval(), n_samples=8, masks="shared", seed=0)
+    x = torch.randn(2, 4)
+    mc(x)
+    mc(x)
+    assert mc._engine.plans_made == 2
