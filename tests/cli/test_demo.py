@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pytest
 import torch
@@ -84,21 +82,16 @@ def two_seeds():
 
 
 def _tables(summary: str) -> dict[str, dict[str, dict[str, str]]]:
-    """Every printed table by its title line: row -> column -> the number as printed."""
-    tables = {}
-    for block in summary.split("\n\n"):
-        lines = block.splitlines()
-        start = next((i for i, line in enumerate(lines) if line.startswith("model ")), None)
-        if start is None:
-            continue
-        title = " ".join(lines[:start]) or "in distribution"
-        header = re.split(r"\s{2,}", lines[start].strip())
-        rows = {}
-        for line in lines[start + 2 :]:
-            cells = re.split(r"\s{2,}", line.strip())
-            rows[cells[0]] = dict(zip(header[1:], cells[1:], strict=True))
-        tables[title] = rows
-    return tables
+    """Every printed table by its title line (the parser of ``docs/make_readme_figure.py``)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "docs" / "make_readme_figure.py"
+    spec = importlib.util.spec_from_file_location("make_readme_figure", path)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script.tables(summary)
 
 
 def _table(summary: str, starts: str) -> dict[str, dict[str, str]]:

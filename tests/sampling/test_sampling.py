@@ -635,7 +635,7 @@ def test_cpu_dropout_mask_is_bernoulli_and_rescaled(p, inplace, dtype, shape):
 @pytest.mark.parametrize("p", [0.5, 0.25, 0.375, 0.1])
 def test_cpu_dropout_keep_rate_is_exact_to_a_256th(p):
     """Two million units: a keep rate off by 1/256 would be 11 standard errors away."""
-    from mcdrop.sampling._strategies import _keep_mask
+    from mcdrop.dropout import keep_mask as _keep_mask
 
     kept = _keep_mask(torch.Size([1000, 2000]), p, torch.device("cpu"))
     assert stats.binomtest(int(kept.sum()), kept.numel(), 1 - p).pvalue > 1e-4
