@@ -9,8 +9,13 @@ For each: one deterministic pass ``model(x)`` in eval mode under ``torch.inferen
 ``mcdrop.predict_with_uncertainty(model, x, n_samples=T)`` end to end, and a held
 ``mcdrop.MCDropout(model, n_samples=T)`` called on ``x`` (the stacked samples) — medians of
 ``--repeats`` rounds, timed round-robin (one run of each per round, after one untimed run each)
-so that load from other processes hits all three alike; the ratios are to the pass's median.
+so that load from other processes hits all alike; the ratios are to the pass's median.
 The strategy each used is read from ``result.sampling`` / ``MCDropout.last_strategy``.
+
+The ``floor`` is what a perfect prefix-sharing sampler cannot avoid: one deterministic pass plus
+``model.classifier`` from its first dropout onwards (a copy, dropouts in train mode) run on
+``T x B`` rows, that dropout's input captured once and repeated ``T`` times along dim 0 inside
+each call, timed in the same rounds. ``held/floor`` is how far the held ``MCDropout`` is above it.
 
 Runs against whichever mcdrop is imported (``PYTHONPATH``), so the same script gives the before
 and after figures::
@@ -22,6 +27,7 @@ and after figures::
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -72,10 +78,46 @@ def timed(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def first_dropout(model: nn.Module) -> int:
+    """Index of the first ``nn.Dropout`` in ``model.classifier`` (an ``nn.Sequential``)."""
+    for i, module in enumerate(model.classifier):
+        if isinstance(module, nn.Dropout):
+            return i
+    raise ValueError(f"{type(model).__name__}.classifier holds no nn.Dropout")
+
+
+def floor_tail(model: nn.Module, x: torch.Tensor, T: int) -> Callable[[], Any]:
+    """The floor's sampled part: ``classifier[i:]`` on the first dropout's input, ``T`` times.
+
+    The input is captured by a forward pre-hook during one pass under ``torch.inference_mode()``;
+    the tail is a deep copy (the model is never modified), dropouts in train mode, the rest eval.
+    """
+    i = first_dropout(model)
+    captured: list[torch.Tensor] = []
+    hook = model.classifier[i].register_forward_pre_hook(lambda _, args: captured.append(args[0]))
+    try:
+        with torch.inference_mode():
+            model(x)
+    finally:
+        hook.remove()
+    h = captured[0]
+    tail = copy.deepcopy(model.classifier[i:]).eval()
+    for module in tail.modules():
+        if isinstance(module, nn.Dropout):
+            module.train()
+
+    def run() -> None:
+        with torch.inference_mode():
+            tail(h.repeat(T, *[1] * (h.dim() - 1)))
+
+    return run
+
+
 def row(name: str, batch: int, size: int, T: int, repeats: int) -> dict[str, Any]:
     model = build(name)
     x = torch.randn(batch, 3, size, size)
     held = mcdrop.MCDropout(model, n_samples=T, seed=0)
+    tail = floor_tail(model, x, T)
     record: dict[str, Any] = {}
 
     def one_pass() -> None:
@@ -93,7 +135,9 @@ def row(name: str, batch: int, size: int, T: int, repeats: int) -> dict[str, Any
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ms = timed({"pass": one_pass, "predict": predict, "held": held_call}, repeats)
+        fns = {"pass": one_pass, "predict": predict, "held": held_call, "tail": tail}
+        ms = timed(fns, repeats)
+    floor = ms["pass"] + ms["tail"]
     return {
         "model": name,
         "batch": batch,
@@ -104,6 +148,10 @@ def row(name: str, batch: int, size: int, T: int, repeats: int) -> dict[str, Any
         "held_ms": ms["held"],
         "predict_ratio": ms["predict"] / ms["pass"],
         "held_ratio": ms["held"] / ms["pass"],
+        "tail_ms": ms["tail"],
+        "floor_ms": floor,
+        "floor_ratio": floor / ms["pass"],
+        "held_over_floor": ms["held"] / floor,
         "strategy": record.get("strategy"),
         "held_strategy": getattr(held, "last_strategy", None),
         "fallbacks": record.get("fallbacks", []),
@@ -133,7 +181,8 @@ def main() -> None:
     }
     print(json.dumps(env))
     header = (
-        f"{'model':<20}{'pass ms':>9}{'predict ms':>12}{'x':>7}{'held ms':>10}{'x':>7}  strategy"
+        f"{'model':<20}{'pass ms':>9}{'predict ms':>12}{'x':>7}{'held ms':>10}{'x':>7}"
+        f"{'floor ms':>10}{'x':>7}{'held/floor':>12}  strategy"
     )
     print(header)
     rows = []
@@ -143,7 +192,8 @@ def main() -> None:
         fell = f" (after {', '.join(r['fallbacks'])})" if r["fallbacks"] else ""
         print(
             f"{name:<20}{r['pass_ms']:>9.1f}{r['predict_ms']:>12.1f}{r['predict_ratio']:>7.2f}"
-            f"{r['held_ms']:>10.1f}{r['held_ratio']:>7.2f}  {r['strategy']}{fell}",
+            f"{r['held_ms']:>10.1f}{r['held_ratio']:>7.2f}{r['floor_ms']:>10.1f}"
+            f"{r['floor_ratio']:>7.2f}{r['held_over_floor']:>12.2f}  {r['strategy']}{fell}",
             flush=True,
         )
     env["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
