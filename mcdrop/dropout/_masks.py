@@ -448,12 +448,47 @@ def keep_mask(
     threshold = p * 256
     if len(shape) == 0 or threshold != int(threshold) or not bytes_under_vmap():
         return torch.rand(shape, dtype=torch.float32, **drawn).ge(p)
+    return _random_bytes(shape, drawn).ge(int(threshold))
+
+
+def keep_units(
+    shape: tuple[int, ...] | torch.Size, p: float, device: torch.device, generator: torch.Generator
+) -> torch.Tensor:
+    """:func:`keep_mask` as 0/1 values (the same draws, the same mask): ``uint8`` where one
+    random byte per unit decides, else ``bool``. Multiplying by the bytes is the cheaper way to
+    apply the mask: on the CPU, comparing bytes to a threshold and converting a boolean mask to
+    floats each cost 4 to 10x the clamp used here."""
+    threshold = p * 256
+    c = int(threshold)
+    if len(shape) == 0 or threshold != c or not 1 <= c <= 255 or not bytes_under_vmap():
+        return keep_mask(shape, p, device, generator)
+    units = _random_bytes(shape, {"device": device, "generator": generator})
+    return units.clamp(c - 1, c).sub_(c - 1)  # byte >= c: 1, else 0
+
+
+def _random_bytes(shape: tuple[int, ...] | torch.Size, drawn: dict[str, Any]) -> torch.Tensor:
+    """Uniform random bytes of ``shape``, eight from each 64-bit draw along the last dimension."""
     *lead, last = shape
     words = torch.randint(-(2**63), 2**63 - 1, (*lead, (last + 7) // 8), **drawn)
-    return words.view(torch.uint8)[..., :last].ge(int(threshold))
+    return words.view(torch.uint8)[..., :last]
+
+
+@functools.cache
+def in_dtype(value: float, dtype: torch.dtype) -> float:
+    """``value`` rounded to ``dtype`` (a Python float): ``x * in_dtype(s, x.dtype)`` rounds as
+    ``x * (mask.to(x.dtype) * s)`` does, for a 0/1 mask."""
+    return float(torch.tensor(value, dtype=torch.float64).to(dtype))
 
 
 # -- the mode -----------------------------------------------------------------------------------
+@dataclass
+class Counted:
+    """What :meth:`MaskedDropout.counting` counted, per pass (set when counting ends): dropout
+    calls keyed ``(function label, effective rate)``, other random draws keyed by function."""
+
+    calls: dict[Any, float] | None = None
+
+
 class MaskedDropout(PrivateRandom):
     """Answers every dropout call with an explicit mask (see the module docstring).
 
@@ -487,6 +522,8 @@ class MaskedDropout(PrivateRandom):
         self.chunk: range | None = None
         self.chunk_keeps: dict[Any, torch.Tensor] = {}  # (call, sizes, cut, device, scaled)
         self.chunk_bytes = 0
+        self.tally: Counter[Any] | None = None  # while counting(): the calls answered
+        self.passes = 0  # ... and the passes they came from
 
     # -- passes and attribution ------------------------------------------------------------------
     def start_pass(
@@ -503,6 +540,7 @@ class MaskedDropout(PrivateRandom):
         self.t = t
         self.rows = rows
         self.samples = samples
+        self.passes += 1
         if chunk != self.chunk:
             self.chunk = chunk
             self.chunk_keeps.clear()
@@ -533,6 +571,22 @@ class MaskedDropout(PrivateRandom):
             for handle in handles:
                 handle.remove()
             stack.clear()
+
+    @contextlib.contextmanager
+    def counting(self) -> Iterator[Counted]:
+        """Inside, every call this mode answers is counted: dropout calls by function and
+        effective rate (0 for ``training=False``), other random draws by function. On leaving,
+        the yielded :class:`Counted` holds the counts per pass (the calls one pass makes, on
+        average): what a kept plan's first chunk must make again. Costs a dictionary update
+        per dropout call or random draw, nothing per other operation."""
+        counted = Counted()
+        self.tally, self.passes = Counter(), 0
+        try:
+            yield counted
+        finally:
+            n = max(self.passes, 1)
+            counted.calls = {key: count / n for key, count in self.tally.items()}
+            self.tally = None
 
     @contextlib.contextmanager
     def probing(self) -> Iterator[dict[Key, Any]]:
@@ -571,7 +625,10 @@ class MaskedDropout(PrivateRandom):
         kwargs = kwargs or {}
         if func not in _INTERCEPTED:
             return func(*args, **kwargs)
+        tally = self.tally
         if func in _RANDOM or func in _PY_RANDOM:
+            if tally is not None:
+                tally[func] += 1
             if self.layouts is not None:
                 self._refuse_random(func)
             if func in _PY_RANDOM:
@@ -579,6 +636,8 @@ class MaskedDropout(PrivateRandom):
                     return _unchecked(func)(*args, **kwargs)
             return self.with_generator(func, args, kwargs)
         label, p = dropout_call(func, args, kwargs)
+        if tally is not None:
+            tally[(label, p)] += 1
         if p <= 0.0:
             return func(*args, **kwargs)
         direct = _DIRECT.get(func)
@@ -627,7 +686,7 @@ class MaskedDropout(PrivateRandom):
         ndim = len(shape)
         dims = [shape[i] if i in masked else 1 for i in range(ndim)]
         if self.layouts is None:  # independent draws, from this mode's own generator
-            keep = keep_mask(tuple(dims), p, device, self.generator(device))
+            keep = keep_units(tuple(dims), p, device, self.generator(device))
             return tuple(shape), keep if scaled is None else keep.to(scaled[0]) * scaled[1]
         base = self._base(key, extra)
         assert self.t is not None and self.rows is not None
@@ -736,6 +795,10 @@ class MaskedDropout(PrivateRandom):
             noise = keep.to(x.dtype)
             a = 1.0 / math.sqrt((_ALPHA * _ALPHA * p + 1) * (1 - p))
             out = x.reshape(view) * (noise * a) + (noise - 1 + p) * (_ALPHA * a)
+        elif self.layouts is None:  # 0/1 units: the input scaled, then masked
+            scale = 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
+            view, keep = self._keep(key, x.shape, masked, layout, x.device, p, extra)
+            out = x.reshape(view) * in_dtype(scale, x.dtype) * keep
         else:
             scale = 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
             view, noise = self._keep(

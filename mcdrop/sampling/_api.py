@@ -7,7 +7,6 @@ parameter docs, and validate what :class:`MCDropout` is given.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 from typing import Any
 
@@ -17,7 +16,7 @@ from torch import nn
 from mcdrop.dropout import DropoutSite, SamplingWrapper, dropout_sites
 from mcdrop.results import ClassificationResult, RegressionResult, SamplingRecord
 from mcdrop.sampling import _driver as driver
-from mcdrop.sampling._engine import Engine
+from mcdrop.sampling._engine import Engine, Plans
 from mcdrop.sampling._inputs import batch_of
 from mcdrop.sampling._options import (
     SamplingOptions,
@@ -223,9 +222,9 @@ class MCDropout(SamplingWrapper):
         if (
             engine is None
             or engine.model is not self.model
-            or _plan_options(engine.options) != _plan_options(options)
+            or engine.options.plan_fields != options.plan_fields
         ):
-            engine = self._engine = Engine(self.model, options, keep=True)
+            engine = self._engine = Engine(self.model, options, plans=Plans())
         return engine
 
     def sites(self, example_inputs: Any = None) -> list[DropoutSite]:
@@ -238,8 +237,3 @@ class MCDropout(SamplingWrapper):
             exclude=o.exclude,
             example_inputs=example_inputs,
         )
-
-
-def _plan_options(options: SamplingOptions) -> SamplingOptions:
-    """``options`` without those that never change a plan."""
-    return dataclasses.replace(options, seed=None, generator=None, progress=None)

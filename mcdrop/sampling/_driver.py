@@ -20,7 +20,7 @@ from torch import nn
 from mcdrop.dropout import user_stacklevel
 from mcdrop.results import ClassificationResult, RegressionResult, SamplingRecord
 from mcdrop.sampling._checks import OutputChecks, check_consistent, check_samples_fit
-from mcdrop.sampling._engine import Engine
+from mcdrop.sampling._engine import Engine, function_plans
 from mcdrop.sampling._inputs import _Batch, iter_batches
 from mcdrop.sampling._options import SamplingOptions
 from mcdrop.sampling._planner import PREFIX_SHARE_FOR_VMAP
@@ -164,8 +164,9 @@ def predict(
     engine: Engine | None = None,
 ) -> ClassificationResult | RegressionResult:
     """:func:`mcdrop.predict_with_uncertainty` on one process; ``engine``: one that outlives the
-    call (:class:`mcdrop.MCDropout`'s, which keeps its plan), else a new one."""
-    engine = engine or Engine(model, options)
+    call (:class:`mcdrop.MCDropout`'s, which keeps its plans), else a new one on the plans the
+    function keeps for ``model`` (:func:`~._engine.function_plans`)."""
+    engine = engine or Engine(model, options, plans=function_plans(model, options))
     batches, n_batches, n_examples = iter_batches(
         inputs,
         batch_size=options.batch_size or engine.planner.budget,

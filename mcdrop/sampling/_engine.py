@@ -11,10 +11,13 @@ Everything a call decides (the twin, its sites, the plan, the first batch) lives
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import itertools
 import logging
 import threading
 import warnings
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -80,7 +83,9 @@ def model_device(model: nn.Module) -> torch.device:
 class Engine:
     """Sampling state of one model and one set of options (see the module docstring)."""
 
-    def __init__(self, model: nn.Module, options: SamplingOptions, *, keep: bool = False) -> None:
+    def __init__(
+        self, model: nn.Module, options: SamplingOptions, *, plans: Plans | None = None
+    ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
                 f"Expected `model` to be a torch.nn.Module, but got {type(model).__name__}."
@@ -93,13 +98,17 @@ class Engine:
         # measure_rows), per model structure and input signature (_BUDGETS): an engine that
         # saw other inputs first sizes the passes as a new one would.
         self.memory_sized = options.batch_budget is None and self.device.type == "cuda"
-        # With ``keep`` (MCDropout), the plan of the last call, used again while the fingerprint
-        # of the model, inputs and torch's modes is the same (see run); ``plans_made`` counts
-        # the calls that built and probed a twin.
-        self.keep = keep
-        self.kept: list[Kept] = []  # most recent first, one per fingerprint (input shapes)
+        # With ``plans`` (MCDropout's own, or the function's per model: function_plans), the
+        # plans of the last calls, used again while the fingerprint of the model, inputs and
+        # torch's modes is the same (see run); ``plans_made`` counts the calls that built and
+        # probed a twin.
+        self.plans = plans
         self.plans_made = 0
-        self._lock = threading.Lock()
+
+    @property
+    def kept(self) -> list[Kept]:
+        """The plans kept, most recent first (none without ``plans``)."""
+        return [] if self.plans is None else self.plans.kept
 
     @contextlib.contextmanager
     def run(
@@ -131,8 +140,9 @@ class Engine:
         with sampling_rng(None if private is not None else seed, self.device):
             # Taken before the twin is built: a model changed meanwhile leaves a kept plan whose
             # fingerprint is not the model's, so the next call plans again.
-            mark = self._fingerprint(first, call_rows) if self.keep else None
-            kept = None if mark is None or fresh else self._take(mark)
+            plans = self.plans
+            mark = None if plans is None else self._fingerprint(first, call_rows)
+            kept = None if plans is None or mark is None or fresh else plans.take(mark)
             with torch.inference_mode():
                 first = first.to(self.device)
                 small = first.slice(0, min(2, first.size))
@@ -147,7 +157,8 @@ class Engine:
                         call_rows=call_rows,
                         masks_seed=private,
                     )
-                    self._give_back(kept)
+                    assert plans is not None
+                    plans.give_back(kept)
                     return
                 self.plans_made += 1
                 probe = Probe(
@@ -176,31 +187,11 @@ class Engine:
                     )
                     yield run
                 kept = None if mark is None else run.kept(mark)
-                if kept is not None:
-                    self._give_back(kept)
+                if plans is not None and kept is not None:
+                    plans.give_back(kept)
 
     def _fingerprint(self, first: _Batch, call_rows: int | None) -> Fingerprint:
         return fingerprint(self.model, (first.args, first.kwargs), (call_rows, str(self.device)))
-
-    def _take(self, mark: Fingerprint) -> Kept | None:
-        """The kept plan whose fingerprint is ``mark``, or None; it is the caller's until it
-        gives it back (another thread meanwhile plans afresh)."""
-        with self._lock:
-            for i, kept in enumerate(self.kept):
-                if kept.fingerprint == mark:
-                    return self.kept.pop(i)
-        return None
-
-    def _give_back(self, kept: Kept) -> None:
-        """Keep ``kept`` first; one plan per fingerprint, at most ``_MAX_KEPT``, all of the
-        model as ``kept`` saw it (the plans of a changed model go: they hold its old parts)."""
-        mark = kept.fingerprint
-        with self._lock:
-            self.kept = [
-                k for k in self.kept if k.fingerprint.same_model(mark) and k.fingerprint != mark
-            ]
-            self.kept.insert(0, kept)
-            del self.kept[_MAX_KEPT:]
 
     # -- CUDA rows per pass ---------------------------------------------------------------------
     def cuda_rows(self, runner: Runner, first: _Batch) -> int:
@@ -215,6 +206,78 @@ class Engine:
             _BUDGETS.pop(next(iter(_BUDGETS)))
         _BUDGETS[key] = measured
         return measured
+
+
+class Plans:
+    """Plans kept between calls for one model and one set of options: most recent first, one per
+    fingerprint (input signature), at most ``_MAX_KEPT``, all of the model as the latest saw it.
+    A plan is taken by one call at a time (another thread meanwhile plans afresh). ``weak``:
+    their fingerprints hold the model weakly (:func:`function_plans`)."""
+
+    def __init__(self, *, weak: bool = False) -> None:
+        self.kept: list[Kept] = []
+        self.weak = weak
+        self._lock = threading.Lock()
+
+    def take(self, mark: Fingerprint) -> Kept | None:
+        """The kept plan whose fingerprint is ``mark``, or None; it is the caller's until it
+        gives it back."""
+        with self._lock:
+            for i, kept in enumerate(self.kept):
+                if kept.fingerprint == mark:
+                    return self.kept.pop(i)
+        return None
+
+    def give_back(self, kept: Kept) -> None:
+        """Keep ``kept`` first; the plans of a changed model go (they hold its old parts)."""
+        if self.weak:
+            kept = dataclasses.replace(kept, fingerprint=kept.fingerprint.weakened())
+        mark = kept.fingerprint
+        with self._lock:
+            self.kept = [
+                k for k in self.kept if k.fingerprint.same_model(mark) and k.fingerprint != mark
+            ]
+            self.kept.insert(0, kept)
+            del self.kept[_MAX_KEPT:]
+
+
+def function_plans(model: nn.Module, options: SamplingOptions) -> Plans:
+    """The plans :func:`mcdrop.predict_with_uncertainty` keeps for ``model`` and ``options``
+    (seed, generator and progress aside), for as long as the model lives: nothing here holds
+    the model (weak references; its entry goes when it is freed). At most ``_MAX_MODELS`` models
+    (the least recently used go first) and ``_MAX_OPTIONS`` sets of options per model."""
+    key, wanted = id(model), options.plan_fields
+    with _FUNCTION_LOCK:
+        entry = _FUNCTION_PLANS.pop(key, None)
+        if entry is None or entry[0]() is not model:
+            entry = (weakref.ref(model, functools.partial(_forget, key)), [])
+        _FUNCTION_PLANS[key] = entry  # most recently used last
+        while len(_FUNCTION_PLANS) > _MAX_MODELS:
+            del _FUNCTION_PLANS[next(iter(_FUNCTION_PLANS))]
+        stores = entry[1]
+        for i, (fields, plans) in enumerate(stores):
+            if fields == wanted:
+                stores.insert(0, stores.pop(i))
+                return plans
+        plans = Plans(weak=True)
+        stores.insert(0, (wanted, plans))
+        del stores[_MAX_OPTIONS:]
+        return plans
+
+
+def _forget(key: int, ref: weakref.ref[nn.Module]) -> None:
+    """The model of ``_FUNCTION_PLANS[key]`` was freed: its plans go. Runs from the garbage
+    collector, possibly inside :func:`function_plans` on this thread: takes no lock (a dict
+    operation is atomic; at worst a new model's entry under a reused id goes too)."""
+    entry = _FUNCTION_PLANS.get(key)
+    if entry is not None and entry[0] is ref:
+        _FUNCTION_PLANS.pop(key, None)
+
+
+_FUNCTION_PLANS: dict[int, tuple[weakref.ref[nn.Module], list[tuple[Any, Plans]]]] = {}
+_FUNCTION_LOCK = threading.Lock()
+_MAX_MODELS = 16
+_MAX_OPTIONS = 4
 
 
 def measure_rows(runner: Runner, batch: _Batch, device: torch.device) -> int | None:

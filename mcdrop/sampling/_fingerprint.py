@@ -25,14 +25,17 @@ first; only when the two are equal is the plan used again. The fingerprint holds
 - the caller's own key (options, the call's size).
 
 Objects are compared by identity and kept alive by the fingerprint (an id of a freed object may
-be reused). Comparing two fingerprints costs one pass over lists; taking one costs about a
-microsecond per attribute.
+be reused), except in a :meth:`Fingerprint.weakened` one (the plans of
+:func:`mcdrop.predict_with_uncertainty`, kept per model for as long as the model lives): it holds
+weak references where an object takes one, and a dead reference equals nothing. Comparing two
+fingerprints costs one pass over lists; taking one costs about a microsecond per attribute.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import weakref
 from collections.abc import Hashable
 from typing import Any
 
@@ -102,12 +105,43 @@ class Fingerprint:
         """Whether the model part is the same (another input signature may differ)."""
         return _same(self.model, other.model)
 
+    def weakened(self) -> Fingerprint:
+        """The same fingerprint holding weak references to the objects that take one (modules,
+        tensors, functions, classes): it does not keep the model alive. Equal to a fingerprint
+        taken later only while every object it refers to lives."""
+        weak = Fingerprint.__new__(Fingerprint)
+        weak.model = (self.model[0], [_weak(x) for x in self.model[1]])
+        weak.call = (self.call[0], [_weak(x) for x in self.call[1]])
+        return weak
+
+
+class _Weak:
+    """A weak reference in a :meth:`Fingerprint.weakened` fingerprint (not one of the model's own
+    ``weakref.ref`` attributes, which are compared by identity like any object)."""
+
+    __slots__ = ("ref",)
+
+    def __init__(self, ref: weakref.ref[Any]) -> None:
+        self.ref = ref
+
+
+def _weak(x: Any) -> Any:
+    if isinstance(x, _Weak):
+        return x
+    try:
+        return _Weak(weakref.ref(x))
+    except TypeError:  # lists, dicts, tuples: held (they are the model's attribute values)
+        return x
+
 
 def _same(a: tuple[list[Hashable], list[Any]], b: tuple[list[Hashable], list[Any]]) -> bool:
+    """Equal values and the same objects; ``a`` may be a weakened fingerprint's."""
     return (
         len(a[1]) == len(b[1])
         and a[0] == b[0]
-        and all(x is y for x, y in zip(a[1], b[1], strict=True))
+        and all(
+            (x.ref() if type(x) is _Weak else x) is y for x, y in zip(a[1], b[1], strict=True)
+        )
     )
 
 

@@ -408,6 +408,12 @@ class SamplingOptions:
     def n_outputs(self) -> int:
         return 2 if self.heteroscedastic else 1
 
+    @property
+    def plan_fields(self) -> tuple[Any, ...]:
+        """The options that can change a plan: every one but ``seed``, ``generator`` and
+        ``progress`` (compared by value; callables by identity)."""
+        return tuple(getattr(self, name) for name in _PLAN_FIELDS)
+
     def draw_seed(self) -> int | None:
         """The seed of a call: ``seed``, one draw of ``generator``, or None."""
         return seed_from(self.seed, self.generator)
@@ -415,6 +421,13 @@ class SamplingOptions:
 
 _CHECKS: tuple[tuple[str, Check], ...] = tuple(
     (field.name, field.metadata["check"]) for field in dataclasses.fields(SamplingOptions)
+)
+
+
+_PLAN_FIELDS = tuple(
+    field.name
+    for field in dataclasses.fields(SamplingOptions)
+    if field.name not in ("seed", "generator", "progress")
 )
 
 

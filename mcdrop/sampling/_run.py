@@ -12,6 +12,7 @@ state with a seed: ``auto`` then gives the numbers of the strategy it settles on
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -30,7 +31,6 @@ from mcdrop.dropout import (
     Recording,
     Sampling,
     culprit,
-    recording,
     unwrap_compiled,
 )
 from mcdrop.sampling import _planner as planner
@@ -92,38 +92,18 @@ class StalePlan(Exception):
     the call runs again with a new plan (:meth:`~._engine.Engine.run` with ``fresh``)."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Calls:
-    """What the recording of a first chunk saw, per pass: the dropout calls that sample, the
-    dropout calls with ``training=False`` and the other random draws, and the layers skipped.
-    A kept plan's first chunk must see the same (:meth:`Run.kept`)."""
-
-    sampled: dict[Any, int]
-    dead: dict[Any, float]
-    random: dict[Any, float]
-    layer_skips: frozenset[str]
-
-    @classmethod
-    def of(cls, rec: Recording) -> Calls | None:
-        """Per pass; None when a pass differs from another (counts that depend on the rows)."""
-        r = rec.recorder
-        if not r.passes or any(p != r.passes[0] for p in r.passes):
-            return None
-        n = len(r.passes)
-        return cls(
-            dict(r.passes[0]),
-            {k: v / n for k, v in r.dead.items()},
-            {k: v / n for k, v in r.random.items()},
-            frozenset(r.layer_skips),
-        )
+# What the first chunk of a plan made, per pass (:meth:`mcdrop.dropout.MaskedDropout.counting`):
+# the dropout calls by function and effective rate, the other random draws by function. A kept
+# plan's first chunk must make the same (:meth:`Run.chunk`).
+Calls = dict[Any, float]
 
 
 @dataclasses.dataclass(frozen=True)
 class Kept:
     """A plan kept between the calls of one :class:`~._engine.Engine` (``keep``): everything a
     :class:`Run` decided, with the fingerprint taken before it decided (:mod:`._fingerprint`),
-    and what the recording of its first chunk saw (``calls``; None: nothing is recorded again,
-    the twin's check was not settled by a recording)."""
+    and what its first chunk's passes made (``calls``; None: nothing is counted again, the
+    masks are PyTorch's: ``compile=``, TorchScript)."""
 
     fingerprint: Fingerprint
     twin: Sampling
@@ -205,7 +185,7 @@ class Run:
             _log_layer_skips(twin.trace.layer_skips)
         self.profile = profile_of(twin, probe_batch.size, self.runner.masks, shared=shared)
         self.measured_rows: int | None = None
-        self.calls: Calls | None = None  # the first chunk's dropout calls (twin confirmed)
+        self.calls: Calls | None = None  # the calls of the first chunk that stood
         self.checking: Calls | None = None  # a kept plan: its first chunk must make these
         self.kept_modules: dict[str, nn.Module] | None = None  # a kept plan's, by name
         plan = self._checked(self._make_plan(()))
@@ -228,7 +208,7 @@ class Run:
         masks_seed: int | None = None,
     ) -> Run:
         """A run on a kept plan (no probe, no examples-interact check, nothing measured): its
-        first chunk is recorded and must make the calls ``kept.calls`` (when known), else it
+        first chunk is counted and must make the calls ``kept.calls`` (when known), else it
         raises :class:`StalePlan`. ``masks_seed``: this call's seed of mcdrop's generators (the
         kept runners then draw from new ones; None: PyTorch's, as when the plan was made)."""
         run = cls.__new__(cls)
@@ -315,7 +295,7 @@ class Run:
             examples = plans.examples_per_pass(batch.size)
             started = time.perf_counter()
             try:
-                outs, recording = self._sample(batch, k, examples, first)
+                outs, recording, counted = self._sample(batch, k, examples, first)
                 took = self._seconds_since(started) if timed else 0.0
             except torch.OutOfMemoryError:
                 self._back_off(k, batch)
@@ -327,7 +307,7 @@ class Run:
                     raise
                 self._adopt(self._after_error(error, batch))
             else:
-                plan = self._after_chunk(outs, recording)
+                plan = self._after_chunk(outs, recording, counted)
                 if plan is None:
                     break
                 self._adopt(plan)
@@ -359,17 +339,19 @@ class Run:
 
     def _sample(
         self, batch: _Batch, k: int, examples: int, first: int = 0
-    ) -> tuple[Outputs, Recording | None]:
-        """One chunk, recorded while the sampling twin's check is pending."""
-        if self.twin.pending is None and self.checking is None:
-            return self._run_split(batch, k, examples, first=first), None
-        if self.checking is None:
-            recorded = self.twin.recording()
-        else:
-            assert self.kept_modules is not None
-            recorded = recording(self.kept_modules, flops=False)
-        with recorded as rec:
-            return self._run_split(batch, k, examples, rec.modes, first), rec
+    ) -> tuple[Outputs, Recording | None, Calls | None]:
+        """One chunk, recorded while the sampling twin's check is pending, and its calls
+        counted while the plan is not settled (the first chunk; None when not counted)."""
+        masks = self.runner.masks
+        counting = masks is not None and (not self.validated or self.checking is not None)
+        counter = masks.counting() if counting and masks is not None else None
+        with counter or contextlib.nullcontext() as counted:
+            if self.twin.pending is None:
+                outs, rec = self._run_split(batch, k, examples, first=first), None
+            else:
+                with self.twin.recording() as rec:
+                    outs = self._run_split(batch, k, examples, rec.modes, first)
+        return outs, rec, None if counted is None else counted.calls
 
     def _run_split(
         self,
@@ -402,13 +384,14 @@ class Run:
         logger.warning("mcdrop: %s", change)
 
     # -- after the first chunk: the plan that stands -------------------------------------------
-    def _after_chunk(self, outs: Outputs, recording: Recording | None) -> Plan | None:
+    def _after_chunk(
+        self, outs: Outputs, recording: Recording | None, counted: Calls | None
+    ) -> Plan | None:
         """None when the chunk stands: the twin confirmed by its recording (or the full check
         kept the sites) and, the first time, the candidate valid; else the next plan. A kept
         plan's first chunk that does not make its first call's calls raises :class:`StalePlan`."""
         if self.checking is not None:
-            seen = None if recording is None else Calls.of(recording)
-            if seen != self.checking:
+            if counted != self.checking:
                 raise StalePlan("the first chunk made other dropout calls than the kept plan's")
             self.checking = None
             return None
@@ -419,6 +402,7 @@ class Run:
         reason = self._invalid(outs)
         if reason is None:
             self.validated = True
+            self.calls = counted
             return None
         return self._fall_back(reason)
 
@@ -459,11 +443,7 @@ class Run:
         it changed the sites (then the plan is made again). Outside the chunk's error handling:
         an error of the check is never taken for a strategy that cannot run the model."""
         before = self.twin.sites
-        pending = self.twin.pending
         self.twin = self.twin.confirm(recording)
-        if pending is not None and recording is not None:
-            if pending.confirmed_by(recording.recorder.passes):
-                self.calls = Calls.of(recording)
         skips = self.twin.trace.layer_skips
         self.runner.no_layer_skip = self.eager.no_layer_skip = bool(skips)
         self.runner.out_of_place = self.eager.out_of_place = self.twin.trace.out_of_place
