@@ -190,8 +190,16 @@ class Engine:
                 if plans is not None and kept is not None:
                     plans.give_back(kept)
 
-    def _fingerprint(self, first: _Batch, call_rows: int | None) -> Fingerprint:
-        return fingerprint(self.model, (first.args, first.kwargs), (call_rows, str(self.device)))
+    def _fingerprint(self, first: _Batch, call_rows: int | None) -> Fingerprint | None:
+        """None when the model's attributes cannot all be read (a TorchScript module's,
+        uninitialised lazy parameters): then no plan is kept, and the call plans (and refuses
+        what it refuses) as a first call does."""
+        try:
+            return fingerprint(
+                self.model, (first.args, first.kwargs), (call_rows, str(self.device))
+            )
+        except Exception:
+            return None
 
     # -- CUDA rows per pass ---------------------------------------------------------------------
     def cuda_rows(self, runner: Runner, first: _Batch) -> int:

@@ -353,3 +353,21 @@ def test_a_model_at_a_reused_address_gets_no_old_plan(planned):
     _engine._FUNCTION_PLANS[id(other)] = (dead, _engine._FUNCTION_PLANS[key][1])
     assert torch.equal(_samples(other, x), _nothing_kept(other, x))
     assert len(planned) == 3
+
+
+def test_models_whose_attributes_cannot_be_read_keep_no_plan(planned):
+    """A TorchScript module's attributes and an uninitialised lazy parameter's shape raise when
+    read: no plan is kept, and the call samples (or refuses) as a first call does, for the
+    function and for a held MCDropout alike."""
+    scripted = torch.jit.script(_net())
+    x = _x()
+    with pytest.warns(UserWarning, match="TorchScript"):
+        first = _samples(scripted, x)
+    held = mcdrop.MCDropout(scripted, n_samples=T, seed=SEED)
+    assert torch.equal(held(x), first) and torch.equal(held(x), first)
+    assert torch.equal(_samples(scripted, x), first)
+    assert len(planned) == 4 and held._engine.kept == []
+    lazy = nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.Dropout(0.3), nn.Linear(8, 3)).eval()
+    for call in (lambda: _samples(lazy, x), lambda: mcdrop.MCDropout(lazy, n_samples=4)(x)):
+        with pytest.raises(ValueError, match="lazy modules.*call the model once"):
+            call()
