@@ -2,15 +2,16 @@
 
 For a benchmark family of ``bench_sampling.py`` (default: the conv net with dropout only in the
 head; CPU sizes and ``B = 32`` on the CPU, GPU sizes and ``B = 64`` on CUDA; ``T = 100``): one
-deterministic pass, and the parts of an ``auto`` call measured one by one — building the twin,
-the training-mode probe (with FLOP counting), the sampling chunk of 100 samples (vmap for the conv
-net, replicate for PyTorch's fused transformer, both otherwise) plain and recorded (the first chunk of a call also checks the sampling
-twin's dropout calls), the examples-interact check (``auto`` before replicate) and the streaming
-statistics. Then the calls a server makes again and again on the same model: ``MCDropout``'s
-``predict_with_uncertainty(x)`` and ``MCDropout(x)`` on its kept plan, with their own parts:
-the fingerprint taken at every call (:mod:`mcdrop.sampling._fingerprint`) and the chunk recorded
-to check the kept plan. Medians of ``--repeats`` interleaved rounds, milliseconds, with a device
-synchronisation around each.
+deterministic pass, and the parts of a first ``auto`` call measured one by one — building the
+twin, the training-mode probe (with FLOP counting), the sampling chunk of 100 samples (vmap for
+the conv net, replicate for PyTorch's fused transformer, both otherwise) plain, recorded (a new
+plan's first chunk also checks the sampling twin's dropout calls) and counted (a kept plan's
+first chunk counts its calls), the examples-interact check (``auto`` before replicate) and the
+streaming statistics. Then the calls a server makes again and again on the same model, on the
+plans kept between calls: ``mcdrop.predict_with_uncertainty`` (and its first call, with nothing
+kept), ``MCDropout``'s ``predict_with_uncertainty(x)`` and ``MCDropout(x)``, and the
+fingerprint taken at every call (:mod:`mcdrop.sampling._fingerprint`). Medians of
+``--repeats`` interleaved rounds, milliseconds, with a device synchronisation around each.
 
 Run::
 
@@ -35,9 +36,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_sampling import SIZES, build
 
 import mcdrop
-from mcdrop.dropout import _probe
+from mcdrop.dropout import MaskedDropout, _probe
 from mcdrop.dropout._sites import _set_flags, _TwinModules
 from mcdrop.dropout._twin import _twin
+from mcdrop.sampling import _engine
 from mcdrop.sampling._checks import rows_interact as _rows_interact
 from mcdrop.sampling._fingerprint import fingerprint
 from mcdrop.sampling._inputs import _Batch
@@ -84,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     fused = any(isinstance(m, torch.nn.MultiheadAttention) for m in model.modules())
     strategies = ["vmap"] if args.model == "conv" else ["replicate"] + ([] if fused else ["vmap"])
     amp = torch.bfloat16 if args.dtype == "bf16" else None
-    runner = Runner(twin, device=device, amp=amp, n_outputs=1, output_transform=None)
+    masks = MaskedDropout(0)  # independent masks from mcdrop's generators, as calls draw them
+    runner = Runner(twin, device=device, amp=amp, n_outputs=1, output_transform=None, masks=masks)
     b = _Batch((x,), {}, None, batch)
     with torch.inference_mode():
         outs = runner.run(strategies[0], b, 100)
@@ -94,9 +97,24 @@ def main(argv: list[str] | None = None) -> int:
         acc.update(outs[0])
         acc.state()
 
-    def recorded(strategy: str) -> None:  # the first chunk: also checks the twin's dropout calls
+    def recorded(strategy: str) -> None:  # a plan's first chunk: checks the twin's dropout calls
         with _probe.recording(modules, flops=False) as rec:
             runner.run(strategy, b, 100, record=rec.modes)
+
+    def counted(strategy: str) -> None:  # a kept plan's first chunk: its calls counted
+        assert runner.masks is not None
+        with runner.masks.counting():
+            runner.run(strategy, b, 100)
+
+    def from_scratch() -> None:  # the function's first call on a model: nothing kept
+        kept = dict(_engine._FUNCTION_PLANS)
+        _engine._FUNCTION_PLANS.clear()
+        try:
+            mcdrop.predict_with_uncertainty(
+                model, x, n_samples=100, seed=0, progress=False, amp=amp
+            )
+        finally:
+            _engine._FUNCTION_PLANS.update(kept)
 
     parts: dict[str, Callable[[], object]] = {
         "deterministic pass": lambda: model(x),
@@ -109,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     for strategy in strategies:
         parts[f"{strategy} chunk, 100 samples"] = lambda s=strategy: runner.run(s, b, 100)
         parts[f"  the same, recorded ({strategy})"] = lambda s=strategy: recorded(s)
+        parts[f"  the same, counted ({strategy})"] = lambda s=strategy: counted(s)
     mc = mcdrop.MCDropout(model, n_samples=100, seed=0, progress=False, amp=amp)
     mc(x)
     assert mc._engine.kept  # the plan kept by the first call
@@ -118,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         "predict_with_uncertainty": lambda: mcdrop.predict_with_uncertainty(
             model, x, n_samples=100, seed=0, progress=False, amp=amp
         ),
+        "  first call (nothing kept)": from_scratch,
         "MCDropout.predict_with_uncertainty": lambda: mc.predict_with_uncertainty(x),
         "MCDropout(x)": lambda: mc(x),
         "  fingerprint (every call)": lambda: fingerprint(model, ((x,), {}), (3200, "cpu")),

@@ -117,12 +117,28 @@ class OutputChecks:
         self.check_variation = check_variation
 
     def update(self, outs: Outputs) -> None:
-        flag = _finite_flag(outs)
+        out = outs[0]
+        changed = None
+        if out.is_floating_point() and out.numel():
+            # One pass over the chunk: per element its least and greatest sample (NaN
+            # propagates into both). All finite iff both are; a sample differs from another
+            # iff they differ, or differ from the first batch's first sample.
+            lo, hi = torch.aminmax(out, dim=0)
+            flag = torch.isfinite(lo).all() & torch.isfinite(hi).all()
+            for other in outs[1:]:
+                flag = flag & torch.isfinite(other).all()
+            if self.check_variation:
+                if self.first is None:
+                    self.first = out[:1]
+                changed = (lo != hi).any() | (lo != self.first[0]).any()
+        else:
+            flag = _finite_flag(outs)
+            if self.check_variation:
+                if self.first is None:
+                    self.first = out[:1]
+                changed = (out != self.first).any()
         self.finite = flag if self.finite is None else self.finite & flag
-        if self.check_variation:
-            if self.first is None:
-                self.first = outs[0][:1]
-            changed = (outs[0] != self.first).any()
+        if changed is not None:
             self.varied = changed if self.varied is None else self.varied | changed
 
     def check_finite(self, index: int, batch: _Batch, start: int) -> None:
