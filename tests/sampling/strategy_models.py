@@ -120,3 +120,32 @@ def _mcdrop_probs(model: nn.Module, x: torch.Tensor, T: int, strategy: str, **kw
 def _eval_check(kw: dict) -> bool:
     """Whether a run is replicate's examples-interact check (dropout at rate 0)."""
     return kw.get("record") is NoDropout
+
+
+def in_threads(call, inputs: list, threads: int = 8, rounds: int = 6) -> list:
+    """``call(inputs[k])`` from ``threads`` threads started together, each making ``rounds``
+    calls on the inputs in turn: ``(k, result)`` of every call (raises the first error)."""
+    import threading
+
+    results: dict[tuple[int, int], tuple[int, object]] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(threads)
+
+    def work(i: int) -> None:
+        try:
+            start.wait()
+            for j in range(rounds):
+                k = (i + j) % len(inputs)
+                results[(i, j)] = (k, call(inputs[k]))
+        except BaseException as error:
+            errors.append(error)
+
+    pool = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    if errors:
+        raise errors[0]
+    assert len(results) == threads * rounds
+    return list(results.values())

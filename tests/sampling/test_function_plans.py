@@ -14,14 +14,23 @@ from __future__ import annotations
 
 import copy
 import gc
-import threading
 import types
 import weakref
 
 import pytest
 import torch
-from strategy_models import _assert_same_distribution
-from test_plan_cache import SEED, Branchy, FloatAttention, T, TensorRate, _net, _reference, _x
+from strategy_models import _assert_same_distribution, in_threads
+from test_plan_cache import (
+    SEED,
+    Branchy,
+    FloatAttention,
+    T,
+    TensorRate,
+    _bert,
+    _net,
+    _reference,
+    _x,
+)
 from torch import nn
 
 import mcdrop
@@ -246,27 +255,7 @@ def test_eight_threads_get_the_single_threaded_results():
     model = _net()
     inputs = [_x(8), _x(5), _x(8) * 2]
     expected = [_nothing_kept(model, x) for x in inputs]
-    results: dict[tuple[int, int], tuple[int, torch.Tensor]] = {}
-    errors: list[BaseException] = []
-    start = threading.Barrier(8)
-
-    def work(i: int) -> None:
-        try:
-            start.wait()
-            for j in range(6):
-                k = (i + j) % len(inputs)
-                results[(i, j)] = (k, _samples(model, inputs[k]))
-        except BaseException as error:
-            errors.append(error)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
-    assert len(results) == 48
-    for k, got in results.values():
+    for k, got in in_threads(lambda x: _samples(model, x), inputs):
         assert torch.equal(got, expected[k])
 
 
@@ -305,17 +294,7 @@ def test_the_plans_do_not_keep_the_model_alive(name):
 
 
 def test_a_bert_model_is_freed_too():
-    transformers = pytest.importorskip("transformers")
-    config = transformers.BertConfig(
-        vocab_size=30,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=16,
-        num_labels=3,
-    )
-    model = transformers.BertForSequenceClassification(config).eval()
+    model = _bert("eager")
     ids = torch.randint(0, 30, (4, 6), generator=torch.Generator().manual_seed(0))
     mcdrop.predict_with_uncertainty(model, {"input_ids": ids}, n_samples=4, seed=0, progress=False)
     assert _engine._FUNCTION_PLANS[id(model)][1][0][1].kept

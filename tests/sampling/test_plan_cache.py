@@ -16,7 +16,7 @@ import types
 
 import pytest
 import torch
-from strategy_models import _assert_same_distribution
+from strategy_models import _assert_same_distribution, in_threads
 from torch import nn
 from torch.nn import functional as F
 
@@ -420,27 +420,9 @@ def test_eight_threads_get_the_single_threaded_results():
     single = mcdrop.MCDropout(model, n_samples=T, seed=SEED)
     expected = [single(x) for x in inputs]
     mc = mcdrop.MCDropout(model, n_samples=T, seed=SEED)
-    results: dict[tuple[int, int], tuple[int, torch.Tensor]] = {}
-    errors: list[BaseException] = []
-    start = threading.Barrier(8)
-
-    def work(i: int) -> None:
-        try:
-            start.wait()
-            for j in range(6):
-                k = (i + j) % len(inputs)
-                results[(i, j)] = (k, mc(inputs[k]))
-        except BaseException as error:
-            errors.append(error)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
+    results = in_threads(mc, inputs)
     assert len(results) == 48
-    for k, got in results.values():
+    for k, got in results:
         assert torch.equal(got, expected[k])
 
 
