@@ -5,7 +5,9 @@
 model, the options, the device, and the pass sizing (:class:`~mcdrop.sampling._planner.Planner`:
 rows per pass, out-of-memory caps, and the CUDA rows measured per model and input signature).
 Everything a call decides (the twin, its sites, the plan, the first batch) lives in the
-:class:`~mcdrop.sampling._run.Run` that :meth:`Engine.run` yields, and goes with it.
+:class:`~mcdrop.sampling._run.Run` that :meth:`Engine.run` yields, and goes with it; what of it
+may serve a later call goes into :class:`Plans` (``MCDropout``'s own, or the ones
+:func:`function_plans` keeps per model for the function), guarded by a fingerprint.
 """
 
 from __future__ import annotations
@@ -116,7 +118,7 @@ class Engine:
     ) -> Iterator[Run]:
         """Seeded sampling of the batches of one call (``n_examples`` in all, None when
         unknown): the sampling twin, built and probed on ``first``, and the call's plan; or,
-        with ``keep`` and unless ``fresh``, the plan kept from an earlier call whose fingerprint
+        with ``plans`` and unless ``fresh``, the plan kept from an earlier call whose fingerprint
         (:mod:`._fingerprint`) is the same as this call's. A kept plan's first chunk may find it
         stale (:class:`~._run.StalePlan`): the caller then runs the call again with ``fresh``.
 

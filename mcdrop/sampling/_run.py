@@ -100,7 +100,7 @@ Calls = dict[Any, float]
 
 @dataclasses.dataclass(frozen=True)
 class Kept:
-    """A plan kept between the calls of one :class:`~._engine.Engine` (``keep``): everything a
+    """A plan kept between calls (:class:`~._engine.Plans`): everything a
     :class:`Run` decided, with the fingerprint taken before it decided (:mod:`._fingerprint`),
     and what its first chunk's passes made (``calls``; None: nothing is counted again, the
     masks are PyTorch's: ``compile=``, TorchScript)."""
