@@ -37,6 +37,7 @@ and warns.
 from __future__ import annotations
 
 from mcdrop.dropout._masks import (
+    AMBIGUOUS,
     MASK_KINDS,
     Layout,
     MaskedDropout,
@@ -72,7 +73,7 @@ from mcdrop.dropout._sites import (
     sampling_twin,
     user_stacklevel,
 )
-from mcdrop.dropout._twin import SAMPLING_LOCK, unwrap_compiled
+from mcdrop.dropout._twin import SAMPLING_LOCK, retwin, unwrap_compiled
 
 __all__ = ["DropoutSite", "Scope", "dropout_enabled", "dropout_sites"]
 
@@ -83,6 +84,7 @@ __internal__ = [
     "MASK_KINDS",
     "SAMPLING_LOCK",
     "Layout",
+    "AMBIGUOUS",
     "MaskedDropout",
     "ModuleFilter",
     "NoDropout",

@@ -60,6 +60,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import sys
 import types
 import zlib
 from collections import Counter
@@ -481,6 +482,9 @@ def in_dtype(value: float, dtype: torch.dtype) -> float:
 
 
 # -- the mode -----------------------------------------------------------------------------------
+AMBIGUOUS = "a dropout input whose batch dimension has the size of another of its dimensions"
+
+
 @dataclass
 class Counted:
     """What :meth:`MaskedDropout.counting` counted, per pass (set when counting ends): dropout
@@ -524,6 +528,7 @@ class MaskedDropout(PrivateRandom):
         self.chunk_bytes = 0
         self.tally: Counter[Any] | None = None  # while counting(): the calls answered
         self.passes = 0  # ... and the passes they came from
+        self.names: Mapping[int, str] = {}  # ... and the modules that may make them
 
     # -- passes and attribution ------------------------------------------------------------------
     def start_pass(
@@ -573,20 +578,40 @@ class MaskedDropout(PrivateRandom):
             stack.clear()
 
     @contextlib.contextmanager
-    def counting(self) -> Iterator[Counted]:
-        """Inside, every call this mode answers is counted: dropout calls by function and
-        effective rate (0 for ``training=False``), other random draws by function. On leaving,
-        the yielded :class:`Counted` holds the counts per pass (the calls one pass makes, on
-        average): what a kept plan's first chunk must make again. Costs a dictionary update
-        per dropout call or random draw, nothing per other operation."""
+    def counting(self, names: Mapping[int, str]) -> Iterator[Counted]:
+        """Inside, every call this mode answers is counted, keyed by the innermost module of
+        ``names`` (id -> name: the sampling twin's) whose code makes it: dropout calls by
+        function and effective rate (0 for ``training=False``), other random draws by function;
+        with shared masks also each dropout input's shape, and :data:`AMBIGUOUS` where its
+        batch dimension has the size of another of its dimensions (a transposition would then
+        go unseen). On leaving, the yielded :class:`Counted` holds the counts per pass (the
+        calls one pass makes, on average): what a kept plan's first chunk must make again.
+        Costs a dictionary update and a walk up the Python stack per dropout call or random
+        draw, nothing per other operation."""
         counted = Counted()
-        self.tally, self.passes = Counter(), 0
+        self.tally, self.passes, self.names = Counter(), 0, names
         try:
             yield counted
         finally:
             n = max(self.passes, 1)
             counted.calls = {key: count / n for key, count in self.tally.items()}
             self.tally = None
+
+    def _caller(self) -> str | None:
+        """The name of the innermost module of ``names`` whose code is running (a frame whose
+        ``self`` is one of them), None when none is."""
+        names = self.names
+        frame: Any = sys._getframe(2)
+        for _ in range(48):
+            if frame is None:
+                break
+            code = frame.f_code
+            if code.co_argcount and code.co_varnames[0] == "self":
+                name = names.get(id(frame.f_locals.get("self")))
+                if name is not None:
+                    return name
+            frame = frame.f_back
+        return None
 
     @contextlib.contextmanager
     def probing(self) -> Iterator[dict[Key, Any]]:
@@ -628,7 +653,7 @@ class MaskedDropout(PrivateRandom):
         tally = self.tally
         if func in _RANDOM or func in _PY_RANDOM:
             if tally is not None:
-                tally[func] += 1
+                tally[(self._caller(), func)] += 1
             if self.layouts is not None:
                 self._refuse_random(func)
             if func in _PY_RANDOM:
@@ -637,7 +662,7 @@ class MaskedDropout(PrivateRandom):
             return self.with_generator(func, args, kwargs)
         label, p = dropout_call(func, args, kwargs)
         if tally is not None:
-            tally[(label, p)] += 1
+            tally[(self._caller(), label, p)] += 1
         if p <= 0.0:
             return func(*args, **kwargs)
         direct = _DIRECT.get(func)
@@ -699,6 +724,10 @@ class MaskedDropout(PrivateRandom):
             return tuple(shape), self._keeps(base, t, sizes, p, scaled).reshape(dims)
         d = layout.dim
         rows = k * self.rows
+        if self.tally is not None:  # a kept plan's first chunk: the same shapes, unambiguous
+            self.tally[("shape", key, tuple(shape))] += 1
+            if d < ndim and list(shape).count(shape[d]) > 1:
+                self.tally[AMBIGUOUS] += 1
         if d >= ndim or shape[d] % rows:
             raise ValueError(
                 f"Expected dimension {d} of the input of {key[1]} in "

@@ -870,9 +870,13 @@ def check_scope(scope: Any) -> str:
 
 
 def check_filter(name: str, selector: Any) -> ModuleFilter:
-    """``include=`` / ``exclude=``: a name pattern, a list of patterns or a predicate."""
+    """``include=`` / ``exclude=``: a name pattern, a list of patterns (kept as a tuple: a list
+    changed in place afterwards changes nothing already validated, a kept plan included) or a
+    predicate."""
     _check_selector(name, selector)
-    return selector  # type: ignore[no-any-return]
+    if selector is None or callable(selector) or isinstance(selector, str):
+        return selector  # type: ignore[no-any-return]
+    return tuple(selector)
 
 
 def _check_model(model: Any) -> None:

@@ -178,6 +178,17 @@ def _copy_tree(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
         memo[key] = new
         return new
     new = _new_instance(module)
+    _fill(new, module)
+    memo[key] = new
+    children = new.__dict__["_modules"]
+    for name, child in children.items():
+        if child is not None:
+            children[name] = _copy_tree(child, memo)
+    return new
+
+
+def _fill(new: nn.Module, module: nn.Module) -> None:
+    """Give ``new`` the attributes of ``module``: the same objects, in registries of its own."""
     state = dict(module.__dict__)
     for name in _OWN_DICTS:
         if name in state:
@@ -186,15 +197,39 @@ def _copy_tree(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
         if name in state:
             state[name] = set(state[name])
     new.__dict__.update(state)
+    cls = type(module)
     for _, descriptor in _slots(cls):  # attributes an nn.Module subclass keeps in __slots__
         with contextlib.suppress(AttributeError):
             descriptor.__set__(new, descriptor.__get__(module, cls))
-    memo[key] = new
-    children = new.__dict__["_modules"]
-    for name, child in children.items():
-        if child is not None:
-            children[name] = _copy_tree(child, memo)
-    return new
+
+
+def retwin(model: nn.Module, twins: dict[str, nn.Module]) -> bool:
+    """Set the modules ``twins`` (a twin of ``model`` built earlier, by name) back to what a new
+    twin of ``model`` would hold now, keeping their training flags: attributes the model changed
+    in place below what a fingerprint sees, or that the twin's own ``forward`` changed on an
+    earlier call (a counter, a list it appends to), are taken again from the model. False, with
+    nothing reliable left in ``twins``, when it cannot: the module trees differ, a compiled
+    submodule, or a reference to a module of the model that cannot be redirected."""
+    originals = dict(unwrap_compiled(model)[0].named_modules())
+    if originals.keys() != twins.keys():
+        return False
+    memo = {id(original): twins[name] for name, original in originals.items()}
+    for name, original in originals.items():
+        twin = twins[name]
+        if type(twin) is not type(original) or type(original).__name__ == "OptimizedModule":
+            return False
+        training = twin.training
+        twin.__dict__.clear()
+        _fill(twin, original)
+        twin.__dict__["training"] = training
+        children = twin.__dict__["_modules"]
+        for key, child in children.items():
+            if child is not None:
+                children[key] = memo[id(child)]
+    rebinder = _Rebinder(memo)
+    for name, twin in twins.items():
+        rebinder.module(name, twin)
+    return not rebinder.left
 
 
 # Types never looked into: values, and library objects whose internals hold no user module (an

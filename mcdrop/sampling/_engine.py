@@ -148,8 +148,9 @@ class Engine:
             with torch.inference_mode():
                 first = first.to(self.device)
                 small = first.slice(0, min(2, first.size))
+                if kept is not None and not kept.refresh(self.model):
+                    kept = None  # the twin could not be brought up to date: plan afresh
                 if kept is not None:
-                    kept.refresh_buffers(self.model)
                     yield Run.resumed(
                         self,
                         kept,
@@ -251,12 +252,17 @@ class Plans:
             del self.kept[_MAX_KEPT:]
 
 
-def function_plans(model: nn.Module, options: SamplingOptions) -> Plans:
+def function_plans(model: nn.Module, options: SamplingOptions) -> Plans | None:
     """The plans :func:`mcdrop.predict_with_uncertainty` keeps for ``model`` and ``options``
     (seed, generator and progress aside), for as long as the model lives: nothing here holds
     the model (weak references; its entry goes when it is freed). At most ``_MAX_MODELS`` models
-    (the least recently used go first) and ``_MAX_OPTIONS`` sets of options per model."""
+    (the least recently used go first) and ``_MAX_OPTIONS`` sets of options per model. None (no
+    plan kept) when an option is a function (``output_transform``, ``include``/``exclude``
+    predicates): a kept plan holds it, and through it whatever it refers to, the model maybe;
+    and a function written in the call is a new object every call, which no kept plan matches."""
     key, wanted = id(model), options.plan_fields
+    if any(callable(value) and not isinstance(value, type) for value in wanted):
+        return None
     with _FUNCTION_LOCK:
         entry = _FUNCTION_PLANS.pop(key, None)
         if entry is None or entry[0]() is not model:

@@ -107,8 +107,8 @@ class Fingerprint:
 
     def weakened(self) -> Fingerprint:
         """The same fingerprint holding weak references to the objects that take one (modules,
-        tensors, functions, classes): it does not keep the model alive. Equal to a fingerprint
-        taken later only while every object it refers to lives."""
+        tensors, functions, classes) and the ids of the others: it keeps nothing alive. Equal to
+        a fingerprint taken later only while every object it refers to lives."""
         weak = Fingerprint.__new__(Fingerprint)
         weak.model = (self.model[0], [_weak(x) for x in self.model[1]])
         weak.call = (self.call[0], [_weak(x) for x in self.call[1]])
@@ -125,13 +125,35 @@ class _Weak:
         self.ref = ref
 
 
+class _Id:
+    """An object that takes no weak reference (a list, a dict, a tuple) in a weakened
+    fingerprint: its id only (holding it could hold the model: ``model.registry = [model]``).
+    Its contents are compared by value to two levels like any attribute's; an id reused by a
+    new container with the same contents down to there is taken for the old one, which the
+    first chunk's counted calls still guard."""
+
+    __slots__ = ("id",)
+
+    def __init__(self, key: int) -> None:
+        self.id = key
+
+
 def _weak(x: Any) -> Any:
-    if isinstance(x, _Weak):
+    if isinstance(x, (_Weak, _Id)):
         return x
     try:
         return _Weak(weakref.ref(x))
-    except TypeError:  # lists, dicts, tuples: held (they are the model's attribute values)
-        return x
+    except TypeError:
+        return _Id(id(x))
+
+
+def _is(x: Any, y: Any) -> bool:
+    kind = type(x)
+    if kind is _Weak:
+        return bool(x.ref() is y)
+    if kind is _Id:
+        return bool(x.id == id(y))
+    return x is y
 
 
 def _same(a: tuple[list[Hashable], list[Any]], b: tuple[list[Hashable], list[Any]]) -> bool:
@@ -139,9 +161,7 @@ def _same(a: tuple[list[Hashable], list[Any]], b: tuple[list[Hashable], list[Any
     return (
         len(a[1]) == len(b[1])
         and a[0] == b[0]
-        and all(
-            (x.ref() if type(x) is _Weak else x) is y for x, y in zip(a[1], b[1], strict=True)
-        )
+        and all(_is(x, y) for x, y in zip(a[1], b[1], strict=True))
     )
 
 

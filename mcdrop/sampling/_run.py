@@ -25,12 +25,14 @@ import torch
 from torch import nn
 
 from mcdrop.dropout import (
+    AMBIGUOUS,
     GATING_TYPES,
     DropoutSite,
     MaskedDropout,
     Recording,
     Sampling,
     culprit,
+    retwin,
     unwrap_compiled,
 )
 from mcdrop.sampling import _planner as planner
@@ -115,15 +117,20 @@ class Kept:
     calls: Calls | None
     modules: dict[str, nn.Module]
 
-    def refresh_buffers(self, model: nn.Module) -> None:
-        """The twin's modules that sample hold copies of the model's buffers (never written to
-        the model): copied again from the model's buffers as they are now."""
+    def refresh(self, model: nn.Module) -> bool:
+        """The twin as a new twin of ``model`` would be now (:func:`mcdrop.dropout.retwin`: what
+        the fingerprint cannot see, and what the twin's own ``forward`` changed on an earlier
+        call, taken again from the model), its modules that sample with copies of the model's
+        buffers (never written to the model); False when a new plan is needed."""
+        if not retwin(model, self.modules):
+            return False
         inner = unwrap_compiled(model)[0]
         for original, module in zip(inner.modules(), self.modules.values(), strict=False):
             if module.training and original._buffers:
                 module._buffers = OrderedDict(
                     (k, None if v is None else v.clone()) for k, v in original._buffers.items()
                 )
+        return True
 
 
 class Run:
@@ -247,6 +254,8 @@ class Run:
         whose layouts are ambiguous)."""
         if not self.layouts_keepable or self.twin.pending is not None or not self.validated:
             return None
+        if self.calls is not None and AMBIGUOUS in self.calls:  # shared masks: see counting()
+            return None
         modules = self.kept_modules
         if modules is None:
             modules = dict(getattr(self.twin.module, "_orig_mod", self.twin.module).named_modules())
@@ -344,7 +353,7 @@ class Run:
         counted while the plan is not settled (the first chunk; None when not counted)."""
         masks = self.runner.masks
         counting = masks is not None and (not self.validated or self.checking is not None)
-        counter = masks.counting() if counting and masks is not None else None
+        counter = masks.counting(self._module_names()) if counting and masks is not None else None
         with counter or contextlib.nullcontext() as counted:
             if self.twin.pending is None:
                 outs, rec = self._run_split(batch, k, examples, first=first), None
@@ -352,6 +361,13 @@ class Run:
                 with self.twin.recording() as rec:
                     outs = self._run_split(batch, k, examples, rec.modes, first)
         return outs, rec, None if counted is None else counted.calls
+
+    def _module_names(self) -> dict[int, str]:
+        """The sampling twin's modules by id: who makes each counted call."""
+        modules = self.kept_modules
+        if modules is None:
+            modules = dict(getattr(self.twin.module, "_orig_mod", self.twin.module).named_modules())
+        return {id(module): name for name, module in modules.items()}
 
     def _run_split(
         self,

@@ -32,6 +32,7 @@ from test_plan_cache import (
     _x,
 )
 from torch import nn
+from torch.nn import functional as F
 
 import mcdrop
 from mcdrop.sampling import _engine
@@ -259,19 +260,27 @@ def test_eight_threads_get_the_single_threaded_results():
         assert torch.equal(got, expected[k])
 
 
+class _Pooled(nn.Module):
+    """A sequence model's output pooled over the sequence: one row per example (regression)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inner(x)
+        return (out[0] if isinstance(out, tuple) else out).mean(1)
+
+
 def _models() -> dict[str, tuple[nn.Module, torch.Tensor]]:
     torch.manual_seed(0)
     layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.2, batch_first=True)
+    encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+    lstm = nn.LSTM(4, 8, num_layers=2, dropout=0.3, batch_first=True)
     return {
         "mlp": (_net(), _x()),
-        "transformer": (
-            nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval(),
-            torch.randn(3, 4, 8),
-        ),
-        "lstm": (
-            nn.LSTM(4, 8, num_layers=2, dropout=0.3, batch_first=True).eval(),
-            torch.randn(3, 5, 4),
-        ),
+        "transformer": (_Pooled(encoder).eval(), torch.randn(3, 4, 8)),
+        "lstm": (_Pooled(lstm).eval(), torch.randn(3, 5, 4)),
     }
 
 
@@ -279,10 +288,6 @@ def _models() -> dict[str, tuple[nn.Module, torch.Tensor]]:
 def test_the_plans_do_not_keep_the_model_alive(name):
     model, x = _models()[name]
     options = {"task": "regression", "progress": False, "n_samples": 4, "seed": 0}
-    if name == "lstm":
-        options["output_transform"] = lambda out: out[0].mean(1)
-    elif name == "transformer":
-        options["output_transform"] = lambda out: out.mean(1)
     mcdrop.predict_with_uncertainty(model, x, **options)
     key = id(model)
     assert _engine._FUNCTION_PLANS[key][1][0][1].kept  # a plan is kept...
@@ -350,3 +355,208 @@ def test_models_whose_attributes_cannot_be_read_keep_no_plan(planned):
     for call in (lambda: _samples(lazy, x), lambda: mcdrop.MCDropout(lazy, n_samples=4)(x)):
         with pytest.raises(ValueError, match="lazy modules.*call the model once"):
             call()
+
+
+# -- found by the hostile review of the kept plans -------------------------------------------------
+
+
+class _Head:
+    """A callable helper (not a module) holding a submodule and a plain value: the twin holds
+    a copy of it (pointing at the twin's submodule)."""
+
+    def __init__(self, lin: nn.Module, temperature: float) -> None:
+        self.lin, self.temperature = lin, temperature
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x) / self.temperature
+
+
+class Helped(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.3))
+        self.lin = nn.Linear(16, 3)
+        self.head = _Head(self.lin, 1.0)
+        self.cfg = {"heads": {"main": {"layer": self.lin, "scale": 1.0}}}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        main = self.cfg["heads"]["main"]
+        return self.head(self.body(x)) * main["scale"]
+
+
+@pytest.mark.parametrize("where", ["helper object", "dict three levels down"])
+@pytest.mark.parametrize("caller", ["function", "MCDropout"])
+def test_a_value_the_twin_copied_changed_in_place_takes_effect(planned, where, caller):
+    """Below what the fingerprint looks into: the kept twin takes its copies again."""
+    torch.manual_seed(0)
+    model, x = Helped().eval(), _x()
+
+    def mutate(m):
+        if where == "helper object":
+            m.head.temperature = 5.0
+        else:
+            m.cfg["heads"]["main"]["scale"] = 3.0
+
+    if caller == "function":
+        first, second, fresh, _ = _changed(planned, mutate, model, x)
+    else:
+        mc = mcdrop.MCDropout(model, n_samples=T, seed=SEED)
+        first = mc(x)
+        mutate(model)
+        second, fresh = mc(x), _nothing_kept(model, x)
+    assert torch.equal(second, fresh) and not torch.equal(first, second)
+
+
+class Stateful(nn.Module):
+    """A forward that writes its own attributes: a list it appends to, a counter."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
+        self.seen: list[torch.Tensor] = []
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        self.seen.append(x)
+        return self.body(x) * len(self.seen) / self.calls  # 1 while the two agree
+
+
+def test_what_forward_writes_does_not_carry_over_between_calls(planned):
+    torch.manual_seed(0)
+    model, x = Stateful().eval(), _x()
+    calls = [_samples(model, x, strategy="loop") for _ in range(6)]
+    assert model.seen == [] and model.calls == 0  # the model is never written
+    assert len(planned) == 1
+    for later in calls[2:]:  # every kept call starts from the model's state: the same numbers
+        assert torch.equal(later, calls[1])
+    kept = _engine._FUNCTION_PLANS[id(model)][1][0][1].kept[0]
+    assert len(kept.twin.module.seen) == T  # one call's passes, not six calls'
+
+
+def test_a_list_option_changed_in_place_changes_nothing_validated(planned):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Dropout(0.3), nn.Linear(8, 8), nn.Dropout(0.3))
+    model = nn.Sequential(*model, nn.Linear(8, 3)).eval()
+    excluded = ["1"]
+    first = _samples(model, _x(), exclude=excluded)
+    excluded[:] = ["3"]
+    assert torch.equal(
+        _samples(model, _x(), exclude=excluded), _nothing_kept(model, _x(), exclude=["3"])
+    )
+    assert not torch.equal(first, _nothing_kept(model, _x(), exclude=["3"]))
+    assert mcdrop.MCDropout(model, exclude=excluded)._sampling.exclude == ("3",)
+
+
+_ROUTE = {"a": True}
+
+
+class _AlwaysOn(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.dropout(self.lin(x), 0.5, training=True)  # on in eval mode too
+
+
+class Routed(nn.Module):
+    """A module global routes the always-on dropout through ``a`` or through ``b``: the same
+    function and rate, another module."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.a, self.b, self.out = (
+            nn.Linear(6, 8),
+            _AlwaysOn(),
+            _AlwaysOn(),
+            nn.Linear(8, 3),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        return self.out(self.a(h) if _ROUTE["a"] else self.b(h))
+
+
+def test_a_call_that_moves_to_an_excluded_module_makes_a_new_plan(planned):
+    torch.manual_seed(0)
+    model, x = Routed().eval(), _x()
+    _samples(model, x, exclude=["b"])
+    _ROUTE["a"] = False
+    try:
+        for call in (
+            lambda: _samples(model, x, exclude=["b"]),
+            lambda: _nothing_kept(model, x, exclude=["b"]),
+        ):
+            with pytest.raises(ValueError, match="Found no dropout"):
+                call()
+    finally:
+        _ROUTE["a"] = True
+    assert len(planned) == 3
+
+
+_TRANSPOSE = [False]
+
+
+class Square(nn.Module):
+    """A module global transposes a square dropout input (6 examples x 6 units)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.d, self.o = nn.Linear(4, 6), nn.Dropout(0.5), nn.Linear(6, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        h = self.d(h.t().contiguous()).t() if _TRANSPOSE[0] else self.d(h)
+        return self.o(h)
+
+
+@pytest.mark.parametrize("strategy", ["loop", "vmap", "replicate"])
+def test_shared_masks_of_an_ambiguous_layout_are_not_kept(planned, strategy):
+    torch.manual_seed(0)
+    model, x = Square().eval(), torch.randn(6, 4)
+    options = {"masks": "shared", "strategy": strategy}
+    _samples(model, x, **options)
+    _TRANSPOSE[0] = True
+    try:
+        second = _samples(model, x, **options)
+        assert torch.equal(second, _nothing_kept(model, x, **options))
+    finally:
+        _TRANSPOSE[0] = False
+    if strategy != "replicate":  # (replicate: 6 x T rows, not square; the shape shows the move)
+        assert not _engine._FUNCTION_PLANS[id(model)][1][0][1].kept  # nothing kept: ambiguous
+
+
+class _Wrapper(nn.Module):
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.registry = [self]  # a list holding the model: no weak reference to a list
+
+    def forward(self, x: torch.Tensor, extra: object = None) -> torch.Tensor:
+        return self.inner(x)
+
+
+def test_an_object_input_and_a_model_that_refers_to_itself_are_freed():
+    model = _Wrapper(_net()).eval()
+    big = torch.zeros(1000)
+    box = types.SimpleNamespace(big=big)  # an input leaf that takes no weak reference
+    inputs = {"x": _x(), "extra": box}
+    mcdrop.predict_with_uncertainty(model, inputs, n_samples=4, seed=0, progress=False)
+    assert _engine._FUNCTION_PLANS[id(model)][1][0][1].kept
+    input_ref = weakref.ref(big)
+    del inputs, box, big
+    gc.collect()
+    assert input_ref() is None  # the model lives on; the plan did not keep the input
+    refs = [weakref.ref(model), weakref.ref(model.inner.head.weight)]
+    del model
+    gc.collect()
+    gc.collect()  # the twin's own cycle (its copy of `registry` points at the twin) goes next
+    assert all(ref() is None for ref in refs)
+
+
+def test_a_function_option_keeps_no_plan(planned):
+    model, x = _net(), _x()
+    for _ in range(2):
+        _samples(model, x, output_transform=lambda out: out)
+    assert len(planned) == 2 and id(model) not in _engine._FUNCTION_PLANS
