@@ -197,39 +197,103 @@ def _fill(new: nn.Module, module: nn.Module) -> None:
         if name in state:
             state[name] = set(state[name])
     new.__dict__.update(state)
-    cls = type(module)
-    for _, descriptor in _slots(cls):  # attributes an nn.Module subclass keeps in __slots__
-        with contextlib.suppress(AttributeError):
-            descriptor.__set__(new, descriptor.__get__(module, cls))
+    _fill_slots(new, module)
 
 
-def retwin(model: nn.Module, twins: dict[str, nn.Module]) -> bool:
+def retwin(
+    model: nn.Module, twins: dict[str, nn.Module], rebound: dict[str, tuple[str, ...]] | None
+) -> dict[str, tuple[str, ...]] | None:
     """Set the modules ``twins`` (a twin of ``model`` built earlier, by name) back to what a new
     twin of ``model`` would hold now, keeping their training flags: attributes the model changed
     in place below what a fingerprint sees, or that the twin's own ``forward`` changed on an
-    earlier call (a counter, a list it appends to), are taken again from the model. False, with
-    nothing reliable left in ``twins``, when it cannot: the module trees differ, a compiled
-    submodule, or a reference to a module of the model that cannot be redirected."""
+    earlier call (a counter, a list it appends to), are taken again from the model.
+
+    ``rebound``: per module, the attributes the twin holds copies of (not the model's objects),
+    as the previous call returned them: only those are rebuilt (the others are the model's own
+    objects again). None: every attribute is looked into, as when the twin was built. Returns
+    the attributes to rebuild next time, or None when the twin cannot be brought up to date
+    (the module trees differ, a compiled submodule, a reference to a module of the model that
+    cannot be redirected), with nothing reliable left in ``twins``."""
     originals = dict(unwrap_compiled(model)[0].named_modules())
     if originals.keys() != twins.keys():
-        return False
+        return None
     memo = {id(original): twins[name] for name, original in originals.items()}
     for name, original in originals.items():
         twin = twins[name]
         if type(twin) is not type(original) or type(original).__name__ == "OptimizedModule":
-            return False
-        training = twin.training
-        twin.__dict__.clear()
-        _fill(twin, original)
-        twin.__dict__["training"] = training
-        children = twin.__dict__["_modules"]
-        for key, child in children.items():
-            if child is not None:
-                children[key] = memo[id(child)]
+            return None
+        if not _reset(twin, original, memo):
+            return None
     rebinder = _Rebinder(memo)
     for name, twin in twins.items():
-        rebinder.module(name, twin)
-    return not rebinder.left
+        slotted = bool(_slots(type(twin)))
+        if slotted:
+            _fill_slots(twin, originals[name])
+        known = None if rebound is None or slotted else rebound.get(name)
+        if known != ():
+            rebinder.module(name, twin, known)
+    if rebinder.left:
+        return None
+    if rebound is not None:
+        return rebound
+    return {name: _copied(originals[name], twin) for name, twin in twins.items()}
+
+
+def _reset(twin: nn.Module, original: nn.Module, memo: dict[int, nn.Module]) -> bool:
+    """The attributes of ``twin`` back to ``original``'s objects (as :func:`_fill` gives them),
+    its registries its own, its children the twins of ``original``'s; False when a child is
+    not (a ``forward`` that replaced one)."""
+    mine, theirs = twin.__dict__, original.__dict__
+    for attr in [a for a in mine if a not in theirs and a != "training"]:
+        del mine[attr]  # set by the twin's own forward
+    for attr, value in theirs.items():
+        if attr == "training":
+            continue
+        if attr == "_modules":
+            children = mine[attr]
+            if children.keys() != value.keys() or any(
+                c is not (None if v is None else memo.get(id(v)))
+                for c, v in zip(children.values(), value.values(), strict=True)
+            ):
+                return False
+        elif attr in _REGISTRIES:
+            own = mine.get(attr)
+            if not value and own is not None and not own:  # (most hook registries: empty)
+                continue
+            if not _same_registry(own, value):
+                mine[attr] = set(value) if isinstance(value, set) else OrderedDict(value)
+        elif mine.get(attr, _EMPTY) is not value:
+            mine[attr] = value
+    return True
+
+
+def _same_registry(own: Any, value: Any) -> bool:
+    """Whether the twin's own registry holds the very objects of the model's."""
+    if own is None or len(own) != len(value):
+        return False
+    if isinstance(value, set):
+        return bool(own == value)
+    return all(own.get(k) is v for k, v in value.items())
+
+
+def _fill_slots(new: nn.Module, module: nn.Module) -> None:
+    """The attributes an ``nn.Module`` subclass keeps in ``__slots__``, from ``module``."""
+    cls = type(module)
+    for _, descriptor in _slots(cls):
+        with contextlib.suppress(AttributeError):
+            descriptor.__set__(new, descriptor.__get__(module, cls))
+
+
+def _copied(original: nn.Module, twin: nn.Module) -> tuple[str, ...]:
+    """The attributes of ``twin`` that are not ``original``'s objects (registries aside, but for
+    hooks, which may be methods of modules)."""
+    theirs = original.__dict__
+    return tuple(
+        attr
+        for attr, value in twin.__dict__.items()
+        if (attr in _HOOK_DICTS and value)
+        or (attr not in _REGISTRIES and attr != "training" and value is not theirs.get(attr))
+    )
 
 
 # Types never looked into: values, and library objects whose internals hold no user module (an
@@ -258,10 +322,12 @@ class _Rebinder:
         self.items = 0
         self.left: dict[int, str] = {}
 
-    def module(self, name: str, new: nn.Module) -> None:
+    def module(self, name: str, new: nn.Module, only: tuple[str, ...] | None = None) -> None:
+        """Rebind the attributes of ``new`` (``only``: just those named, and no slots)."""
         state = new.__dict__
         where = name or "<model>"
-        for attr, value in list(state.items()):
+        items = list(state.items()) if only is None else [(a, state[a]) for a in only]
+        for attr, value in items:
             if type(value) in _PLAIN:
                 continue
             if attr in _REGISTRIES:
@@ -272,6 +338,8 @@ class _Rebinder:
             state[attr] = self.value(value, f"{where}.{attr}", 0, copies=2)
             if callable(value) and not isinstance(value, (nn.Module, type)):
                 _refuse_wrapped_original(attr, state[attr], self.memo)
+        if only is not None:
+            return
         for attr, descriptor in _slots(type(new)):
             with contextlib.suppress(AttributeError):
                 value = descriptor.__get__(new, type(new))

@@ -116,14 +116,18 @@ class Kept:
     eager: Runner
     calls: Calls | None
     modules: dict[str, nn.Module]
+    # the attributes of the twin's modules that are copies (mcdrop.dropout.retwin), once known
+    rebound: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def refresh(self, model: nn.Module) -> bool:
         """The twin as a new twin of ``model`` would be now (:func:`mcdrop.dropout.retwin`: what
         the fingerprint cannot see, and what the twin's own ``forward`` changed on an earlier
         call, taken again from the model), its modules that sample with copies of the model's
         buffers (never written to the model); False when a new plan is needed."""
-        if not retwin(model, self.modules):
+        rebound = retwin(model, self.modules, self.rebound.get("attributes"))
+        if rebound is None:
             return False
+        self.rebound["attributes"] = rebound
         inner = unwrap_compiled(model)[0]
         for original, module in zip(inner.modules(), self.modules.values(), strict=False):
             if module.training and original._buffers:
