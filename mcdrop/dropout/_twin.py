@@ -13,8 +13,10 @@ hooks) is pointed at its twin (:class:`_Rebinder`); what cannot be redirected is
 (:mod:`mcdrop.dropout._probe`). fx ``GraphModule`` classes, made per instance with the generated
 ``forward``, are kept.
 
-A twin is built at every call (O(number of modules), about a microsecond each), so a submodule,
-parameter or attribute replaced between calls is never sampled stale.
+A twin is built when a call plans (O(number of modules), about a microsecond each); a plan kept
+for later calls (guarded by a fingerprint of the model, :mod:`mcdrop.sampling`) has its twin
+brought up to date by :func:`retwin` at each of them, so an attribute changed in place, or one
+the twin's own ``forward`` wrote, is never sampled stale.
 
 TorchScript modules cannot be twinned (their state lives in C++): :func:`_twin` returns ``None``
 for them and the caller falls back to switching flags under a per-model lock.
