@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def counted(strategy: str) -> None:  # a kept plan's first chunk: its calls counted
         assert runner.masks is not None
-        with runner.masks.counting({id(m): n for n, m in modules.items()}):
+        with runner.masks.counting({id(m): n for n, m in modules.items()}, {}):
             runner.run(strategy, b, 100)
 
     def from_scratch() -> None:  # the function's first call on a model: nothing kept

@@ -39,6 +39,7 @@ from __future__ import annotations
 from mcdrop.dropout._masks import (
     AMBIGUOUS,
     MASK_KINDS,
+    UNSETTLED,
     Layout,
     MaskedDropout,
     PrivateRandom,

@@ -483,6 +483,7 @@ def in_dtype(value: float, dtype: torch.dtype) -> float:
 
 # -- the mode -----------------------------------------------------------------------------------
 AMBIGUOUS = "a dropout input whose batch dimension has the size of another of its dimensions"
+UNSETTLED = "a dropout call with rate 0 made by code that is not PyTorch's own"
 
 
 @dataclass
@@ -528,7 +529,8 @@ class MaskedDropout(PrivateRandom):
         self.chunk_bytes = 0
         self.tally: Counter[Any] | None = None  # while counting(): the calls answered
         self.passes = 0  # ... and the passes they came from
-        self.names: Mapping[int, str] = {}  # ... and the modules that may make them
+        self.names: Mapping[int, Any] = {}  # ... the modules that may make them
+        self.originals: Mapping[int, str] = {}  # ... and those that never should
 
     # -- passes and attribution ------------------------------------------------------------------
     def start_pass(
@@ -578,18 +580,24 @@ class MaskedDropout(PrivateRandom):
             stack.clear()
 
     @contextlib.contextmanager
-    def counting(self, names: Mapping[int, str]) -> Iterator[Counted]:
+    def counting(
+        self, names: Mapping[int, nn.Module | str], originals: Mapping[int, str]
+    ) -> Iterator[Counted]:
         """Inside, every call this mode answers is counted, keyed by the innermost module of
         ``names`` (id -> name: the sampling twin's) whose code makes it: dropout calls by
         function and effective rate (0 for ``training=False``), other random draws by function;
-        with shared masks also each dropout input's shape, and :data:`AMBIGUOUS` where its
-        batch dimension has the size of another of its dimensions (a transposition would then
-        go unseen). On leaving, the yielded :class:`Counted` holds the counts per pass (the
-        calls one pass makes, on average): what a kept plan's first chunk must make again.
-        Costs a dictionary update and a walk up the Python stack per dropout call or random
-        draw, nothing per other operation."""
+        a call made by code of a module of the user's model (``originals``, id -> name), which
+        the twin should never run, by that module. :data:`UNSETTLED` counts the calls with rate
+        0 made by code that is not PyTorch's own (a module global may gate them, which only a
+        training-mode probe would see); with shared masks each dropout input's shape is counted
+        too, and :data:`AMBIGUOUS` where its batch dimension has the size of another of its
+        dimensions (a transposition would then go unseen). On leaving, the yielded
+        :class:`Counted` holds the counts per pass (the calls one pass makes, on average): what a
+        kept plan's first chunk must make again. Costs a dictionary update and a walk up the
+        Python stack per dropout call or random draw, nothing per other operation."""
         counted = Counted()
-        self.tally, self.passes, self.names = Counter(), 0, names
+        self.tally, self.passes = Counter(), 0
+        self.names, self.originals = names, originals
         try:
             yield counted
         finally:
@@ -597,21 +605,26 @@ class MaskedDropout(PrivateRandom):
             counted.calls = {key: count / n for key, count in self.tally.items()}
             self.tally = None
 
-    def _caller(self) -> str | None:
-        """The name of the innermost module of ``names`` whose code is running (a frame whose
-        ``self`` is one of them), None when none is."""
-        names = self.names
+    def _caller(self) -> tuple[str, Any]:
+        """The name and the module of the innermost module whose code is running (a frame
+        whose ``self`` is a module of the twin, or of the user's model: then its name is
+        marked); ``("", None)`` when none is."""
+        names, originals = self.names, self.originals
         frame: Any = sys._getframe(2)
         for _ in range(48):
             if frame is None:
                 break
             code = frame.f_code
             if code.co_argcount and code.co_varnames[0] == "self":
-                name = names.get(id(frame.f_locals.get("self")))
+                owner = frame.f_locals.get("self")
+                name = names.get(id(owner))
                 if name is not None:
-                    return name
+                    return str(name), owner
+                name = originals.get(id(owner))
+                if name is not None:
+                    return f"<the model's own {name or '<model>'}>", owner
             frame = frame.f_back
-        return None
+        return "", None
 
     @contextlib.contextmanager
     def probing(self) -> Iterator[dict[Key, Any]]:
@@ -653,7 +666,7 @@ class MaskedDropout(PrivateRandom):
         tally = self.tally
         if func in _RANDOM or func in _PY_RANDOM:
             if tally is not None:
-                tally[(self._caller(), func)] += 1
+                tally[(self._caller()[0], func)] += 1
             if self.layouts is not None:
                 self._refuse_random(func)
             if func in _PY_RANDOM:
@@ -662,7 +675,10 @@ class MaskedDropout(PrivateRandom):
             return self.with_generator(func, args, kwargs)
         label, p = dropout_call(func, args, kwargs)
         if tally is not None:
-            tally[(self._caller(), label, p)] += 1
+            where, module = self._caller()
+            tally[(where, label, p)] += 1
+            if p <= 0.0 and not type(module).__module__.startswith("torch."):
+                tally[UNSETTLED] += 1
         if p <= 0.0:
             return func(*args, **kwargs)
         direct = _DIRECT.get(func)

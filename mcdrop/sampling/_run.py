@@ -27,6 +27,7 @@ from torch import nn
 from mcdrop.dropout import (
     AMBIGUOUS,
     GATING_TYPES,
+    UNSETTLED,
     DropoutSite,
     MaskedDropout,
     Recording,
@@ -258,8 +259,8 @@ class Run:
         whose layouts are ambiguous)."""
         if not self.layouts_keepable or self.twin.pending is not None or not self.validated:
             return None
-        if self.calls is not None and AMBIGUOUS in self.calls:  # shared masks: see counting()
-            return None
+        if self.calls is not None and (AMBIGUOUS in self.calls or UNSETTLED in self.calls):
+            return None  # see mcdrop.dropout.MaskedDropout.counting
         modules = self.kept_modules
         if modules is None:
             modules = dict(getattr(self.twin.module, "_orig_mod", self.twin.module).named_modules())
@@ -357,7 +358,7 @@ class Run:
         counted while the plan is not settled (the first chunk; None when not counted)."""
         masks = self.runner.masks
         counting = masks is not None and (not self.validated or self.checking is not None)
-        counter = masks.counting(self._module_names()) if counting and masks is not None else None
+        counter = masks.counting(*self._module_names()) if counting and masks is not None else None
         with counter or contextlib.nullcontext() as counted:
             if self.twin.pending is None:
                 outs, rec = self._run_split(batch, k, examples, first=first), None
@@ -366,12 +367,16 @@ class Run:
                     outs = self._run_split(batch, k, examples, rec.modes, first)
         return outs, rec, None if counted is None else counted.calls
 
-    def _module_names(self) -> dict[int, str]:
-        """The sampling twin's modules by id: who makes each counted call."""
+    def _module_names(self) -> tuple[dict[int, str], dict[int, str]]:
+        """The sampling twin's modules by id (who makes each counted call), and the model's."""
         modules = self.kept_modules
         if modules is None:
             modules = dict(getattr(self.twin.module, "_orig_mod", self.twin.module).named_modules())
-        return {id(module): name for name, module in modules.items()}
+        model = unwrap_compiled(self.engine.model)[0]
+        return (
+            {id(module): name for name, module in modules.items()},
+            {id(module): name for name, module in model.named_modules()},
+        )
 
     def _run_split(
         self,

@@ -560,3 +560,92 @@ def test_a_function_option_keeps_no_plan(planned):
     for _ in range(2):
         _samples(model, x, output_transform=lambda out: out)
     assert len(planned) == 2 and id(model) not in _engine._FUNCTION_PLANS
+
+
+# -- found by the second hostile review -------------------------------------------------------------
+
+
+class _Calls:
+    """A callable helper holding a module that is not in the model's tree (yet)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+
+class Outsider(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin, self.out = nn.Linear(6, 16), nn.Linear(16, 3)
+        self.drop1, self.drop2 = nn.Dropout(0.2), nn.Dropout(0.5)
+        self.helper = _Calls(nn.Dropout(0.5).eval())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.helper(self.drop1(self.lin(x))))
+
+
+@pytest.mark.parametrize("masks", ["independent", "shared"])
+@pytest.mark.parametrize("caller", ["function", "MCDropout"])
+def test_a_helper_pointed_at_a_module_of_the_model_takes_effect(planned, masks, caller):
+    """The helper's identity does not change; the twin must not run the model's own module."""
+    torch.manual_seed(0)
+    model, x = Outsider().eval(), _x()
+    mc = mcdrop.MCDropout(model, n_samples=T, seed=SEED, masks=masks)
+    call = (lambda: _samples(model, x, masks=masks)) if caller == "function" else (lambda: mc(x))
+    first = call()
+    call()
+    model.helper.module = model.drop2  # in place: now a dropout of the model's tree
+    second = call()
+    assert torch.equal(second, _nothing_kept(model, x, masks=masks))
+    assert not torch.equal(first, second)
+
+
+_GATE_ON = [False]
+
+
+class _Gated(nn.Module):
+    """A functional dropout gated by a module global: off, it is a call with rate 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.dropout(self.lin(x), 0.3, training=self.training and _GATE_ON[0])
+
+
+class GatedNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp, self.d, self.a, self.out = (
+            nn.Linear(6, 8),
+            nn.Dropout(0.2),
+            _Gated(),
+            nn.Linear(8, 3),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.a(self.d(self.inp(x))))
+
+
+@pytest.mark.parametrize("masks", ["independent", "shared"])
+def test_a_dropout_a_module_global_turns_on_is_sampled(planned, masks):
+    """A call with rate 0 from code that is not PyTorch's: only a training-mode probe can tell
+    whether training would sample it, so no plan is kept."""
+    torch.manual_seed(0)
+    model, x = GatedNet().eval(), _x()
+    _samples(model, x, masks=masks)
+    _GATE_ON[0] = True
+    try:
+        second = _samples(model, x, masks=masks)
+        fresh = _nothing_kept(model, x, masks=masks)
+        assert torch.equal(second, fresh)
+        assert {s.name for s in mcdrop.dropout_sites(model, example_inputs=x)} == {"d", "a"}
+    finally:
+        _GATE_ON[0] = False
+    assert len(planned) == 3
+    _assert_same_distribution(
+        _samples(model, x, masks=masks, n_samples=T), _reference(model, x)
+    )  # the gate off again: the reference samples `d` only
