@@ -73,7 +73,15 @@ from torch import nn
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
-from mcdrop.dropout._probe import _ATEN, _FUNCTIONAL, _RNN, _arg, _rnn_packed, dropout_call
+from mcdrop.dropout._probe import (
+    _ATEN,
+    _FUNCTIONAL,
+    _RNN,
+    _arg,
+    _rnn_packed,
+    dropout_call,
+    torch_code,
+)
 
 __all__: list[str] = []
 
@@ -605,10 +613,10 @@ class MaskedDropout(PrivateRandom):
             counted.calls = {key: count / n for key, count in self.tally.items()}
             self.tally = None
 
-    def _caller(self) -> tuple[str, Any]:
-        """The name and the module of the innermost module whose code is running (a frame
-        whose ``self`` is a module of the twin, or of the user's model: then its name is
-        marked); ``("", None)`` when none is."""
+    def _caller(self) -> tuple[str, bool]:
+        """The name of the innermost module whose code is running (a frame whose ``self`` is a
+        module of the twin, or of the user's model: then its name is marked), and whether that
+        code is PyTorch's own; ``("", False)`` when none is."""
         names, originals = self.names, self.originals
         frame: Any = sys._getframe(2)
         for _ in range(48):
@@ -619,12 +627,12 @@ class MaskedDropout(PrivateRandom):
                 owner = frame.f_locals.get("self")
                 name = names.get(id(owner))
                 if name is not None:
-                    return str(name), owner
+                    return str(name), torch_code(code)
                 name = originals.get(id(owner))
                 if name is not None:
-                    return f"<the model's own {name or '<model>'}>", owner
+                    return f"<the model's own {name or '<model>'}>", torch_code(code)
             frame = frame.f_back
-        return "", None
+        return "", False
 
     @contextlib.contextmanager
     def probing(self) -> Iterator[dict[Key, Any]]:
@@ -675,9 +683,9 @@ class MaskedDropout(PrivateRandom):
             return self.with_generator(func, args, kwargs)
         label, p = dropout_call(func, args, kwargs)
         if tally is not None:
-            where, module = self._caller()
+            where, pytorch = self._caller()
             tally[(where, label, p)] += 1
-            if p <= 0.0 and not type(module).__module__.startswith("torch."):
+            if p <= 0.0 and not pytorch:
                 tally[UNSETTLED] += 1
         if p <= 0.0:
             return func(*args, **kwargs)

@@ -148,8 +148,10 @@ class Engine:
             with torch.inference_mode():
                 first = first.to(self.device)
                 small = first.slice(0, min(2, first.size))
-                if kept is not None and not kept.refresh(self.model):
-                    kept = None  # the twin could not be brought up to date: plan afresh
+                if kept is not None and not (
+                    kept.refresh(self.model) and kept.still_trains_alike(self.model, small)
+                ):
+                    kept = None  # the twin is not what a new plan would make: plan afresh
                 if kept is not None:
                     yield Run.resumed(
                         self,

@@ -17,7 +17,7 @@ import copy
 import dataclasses
 import logging
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -33,7 +33,9 @@ from mcdrop.dropout import (
     Recording,
     Sampling,
     culprit,
+    reads_training,
     retwin,
+    training_calls,
     unwrap_compiled,
 )
 from mcdrop.sampling import _planner as planner
@@ -95,6 +97,8 @@ class StalePlan(Exception):
     the call runs again with a new plan (:meth:`~._engine.Engine.run` with ``fresh``)."""
 
 
+_PROBE_SEED = 0  # the training-mode probe of a kept plan draws the same numbers every call
+
 # What the first chunk of a plan made, per pass (:meth:`mcdrop.dropout.MaskedDropout.counting`):
 # the dropout calls by function and effective rate, the other random draws by function. A kept
 # plan's first chunk must make the same (:meth:`Run.chunk`).
@@ -117,8 +121,26 @@ class Kept:
     eager: Runner
     calls: Calls | None
     modules: dict[str, nn.Module]
+    # The dropout calls of training mode on the probe's examples, when the model's own code may
+    # read a training flag (mcdrop.dropout.reads_training): found again at every call.
+    trained: Counter[Any] | None
     # the attributes of the twin's modules that are copies (mcdrop.dropout.retwin), once known
     rebound: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def still_trains_alike(self, model: nn.Module, probe_batch: _Batch) -> bool:
+        """Whether training mode makes the dropout calls it made when the plan was made (always,
+        for a model whose own code reads no training flag): a gate opened since (a module
+        global, a class attribute) is seen here; any error means no."""
+        if self.trained is None:
+            return True
+        root = getattr(self.twin.module, "_orig_mod", self.twin.module)
+        call = (probe_batch.args, probe_batch.kwargs)
+        try:
+            return (
+                training_calls(unwrap_compiled(model)[0], root, call, _PROBE_SEED) == self.trained
+            )
+        except Exception:
+            return False
 
     def refresh(self, model: nn.Module) -> bool:
         """The twin as a new twin of ``model`` would be now (:func:`mcdrop.dropout.retwin`: what
@@ -200,6 +222,7 @@ class Run:
         self.calls: Calls | None = None  # the calls of the first chunk that stood
         self.checking: Calls | None = None  # a kept plan: its first chunk must make these
         self.kept_modules: dict[str, nn.Module] | None = None  # a kept plan's, by name
+        self.kept_trained: Counter[Any] | None = None  # ... and its training-mode calls
         plan = self._checked(self._make_plan(()))
         if engine.memory_sized:
             self.measured_rows = engine.cuda_rows(self.eager, first)
@@ -250,6 +273,7 @@ class Run:
         run.calls = kept.calls
         run.checking = kept.calls
         run.kept_modules = kept.modules
+        run.kept_trained = kept.trained
         engine.planner.adopt(kept.plan)
         return run
 
@@ -262,8 +286,19 @@ class Run:
         if self.calls is not None and (AMBIGUOUS in self.calls or UNSETTLED in self.calls):
             return None  # see mcdrop.dropout.MaskedDropout.counting
         modules = self.kept_modules
+        root = getattr(self.twin.module, "_orig_mod", self.twin.module)
         if modules is None:
-            modules = dict(getattr(self.twin.module, "_orig_mod", self.twin.module).named_modules())
+            modules = dict(root.named_modules())
+        trained = self.kept_trained
+        model = unwrap_compiled(self.engine.model)[0]
+        o = self.engine.options
+        probed = o.detect_silent and o.scope != "train_except_norm"  # as a new plan would be
+        if trained is None and probed and reads_training(model):
+            call = (self.probe_batch.args, self.probe_batch.kwargs)
+            try:
+                trained = training_calls(model, root, call, _PROBE_SEED)
+            except Exception:  # training mode does not run: nothing to compare later calls to
+                return None
         return Kept(
             mark,
             self.twin,
@@ -274,6 +309,7 @@ class Run:
             self.eager,
             self.calls,
             modules,
+            trained,
         )
 
     @property

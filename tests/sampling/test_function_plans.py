@@ -649,3 +649,128 @@ def test_a_dropout_a_module_global_turns_on_is_sampled(planned, masks):
     _assert_same_distribution(
         _samples(model, x, masks=masks, n_samples=T), _reference(model, x)
     )  # the gate off again: the reference samples `d` only
+
+
+# -- found by the third hostile review: gates that only training mode opens --------------------------
+
+_GLOBAL_GATE = [False]
+
+
+class _GateCfg:
+    class model:
+        class reg:
+            on = False
+
+
+class _TrainingGated(nn.Module):
+    """``if self.training and <gate>``: in eval mode (the twin's, for a module that does not
+    sample) no call at all, whatever the gate says."""
+
+    use_dropout = False  # a class attribute
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how, self.lin, self.cfg = how, nn.Linear(8, 8), _GateCfg()
+
+    def gate(self) -> bool:
+        if self.how == "class attribute":
+            return type(self).use_dropout
+        if self.how == "config three levels down":
+            return self.cfg.model.reg.on
+        return _GLOBAL_GATE[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.lin(x)
+        if self.training and self.gate():
+            x = F.dropout(x, 0.3)
+        return x
+
+
+class TrainingGatedNet(nn.Module):
+    def __init__(self, how: str):
+        super().__init__()
+        self.inp, self.d = nn.Linear(6, 8), nn.Dropout(0.2)
+        self.a, self.out = _TrainingGated(how), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.a(self.d(self.inp(x))))
+
+
+def _open_gate(model: nn.Module, how: str, on: bool) -> None:
+    if how == "class attribute":
+        type(model.a).use_dropout = on
+    elif how == "config three levels down":
+        model.a.cfg.model.reg.on = on
+    else:
+        _GLOBAL_GATE[0] = on
+
+
+@pytest.mark.parametrize("how", ["class attribute", "config three levels down", "module global"])
+@pytest.mark.parametrize("caller", ["function", "MCDropout"])
+def test_a_dropout_only_training_mode_reaches_is_sampled_once_its_gate_opens(planned, how, caller):
+    torch.manual_seed(0)
+    model, x = TrainingGatedNet(how).eval(), _x()
+    mc = mcdrop.MCDropout(model, n_samples=T, seed=SEED)
+    call = (lambda: _samples(model, x)) if caller == "function" else (lambda: mc(x))
+    first = call()
+    assert torch.equal(call(), first) and len(planned) == 1  # kept while nothing changes
+    _open_gate(model, how, True)
+    try:
+        second = call()
+        assert torch.equal(second, _nothing_kept(model, x)) and not torch.equal(first, second)
+        assert {s.name for s in mcdrop.dropout_sites(model, example_inputs=x)} == {"d", "a"}
+    finally:
+        _open_gate(model, how, False)
+
+
+class _ParentGate(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp, self.always, self.drop = nn.Linear(6, 8), nn.Dropout(0.2), nn.Dropout(0.5)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.always(self.inp(x))
+        if self.training and _GLOBAL_GATE[0]:
+            h = self.drop(h)
+        return self.out(h)
+
+
+def test_a_child_dropout_its_parent_gates_in_training_mode_is_sampled(planned):
+    torch.manual_seed(0)
+    model, x = _ParentGate().eval(), _x()
+    first = _samples(model, x)
+    _GLOBAL_GATE[0] = True
+    try:
+        second = _samples(model, x)
+        assert torch.equal(second, _nothing_kept(model, x)) and not torch.equal(first, second)
+    finally:
+        _GLOBAL_GATE[0] = False
+
+
+def test_a_function_patched_into_a_pytorch_class_is_the_users(planned, monkeypatch):
+    def linear_with_gate(self, x):
+        return F.dropout(
+            F.linear(x, self.weight, self.bias), 0.3, self.training and _GLOBAL_GATE[0]
+        )
+
+    monkeypatch.setattr(nn.Linear, "forward", linear_with_gate)
+    torch.manual_seed(0)
+    model, x = _net(), _x()
+    first = _samples(model, x)
+    _GLOBAL_GATE[0] = True
+    try:
+        second = _samples(model, x)
+        assert torch.equal(second, _nothing_kept(model, x)) and not torch.equal(first, second)
+    finally:
+        _GLOBAL_GATE[0] = False
+
+
+def test_only_models_whose_own_code_reads_a_training_flag_are_probed_again():
+    from mcdrop.dropout import reads_training
+
+    assert not reads_training(_net())  # its forward reads no flag: no probe on kept calls
+    assert not reads_training(nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.1)))
+    assert reads_training(TrainingGatedNet("module global"))
+    assert reads_training(_ParentGate())
+    assert reads_training(FloatAttention())  # `... if self.training else 0.0`
