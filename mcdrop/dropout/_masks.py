@@ -587,6 +587,18 @@ class MaskedDropout(PrivateRandom):
                 handle.remove()
             stack.clear()
 
+    def release(self) -> None:
+        """Drop what one call's passes cached (the coordinates' hashes, a loop chunk's masks,
+        up to ``_GRID_BYTES`` and ``_CHUNK_BYTES`` on the device): a plan kept between calls
+        keeps this mode for its layouts only, and every call draws with a new one."""
+        self.grids.clear()
+        self.grid_bytes = 0
+        self.chunk_keeps.clear()
+        self.chunk_bytes = 0
+        self.chunk = None
+        self.t = None
+        self.samples = None
+
     @contextlib.contextmanager
     def counting(
         self, names: Mapping[int, nn.Module | str], originals: Mapping[int, str]

@@ -299,6 +299,8 @@ class Run:
                 trained = training_calls(model, root, call, _PROBE_SEED)
             except Exception:  # training mode does not run: nothing to compare later calls to
                 return None
+        if self.runner.masks is not None:
+            self.runner.masks.release()  # its caches are this call's; a kept call makes its own
         return Kept(
             mark,
             self.twin,

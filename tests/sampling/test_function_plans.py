@@ -774,3 +774,21 @@ def test_only_models_whose_own_code_reads_a_training_flag_are_probed_again():
     assert reads_training(TrainingGatedNet("module global"))
     assert reads_training(_ParentGate())
     assert reads_training(FloatAttention())  # `... if self.training else 0.0`
+
+
+def test_a_kept_plan_holds_no_masks_of_the_call_that_made_it():
+    """Shared masks cache their hashes per call (up to 192 MiB on the device): a kept plan
+    keeps none of them, for the function and for MCDropout (every call draws with its own)."""
+    model, x = _net(), _x()
+    for strategy in ("loop", "vmap"):
+        options = {"masks": "shared", "strategy": strategy}
+        first = _samples(model, x, **options)
+        held = mcdrop.MCDropout(model, n_samples=T, seed=SEED, **options)
+        assert torch.equal(held(x), first)
+        plans = [p for _, p in _engine._FUNCTION_PLANS[id(model)][1]]
+        for kept in [k for p in plans for k in p.kept] + held._engine.kept:
+            masks = kept.runner.masks
+            assert not masks.grids and not masks.chunk_keeps
+            assert masks.grid_bytes == 0 and masks.chunk_bytes == 0
+        assert torch.equal(_samples(model, x, **options), first)  # and the plans still serve
+        assert torch.equal(held(x), first)
