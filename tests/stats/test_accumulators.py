@@ -201,3 +201,23 @@ def test_masked_classes_with_minus_infinite_logits_have_zero_probability_and_no_
     np.testing.assert_allclose(res.mean[0], [*p.mean(0), 0.0], atol=1e-7)
     np.testing.assert_allclose(res.expected_entropy, entropy(p, axis=-1).mean(0), atol=1e-7)
     np.testing.assert_allclose(res.predictive_entropy, entropy(p.mean(0)), atol=1e-7)
+
+
+def test_probabilities_given_as_logits_are_refused_and_only_they():
+    """The "every row is a probability vector" flag, against its definition on the array."""
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(4), size=(6, 5))  # (T, N, C)
+    with pytest.raises(ValueError, match="already returns probabilities"):
+        mcdrop.summarize_samples(torch.from_numpy(probs), outputs="logits")
+    for change in ("one negative entry", "one row off", "a NaN"):
+        given = probs.copy()
+        if change == "one negative entry":
+            given[2, 1, 0] = -1e-6
+        elif change == "one row off":
+            given[5, 4] *= 1.01
+        else:
+            given[0, 0, 0] = np.nan
+        looks = bool((given >= 0).all() and np.allclose(given.sum(-1), 1, atol=1e-3))
+        assert not looks
+        if change != "a NaN":
+            mcdrop.summarize_samples(torch.from_numpy(given), outputs="logits")
