@@ -71,7 +71,6 @@ from mcdrop.dropout._sites import (
     check_sites,
     dropout_enabled,
     dropout_sites,
-    reads_training,
     sampling_twin,
     training_calls,
     user_stacklevel,

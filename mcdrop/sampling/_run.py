@@ -17,7 +17,7 @@ import copy
 import dataclasses
 import logging
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -33,7 +33,6 @@ from mcdrop.dropout import (
     Recording,
     Sampling,
     culprit,
-    reads_training,
     retwin,
     training_calls,
     unwrap_compiled,
@@ -121,16 +120,17 @@ class Kept:
     eager: Runner
     calls: Calls | None
     modules: dict[str, nn.Module]
-    # The dropout calls of training mode on the probe's examples, when the model's own code may
-    # read a training flag (mcdrop.dropout.reads_training): found again at every call.
-    trained: Counter[Any] | None
+    # The dropout calls of training mode on the probe's examples (mcdrop.dropout.training_calls),
+    # found again at every call; None when the plan was made without a probe.
+    trained: dict[Any, float] | None
     # the attributes of the twin's modules that are copies (mcdrop.dropout.retwin), once known
     rebound: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def still_trains_alike(self, model: nn.Module, probe_batch: _Batch) -> bool:
-        """Whether training mode makes the dropout calls it made when the plan was made (always,
-        for a model whose own code reads no training flag): a gate opened since (a module
-        global, a class attribute) is seen here; any error means no."""
+        """Whether training mode makes the dropout calls it made when the plan was made: a gate
+        only training mode opens (a module global, a class attribute, a helper's state), opened
+        since, is seen here and nowhere else; any error means no. (No probe, no check: a plan
+        made without one, ``detect_silent=False`` or ``scope='train_except_norm'``.)"""
         if self.trained is None:
             return True
         root = getattr(self.twin.module, "_orig_mod", self.twin.module)
@@ -222,7 +222,7 @@ class Run:
         self.calls: Calls | None = None  # the calls of the first chunk that stood
         self.checking: Calls | None = None  # a kept plan: its first chunk must make these
         self.kept_modules: dict[str, nn.Module] | None = None  # a kept plan's, by name
-        self.kept_trained: Counter[Any] | None = None  # ... and its training-mode calls
+        self.kept_trained: dict[Any, float] | None = None  # ... and its training-mode calls
         plan = self._checked(self._make_plan(()))
         if engine.memory_sized:
             self.measured_rows = engine.cuda_rows(self.eager, first)
@@ -293,7 +293,7 @@ class Run:
         model = unwrap_compiled(self.engine.model)[0]
         o = self.engine.options
         probed = o.detect_silent and o.scope != "train_except_norm"  # as a new plan would be
-        if trained is None and probed and reads_training(model):
+        if trained is None and probed:
             call = (self.probe_batch.args, self.probe_batch.kwargs)
             try:
                 trained = training_calls(model, root, call, _PROBE_SEED)

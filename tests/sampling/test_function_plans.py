@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import operator
 import types
 import weakref
 
@@ -431,7 +432,7 @@ def test_what_forward_writes_does_not_carry_over_between_calls(planned):
     for later in calls[2:]:  # every kept call starts from the model's state: the same numbers
         assert torch.equal(later, calls[1])
     kept = _engine._FUNCTION_PLANS[id(model)][1][0][1].kept[0]
-    assert len(kept.twin.module.seen) == T  # one call's passes, not six calls'
+    assert len(kept.twin.module.seen) == T + 1  # one call's passes and its probe, not six calls'
 
 
 def test_a_list_option_changed_in_place_changes_nothing_validated(planned):
@@ -766,14 +767,43 @@ def test_a_function_patched_into_a_pytorch_class_is_the_users(planned, monkeypat
         _GLOBAL_GATE[0] = False
 
 
-def test_only_models_whose_own_code_reads_a_training_flag_are_probed_again():
-    from mcdrop.dropout import reads_training
+_TRAINING = "".join(["train", "ing"])  # a flag read without naming it
 
-    assert not reads_training(_net())  # its forward reads no flag: no probe on kept calls
-    assert not reads_training(nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.1)))
-    assert reads_training(TrainingGatedNet("module global"))
-    assert reads_training(_ParentGate())
-    assert reads_training(FloatAttention())  # `... if self.training else 0.0`
+
+class _HiddenGate(nn.Module):
+    """Gates that only training mode opens, read in ways no scan of the code would catch."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how, self.lin = how, nn.Linear(8, 8)
+
+    @property
+    def in_training(self) -> bool:
+        return bool(getattr(self, _TRAINING))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.lin(x)
+        if self.how == "getattr":
+            opened = operator.attrgetter(_TRAINING)(self) and _GLOBAL_GATE[0]
+        else:
+            opened = self.in_training and _GLOBAL_GATE[0]
+        return F.dropout(x, 0.3) if opened else x
+
+
+@pytest.mark.parametrize("how", ["getattr", "property"])
+def test_every_kept_call_probes_training_mode_again(planned, how):
+    torch.manual_seed(0)
+    model = TrainingGatedNet("module global")
+    model.a = _HiddenGate(how)
+    model, x = model.eval(), _x()
+    first = _samples(model, x)
+    assert torch.equal(_samples(model, x), first) and len(planned) == 1
+    _GLOBAL_GATE[0] = True
+    try:
+        second = _samples(model, x)
+        assert torch.equal(second, _nothing_kept(model, x)) and not torch.equal(first, second)
+    finally:
+        _GLOBAL_GATE[0] = False
 
 
 def test_a_kept_plan_holds_no_masks_of_the_call_that_made_it():
