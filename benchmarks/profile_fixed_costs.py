@@ -9,8 +9,9 @@ plan's first chunk also checks the sampling twin's dropout calls) and counted (a
 first chunk counts its calls), the examples-interact check (``auto`` before replicate) and the
 streaming statistics. Then the calls a server makes again and again on the same model, on the
 plans kept between calls: ``mcdrop.predict_with_uncertainty`` (and its first call, with nothing
-kept), ``MCDropout``'s ``predict_with_uncertainty(x)`` and ``MCDropout(x)``, and the
-fingerprint taken at every call (:mod:`mcdrop.sampling._fingerprint`). Medians of
+kept), ``MCDropout``'s ``predict_with_uncertainty(x)`` and ``MCDropout(x)``, and what every
+such call adds: the fingerprint (:mod:`mcdrop.sampling._fingerprint`) and the training-mode
+probe on two examples (:func:`mcdrop.dropout.training_calls`). Medians of
 ``--repeats`` interleaved rounds, milliseconds, with a device synchronisation around each.
 
 Run::
@@ -36,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_sampling import SIZES, build
 
 import mcdrop
-from mcdrop.dropout import MaskedDropout, _probe
+from mcdrop.dropout import MaskedDropout, _probe, training_calls
 from mcdrop.dropout._sites import _set_flags, _TwinModules
 from mcdrop.dropout._twin import _twin
 from mcdrop.sampling import _engine
@@ -141,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         "MCDropout.predict_with_uncertainty": lambda: mc.predict_with_uncertainty(x),
         "MCDropout(x)": lambda: mc(x),
         "  fingerprint (every call)": lambda: fingerprint(model, ((x,), {}), (3200, "cpu")),
+        "  training-mode probe (every call)": lambda: training_calls(
+            model, twin, ((x[:2],), {}), 0
+        ),
     }
     times: dict[str, list[float]] = {name: [] for name in parts}
     with torch.inference_mode():
@@ -170,9 +174,16 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"  {'floor (chunk+pass+twin+stats)':<36} {floor * 1e3:8.2f} ms  {floor / det:7.2f}x pass"
     )
-    kept = (f"{strategies[0]} chunk, 100 samples", "statistics", "  fingerprint (every call)")
+    kept = (
+        f"{strategies[0]} chunk, 100 samples",
+        "statistics",
+        "  fingerprint (every call)",
+        "  training-mode probe (every call)",
+    )
     floor = sum(statistics.median(times[k]) for k in kept)
-    print(f"  {'kept floor (chunk+stats+fp)':<36} {floor * 1e3:8.2f} ms  {floor / det:7.2f}x pass")
+    print(
+        f"  {'kept floor (chunk+stats+fp+probe)':<36} {floor * 1e3:8.2f} ms  {floor / det:7.2f}x pass"
+    )
     print(f"  MCDropout plans made: {mc._engine.plans_made} (1: the plan was kept every call)")
     if args.cprofile:
         _host_profile(parts["predict_with_uncertainty"], args.cprofile, cuda)
