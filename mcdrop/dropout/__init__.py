@@ -39,7 +39,6 @@ from __future__ import annotations
 from mcdrop.dropout._masks import (
     AMBIGUOUS,
     MASK_KINDS,
-    UNSETTLED,
     Layout,
     MaskedDropout,
     PrivateRandom,

@@ -80,7 +80,6 @@ from mcdrop.dropout._probe import (
     _arg,
     _rnn_packed,
     dropout_call,
-    torch_code,
 )
 
 __all__: list[str] = []
@@ -491,7 +490,6 @@ def in_dtype(value: float, dtype: torch.dtype) -> float:
 
 # -- the mode -----------------------------------------------------------------------------------
 AMBIGUOUS = "a dropout input whose batch dimension has the size of another of its dimensions"
-UNSETTLED = "a dropout call with rate 0 made by code that is not PyTorch's own"
 
 
 @dataclass
@@ -607,10 +605,8 @@ class MaskedDropout(PrivateRandom):
         ``names`` (id -> name: the sampling twin's) whose code makes it: dropout calls by
         function and effective rate (0 for ``training=False``), other random draws by function;
         a call made by code of a module of the user's model (``originals``, id -> name), which
-        the twin should never run, by that module. :data:`UNSETTLED` counts the calls with rate
-        0 made by code that is not PyTorch's own (a module global may gate them, which only a
-        training-mode probe would see); with shared masks each dropout input's shape is counted
-        too, and :data:`AMBIGUOUS` where its batch dimension has the size of another of its
+        the twin should never run, by that module; with shared masks each dropout input's shape
+        is counted too, and :data:`AMBIGUOUS` where its batch dimension has the size of another of its
         dimensions (a transposition would then go unseen). On leaving, the yielded
         :class:`Counted` holds the counts per pass (the calls one pass makes, on average): what a
         kept plan's first chunk must make again. Costs a dictionary update and a walk up the
@@ -625,10 +621,10 @@ class MaskedDropout(PrivateRandom):
             counted.calls = {key: count / n for key, count in self.tally.items()}
             self.tally = None
 
-    def _caller(self) -> tuple[str, bool]:
+    def _caller(self) -> str:
         """The name of the innermost module whose code is running (a frame whose ``self`` is a
-        module of the twin, or of the user's model: then its name is marked), and whether that
-        code is PyTorch's own; ``("", False)`` when none is."""
+        module of the twin, or of the user's model: then its name is marked); ``""`` when none
+        is."""
         names, originals = self.names, self.originals
         frame: Any = sys._getframe(2)
         for _ in range(48):
@@ -639,12 +635,12 @@ class MaskedDropout(PrivateRandom):
                 owner = frame.f_locals.get("self")
                 name = names.get(id(owner))
                 if name is not None:
-                    return str(name), torch_code(code)
+                    return str(name)
                 name = originals.get(id(owner))
                 if name is not None:
-                    return f"<the model's own {name or '<model>'}>", torch_code(code)
+                    return f"<the model's own {name or '<model>'}>"
             frame = frame.f_back
-        return "", False
+        return ""
 
     @contextlib.contextmanager
     def probing(self) -> Iterator[dict[Key, Any]]:
@@ -686,7 +682,7 @@ class MaskedDropout(PrivateRandom):
         tally = self.tally
         if func in _RANDOM or func in _PY_RANDOM:
             if tally is not None:
-                tally[(self._caller()[0], func)] += 1
+                tally[(self._caller(), func)] += 1
             if self.layouts is not None:
                 self._refuse_random(func)
             if func in _PY_RANDOM:
@@ -695,10 +691,7 @@ class MaskedDropout(PrivateRandom):
             return self.with_generator(func, args, kwargs)
         label, p = dropout_call(func, args, kwargs)
         if tally is not None:
-            where, pytorch = self._caller()
-            tally[(where, label, p)] += 1
-            if p <= 0.0 and not pytorch:
-                tally[UNSETTLED] += 1
+            tally[(self._caller(), label, p)] += 1
         if p <= 0.0:
             return func(*args, **kwargs)
         direct = _DIRECT.get(func)

@@ -12,7 +12,6 @@ rate is above zero: ``F.dropout(x, 0.2, training=False)`` drops nothing and is n
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import sys
 from collections import Counter
@@ -269,14 +268,6 @@ def _span(tensor: torch.Tensor) -> _Span | None:
 
 def _overlap(a: _Span, b: _Span) -> bool:
     return a[0] == b[0] and a[1] < b[2] and b[1] < a[2]
-
-
-_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
-
-
-def torch_code(code: Any) -> bool:
-    """Whether the code object ``code`` is PyTorch's own (in a file of the ``torch`` package)."""
-    return bool(code.co_filename.startswith(_TORCH_DIR))
 
 
 def _func_name(func: Any) -> str:

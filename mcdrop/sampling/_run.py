@@ -27,7 +27,6 @@ from torch import nn
 from mcdrop.dropout import (
     AMBIGUOUS,
     GATING_TYPES,
-    UNSETTLED,
     DropoutSite,
     MaskedDropout,
     Recording,
@@ -283,7 +282,7 @@ class Run:
         whose layouts are ambiguous)."""
         if not self.layouts_keepable or self.twin.pending is not None or not self.validated:
             return None
-        if self.calls is not None and (AMBIGUOUS in self.calls or UNSETTLED in self.calls):
+        if self.calls is not None and AMBIGUOUS in self.calls:
             return None  # see mcdrop.dropout.MaskedDropout.counting
         modules = self.kept_modules
         root = getattr(self.twin.module, "_orig_mod", self.twin.module)
