@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_sampling import SIZES, build
 
 import mcdrop
-from mcdrop.dropout import MaskedDropout, _probe, training_calls
+from mcdrop.dropout import MaskedDropout, _probe, trained_modules, training_calls
 from mcdrop.dropout._sites import _set_flags, _TwinModules
 from mcdrop.dropout._twin import _twin
 from mcdrop.sampling import _engine
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         "MCDropout(x)": lambda: mc(x),
         "  fingerprint (every call)": lambda: fingerprint(model, ((x,), {}), (3200, "cpu")),
         "  training-mode probe (every call)": lambda: training_calls(
-            model, twin, ((x[:2],), {}), 0
+            twin, trained_modules(model), ((x[:2],), {}), 0
         ),
     }
     times: dict[str, list[float]] = {name: [] for name in parts}

@@ -71,10 +71,11 @@ from mcdrop.dropout._sites import (
     dropout_enabled,
     dropout_sites,
     sampling_twin,
+    trained_modules,
     training_calls,
     user_stacklevel,
 )
-from mcdrop.dropout._twin import SAMPLING_LOCK, retwin, unwrap_compiled
+from mcdrop.dropout._twin import CALL_HOOKS, SAMPLING_LOCK, retwin, unwrap_compiled
 
 __all__ = ["DropoutSite", "Scope", "dropout_enabled", "dropout_sites"]
 

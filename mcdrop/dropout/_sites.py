@@ -1114,16 +1114,24 @@ def dropout_enabled(
 
 
 # -- what a kept plan must probe again ----------------------------------------------------------
-def training_calls(model: nn.Module, twin: nn.Module, call: Call, seed: int) -> dict[Any, float]:
-    """The dropout calls ``twin`` (a sampling twin of ``model``) makes in training mode, norm
-    layers in eval, on ``call`` (the probe's examples), keyed as
+def trained_modules(model: nn.Module) -> set[str] | None:
+    """The modules ``model.train()`` puts in training mode (None: all); see :func:`_trained`."""
+    return _trained(model)
+
+
+def training_calls(
+    twin: nn.Module, trained: set[str] | None, call: Call, seed: int
+) -> dict[Any, float]:
+    """The dropout calls ``twin`` (a sampling twin of a model whose ``train()`` switches on
+    ``trained``, :func:`trained_modules`) makes in training mode, norm layers in eval, on
+    ``call`` (the probe's examples), keyed as
     :meth:`MaskedDropout.counting` keys them: what the first call's training-mode probe found,
     found again, more cheaply (no hooks, no FLOP count). A gate that only training mode opens
     (``if self.training and use_dropout``) shows here and nowhere else. Masks and other random
     draws come from a :class:`MaskedDropout` seeded by ``seed`` (never from PyTorch's global
     generators); in-place dropout runs out of place (``call`` views the caller's inputs); the
     twin's flags and buffers are as they were afterwards."""
-    modules = _TwinModules(twin, None, _trained(model))
+    modules = _TwinModules(twin, None, trained)
     flags = {name: m.training for name, m in modules.items()}
     buffers = {name: m._buffers for name, m in modules.items()}
     names = {id(module): name for name, module in modules.items()}

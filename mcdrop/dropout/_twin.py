@@ -45,10 +45,7 @@ __all__: list[str] = []
 # Per-instance registries that must not be shared between a module and its twin: hooks (so a
 # probe hook on the twin never fires on the model) and the containers of children, parameters
 # and buffers (so a twin's child can be replaced without touching the model).
-_OWN_DICTS = (
-    "_parameters",
-    "_buffers",
-    "_modules",
+CALL_HOOKS = (  # the registries of the hooks that run when a module is called
     "_forward_hooks",
     "_forward_hooks_with_kwargs",
     "_forward_hooks_always_called",
@@ -56,6 +53,12 @@ _OWN_DICTS = (
     "_forward_pre_hooks_with_kwargs",
     "_backward_hooks",
     "_backward_pre_hooks",
+)
+_OWN_DICTS = (
+    "_parameters",
+    "_buffers",
+    "_modules",
+    *CALL_HOOKS,
     "_state_dict_hooks",
     "_state_dict_pre_hooks",
     "_load_state_dict_pre_hooks",

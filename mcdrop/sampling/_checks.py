@@ -118,6 +118,8 @@ class OutputChecks:
 
     def update(self, outs: Outputs) -> None:
         out = outs[0]
+        if self.check_variation and self.first is None:
+            self.first = out[:1]
         changed = None
         if out.is_floating_point() and out.numel():
             # One pass over the chunk: per element its least and greatest sample (NaN
@@ -127,15 +129,11 @@ class OutputChecks:
             flag = torch.isfinite(lo).all() & torch.isfinite(hi).all()
             for other in outs[1:]:
                 flag = flag & torch.isfinite(other).all()
-            if self.check_variation:
-                if self.first is None:
-                    self.first = out[:1]
+            if self.first is not None:
                 changed = (lo != hi).any() | (lo != self.first[0]).any()
         else:
             flag = _finite_flag(outs)
-            if self.check_variation:
-                if self.first is None:
-                    self.first = out[:1]
+            if self.first is not None:
                 changed = (out != self.first).any()
         self.finite = flag if self.finite is None else self.finite & flag
         if changed is not None:

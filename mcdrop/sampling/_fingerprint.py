@@ -44,18 +44,12 @@ from torch import nn
 from torch.nn.modules import module as _module
 from torch.utils._pytree import tree_flatten
 
+from mcdrop.dropout import CALL_HOOKS
+
 __all__: list[str] = []
 
 _PLAIN = frozenset({bool, int, float, complex, str, bytes, type(None)})
-_HOOKS = (
-    "_forward_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-    "_forward_pre_hooks",
-    "_forward_pre_hooks_with_kwargs",
-    "_backward_hooks",
-    "_backward_pre_hooks",
-)
+_HOOKS = CALL_HOOKS
 _TENSORS = ("_parameters", "_buffers")
 _SKIPPED = frozenset(
     {

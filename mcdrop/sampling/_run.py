@@ -33,6 +33,7 @@ from mcdrop.dropout import (
     Sampling,
     culprit,
     retwin,
+    trained_modules,
     training_calls,
     unwrap_compiled,
 )
@@ -122,6 +123,11 @@ class Kept:
     # The dropout calls of training mode on the probe's examples (mcdrop.dropout.training_calls),
     # found again at every call; None when the plan was made without a probe.
     trained: dict[Any, float] | None
+    # The twin's and the model's modules by id (ids only): who makes each counted call. The
+    # fingerprint holds these very modules, so the ids stay theirs while the plan is used.
+    names: tuple[dict[int, str], dict[int, str]]
+    # What the model's train() switches on (mcdrop.dropout.trained_modules), for that probe.
+    train_set: set[str] | None
     # the attributes of the twin's modules that are copies (mcdrop.dropout.retwin), once known
     rebound: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -135,9 +141,7 @@ class Kept:
         root = getattr(self.twin.module, "_orig_mod", self.twin.module)
         call = (probe_batch.args, probe_batch.kwargs)
         try:
-            return (
-                training_calls(unwrap_compiled(model)[0], root, call, _PROBE_SEED) == self.trained
-            )
+            return training_calls(root, self.train_set, call, _PROBE_SEED) == self.trained
         except Exception:
             return False
 
@@ -222,6 +226,8 @@ class Run:
         self.checking: Calls | None = None  # a kept plan: its first chunk must make these
         self.kept_modules: dict[str, nn.Module] | None = None  # a kept plan's, by name
         self.kept_trained: dict[Any, float] | None = None  # ... and its training-mode calls
+        self.kept_names: tuple[dict[int, str], dict[int, str]] | None = None  # (_module_names)
+        self.kept_train_set: set[str] | None = None  # ... and what the model's train() sets
         plan = self._checked(self._make_plan(()))
         if engine.memory_sized:
             self.measured_rows = engine.cuda_rows(self.eager, first)
@@ -273,6 +279,8 @@ class Run:
         run.checking = kept.calls
         run.kept_modules = kept.modules
         run.kept_trained = kept.trained
+        run.kept_names = kept.names
+        run.kept_train_set = kept.train_set
         engine.planner.adopt(kept.plan)
         return run
 
@@ -295,7 +303,8 @@ class Run:
         if trained is None and probed:
             call = (self.probe_batch.args, self.probe_batch.kwargs)
             try:
-                trained = training_calls(model, root, call, _PROBE_SEED)
+                self.kept_train_set = trained_modules(model)
+                trained = training_calls(root, self.kept_train_set, call, _PROBE_SEED)
             except Exception:  # training mode does not run: nothing to compare later calls to
                 return None
         if self.runner.masks is not None:
@@ -311,6 +320,8 @@ class Run:
             self.calls,
             modules,
             trained,
+            self._module_names(),
+            self.kept_train_set,
         )
 
     @property
@@ -405,15 +416,19 @@ class Run:
         return outs, rec, None if counted is None else counted.calls
 
     def _module_names(self) -> tuple[dict[int, str], dict[int, str]]:
-        """The sampling twin's modules by id (who makes each counted call), and the model's."""
+        """The sampling twin's modules by id (who makes each counted call), and the model's;
+        a kept plan's, as it kept them."""
+        if self.kept_names is not None:
+            return self.kept_names
         modules = self.kept_modules
         if modules is None:
             modules = dict(getattr(self.twin.module, "_orig_mod", self.twin.module).named_modules())
         model = unwrap_compiled(self.engine.model)[0]
-        return (
+        self.kept_names = (
             {id(module): name for name, module in modules.items()},
             {id(module): name for name, module in model.named_modules()},
         )
+        return self.kept_names
 
     def _run_split(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -149,3 +150,25 @@ def in_threads(call, inputs: list, threads: int = 8, rounds: int = 6) -> list:
         raise errors[0]
     assert len(results) == threads * rounds
     return list(results.values())
+
+
+@contextlib.contextmanager
+def drawing_from_the_global_stream():
+    """Inside, another thread draws ``torch.rand(8)`` from PyTorch's global generator without
+    pause; yields the list of its draws (complete on leaving)."""
+    import threading
+
+    stop = threading.Event()
+    draws: list[torch.Tensor] = []
+
+    def draw() -> None:
+        while not stop.is_set():
+            draws.append(torch.rand(8))
+
+    thread = threading.Thread(target=draw)
+    thread.start()
+    try:
+        yield draws
+    finally:
+        stop.set()
+        thread.join()

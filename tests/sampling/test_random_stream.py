@@ -7,13 +7,12 @@ while a seeded call samples neither perturbs it nor gets repeated numbers.
 
 from __future__ import annotations
 
-import threading
 import warnings
 
 import pytest
 import torch
 from conftest import FusedClassifier, training_reference
-from strategy_models import _assert_same_distribution
+from strategy_models import _assert_same_distribution, drawing_from_the_global_stream
 from torch import nn
 from torch.nn import functional as F
 
@@ -104,24 +103,12 @@ def test_seeded_calls_ignore_a_thread_drawing_from_the_global_generator(name):
         for s in _strategies(name)
     }
     assert torch.equal(torch.get_rng_state(), state)  # neither read-and-restored nor advanced
-    stop = threading.Event()
-    draws: list[torch.Tensor] = []
-
-    def draw() -> None:
-        while not stop.is_set():
-            draws.append(torch.rand(8))
-
-    thread = threading.Thread(target=draw)
-    thread.start()
-    try:
+    with drawing_from_the_global_stream() as draws:
         busy = [
             (s, mcdrop.MCDropout(model, n_samples=24, strategy=s, seed=3, **options)(x))
             for s in _strategies(name)
             for _ in range(2)
         ]
-    finally:
-        stop.set()
-        thread.join()
     assert len(draws) > 5
     for strategy, result in busy:
         assert torch.equal(result, alone[strategy])

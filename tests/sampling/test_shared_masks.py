@@ -8,13 +8,13 @@ itself (an example alone, in a batch, padded among longer ones, decoded step by 
 from __future__ import annotations
 
 import functools
-import threading
 
 import pytest
 import torch
 from conftest import training_reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategy_models import drawing_from_the_global_stream
 from torch import nn
 from torch.nn import functional as F
 
@@ -191,20 +191,8 @@ def test_no_draw_from_the_global_generator_even_with_a_thread_drawing():
     state = torch.get_rng_state()
     reference = _samples(model, x, n_samples=40)
     assert torch.equal(state, torch.get_rng_state())  # neither read-and-restored nor advanced
-    stop = threading.Event()
-    draws: list[torch.Tensor] = []
-
-    def draw() -> None:
-        while not stop.is_set():
-            draws.append(torch.rand(8))
-
-    thread = threading.Thread(target=draw)
-    thread.start()
-    try:
+    with drawing_from_the_global_stream() as draws:
         results = [_samples(model, x, n_samples=40, strategy=s) for s in STRATEGIES]
-    finally:
-        stop.set()
-        thread.join()
     assert len(draws) > 10
     for result in results:
         torch.testing.assert_close(result, reference, rtol=0, atol=1e-6)
