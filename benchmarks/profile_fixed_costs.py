@@ -11,7 +11,8 @@ streaming statistics. Then the calls a server makes again and again on the same 
 plans kept between calls: ``mcdrop.predict_with_uncertainty`` (and its first call, with nothing
 kept), ``MCDropout``'s ``predict_with_uncertainty(x)`` and ``MCDropout(x)``, and what every
 such call adds: the fingerprint (:mod:`mcdrop.sampling._fingerprint`) and the training-mode
-probe on two examples (:func:`mcdrop.dropout.training_calls`). Medians of
+probe on two examples (:func:`mcdrop.dropout.training_calls`), which a kept call runs only when
+its first chunk read a training flag that training mode flips (:mod:`mcdrop.dropout._flags`). Medians of
 ``--repeats`` interleaved rounds, milliseconds, with a device synchronisation around each.
 
 Run::
@@ -40,7 +41,7 @@ import mcdrop
 from mcdrop.dropout import MaskedDropout, _probe, trained_modules, training_calls
 from mcdrop.dropout._sites import _set_flags, _TwinModules
 from mcdrop.dropout._twin import _twin
-from mcdrop.sampling import _engine
+from mcdrop.sampling import _engine, _run
 from mcdrop.sampling._checks import rows_interact as _rows_interact
 from mcdrop.sampling._fingerprint import fingerprint
 from mcdrop.sampling._inputs import _Batch
@@ -142,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         "MCDropout.predict_with_uncertainty": lambda: mc.predict_with_uncertainty(x),
         "MCDropout(x)": lambda: mc(x),
         "  fingerprint (every call)": lambda: fingerprint(model, ((x,), {}), (3200, "cpu")),
-        "  training-mode probe (every call)": lambda: training_calls(
+        "  twin brought up to date (every call)": lambda: mc._engine.kept[0].refresh(model),
+        "  training-mode probe (if a flag is read)": lambda: training_calls(
             twin, trained_modules(model), ((x[:2],), {}), 0
         ),
     }
@@ -178,17 +180,43 @@ def main(argv: list[str] | None = None) -> int:
         f"{strategies[0]} chunk, 100 samples",
         "statistics",
         "  fingerprint (every call)",
-        "  training-mode probe (every call)",
+        "  twin brought up to date (every call)",
     )
     floor = sum(statistics.median(times[k]) for k in kept)
     print(
-        f"  {'kept floor (chunk+stats+fp+probe)':<36} {floor * 1e3:8.2f} ms  {floor / det:7.2f}x pass"
+        f"  {'kept floor (chunk+stats+fp+retwin)':<36} {floor * 1e3:8.2f} ms  {floor / det:7.2f}x pass"
     )
     print(f"  MCDropout plans made: {mc._engine.plans_made} (1: the plan was kept every call)")
+    watched = mc._engine.kept[0].watched
+    probed = _probes_of(lambda: mc(x), 5)
+    print(
+        f"  kept plan watches the flags training mode flips: {watched}; training-mode probes "
+        f"in 5 kept calls: {probed}"
+    )
     if args.cprofile:
         _host_profile(parts["predict_with_uncertainty"], args.cprofile, cuda)
         _host_profile(parts["MCDropout.predict_with_uncertainty"], args.cprofile, cuda)
     return 0
+
+
+def _probes_of(call: Callable[[], object], n: int) -> int:
+    """How many training-mode probes ``n`` calls run (a kept plan probes only when a flag that
+    training mode flips was read: ``mcdrop.dropout._flags``)."""
+    made = []
+    real = _run.training_calls
+
+    def counting(*args: object, **kwargs: object) -> object:
+        made.append(None)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    _run.training_calls = counting  # type: ignore[assignment]
+    try:
+        with torch.inference_mode():
+            for _ in range(n):
+                call()
+    finally:
+        _run.training_calls = real
+    return len(made)
 
 
 def _host_profile(call: Callable[[], object], n: int, cuda: bool) -> None:

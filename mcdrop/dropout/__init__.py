@@ -36,6 +36,7 @@ and warns.
 
 from __future__ import annotations
 
+from mcdrop.dropout._flags import flag_reads, unwatched, watch_flags
 from mcdrop.dropout._masks import (
     AMBIGUOUS,
     MASK_KINDS,
@@ -73,6 +74,7 @@ from mcdrop.dropout._sites import (
     sampling_twin,
     trained_modules,
     training_calls,
+    training_flips,
     user_stacklevel,
 )
 from mcdrop.dropout._twin import CALL_HOOKS, SAMPLING_LOCK, retwin, unwrap_compiled
@@ -102,12 +104,20 @@ __internal__ = [
     "check_scope",
     "check_sites",
     "culprit",
+    "flag_reads",
     "infer_layouts",
     "keep_mask",
     "out_of_place",
     "private_randomness",
     "recording",
     "sampling_twin",
+    "training_calls",
+    "training_flips",
+    "trained_modules",
+    "retwin",
+    "CALL_HOOKS",
+    "unwatched",
     "unwrap_compiled",
     "user_stacklevel",
+    "watch_flags",
 ]

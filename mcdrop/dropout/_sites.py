@@ -1148,3 +1148,16 @@ def training_calls(
             module._buffers = buffers[name]
     assert counted.calls is not None
     return counted.calls
+
+
+def training_flips(twin: nn.Module, trained: set[str] | None) -> list[nn.Module]:
+    """The modules of ``twin`` whose training flag :func:`training_calls` changes: what training
+    mode (as the model's ``train()`` sets it, norm layers in eval) does differently from the twin
+    can only go through a read of one of their flags (:mod:`mcdrop.dropout._flags`)."""
+    modules = _TwinModules(twin, None, trained)
+    on = modules.trained
+    return [
+        module
+        for name, module in modules.items()
+        if module.training != (name in on and not _is_norm(module))
+    ]

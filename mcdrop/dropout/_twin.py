@@ -40,6 +40,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from mcdrop.dropout._flags import unwatched
+
 __all__: list[str] = []
 
 # Per-instance registries that must not be shared between a module and its twin: hooks (so a
@@ -225,7 +227,8 @@ def retwin(
     memo = {id(original): twins[name] for name, original in originals.items()}
     for name, original in originals.items():
         twin = twins[name]
-        if type(twin) is not type(original) or type(original).__name__ == "OptimizedModule":
+        kind: type = type(original)
+        if unwatched(type(twin)) is not kind or kind.__name__ == "OptimizedModule":
             return None
         if not _reset(twin, original, memo):
             return None

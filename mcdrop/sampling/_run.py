@@ -32,10 +32,13 @@ from mcdrop.dropout import (
     Recording,
     Sampling,
     culprit,
+    flag_reads,
     retwin,
     trained_modules,
     training_calls,
+    training_flips,
     unwrap_compiled,
+    watch_flags,
 )
 from mcdrop.sampling import _planner as planner
 from mcdrop.sampling._checks import INTERACT, rows_interact, varies
@@ -128,6 +131,9 @@ class Kept:
     names: tuple[dict[int, str], dict[int, str]]
     # What the model's train() switches on (mcdrop.dropout.trained_modules), for that probe.
     train_set: set[str] | None
+    # Every module whose flag training mode flips has a watched class (mcdrop.dropout._flags):
+    # training mode is probed again only after a first chunk that read one of those flags.
+    watched: bool = False
     # the attributes of the twin's modules that are copies (mcdrop.dropout.retwin), once known
     rebound: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -228,6 +234,8 @@ class Run:
         self.kept_trained: dict[Any, float] | None = None  # ... and its training-mode calls
         self.kept_names: tuple[dict[int, str], dict[int, str]] | None = None  # (_module_names)
         self.kept_train_set: set[str] | None = None  # ... and what the model's train() sets
+        self.rechecking: Kept | None = None  # a kept plan probed again if its flags are read
+        self.flags_read: list[Any] = []  # ... the code that read them in its first chunk
         plan = self._checked(self._make_plan(()))
         if engine.memory_sized:
             self.measured_rows = engine.cuda_rows(self.eager, first)
@@ -281,6 +289,8 @@ class Run:
         run.kept_trained = kept.trained
         run.kept_names = kept.names
         run.kept_train_set = kept.train_set
+        run.rechecking = kept if kept.watched and kept.trained is not None else None
+        run.flags_read = []
         engine.planner.adopt(kept.plan)
         return run
 
@@ -307,8 +317,15 @@ class Run:
                 trained = training_calls(root, self.kept_train_set, call, _PROBE_SEED)
             except Exception:  # training mode does not run: nothing to compare later calls to
                 return None
-        if self.runner.masks is not None:
-            self.runner.masks.release()  # its caches are this call's; a kept call makes its own
+        masks = self.runner.masks
+        if masks is not None:
+            masks.release()  # its caches are this call's; a kept call makes its own
+        watched = (
+            trained is not None
+            and masks is not None
+            and not self.compiled
+            and watch_flags(training_flips(root, self.kept_train_set))
+        )
         return Kept(
             mark,
             self.twin,
@@ -322,6 +339,7 @@ class Run:
             trained,
             self._module_names(),
             self.kept_train_set,
+            watched,
         )
 
     @property
@@ -407,12 +425,18 @@ class Run:
         masks = self.runner.masks
         counting = masks is not None and (not self.validated or self.checking is not None)
         counter = masks.counting(*self._module_names()) if counting and masks is not None else None
-        with counter or contextlib.nullcontext() as counted:
+        watching = self.checking is not None and self.rechecking is not None
+        with (
+            counter or contextlib.nullcontext() as counted,
+            flag_reads() if watching else contextlib.nullcontext() as read,
+        ):
             if self.twin.pending is None:
                 outs, rec = self._run_split(batch, k, examples, first=first), None
             else:
                 with self.twin.recording() as rec:
                     outs = self._run_split(batch, k, examples, rec.modes, first)
+        if read is not None:
+            self.flags_read = read
         return outs, rec, None if counted is None else counted.calls
 
     def _module_names(self) -> tuple[dict[int, str], dict[int, str]]:
@@ -470,6 +494,10 @@ class Run:
         if self.checking is not None:
             if counted != self.checking:
                 raise StalePlan("the first chunk made other dropout calls than the kept plan's")
+            kept = self.rechecking
+            if kept is not None and self.flags_read:
+                if not kept.still_trains_alike(self.engine.model, self.probe_batch):
+                    raise StalePlan("training mode makes other dropout calls than the kept plan's")
             self.checking = None
             return None
         if recording is not None and self._confirm_twin(recording):

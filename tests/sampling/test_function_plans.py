@@ -13,6 +13,7 @@ it makes sense it agrees with the training-mode reference within Monte Carlo err
 from __future__ import annotations
 
 import copy
+import functools
 import gc
 import operator
 import types
@@ -36,7 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import mcdrop
-from mcdrop.sampling import _engine
+from mcdrop.sampling import _engine, _run
 
 
 @pytest.fixture
@@ -432,7 +433,8 @@ def test_what_forward_writes_does_not_carry_over_between_calls(planned):
     for later in calls[2:]:  # every kept call starts from the model's state: the same numbers
         assert torch.equal(later, calls[1])
     kept = _engine._FUNCTION_PLANS[id(model)][1][0][1].kept[0]
-    assert len(kept.twin.module.seen) == T + 1  # one call's passes and its probe, not six calls'
+    # one call's passes, not six calls' (no training-mode probe: no flag it flips was read)
+    assert len(kept.twin.module.seen) == T
 
 
 def test_a_list_option_changed_in_place_changes_nothing_validated(planned):
@@ -822,3 +824,105 @@ def test_a_kept_plan_holds_no_masks_of_the_call_that_made_it():
             assert masks.grid_bytes == 0 and masks.chunk_bytes == 0
         assert torch.equal(_samples(model, x, **options), first)  # and the plans still serve
         assert torch.equal(held(x), first)
+
+
+@pytest.fixture
+def probes(monkeypatch):
+    """A list that grows by one at every training-mode probe of a kept plan."""
+    made: list[None] = []
+    real = _run.training_calls
+
+    def counting(*args, **kwargs):
+        made.append(None)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_run, "training_calls", counting)
+    return made
+
+
+class _Meta(type):
+    """A metaclass of the user's own: mcdrop makes no subclass of its classes."""
+
+
+class _MetaGated(_TrainingGated, metaclass=_Meta):
+    pass
+
+
+@pytest.mark.parametrize("caller", ["function", "MCDropout"])
+def test_a_kept_call_probes_training_mode_only_when_a_flag_it_flips_is_read(probes, caller):
+    """No module the twin runs in eval reads its flag: no probe. ``if self.training and FLAG``
+    in such a module: a probe at every kept call (the gate tests above check what it finds)."""
+    torch.manual_seed(0)
+    x = _x()
+    for model, reads in [(_net(), False), (TrainingGatedNet("module global").eval(), True)]:
+        held = mcdrop.MCDropout(model, n_samples=T, seed=SEED)
+        call = functools.partial(_samples, model, x) if caller == "function" else held
+        first = call() if caller == "function" else call(x)
+        before = len(probes)  # the first call's own (the baseline kept with the plan)
+        for _ in range(3):
+            assert torch.equal(call() if caller == "function" else call(x), first)
+        assert len(probes) - before == (3 if reads else 0)
+        assert torch.equal(first, _nothing_kept(model, x))
+
+
+def test_the_twin_is_watched_never_the_model():
+    torch.manual_seed(0)
+    model, x = TrainingGatedNet("module global").eval(), _x()
+    mc = mcdrop.MCDropout(model, n_samples=T, seed=SEED)
+    mc(x)
+    (kept,) = mc._engine.kept
+    assert kept.watched
+    twin = kept.twin.module
+    assert type(model.a) is _TrainingGated and type(model.inp) is nn.Linear  # not the model's
+    watched = type(twin.a)
+    assert watched is not _TrainingGated and issubclass(watched, _TrainingGated)
+    assert (watched.__name__, watched.__qualname__, watched.__module__) == (
+        "_TrainingGated",
+        _TrainingGated.__qualname__,
+        _TrainingGated.__module__,
+    )
+    assert vars(twin.a)["training"] is twin.a.training is False  # where nn.Module keeps it
+    assert type(twin.d) is nn.Dropout and twin.d.training  # a site: its flag is not flipped
+    mc(x)
+    assert type(twin.a) is watched  # made once per class, the twin kept
+
+
+def test_a_class_that_cannot_be_watched_is_probed_at_every_call(probes):
+    torch.manual_seed(0)
+    model = TrainingGatedNet("module global")
+    model.a = _MetaGated("module global")
+    model, x = model.eval(), _x()
+    mc = mcdrop.MCDropout(model, n_samples=T, seed=SEED)
+    first = mc(x)
+    assert not mc._engine.kept[0].watched and type(mc._engine.kept[0].twin.module.a) is _MetaGated
+    before = len(probes)
+    assert torch.equal(mc(x), first) and len(probes) == before + 1
+    _GLOBAL_GATE[0] = True
+    try:
+        second = mc(x)
+        assert torch.equal(second, _nothing_kept(model, x)) and not torch.equal(first, second)
+    finally:
+        _GLOBAL_GATE[0] = False
+
+
+def test_a_global_hook_that_reads_a_flag_is_seen(planned):
+    """A global forward hook (registered before the plan) gating dropout on the flag of the
+    head, which the twin runs in eval."""
+    torch.manual_seed(0)
+    model, x = _net(), _x()
+
+    def hook(module, args, output):
+        if getattr(module, "out_features", 0) == 3 and module.training and _GLOBAL_GATE[0]:
+            return F.dropout(output, 0.4)
+        return None
+
+    handle = nn.modules.module.register_module_forward_hook(hook)
+    try:
+        first = _samples(model, x)
+        assert torch.equal(_samples(model, x), first) and len(planned) == 1
+        _GLOBAL_GATE[0] = True
+        second = _samples(model, x)
+        assert torch.equal(second, _nothing_kept(model, x)) and not torch.equal(first, second)
+    finally:
+        _GLOBAL_GATE[0] = False
+        handle.remove()
