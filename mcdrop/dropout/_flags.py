@@ -39,7 +39,10 @@ __all__: list[str] = []
 
 _LOCAL = threading.local()  # .reads: the code objects noted on this thread, or None
 _LOCK = threading.Lock()
-_WATCHED: weakref.WeakKeyDictionary[type, type | None] = weakref.WeakKeyDictionary()
+# A watched class refers to the class it watches (its base): held weakly, as values, so that
+# neither outlives the twins that use them (fx makes a class per GraphModule instance).
+_WATCHED: weakref.WeakValueDictionary[type, type] = weakref.WeakValueDictionary()
+_REFUSED: weakref.WeakSet[type] = weakref.WeakSet()
 _MARK = "__mcdrop_unwatched__"  # on a watched class: the class it watches
 _OWN = str(Path(__file__).resolve().parent.parent) + os.sep  # mcdrop's own code reads freely
 
@@ -59,13 +62,14 @@ _TRAINING = property(_get, _set, doc="The training flag; reads are noted (mcdrop
 
 
 def _watched_class(cls: type) -> type | None:
-    """The watched subclass of ``cls``, made once; None when ``cls`` cannot have one safely."""
+    """The watched subclass of ``cls`` (made once while any module uses it); None when ``cls``
+    cannot have one safely."""
     if cls.__dict__.get(_MARK) is not None:
         return cls
     with _LOCK:
-        if cls in _WATCHED:
-            return _WATCHED[cls]
-        watched: type | None = None
+        watched = _WATCHED.get(cls)
+        if watched is not None or cls in _REFUSED:
+            return watched
         # a class (or base) with a ``training`` of its own keeps it; a metaclass of its own
         # might register the new class
         if type(cls) in (type, abc.ABCMeta) and not any(
@@ -83,7 +87,10 @@ def _watched_class(cls: type) -> type | None:
                 watched = type(cls)(cls.__name__, (cls,), namespace)
             except Exception:  # a class that refuses subclasses: its modules are not watched
                 watched = None
-        _WATCHED[cls] = watched
+        if watched is None:
+            _REFUSED.add(cls)
+        else:
+            _WATCHED[cls] = watched
         return watched
 
 

@@ -5,7 +5,9 @@ read it; nothing else about the module changes (value, ``vars``, ``isinstance``,
 from __future__ import annotations
 
 import copy
+import gc
 import threading
+import weakref
 
 import torch
 from torch import nn
@@ -112,3 +114,15 @@ def test_classes_that_cannot_be_watched_are_left_alone():
         assert type(module) is before
     plain = nn.Linear(2, 2)
     assert not watch_flags([plain, WithMeta()]) and type(plain) is nn.Linear  # all or nothing
+
+
+def test_a_watched_class_does_not_outlive_its_modules():
+    """fx makes a class per GraphModule: neither it nor its watched class may be kept."""
+    made = type("Made", (Block,), {})
+    module = made().eval()
+    assert watch_flags([module])
+    refs = weakref.ref(made), weakref.ref(type(module))
+    del made, module
+    gc.collect()
+    gc.collect()  # the watched class goes first, then the class it watched
+    assert refs[0]() is None and refs[1]() is None
