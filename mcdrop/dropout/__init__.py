@@ -36,7 +36,7 @@ and warns.
 
 from __future__ import annotations
 
-from mcdrop.dropout._flags import flag_reads, unwatched, watch_flags
+from mcdrop.dropout._flags import FlagReads, set_flag, watch_flags
 from mcdrop.dropout._masks import (
     AMBIGUOUS,
     MASK_KINDS,
@@ -104,7 +104,6 @@ __internal__ = [
     "check_scope",
     "check_sites",
     "culprit",
-    "flag_reads",
     "infer_layouts",
     "keep_mask",
     "out_of_place",
@@ -116,7 +115,8 @@ __internal__ = [
     "trained_modules",
     "retwin",
     "CALL_HOOKS",
-    "unwatched",
+    "FlagReads",
+    "set_flag",
     "unwrap_compiled",
     "user_stacklevel",
     "watch_flags",

@@ -9,25 +9,28 @@ with ``FLAG`` a module global, a class attribute, a helper's field). Training mo
 the sampling twin only in the training flags of some modules (those the twin runs in eval that
 the model's ``train()`` switches on, norm layers aside): if no code reads one of those flags
 while the twin runs, the flags cannot have changed what it did, and training mode makes the very
-calls the twin made. So the kept twin's modules whose flag training mode would flip get a
-*watched* class: a subclass of their own (made once per class, as FSDP2 makes its own) whose
-``training`` is a property that notes the code reading it, on the thread that asked
-(:func:`flag_reads`). A kept call whose first chunk read none runs no training-mode probe; one
-that read any runs it (:func:`mcdrop.dropout.training_calls`).
+calls the twin made. So the kept twin's modules whose flag training mode would flip are
+*watched* (:func:`watch_flags`): the flag leaves the module's ``__dict__`` for its own parameter
+registry (``_parameters``, a :class:`_Noting` dictionary), where ``nn.Module.__getattr__`` finds
+it and the registry notes the code that read it, whichever thread reads, while
+:meth:`FlagReads.noting` is on. A kept call whose first chunk read none runs no training-mode
+probe; one that read any runs it (:func:`mcdrop.dropout.training_calls`).
 
-The property keeps the flag where ``nn.Module`` keeps it (the instance ``__dict__``), so
-``vars(module)`` and ``copy`` see the flag as before; a read straight from ``__dict__`` is not
-noted (documented in the user guide).
+Nothing else about a watched module changes: its class (``type(module) is X`` holds), its
+parameters as ``named_parameters`` and ``state_dict`` list them, and the model is never touched.
+What differs: ``vars(module)`` has no ``"training"`` (a read from the instance dictionary is not
+seen: ``module.__dict__["training"]`` raises, and the kept call plans afresh;
+``module.__dict__.get("training", default)`` gets the default), and assigning the flag
+(``module.train()``, ``module.training = ...``) inside ``forward`` raises, which makes the kept
+call plan afresh; mcdrop sets the flags of a watched module with :func:`set_flag`.
 """
 
 from __future__ import annotations
 
-import abc
 import contextlib
 import os
 import sys
-import threading
-import weakref
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import CodeType
@@ -37,103 +40,104 @@ from torch import nn
 
 __all__: list[str] = []
 
-_LOCAL = threading.local()  # .reads: the code objects noted on this thread, or None
-_LOCK = threading.Lock()
-# A watched class refers to the class it watches (its base): held weakly, as values, so that
-# neither outlives the twins that use them (fx makes a class per GraphModule instance).
-_WATCHED: weakref.WeakValueDictionary[type, type] = weakref.WeakValueDictionary()
-_REFUSED: weakref.WeakSet[type] = weakref.WeakSet()
-_MARK = "__mcdrop_unwatched__"  # on a watched class: the class it watches
 _OWN = str(Path(__file__).resolve().parent.parent) + os.sep  # mcdrop's own code reads freely
+_GETATTR = nn.Module.__getattr__.__code__
 
 
-def _get(module: nn.Module) -> bool:
-    reads = getattr(_LOCAL, "reads", None)
-    if reads is not None:
-        reads.append(sys._getframe(1).f_code)
-    return module.__dict__["training"]  # type: ignore[no-any-return]
+class FlagReads:
+    """The reads of the watched training flags of one twin: the code that read them while
+    :meth:`noting` is on, on any thread; and the registries that hold the flags."""
+
+    def __init__(self, modules: list[nn.Module]) -> None:
+        self.modules = modules
+        self.registries = [_Noting() for _ in modules]
+        self.flags = [bool(m.__dict__["training"]) for m in modules]  # as the plan set them
+        self.on = False
+        self.reads: list[CodeType] = []
+        for registry in self.registries:
+            registry.owner = self
+
+    @contextlib.contextmanager
+    def noting(self) -> Iterator[list[CodeType]]:
+        """Inside, every read of a watched flag is noted; the list holds the code that read
+        them (mcdrop's own left out) once the block ends."""
+        self.reads = []
+        self.on = True
+        found: list[CodeType] = []
+        try:
+            yield found
+        finally:
+            self.on = False
+            found.extend(code for code in dict.fromkeys(self.reads) if not _ours(code))
+            self.reads = []
+
+    def arm(self) -> None:
+        """Every module's flag in its noting registry, with the value the plan gave it, its
+        parameters those of its registry now (a forward that wrote the flag into
+        ``module.__dict__``, or a registry replaced, undoes the watch until this runs)."""
+        for module, registry, flag in zip(self.modules, self.registries, self.flags, strict=True):
+            state = module.__dict__
+            params = state.get("_parameters")
+            if params is not registry:
+                registry.clear()
+                registry.update(params or {})
+                state["_parameters"] = registry
+            state.pop("training", None)
+            registry.flag = flag
 
 
-def _set(module: nn.Module, value: bool) -> None:
-    module.__dict__["training"] = value
+class _Noting(dict):  # type: ignore[type-arg]
+    """The parameter registry of a watched module: its parameters, and the training flag, which
+    ``nn.Module.__getattr__`` finds here (``"training" in`` it, not in its keys or items)."""
+
+    __slots__ = ("flag", "owner")
+    flag: bool
+    owner: FlagReads
+
+    def __contains__(self, key: object) -> bool:
+        return key == "training" or dict.__contains__(self, key)
+
+    def __getitem__(self, key: Any) -> Any:
+        if key != "training":
+            return dict.__getitem__(self, key)
+        owner = self.owner
+        if owner.on:
+            frame = sys._getframe(1)
+            while frame.f_back is not None and frame.f_code is _GETATTR:
+                frame = frame.f_back
+            owner.reads.append(frame.f_code)
+        return self.flag
 
 
-_TRAINING = property(_get, _set, doc="The training flag; reads are noted (mcdrop.dropout._flags).")
-
-
-def _watched_class(cls: type) -> type | None:
-    """The watched subclass of ``cls`` (made once while any module uses it); None when ``cls``
-    cannot have one safely."""
-    if cls.__dict__.get(_MARK) is not None:
-        return cls
-    with _LOCK:
-        watched = _WATCHED.get(cls)
-        if watched is not None or cls in _REFUSED:
-            return watched
-        # a class (or base) with a ``training`` of its own keeps it; a metaclass of its own
-        # might register the new class
-        if type(cls) in (type, abc.ABCMeta) and not any(
-            "training" in vars(klass) for klass in cls.__mro__
+def watch_flags(modules: Iterable[nn.Module]) -> FlagReads | None:
+    """Watch the training flags of ``modules`` (a twin's own objects, never a model's); None
+    (and nothing changed) when one of them cannot be watched: a class of its own attribute
+    lookup (``__getattr__``, ``__getattribute__``) or with a ``training`` of its own, a flag not
+    in the instance dictionary, a parameter registry that is not a plain dictionary."""
+    modules = list({id(m): m for m in modules}.values())
+    for module in modules:
+        cls = type(module)
+        if (
+            cls.__getattr__ is not nn.Module.__getattr__  # type: ignore[comparison-overlap]
+            or cls.__getattribute__ is not object.__getattribute__
+            or any("training" in vars(klass) for klass in cls.__mro__)
+            or not isinstance(module.__dict__.get("training"), bool)
+            or type(module.__dict__.get("_parameters")) not in (dict, OrderedDict)
         ):
-            namespace = {
-                "training": _TRAINING,
-                "__slots__": (),
-                "__module__": cls.__module__,
-                "__qualname__": cls.__qualname__,
-                "__doc__": cls.__doc__,
-                _MARK: cls,
-            }
-            try:
-                watched = type(cls)(cls.__name__, (cls,), namespace)
-            except Exception:  # a class that refuses subclasses: its modules are not watched
-                watched = None
-        if watched is None:
-            _REFUSED.add(cls)
-        else:
-            _WATCHED[cls] = watched
-        return watched
+            return None
+    reads = FlagReads(modules)
+    reads.arm()
+    return reads
 
 
-def unwatched(cls: type) -> type:
-    """The class a watched class watches; ``cls`` itself otherwise."""
-    return cls.__dict__.get(_MARK) or cls
-
-
-def watch_flags(modules: Iterable[nn.Module]) -> bool:
-    """Give each of ``modules`` (a twin's own objects, never a model's) its watched class; False
-    (and nothing changed) when one of them cannot have one."""
-    modules = list(modules)
-    if any("training" not in vars(module) for module in modules):
-        return False
-    classes = [_watched_class(type(module)) for module in modules]
-    if any(cls is None for cls in classes):
-        return False
-    for module, cls in zip(modules, classes, strict=True):
-        if type(module) is not cls:
-            try:
-                object.__setattr__(module, "__class__", cls)
-            except TypeError:  # a layout the subclass cannot take (not expected for modules)
-                for done in modules:
-                    object.__setattr__(done, "__class__", unwatched(type(done)))
-                return False
-    return True
-
-
-@contextlib.contextmanager
-def flag_reads() -> Iterator[list[CodeType]]:
-    """Inside, every read of a watched training flag on this thread is noted; the list holds the
-    code that read them, mcdrop's own left out, once the block ends."""
-    outer = getattr(_LOCAL, "reads", None)
-    noted: list[CodeType] = []
-    _LOCAL.reads = noted
-    found: list[CodeType] = []
-    try:
-        yield found
-    finally:
-        _LOCAL.reads = outer
-        found.extend(code for code in dict.fromkeys(noted) if not _ours(code))
-        if outer is not None:
-            outer.extend(noted)
+def set_flag(module: nn.Module, value: bool) -> None:
+    """Set the training flag of a twin module, watched or not (a watched module refuses
+    ``module.training = value``: ``nn.Module`` takes the name for a parameter)."""
+    params = module.__dict__.get("_parameters")
+    if type(params) is _Noting and "training" not in module.__dict__:
+        params.flag = value
+    else:
+        module.training = value
 
 
 def _ours(code: Any) -> bool:

@@ -20,6 +20,7 @@ from torch import nn
 
 from mcdrop._validation import check_choice
 from mcdrop.dropout import _probe
+from mcdrop.dropout._flags import set_flag
 from mcdrop.dropout._masks import MaskedDropout, private_randomness
 from mcdrop.dropout._twin import (
     _REGISTRIES,
@@ -323,7 +324,7 @@ def _set_flags(modules: dict[str, nn.Module], on: set[str] | None) -> None:
         on = getattr(modules, "trained", None)
     shared = getattr(modules, "shared", None)
     for name, module in modules.items():
-        module.training = (on is None or name in on) and not _is_norm(module)
+        set_flag(module, (on is None or name in on) and not _is_norm(module))
         if shared is not None and shared[name]:
             module._buffers = OrderedDict(
                 (key, None if value is None else value.clone() if module.training else value)
@@ -1144,7 +1145,7 @@ def training_calls(
                 twin(*args, **kwargs)
     finally:
         for name, module in modules.items():
-            module.training = flags[name]
+            set_flag(module, flags[name])
             module._buffers = buffers[name]
     assert counted.calls is not None
     return counted.calls

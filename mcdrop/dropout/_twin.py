@@ -40,8 +40,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from mcdrop.dropout._flags import unwatched
-
 __all__: list[str] = []
 
 # Per-instance registries that must not be shared between a module and its twin: hooks (so a
@@ -227,8 +225,7 @@ def retwin(
     memo = {id(original): twins[name] for name, original in originals.items()}
     for name, original in originals.items():
         twin = twins[name]
-        kind: type = type(original)
-        if unwatched(type(twin)) is not kind or kind.__name__ == "OptimizedModule":
+        if type(twin) is not type(original) or type(original).__name__ == "OptimizedModule":
             return None
         if not _reset(twin, original, memo):
             return None

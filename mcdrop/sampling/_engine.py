@@ -150,7 +150,7 @@ class Engine:
                 small = first.slice(0, min(2, first.size))
                 if kept is not None and not (
                     kept.refresh(self.model)
-                    and (kept.watched or kept.still_trains_alike(self.model, small))
+                    and (kept.flags is not None or kept.still_trains_alike(self.model, small))
                 ):
                     kept = None  # the twin is not what a new plan would make: plan afresh
                 if kept is not None:

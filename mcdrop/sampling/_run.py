@@ -28,11 +28,11 @@ from mcdrop.dropout import (
     AMBIGUOUS,
     GATING_TYPES,
     DropoutSite,
+    FlagReads,
     MaskedDropout,
     Recording,
     Sampling,
     culprit,
-    flag_reads,
     retwin,
     trained_modules,
     training_calls,
@@ -131,9 +131,9 @@ class Kept:
     names: tuple[dict[int, str], dict[int, str]]
     # What the model's train() switches on (mcdrop.dropout.trained_modules), for that probe.
     train_set: set[str] | None
-    # Every module whose flag training mode flips has a watched class (mcdrop.dropout._flags):
-    # training mode is probed again only after a first chunk that read one of those flags.
-    watched: bool = False
+    # The flags training mode flips, watched (mcdrop.dropout.watch_flags): training mode is
+    # probed again only after a first chunk that read one of them. None: at every call.
+    flags: FlagReads | None = None
     # the attributes of the twin's modules that are copies (mcdrop.dropout.retwin), once known
     rebound: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -155,12 +155,18 @@ class Kept:
         """The twin as a new twin of ``model`` would be now (:func:`mcdrop.dropout.retwin`: what
         the fingerprint cannot see, and what the twin's own ``forward`` changed on an earlier
         call, taken again from the model), its modules that sample with copies of the model's
-        buffers (never written to the model); False when a new plan is needed."""
+        buffers (never written to the model), its watched flags watched; False when a new plan
+        is needed, as when the model's own ``train()`` now switches on other modules (it may
+        read a global: ``if FREEZE: self.encoder.eval()``)."""
         rebound = retwin(model, self.modules, self.rebound.get("attributes"))
         if rebound is None:
             return False
-        self.rebound["attributes"] = rebound
         inner = unwrap_compiled(model)[0]
+        if self.trained is not None and trained_modules(inner) != self.train_set:
+            return False
+        if self.flags is not None:
+            self.flags.arm()
+        self.rebound["attributes"] = rebound
         for original, module in zip(inner.modules(), self.modules.values(), strict=False):
             if module.training and original._buffers:
                 module._buffers = OrderedDict(
@@ -234,7 +240,7 @@ class Run:
         self.kept_trained: dict[Any, float] | None = None  # ... and its training-mode calls
         self.kept_names: tuple[dict[int, str], dict[int, str]] | None = None  # (_module_names)
         self.kept_train_set: set[str] | None = None  # ... and what the model's train() sets
-        self.rechecking: Kept | None = None  # a kept plan probed again if its flags are read
+        self.rechecking: Kept | None = None  # a kept plan, probed again if its flags are read
         self.flags_read: list[Any] = []  # ... the code that read them in its first chunk
         plan = self._checked(self._make_plan(()))
         if engine.memory_sized:
@@ -289,7 +295,7 @@ class Run:
         run.kept_trained = kept.trained
         run.kept_names = kept.names
         run.kept_train_set = kept.train_set
-        run.rechecking = kept if kept.watched and kept.trained is not None else None
+        run.rechecking = kept if kept.flags is not None and kept.trained is not None else None
         run.flags_read = []
         engine.planner.adopt(kept.plan)
         return run
@@ -320,12 +326,9 @@ class Run:
         masks = self.runner.masks
         if masks is not None:
             masks.release()  # its caches are this call's; a kept call makes its own
-        watched = (
-            trained is not None
-            and masks is not None
-            and not self.compiled
-            and watch_flags(training_flips(root, self.kept_train_set))
-        )
+        flags = None
+        if trained is not None and masks is not None and not self.compiled:
+            flags = watch_flags(training_flips(root, self.kept_train_set))
         return Kept(
             mark,
             self.twin,
@@ -339,7 +342,7 @@ class Run:
             trained,
             self._module_names(),
             self.kept_train_set,
-            watched,
+            flags,
         )
 
     @property
@@ -425,10 +428,10 @@ class Run:
         masks = self.runner.masks
         counting = masks is not None and (not self.validated or self.checking is not None)
         counter = masks.counting(*self._module_names()) if counting and masks is not None else None
-        watching = self.checking is not None and self.rechecking is not None
+        kept = self.rechecking if self.checking is not None else None
         with (
             counter or contextlib.nullcontext() as counted,
-            flag_reads() if watching else contextlib.nullcontext() as read,
+            kept.flags.noting() if kept and kept.flags else contextlib.nullcontext() as read,
         ):
             if self.twin.pending is None:
                 outs, rec = self._run_split(batch, k, examples, first=first), None

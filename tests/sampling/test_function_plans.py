@@ -840,12 +840,11 @@ def probes(monkeypatch):
     return made
 
 
-class _Meta(type):
-    """A metaclass of the user's own: mcdrop makes no subclass of its classes."""
+class _OwnLookup(_TrainingGated):
+    """A class of its own attribute lookup: its flag is not watched."""
 
-
-class _MetaGated(_TrainingGated, metaclass=_Meta):
-    pass
+    def __getattr__(self, name: str):
+        return super().__getattr__(name)
 
 
 @pytest.mark.parametrize("caller", ["function", "MCDropout"])
@@ -871,30 +870,27 @@ def test_the_twin_is_watched_never_the_model():
     mc = mcdrop.MCDropout(model, n_samples=T, seed=SEED)
     mc(x)
     (kept,) = mc._engine.kept
-    assert kept.watched
+    assert kept.flags is not None
     twin = kept.twin.module
-    assert type(model.a) is _TrainingGated and type(model.inp) is nn.Linear  # not the model's
-    watched = type(twin.a)
-    assert watched is not _TrainingGated and issubclass(watched, _TrainingGated)
-    assert (watched.__name__, watched.__qualname__, watched.__module__) == (
-        "_TrainingGated",
-        _TrainingGated.__qualname__,
-        _TrainingGated.__module__,
-    )
-    assert vars(twin.a)["training"] is twin.a.training is False  # where nn.Module keeps it
-    assert type(twin.d) is nn.Dropout and twin.d.training  # a site: its flag is not flipped
+    for module in model.modules():  # the model's modules keep their flag where nn.Module does
+        assert type(module._parameters) is dict and vars(module)["training"] is False
+    assert type(twin.a) is _TrainingGated and type(twin.inp) is nn.Linear  # classes unchanged
+    assert "_TrainingGated" not in {c.__name__ for c in _TrainingGated.__subclasses__()}
+    assert "training" not in vars(twin.a)
+    assert twin.a.training is False and "training" in vars(twin.d) and twin.d.training  # a site
+    assert dict(twin.named_parameters()).keys() == dict(model.named_parameters()).keys()
     mc(x)
-    assert type(twin.a) is watched  # made once per class, the twin kept
+    assert "training" not in vars(twin.a) and twin.a.training is False  # watched again
 
 
 def test_a_class_that_cannot_be_watched_is_probed_at_every_call(probes):
     torch.manual_seed(0)
     model = TrainingGatedNet("module global")
-    model.a = _MetaGated("module global")
+    model.a = _OwnLookup("module global")
     model, x = model.eval(), _x()
     mc = mcdrop.MCDropout(model, n_samples=T, seed=SEED)
     first = mc(x)
-    assert not mc._engine.kept[0].watched and type(mc._engine.kept[0].twin.module.a) is _MetaGated
+    assert mc._engine.kept[0].flags is None
     before = len(probes)
     assert torch.equal(mc(x), first) and len(probes) == before + 1
     _GLOBAL_GATE[0] = True
@@ -926,3 +922,148 @@ def test_a_global_hook_that_reads_a_flag_is_seen(planned):
     finally:
         _GLOBAL_GATE[0] = False
         handle.remove()
+
+
+class _ByClass(nn.Module):
+    """A forward that tells its children apart by their exact class."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.act, self.d = nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.3)
+        self.b = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        for child in self.children():
+            if type(child) is nn.ReLU:
+                h = child(h) * 2.0
+        return self.b(self.d(h))
+
+
+_REGISTRY: dict[str, type] = {}
+
+
+class _Registered(nn.Module):
+    """Classes that register themselves by name as they are defined."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _REGISTRY[cls.__name__] = cls
+
+
+class _Encoder(_Registered):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(6, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x)
+
+
+def test_classes_are_never_made_nor_told_apart_otherwise(planned):
+    """Watching changes no module's class: a forward that checks ``type(child) is nn.ReLU``
+    computes what it computes with nothing kept, and no class is made (a registry filled by
+    ``__init_subclass__`` keeps the user's class)."""
+    torch.manual_seed(0)
+    model, x = _ByClass().eval(), _x()
+    first = _samples(model, x)
+    assert torch.equal(_samples(model, x), first) and len(planned) == 1
+    assert torch.equal(first, _nothing_kept(model, x))
+    encoder = nn.Sequential(_Encoder(), nn.Dropout(0.3), nn.Linear(8, 3)).eval()
+    _samples(encoder, x)
+    _samples(encoder, x)
+    assert _REGISTRY == {"_Encoder": _Encoder} and _Encoder.__subclasses__() == []
+
+
+_POOL: list = []
+
+
+class _ElsewhereGated(nn.Module):
+    """The gate is decided on a worker thread (a pool's 'policy'), the dropout runs here."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def policy(self) -> bool:
+        return self.training and _GLOBAL_GATE[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.lin(x)
+        return F.dropout(x, 0.5) if _POOL[0].submit(self.policy).result() else x
+
+
+def test_a_flag_read_on_another_thread_is_seen(planned):
+    from concurrent.futures import ThreadPoolExecutor
+
+    torch.manual_seed(0)
+    model = TrainingGatedNet("module global")
+    model.a = _ElsewhereGated()
+    model, x = model.eval(), _x()
+    with ThreadPoolExecutor(1) as pool:
+        _POOL[:] = [pool]
+        first = _samples(model, x, strategy="loop")
+        _GLOBAL_GATE[0] = True
+        try:
+            second = _samples(model, x, strategy="loop")
+            fresh = _nothing_kept(model, x, strategy="loop")
+            assert torch.equal(second, fresh) and not torch.equal(first, second)
+        finally:
+            _GLOBAL_GATE[0] = False
+
+
+class _DictGated(_TrainingGated):
+    """The flag read straight from the instance dictionary."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.lin(x)
+        return F.dropout(x, 0.3) if self.__dict__["training"] and _GLOBAL_GATE[0] else x
+
+
+def test_a_flag_read_from_the_instance_dictionary_makes_a_new_plan(planned):
+    """Not noted, but a watched flag is not there: the kept call raises and plans afresh."""
+    torch.manual_seed(0)
+    model = TrainingGatedNet("module global")
+    model.a = _DictGated("module global")
+    model, x = model.eval(), _x()
+    first = _samples(model, x)
+    _GLOBAL_GATE[0] = True
+    try:
+        second = _samples(model, x)
+        assert torch.equal(second, _nothing_kept(model, x)) and not torch.equal(first, second)
+    finally:
+        _GLOBAL_GATE[0] = False
+
+
+class _Freezing(nn.Module):
+    """A ``train()`` that reads a global: which sub-network training mode switches on."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = _TrainingGated("module global")
+        self.enc.forward = types.MethodType(
+            lambda self, x: F.dropout(self.lin(x), 0.5, self.training), self.enc
+        )
+        self.inp, self.d, self.out = nn.Linear(6, 8), nn.Dropout(0.2), nn.Linear(8, 3)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if _GLOBAL_GATE[0]:
+            self.enc.eval()  # a frozen encoder: no dropout in it
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.d(self.enc(self.inp(x))))
+
+
+def test_a_train_override_that_reads_a_global_takes_effect(planned):
+    torch.manual_seed(0)
+    model, x = _Freezing().eval(), _x()
+    first = _samples(model, x)
+    assert torch.equal(_samples(model, x), first) and len(planned) == 1
+    _GLOBAL_GATE[0] = True
+    try:
+        second = _samples(model, x)
+        assert torch.equal(second, _nothing_kept(model, x)) and not torch.equal(first, second)
+    finally:
+        _GLOBAL_GATE[0] = False
