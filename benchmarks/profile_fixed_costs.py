@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         f"  {'kept floor (chunk+stats+fp+retwin)':<36} {floor * 1e3:8.2f} ms  {floor / det:7.2f}x pass"
     )
     print(f"  MCDropout plans made: {mc._engine.plans_made} (1: the plan was kept every call)")
-    watched = mc._engine.kept[0].watched
+    watched = mc._engine.kept[0].flags is not None
     probed = _probes_of(lambda: mc(x), 5)
     print(
         f"  kept plan watches the flags training mode flips: {watched}; training-mode probes "
