@@ -20,9 +20,11 @@ Nothing else about a watched module changes: its class (``type(module) is X`` ho
 parameters as ``named_parameters`` and ``state_dict`` list them, and the model is never touched.
 What differs: ``vars(module)`` has no ``"training"`` (a read from the instance dictionary is not
 seen: ``module.__dict__["training"]`` raises, and the kept call plans afresh;
-``module.__dict__.get("training", default)`` gets the default), and assigning the flag
-(``module.train()``, ``module.training = ...``) inside ``forward`` raises, which makes the kept
-call plan afresh; mcdrop sets the flags of a watched module with :func:`set_flag`.
+``module.__dict__.get("training", default)`` gets the default). A ``forward`` that assigns the
+flag (``self.backbone.eval()``) puts it back in ``__dict__``, where later reads are not noted:
+the value is then the one assigned, in training mode as in the twin, whatever the mode was
+(an assigned value computed from a flag, ``sub.train(self.training)``, read that flag, which was
+noted). :meth:`FlagReads.arm` watches it again at the next call.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ __all__: list[str] = []
 
 _OWN = str(Path(__file__).resolve().parent.parent) + os.sep  # mcdrop's own code reads freely
 _GETATTR = nn.Module.__getattr__.__code__
+_SETATTR = nn.Module.__setattr__.__code__
 
 
 class FlagReads:
@@ -95,7 +98,9 @@ class _Noting(dict):  # type: ignore[type-arg]
     owner: FlagReads
 
     def __contains__(self, key: object) -> bool:
-        return key == "training" or dict.__contains__(self, key)
+        if key == "training":  # for a read; an assignment goes to __dict__, as nn.Module's does
+            return sys._getframe(1).f_code is not _SETATTR
+        return dict.__contains__(self, key)
 
     def __getitem__(self, key: Any) -> Any:
         if key != "training":
@@ -131,8 +136,8 @@ def watch_flags(modules: Iterable[nn.Module]) -> FlagReads | None:
 
 
 def set_flag(module: nn.Module, value: bool) -> None:
-    """Set the training flag of a twin module, watched or not (a watched module refuses
-    ``module.training = value``: ``nn.Module`` takes the name for a parameter)."""
+    """Set the training flag of a twin module, watched or not (on a watched module,
+    ``module.training = value`` would put the flag back in ``__dict__``, unwatched)."""
     params = module.__dict__.get("_parameters")
     if type(params) is _Noting and "training" not in module.__dict__:
         params.flag = value

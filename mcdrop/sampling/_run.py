@@ -32,9 +32,9 @@ from mcdrop.dropout import (
     MaskedDropout,
     Recording,
     Sampling,
+    Trainer,
     culprit,
     retwin,
-    trained_modules,
     training_calls,
     training_flips,
     unwrap_compiled,
@@ -129,8 +129,10 @@ class Kept:
     # The twin's and the model's modules by id (ids only): who makes each counted call. The
     # fingerprint holds these very modules, so the ids stay theirs while the plan is used.
     names: tuple[dict[int, str], dict[int, str]]
-    # What the model's train() switches on (mcdrop.dropout.trained_modules), for that probe.
+    # What the model's train() switches on (mcdrop.dropout.trained_modules), for that probe,
+    # and the throwaway twin that tells it again at every call (None: no train() override).
     train_set: set[str] | None
+    trainer: Trainer | None
     # The flags training mode flips, watched (mcdrop.dropout.watch_flags): training mode is
     # probed again only after a first chunk that read one of them. None: at every call.
     flags: FlagReads | None = None
@@ -162,8 +164,12 @@ class Kept:
         if rebound is None:
             return False
         inner = unwrap_compiled(model)[0]
-        if self.trained is not None and trained_modules(inner) != self.train_set:
-            return False
+        if self.trainer is not None:
+            try:
+                if self.trainer.trained(inner) != self.train_set:
+                    return False
+            except Exception:
+                return False
         if self.flags is not None:
             self.flags.arm()
         self.rebound["attributes"] = rebound
@@ -240,6 +246,7 @@ class Run:
         self.kept_trained: dict[Any, float] | None = None  # ... and its training-mode calls
         self.kept_names: tuple[dict[int, str], dict[int, str]] | None = None  # (_module_names)
         self.kept_train_set: set[str] | None = None  # ... and what the model's train() sets
+        self.kept_trainer: Trainer | None = None  # ... and the twin that says so (Trainer)
         self.rechecking: Kept | None = None  # a kept plan, probed again if its flags are read
         self.flags_read: list[Any] = []  # ... the code that read them in its first chunk
         plan = self._checked(self._make_plan(()))
@@ -295,6 +302,7 @@ class Run:
         run.kept_trained = kept.trained
         run.kept_names = kept.names
         run.kept_train_set = kept.train_set
+        run.kept_trainer = kept.trainer
         run.rechecking = kept if kept.flags is not None and kept.trained is not None else None
         run.flags_read = []
         engine.planner.adopt(kept.plan)
@@ -319,7 +327,10 @@ class Run:
         if trained is None and probed:
             call = (self.probe_batch.args, self.probe_batch.kwargs)
             try:
-                self.kept_train_set = trained_modules(model)
+                self.kept_trainer = Trainer.of(model)
+                self.kept_train_set = (
+                    None if self.kept_trainer is None else self.kept_trainer.trained(model)
+                )
                 trained = training_calls(root, self.kept_train_set, call, _PROBE_SEED)
             except Exception:  # training mode does not run: nothing to compare later calls to
                 return None
@@ -342,6 +353,7 @@ class Run:
             trained,
             self._module_names(),
             self.kept_train_set,
+            self.kept_trainer,
             flags,
         )
 

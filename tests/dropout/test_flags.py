@@ -1,14 +1,13 @@
 """Watched training flags (``mcdrop.dropout._flags``): what tells a kept plan that training mode
 may have changed. Each read of a watched flag is noted, by the code that read it, on whichever
 thread reads it while noting is on; nothing else about the module changes (its class, its value,
-its parameters), and assigning the flag goes through ``set_flag``."""
+its parameters); mcdrop assigns it with ``set_flag``."""
 
 from __future__ import annotations
 
 import copy
 import threading
 
-import pytest
 import torch
 from torch import nn
 
@@ -78,15 +77,20 @@ def test_reads_on_another_thread_are_noted():
     assert len(reads) == 1
 
 
-def test_assigning_the_flag_of_a_watched_module_raises_and_set_flag_sets_it():
-    block, _ = _watched()
-    with pytest.raises(TypeError, match="training"):
-        block.training = True
-    with pytest.raises(TypeError, match="training"):
-        block.train()
-    set_flag(block, True)
+def test_a_flag_assigned_goes_back_to_the_instance_until_armed_again():
+    """``forward`` may assign flags (``self.backbone.eval()``): the value is then the one
+    assigned, in training mode as in the twin; later reads are not noted until ``arm``."""
+    block, flags = _watched()
+    set_flag(block, True)  # mcdrop's own writes keep the watch
+    assert block.training is True and "training" not in vars(block)
+    block.eval()
+    assert vars(block)["training"] is False and vars(block.lin)["training"] is False
+    with flags.noting() as reads:
+        block(torch.ones(1, 4))
+    assert reads == []
+    flags.arm()
+    assert "training" not in vars(block) and block.training is False  # as the plan set it
     set_flag(nn.Linear(2, 2), True)  # an unwatched module: its own flag
-    assert block.training is True
 
 
 def test_arm_undoes_what_a_forward_wrote():

@@ -1067,3 +1067,49 @@ def test_a_train_override_that_reads_a_global_takes_effect(planned):
         assert torch.equal(second, _nothing_kept(model, x)) and not torch.equal(first, second)
     finally:
         _GLOBAL_GATE[0] = False
+
+
+class _FrozenBackbone(nn.Module):
+    """``forward`` keeps its backbone in eval (its flags assigned at every call)."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU())
+        self.gated, self.d, self.out = _TrainingGated("module global"), nn.Dropout(0.2), None
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.backbone.eval()
+        return self.out(self.d(self.gated(self.backbone(x))))
+
+
+def test_a_forward_that_assigns_flags_keeps_its_plan(planned, probes):
+    torch.manual_seed(0)
+    model, x = _FrozenBackbone().eval(), _x()
+    first = _samples(model, x)
+    for _ in range(3):
+        assert torch.equal(_samples(model, x), first)
+    assert len(planned) == 1 and torch.equal(first, _nothing_kept(model, x))
+    assert all(vars(m)["training"] is False for m in model.modules())  # the model's, untouched
+    _GLOBAL_GATE[0] = True  # the gate after the assigned flags is still watched
+    try:
+        second = _samples(model, x)
+        assert torch.equal(second, _nothing_kept(model, x)) and not torch.equal(first, second)
+    finally:
+        _GLOBAL_GATE[0] = False
+
+
+def test_a_train_override_is_asked_again_without_a_new_twin(planned, monkeypatch):
+    """A kept plan keeps the throwaway twin its model's ``train()`` runs on (a new twin of a
+    753-module net cost 20 ms a call)."""
+    from mcdrop.dropout import _sites
+
+    torch.manual_seed(0)
+    model, x = _Freezing().eval(), _x()
+    first = _samples(model, x)
+    built: list[None] = []
+    real = _sites.twin_of
+    monkeypatch.setattr(_sites, "twin_of", lambda *a, **k: built.append(None) or real(*a, **k))
+    for _ in range(3):
+        assert torch.equal(_samples(model, x), first)
+    assert built == [] and len(planned) == 1
