@@ -280,7 +280,7 @@ class Trainer:
         supported (``torch.export``'s graphs)."""
         modules = self.modules
         for module, original in zip(modules.values(), model.modules(), strict=True):
-            module.training = original.training
+            module.__dict__["training"] = original.training  # the throwaway twin's own
         before = {name: _plain_state(module) for name, module in modules.items()} if first else {}
         try:
             self.twin.train(True)
