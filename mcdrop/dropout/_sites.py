@@ -251,54 +251,13 @@ def _trained(model: nn.Module) -> set[str] | None:
     on the meta device: what it writes (flags, ``requires_grad``, statistics reset) never reaches
     the model. A ``train()`` that is not supported (``torch.export``'s graphs) gives None.
     """
-    trainer = Trainer.of(model)
-    return None if trainer is None else trainer.trained(model, first=True)
-
-
-class Trainer:
-    """A throwaway twin of a model whose ``train()`` is overridden, with stand-ins on the meta
-    device for its parameters and buffers: :meth:`trained` runs the model's ``train()`` on it
-    (see :func:`_trained`). A kept plan keeps one and asks it again at every call (a ``train()``
-    may read a global: ``if FREEZE: self.encoder.eval()``), which costs a ``train()`` on the
-    module tree rather than a new twin."""
-
-    def __init__(self, twin: nn.Module) -> None:
-        self.twin = twin
-        self.modules = dict(twin.named_modules())
-
-    @classmethod
-    def of(cls, model: nn.Module) -> Trainer | None:
-        """None when no module overrides ``train()``, or the model cannot be twinned."""
-        if not any(_overrides_train(m) for m in model.modules()):
-            return None
-        twin, _ = twin_of(model)
-        return None if twin is None else cls(_on_meta(twin))
-
-    def trained(self, model: nn.Module, *, first: bool = False) -> set[str] | None:
-        """The modules the model's ``train()`` switches on now, starting from the model's own
-        flags; ``first``: also warn about what else it writes. None: a ``train()`` that is not
-        supported (``torch.export``'s graphs)."""
-        modules = self.modules
-        for module, original in zip(modules.values(), model.modules(), strict=True):
-            module.__dict__["training"] = original.training  # the throwaway twin's own
-        before = {name: _plain_state(module) for name, module in modules.items()} if first else {}
-        try:
-            self.twin.train(True)
-        except NotImplementedError:
-            return None
-        except Exception as error:
-            raise ValueError(
-                f"Expected `{type(model).__name__}.train()` to run, as mcdrop takes training "
-                f"mode from it, but it raised {type(error).__name__}: {error}."
-            ) from error
-        if first:
-            _warn_train_writes(model, before, modules)
-        return {name for name, module in modules.items() if module.training}
-
-
-def _on_meta(twin: nn.Module) -> nn.Module:
-    """``twin`` with stand-ins on the meta device for its parameters and buffers."""
-    for module in twin.modules():
+    if not any(_overrides_train(m) for m in model.modules()):
+        return None
+    twin, _ = twin_of(model)
+    if twin is None:
+        return None
+    modules = dict(twin.named_modules())
+    for module in modules.values():
         module._parameters = OrderedDict(
             (k, None if v is None else nn.Parameter(_meta(v), requires_grad=v.requires_grad))
             for k, v in module._parameters.items()
@@ -306,7 +265,18 @@ def _on_meta(twin: nn.Module) -> nn.Module:
         module._buffers = OrderedDict(
             (k, None if v is None else _meta(v)) for k, v in module._buffers.items()
         )
-    return twin
+    before = {name: _plain_state(module) for name, module in modules.items()}
+    try:
+        twin.train(True)
+    except NotImplementedError:
+        return None
+    except Exception as error:
+        raise ValueError(
+            f"Expected `{type(model).__name__}.train()` to run, as mcdrop takes training mode "
+            f"from it, but it raised {type(error).__name__}: {error}."
+        ) from error
+    _warn_train_writes(model, before, modules)
+    return {name for name, module in modules.items() if module.training}
 
 
 def _plain_state(module: nn.Module) -> dict[str, Any]:

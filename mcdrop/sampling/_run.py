@@ -32,9 +32,10 @@ from mcdrop.dropout import (
     MaskedDropout,
     Recording,
     Sampling,
-    Trainer,
     culprit,
     retwin,
+    set_flag,
+    trained_modules,
     training_calls,
     training_flips,
     unwrap_compiled,
@@ -129,10 +130,11 @@ class Kept:
     # The twin's and the model's modules by id (ids only): who makes each counted call. The
     # fingerprint holds these very modules, so the ids stay theirs while the plan is used.
     names: tuple[dict[int, str], dict[int, str]]
-    # What the model's train() switches on (mcdrop.dropout.trained_modules), for that probe,
-    # and the throwaway twin that tells it again at every call (None: no train() override).
+    # What the model's train() switches on (mcdrop.dropout.trained_modules), for that probe.
     train_set: set[str] | None
-    trainer: Trainer | None
+    # The twin's training flags as the plan's first chunk started (a forward may assign some:
+    # every kept call starts from these, as the plan's first call did), by module.
+    planned: tuple[bool, ...] = ()
     # The flags training mode flips, watched (mcdrop.dropout.watch_flags): training mode is
     # probed again only after a first chunk that read one of them. None: at every call.
     flags: FlagReads | None = None
@@ -164,14 +166,16 @@ class Kept:
         if rebound is None:
             return False
         inner = unwrap_compiled(model)[0]
-        if self.trainer is not None:
-            try:
-                if self.trainer.trained(inner) != self.train_set:
+        if self.trained is not None:
+            try:  # a new throwaway twin: one kept between calls holds what train() wrote
+                if trained_modules(inner) != self.train_set:
                     return False
             except Exception:
                 return False
         if self.flags is not None:
             self.flags.arm()
+        for module, flag in zip(self.modules.values(), self.planned, strict=True):
+            set_flag(module, flag)
         self.rebound["attributes"] = rebound
         for original, module in zip(inner.modules(), self.modules.values(), strict=False):
             if module.training and original._buffers:
@@ -246,9 +250,9 @@ class Run:
         self.kept_trained: dict[Any, float] | None = None  # ... and its training-mode calls
         self.kept_names: tuple[dict[int, str], dict[int, str]] | None = None  # (_module_names)
         self.kept_train_set: set[str] | None = None  # ... and what the model's train() sets
-        self.kept_trainer: Trainer | None = None  # ... and the twin that says so (Trainer)
         self.rechecking: Kept | None = None  # a kept plan, probed again if its flags are read
         self.flags_read: list[Any] = []  # ... the code that read them in its first chunk
+        self.planned: tuple[bool, ...] = ()  # the twin's flags as the first chunk started
         plan = self._checked(self._make_plan(()))
         if engine.memory_sized:
             self.measured_rows = engine.cuda_rows(self.eager, first)
@@ -302,7 +306,6 @@ class Run:
         run.kept_trained = kept.trained
         run.kept_names = kept.names
         run.kept_train_set = kept.train_set
-        run.kept_trainer = kept.trainer
         run.rechecking = kept if kept.flags is not None and kept.trained is not None else None
         run.flags_read = []
         engine.planner.adopt(kept.plan)
@@ -320,6 +323,10 @@ class Run:
         root = getattr(self.twin.module, "_orig_mod", self.twin.module)
         if modules is None:
             modules = dict(root.named_modules())
+        if len(self.planned) != len(modules):  # (a first chunk not counted: compile=)
+            self.planned = tuple(m.training for m in modules.values())
+        for module, flag in zip(modules.values(), self.planned, strict=True):
+            set_flag(module, flag)  # what the call's forward assigned, undone
         trained = self.kept_trained
         model = unwrap_compiled(self.engine.model)[0]
         o = self.engine.options
@@ -327,10 +334,7 @@ class Run:
         if trained is None and probed:
             call = (self.probe_batch.args, self.probe_batch.kwargs)
             try:
-                self.kept_trainer = Trainer.of(model)
-                self.kept_train_set = (
-                    None if self.kept_trainer is None else self.kept_trainer.trained(model)
-                )
+                self.kept_train_set = trained_modules(model)
                 trained = training_calls(root, self.kept_train_set, call, _PROBE_SEED)
             except Exception:  # training mode does not run: nothing to compare later calls to
                 return None
@@ -353,7 +357,7 @@ class Run:
             trained,
             self._module_names(),
             self.kept_train_set,
-            self.kept_trainer,
+            self.planned,
             flags,
         )
 
@@ -441,6 +445,9 @@ class Run:
         counting = masks is not None and (not self.validated or self.checking is not None)
         counter = masks.counting(*self._module_names()) if counting and masks is not None else None
         kept = self.rechecking if self.checking is not None else None
+        if counting and kept is None:  # a new plan's first chunk: the flags it starts from
+            root = getattr(self.twin.module, "_orig_mod", self.twin.module)
+            self.planned = tuple(m.training for _, m in root.named_modules())
         with (
             counter or contextlib.nullcontext() as counted,
             kept.flags.noting() if kept and kept.flags else contextlib.nullcontext() as read,

@@ -1099,17 +1099,96 @@ def test_a_forward_that_assigns_flags_keeps_its_plan(planned, probes):
         _GLOBAL_GATE[0] = False
 
 
-def test_a_train_override_is_asked_again_without_a_new_twin(planned, monkeypatch):
-    """A kept plan keeps the throwaway twin its model's ``train()`` runs on (a new twin of a
-    753-module net cost 20 ms a call)."""
-    from mcdrop.dropout import _sites
+_SCHEDULE = {"freeze": False}
 
+
+class _Encoder8(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin, self.d = nn.Linear(6, 8), nn.Dropout(0.4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.d(self.lin(x))
+
+
+class _Scheduled(nn.Module):
+    """``train()`` freezes the encoder by a schedule three levels down that holds the encoder
+    (the twin copies it), or by a global it reads once and caches on itself."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how, self.enc, self.drop, self.head = how, _Encoder8(), nn.Dropout(0.2), None
+        self.head = nn.Linear(8, 3)
+        self.sched = {"stages": [{"freeze": False, "mod": self.enc}]}
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.how == "cached global":
+            if mode and not hasattr(self, "_freeze"):
+                self._freeze = _SCHEDULE["freeze"]  # (a train() writing attributes: warned)
+            if mode and self._freeze:
+                self.enc.eval()
+        else:
+            for stage in self.sched["stages"]:
+                if mode and stage["freeze"]:
+                    stage["mod"].eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.drop(self.enc(x)))
+
+
+@pytest.mark.filterwarnings("ignore:.*changes attributes besides the training flags")
+@pytest.mark.parametrize("how", ["schedule three levels down", "cached global"])
+def test_what_a_train_override_reads_is_read_again_at_every_call(planned, how):
+    """Found by the third review on a throwaway twin kept between calls (it held the copied
+    schedule and what ``train()`` wrote on an earlier call): a new one every call."""
     torch.manual_seed(0)
-    model, x = _Freezing().eval(), _x()
-    first = _samples(model, x)
-    built: list[None] = []
-    real = _sites.twin_of
-    monkeypatch.setattr(_sites, "twin_of", lambda *a, **k: built.append(None) or real(*a, **k))
-    for _ in range(3):
-        assert torch.equal(_samples(model, x), first)
-    assert built == [] and len(planned) == 1
+    model, x = _Scheduled(how).eval(), _x()
+    first = _samples(model, x, strategy="loop")
+    if how == "cached global":
+        _SCHEDULE["freeze"] = True
+    else:
+        model.sched["stages"][0]["freeze"] = True
+    try:
+        second = _samples(model, x, strategy="loop")
+        fresh = _nothing_kept(model, x, strategy="loop")
+        assert torch.equal(second, fresh) and not torch.equal(first, second)
+    finally:
+        _SCHEDULE["freeze"] = False
+
+
+class _Doubling(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2.0 if self.training else x
+
+
+class _Leftover(nn.Module):
+    """``forward`` uses ``sub``, then leaves it in training mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.sub, self.drop, self.head = (
+            nn.Linear(6, 8),
+            _Doubling(),
+            nn.Dropout(0.2),
+            None,
+        )
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.sub(self.lin(x))
+        self.sub.train()
+        return self.head(self.drop(h))
+
+
+@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+def test_a_flag_a_forward_leaves_set_does_not_carry_over(planned, strategy):
+    """Same seed, same numbers: every kept call starts from the flags the plan's first chunk
+    started from, not those the previous call's forward left."""
+    torch.manual_seed(0)
+    model, x = _Leftover().eval(), _x()
+    first = _samples(model, x, strategy=strategy)
+    for _ in range(2):
+        assert torch.equal(_samples(model, x, strategy=strategy), first)
+    assert len(planned) == 1 and vars(model.sub)["training"] is False
