@@ -175,7 +175,8 @@ class Kept:
         if self.flags is not None:
             self.flags.arm()
         for module, flag in zip(self.modules.values(), self.planned, strict=True):
-            set_flag(module, flag)
+            if module.__dict__.get("training", flag) is not flag:  # (watched: set by arm)
+                set_flag(module, flag)
         self.rebound["attributes"] = rebound
         for original, module in zip(inner.modules(), self.modules.values(), strict=False):
             if module.training and original._buffers:
