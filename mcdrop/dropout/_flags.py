@@ -43,6 +43,14 @@ from torch import nn
 __all__: list[str] = []
 
 _OWN = str(Path(__file__).resolve().parent.parent) + os.sep  # mcdrop's own code reads freely
+# Library code known to read the flag only to gate what mcdrop never samples, and to make no
+# dropout call either way: (module, the reading function's qualified name, the function it
+# passes the flag to). torchvision's StochasticDepth: ``stochastic_depth(x, p, mode,
+# self.training)`` draws a Bernoulli mask per row (not dropout) in training mode, and raises for
+# a bad ``p`` or ``mode`` in both modes (EfficientNet, ConvNeXt, Swin).
+_KNOWN_READERS = (
+    ("torchvision.ops.stochastic_depth", "StochasticDepth.forward", "stochastic_depth"),
+)
 _GETATTR = nn.Module.__getattr__.__code__
 _SETATTR = nn.Module.__setattr__.__code__
 
@@ -71,7 +79,9 @@ class FlagReads:
             yield found
         finally:
             self.on = False
-            found.extend(code for code in dict.fromkeys(self.reads) if not _ours(code))
+            found.extend(
+                code for code in dict.fromkeys(self.reads) if not _ours(code) and not _known(code)
+            )
             self.reads = []
 
     def arm(self) -> None:
@@ -147,3 +157,28 @@ def set_flag(module: nn.Module, value: bool) -> None:
 
 def _ours(code: Any) -> bool:
     return str(code.co_filename).startswith(_OWN)
+
+
+def _known(code: Any) -> bool:
+    """Whether ``code`` is one of the library functions of ``_KNOWN_READERS``, unpatched: its
+    own code, in its own file, calling that library's own function (a replaced function, or a
+    class of the same name elsewhere, is not known)."""
+    qualname = getattr(code, "co_qualname", None)  # (Python 3.11+)
+    filename = code.co_filename
+    for module_name, reader, callee in _KNOWN_READERS:
+        if qualname != reader:
+            continue
+        module = sys.modules.get(module_name)
+        path = getattr(module, "__file__", None)
+        if path is None or os.path.realpath(filename) != os.path.realpath(path):
+            continue
+        owner, _, name = reader.partition(".")
+        method = vars(getattr(module, owner, object)).get(name)
+        function = getattr(module, callee, None)
+        if (
+            getattr(method, "__code__", None) is code
+            and getattr(getattr(function, "__code__", None), "co_filename", None) == filename
+            and getattr(function, "__name__", None) == callee
+        ):
+            return True
+    return False

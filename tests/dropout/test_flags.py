@@ -128,3 +128,19 @@ def test_modules_that_cannot_be_watched_are_left_alone():
         plain = nn.Linear(2, 2)
         assert watch_flags([plain, module]) is None  # all or nothing
         assert "training" in vars(plain) and type(plain._parameters) is dict
+
+
+class StochasticDepth(nn.Module):
+    """A look-alike of torchvision's (same class name, same code): not known, its reads count."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if not self.training else x * 2.0
+
+
+def test_only_the_known_library_code_is_exempt():
+    module = StochasticDepth().eval()
+    flags = watch_flags([module])
+    assert flags is not None
+    with flags.noting() as reads:
+        module(torch.ones(1))
+    assert reads == [StochasticDepth.forward.__code__]

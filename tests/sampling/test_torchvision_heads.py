@@ -66,3 +66,44 @@ def test_torchvision_inplace_heads_sample_with_vmap(name):
     assert result.samples.std(0).max() > 1e-3  # dropout moves the outputs
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert not any(m.training for m in model.modules())
+
+
+def test_stochastic_depth_reads_run_no_probe_unless_patched(monkeypatch):
+    """EfficientNet's StochasticDepth reads its flag at every call, only to gate a draw mcdrop
+    never samples: a kept call runs no training-mode probe. Patched so that the flag also gates
+    a dropout (``stochastic_depth`` replaced), the read is the user's: the probe runs and a
+    dropout switched on between calls is sampled as a fresh call samples it."""
+    import sys
+
+    from torch.nn import functional as F
+
+    from mcdrop.sampling import _engine, _run
+
+    made: list[None] = []
+    real = _run.training_calls
+    monkeypatch.setattr(_run, "training_calls", lambda *a, **k: made.append(None) or real(*a, **k))
+    model, x = _model("efficientnet_b0"), torch.randn(2, 3, 32, 32)
+    sd = sys.modules["torchvision.ops.stochastic_depth"]  # (the package's name is the function)
+
+    def call():
+        return mcdrop.predict_with_uncertainty(
+            model, x, n_samples=4, seed=0, keep_samples=True, progress=False
+        ).samples
+
+    first = call()
+    before = len(made)
+    assert torch.equal(call(), first) and len(made) == before  # kept, no probe
+    gate = [False]
+    original = sd.stochastic_depth
+
+    def with_dropout(input, p, mode, training=True):
+        out = original(input, p, mode, training)
+        return F.dropout(out, 0.5) if training and gate[0] else out
+
+    monkeypatch.setattr(sd, "stochastic_depth", with_dropout)
+    _engine._FUNCTION_PLANS.clear()
+    first = call()
+    gate[0] = True
+    second = call()
+    _engine._FUNCTION_PLANS.clear()
+    assert torch.equal(second, call()) and not torch.equal(first, second)
