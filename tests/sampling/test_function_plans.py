@@ -40,18 +40,23 @@ import mcdrop
 from mcdrop.sampling import _engine, _run
 
 
-@pytest.fixture
-def planned(monkeypatch):
-    """A list that grows by one at every plan made from scratch (a twin built and probed)."""
+def _counted(monkeypatch, owner, name: str) -> list[None]:
+    """A list that grows by one at every call of ``owner.name``."""
     made: list[None] = []
-    real = _engine.sampling_twin
+    real = getattr(owner, name)
 
     def counting(*args, **kwargs):
         made.append(None)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(_engine, "sampling_twin", counting)
+    monkeypatch.setattr(owner, name, counting)
     return made
+
+
+@pytest.fixture
+def planned(monkeypatch):
+    """A list that grows by one at every plan made from scratch (a twin built and probed)."""
+    return _counted(monkeypatch, _engine, "sampling_twin")
 
 
 def _samples(model, *args, **options) -> torch.Tensor:
@@ -659,6 +664,18 @@ def test_a_dropout_a_module_global_turns_on_is_sampled(planned, masks):
 _GLOBAL_GATE = [False]
 
 
+def _after_the_gate_opens(model, x, first, call=None, **options) -> None:
+    """Open the module global ``_GLOBAL_GATE``: the next call (``call``, else the function with
+    ``options``) gives what a call with nothing kept gives, and not ``first``; shut again."""
+    _GLOBAL_GATE[0] = True
+    try:
+        second = _samples(model, x, **options) if call is None else call()
+        fresh = _nothing_kept(model, x, **options)
+        assert torch.equal(second, fresh) and not torch.equal(first, second)
+    finally:
+        _GLOBAL_GATE[0] = False
+
+
 class _GateCfg:
     class model:
         class reg:
@@ -743,12 +760,7 @@ def test_a_child_dropout_its_parent_gates_in_training_mode_is_sampled(planned):
     torch.manual_seed(0)
     model, x = _ParentGate().eval(), _x()
     first = _samples(model, x)
-    _GLOBAL_GATE[0] = True
-    try:
-        second = _samples(model, x)
-        assert torch.equal(second, _nothing_kept(model, x)) and not torch.equal(first, second)
-    finally:
-        _GLOBAL_GATE[0] = False
+    _after_the_gate_opens(model, x, first)
 
 
 def test_a_function_patched_into_a_pytorch_class_is_the_users(planned, monkeypatch):
@@ -761,12 +773,7 @@ def test_a_function_patched_into_a_pytorch_class_is_the_users(planned, monkeypat
     torch.manual_seed(0)
     model, x = _net(), _x()
     first = _samples(model, x)
-    _GLOBAL_GATE[0] = True
-    try:
-        second = _samples(model, x)
-        assert torch.equal(second, _nothing_kept(model, x)) and not torch.equal(first, second)
-    finally:
-        _GLOBAL_GATE[0] = False
+    _after_the_gate_opens(model, x, first)
 
 
 _TRAINING = "".join(["train", "ing"])  # a flag read without naming it
@@ -800,12 +807,7 @@ def test_every_kept_call_probes_training_mode_again(planned, how):
     model, x = model.eval(), _x()
     first = _samples(model, x)
     assert torch.equal(_samples(model, x), first) and len(planned) == 1
-    _GLOBAL_GATE[0] = True
-    try:
-        second = _samples(model, x)
-        assert torch.equal(second, _nothing_kept(model, x)) and not torch.equal(first, second)
-    finally:
-        _GLOBAL_GATE[0] = False
+    _after_the_gate_opens(model, x, first)
 
 
 def test_a_kept_plan_holds_no_masks_of_the_call_that_made_it():
@@ -829,15 +831,7 @@ def test_a_kept_plan_holds_no_masks_of_the_call_that_made_it():
 @pytest.fixture
 def probes(monkeypatch):
     """A list that grows by one at every training-mode probe of a kept plan."""
-    made: list[None] = []
-    real = _run.training_calls
-
-    def counting(*args, **kwargs):
-        made.append(None)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(_run, "training_calls", counting)
-    return made
+    return _counted(monkeypatch, _run, "training_calls")
 
 
 class _OwnLookup(_TrainingGated):
@@ -893,12 +887,7 @@ def test_a_class_that_cannot_be_watched_is_probed_at_every_call(probes):
     assert mc._engine.kept[0].flags is None
     before = len(probes)
     assert torch.equal(mc(x), first) and len(probes) == before + 1
-    _GLOBAL_GATE[0] = True
-    try:
-        second = mc(x)
-        assert torch.equal(second, _nothing_kept(model, x)) and not torch.equal(first, second)
-    finally:
-        _GLOBAL_GATE[0] = False
+    _after_the_gate_opens(model, x, first, lambda: mc(x))
 
 
 def test_a_global_hook_that_reads_a_flag_is_seen(planned):
@@ -916,11 +905,8 @@ def test_a_global_hook_that_reads_a_flag_is_seen(planned):
     try:
         first = _samples(model, x)
         assert torch.equal(_samples(model, x), first) and len(planned) == 1
-        _GLOBAL_GATE[0] = True
-        second = _samples(model, x)
-        assert torch.equal(second, _nothing_kept(model, x)) and not torch.equal(first, second)
+        _after_the_gate_opens(model, x, first)
     finally:
-        _GLOBAL_GATE[0] = False
         handle.remove()
 
 
@@ -1003,13 +989,7 @@ def test_a_flag_read_on_another_thread_is_seen(planned):
     with ThreadPoolExecutor(1) as pool:
         _POOL[:] = [pool]
         first = _samples(model, x, strategy="loop")
-        _GLOBAL_GATE[0] = True
-        try:
-            second = _samples(model, x, strategy="loop")
-            fresh = _nothing_kept(model, x, strategy="loop")
-            assert torch.equal(second, fresh) and not torch.equal(first, second)
-        finally:
-            _GLOBAL_GATE[0] = False
+        _after_the_gate_opens(model, x, first, strategy="loop")
 
 
 class _DictGated(_TrainingGated):
@@ -1027,12 +1007,7 @@ def test_a_flag_read_from_the_instance_dictionary_makes_a_new_plan(planned):
     model.a = _DictGated("module global")
     model, x = model.eval(), _x()
     first = _samples(model, x)
-    _GLOBAL_GATE[0] = True
-    try:
-        second = _samples(model, x)
-        assert torch.equal(second, _nothing_kept(model, x)) and not torch.equal(first, second)
-    finally:
-        _GLOBAL_GATE[0] = False
+    _after_the_gate_opens(model, x, first)
 
 
 class _Freezing(nn.Module):
@@ -1061,12 +1036,7 @@ def test_a_train_override_that_reads_a_global_takes_effect(planned):
     model, x = _Freezing().eval(), _x()
     first = _samples(model, x)
     assert torch.equal(_samples(model, x), first) and len(planned) == 1
-    _GLOBAL_GATE[0] = True
-    try:
-        second = _samples(model, x)
-        assert torch.equal(second, _nothing_kept(model, x)) and not torch.equal(first, second)
-    finally:
-        _GLOBAL_GATE[0] = False
+    _after_the_gate_opens(model, x, first)
 
 
 class _FrozenBackbone(nn.Module):
@@ -1091,12 +1061,7 @@ def test_a_forward_that_assigns_flags_keeps_its_plan(planned, probes):
         assert torch.equal(_samples(model, x), first)
     assert len(planned) == 1 and torch.equal(first, _nothing_kept(model, x))
     assert all(vars(m)["training"] is False for m in model.modules())  # the model's, untouched
-    _GLOBAL_GATE[0] = True  # the gate after the assigned flags is still watched
-    try:
-        second = _samples(model, x)
-        assert torch.equal(second, _nothing_kept(model, x)) and not torch.equal(first, second)
-    finally:
-        _GLOBAL_GATE[0] = False
+    _after_the_gate_opens(model, x, first)  # the gate after the assigned flags: watched
 
 
 _SCHEDULE = {"freeze": False}
