@@ -45,11 +45,17 @@ __all__: list[str] = []
 _OWN = str(Path(__file__).resolve().parent.parent) + os.sep  # mcdrop's own code reads freely
 # Library code known to read the flag only to gate what mcdrop never samples, and to make no
 # dropout call either way: (module, the reading function's qualified name, the function it
-# passes the flag to). torchvision's StochasticDepth: ``stochastic_depth(x, p, mode,
-# self.training)`` draws a Bernoulli mask per row (not dropout) in training mode, and raises for
-# a bad ``p`` or ``mode`` in both modes (EfficientNet, ConvNeXt, Swin).
+# passes the flag to, the other globals that function uses: name -> the module that defines
+# it). torchvision's StochasticDepth: ``stochastic_depth(x, p, mode, self.training)`` draws a
+# Bernoulli mask per row (not dropout) in training mode, and raises for a bad ``p`` or ``mode``
+# in both modes (EfficientNet, ConvNeXt, Swin). PyTorch itself is taken as it is.
 _KNOWN_READERS = (
-    ("torchvision.ops.stochastic_depth", "StochasticDepth.forward", "stochastic_depth"),
+    (
+        "torchvision.ops.stochastic_depth",
+        "StochasticDepth.forward",
+        "stochastic_depth",
+        {"torch": "torch", "_log_api_usage_once": "torchvision.utils"},
+    ),
 )
 _GETATTR = nn.Module.__getattr__.__code__
 _SETATTR = nn.Module.__setattr__.__code__
@@ -165,7 +171,7 @@ def _known(code: Any) -> bool:
     class of the same name elsewhere, is not known)."""
     qualname = getattr(code, "co_qualname", None)  # (Python 3.11+)
     filename = code.co_filename
-    for module_name, reader, callee in _KNOWN_READERS:
+    for module_name, reader, callee, uses in _KNOWN_READERS:
         if qualname != reader:
             continue
         module = sys.modules.get(module_name)
@@ -179,6 +185,20 @@ def _known(code: Any) -> bool:
             getattr(method, "__code__", None) is code
             and getattr(getattr(function, "__code__", None), "co_filename", None) == filename
             and getattr(function, "__name__", None) == callee
+            and getattr(function, "__globals__", None) is vars(module)
+            and all(_unpatched(vars(module).get(name), source) for name, source in uses.items())
         ):
             return True
     return False
+
+
+def _unpatched(value: Any, source: str) -> bool:
+    """Whether ``value`` is the module ``source`` itself, or a function defined in its file."""
+    defining = sys.modules.get(source)
+    if defining is None:
+        return False
+    if value is defining:
+        return True
+    path = getattr(defining, "__file__", None)
+    code = getattr(value, "__code__", None)
+    return path is not None and code is not None and code.co_filename == path

@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import torch
@@ -132,8 +132,8 @@ class Kept:
     names: tuple[dict[int, str], dict[int, str]]
     # What the model's train() switches on (mcdrop.dropout.trained_modules), for that probe.
     train_set: set[str] | None
-    # The twin's training flags as the plan's first chunk started (a forward may assign some:
-    # every kept call starts from these, as the plan's first call did), by module.
+    # The twin's training flags as the plan set them (a forward may assign some: every first
+    # chunk, and every kept call, starts from these), by module.
     planned: tuple[bool, ...] = ()
     # The flags training mode flips, watched (mcdrop.dropout.watch_flags): training mode is
     # probed again only after a first chunk that read one of them. None: at every call.
@@ -174,9 +174,7 @@ class Kept:
                 return False
         if self.flags is not None:
             self.flags.arm()
-        for module, flag in zip(self.modules.values(), self.planned, strict=True):
-            if module.__dict__.get("training", flag) is not flag:  # (watched: set by arm)
-                set_flag(module, flag)
+        _set_flags_of(self.modules.values(), self.planned)
         self.rebound["attributes"] = rebound
         for original, module in zip(inner.modules(), self.modules.values(), strict=False):
             if module.training and original._buffers:
@@ -184,6 +182,23 @@ class Kept:
                     (k, None if v is None else v.clone()) for k, v in original._buffers.items()
                 )
         return True
+
+
+def _twin_root(twin: Sampling) -> nn.Module:
+    return getattr(twin.module, "_orig_mod", twin.module)  # (torch.compile's wrapper)
+
+
+def _flags_of(twin: Sampling) -> tuple[bool, ...]:
+    """The training flags of the twin's modules, in ``named_modules`` order."""
+    return tuple(m.training for m in _twin_root(twin).modules())
+
+
+def _set_flags_of(modules: Iterable[nn.Module], flags: tuple[bool, ...]) -> None:
+    """Set the flags of ``modules`` (a twin's, in ``named_modules`` order) to ``flags`` where
+    they differ (a watched flag is set by :meth:`mcdrop.dropout.FlagReads.arm`)."""
+    for module, flag in zip(modules, flags, strict=True):
+        if module.__dict__.get("training", flag) is not flag:
+            set_flag(module, flag)
 
 
 class Run:
@@ -228,6 +243,7 @@ class Run:
         o = engine.options
         self.engine = engine
         self.twin = twin
+        self.planned = _flags_of(twin)  # the twin's flags as the plan set them
         self.first = first
         self.probe_batch = probe_batch
         self.seeded = seeded
@@ -253,7 +269,6 @@ class Run:
         self.kept_train_set: set[str] | None = None  # ... and what the model's train() sets
         self.rechecking: Kept | None = None  # a kept plan, probed again if its flags are read
         self.flags_read: list[Any] = []  # ... the code that read them in its first chunk
-        self.planned: tuple[bool, ...] = ()  # the twin's flags as the first chunk started
         plan = self._checked(self._make_plan(()))
         if engine.memory_sized:
             self.measured_rows = engine.cuda_rows(self.eager, first)
@@ -308,6 +323,7 @@ class Run:
         run.kept_names = kept.names
         run.kept_train_set = kept.train_set
         run.rechecking = kept if kept.flags is not None and kept.trained is not None else None
+        run.planned = kept.planned
         run.flags_read = []
         engine.planner.adopt(kept.plan)
         return run
@@ -324,10 +340,7 @@ class Run:
         root = getattr(self.twin.module, "_orig_mod", self.twin.module)
         if modules is None:
             modules = dict(root.named_modules())
-        if len(self.planned) != len(modules):  # (a first chunk not counted: compile=)
-            self.planned = tuple(m.training for m in modules.values())
-        for module, flag in zip(modules.values(), self.planned, strict=True):
-            set_flag(module, flag)  # what the call's forward assigned, undone
+        _set_flags_of(modules.values(), self.planned)  # what the call's forward assigned, undone
         trained = self.kept_trained
         model = unwrap_compiled(self.engine.model)[0]
         o = self.engine.options
@@ -446,9 +459,9 @@ class Run:
         counting = masks is not None and (not self.validated or self.checking is not None)
         counter = masks.counting(*self._module_names()) if counting and masks is not None else None
         kept = self.rechecking if self.checking is not None else None
-        if counting and kept is None:  # a new plan's first chunk: the flags it starts from
-            root = getattr(self.twin.module, "_orig_mod", self.twin.module)
-            self.planned = tuple(m.training for _, m in root.named_modules())
+        if not self.validated and self.checking is None:  # a new plan's first chunk starts
+            # from the plan's flags, whatever the passes before it (layouts, checks) assigned
+            _set_flags_of(_twin_root(self.twin).modules(), self.planned)
         with (
             counter or contextlib.nullcontext() as counted,
             kept.flags.noting() if kept and kept.flags else contextlib.nullcontext() as read,
@@ -572,6 +585,8 @@ class Run:
         an error of the check is never taken for a strategy that cannot run the model."""
         before = self.twin.sites
         self.twin = self.twin.confirm(recording)
+        if self.twin.sites is not before:  # the full check ran: it set every flag again
+            self.planned = _flags_of(self.twin)
         skips = self.twin.trace.layer_skips
         self.runner.no_layer_skip = self.eager.no_layer_skip = bool(skips)
         self.runner.out_of_place = self.eager.out_of_place = self.twin.trace.out_of_place

@@ -1157,3 +1157,23 @@ def test_a_flag_a_forward_leaves_set_does_not_carry_over(planned, strategy):
     for _ in range(2):
         assert torch.equal(_samples(model, x, strategy=strategy), first)
     assert len(planned) == 1 and vars(model.sub)["training"] is False
+
+
+def test_a_flag_a_forward_leaves_set_with_compile_or_shared_masks(planned):
+    """Found by the fourth review: with ``compile=`` (no counted first chunk) the kept flags were
+    those the call left; with shared masks the passes that find the layouts ran the forward
+    before the first chunk, so a fresh call's numbers depended on the layouts already cached."""
+    from mcdrop.sampling import _shared
+
+    torch.manual_seed(0)
+    model, x = _Leftover().eval(), _x()
+    options = {"compile": {"backend": "eager"}, "strategy": "loop"}
+    first = _samples(model, x, **options)
+    assert torch.equal(_samples(model, x, **options), first)
+    assert torch.equal(first, _nothing_kept(model, x, **options))
+    options = {"masks": "shared", "strategy": "loop"}
+    _shared._LAYOUTS.clear()
+    cold = _nothing_kept(model, x, **options)  # finds the layouts (two passes of the twin)
+    warm = _nothing_kept(model, x, **options)  # takes them from the cache
+    assert torch.equal(cold, warm) and torch.equal(_samples(model, x, **options), cold)
+    assert torch.equal(_samples(model, x, **options), cold)

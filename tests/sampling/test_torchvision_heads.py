@@ -68,12 +68,15 @@ def test_torchvision_inplace_heads_sample_with_vmap(name):
     assert not any(m.training for m in model.modules())
 
 
-def test_stochastic_depth_reads_run_no_probe_unless_patched(monkeypatch):
+@pytest.mark.parametrize("patched", ["stochastic_depth", "its torch"])
+def test_stochastic_depth_reads_run_no_probe_unless_patched(monkeypatch, patched):
     """EfficientNet's StochasticDepth reads its flag at every call, only to gate a draw mcdrop
     never samples: a kept call runs no training-mode probe. Patched so that the flag also gates
-    a dropout (``stochastic_depth`` replaced), the read is the user's: the probe runs and a
-    dropout switched on between calls is sampled as a fresh call samples it."""
+    a dropout (``stochastic_depth`` replaced, or the ``torch`` it calls: found by the fourth
+    review), the read is the user's: the probe runs and a dropout switched on between calls is
+    sampled as a fresh call samples it."""
     import sys
+    import types
 
     from torch.nn import functional as F
 
@@ -94,13 +97,22 @@ def test_stochastic_depth_reads_run_no_probe_unless_patched(monkeypatch):
     before = len(made)
     assert torch.equal(call(), first) and len(made) == before  # kept, no probe
     gate = [False]
-    original = sd.stochastic_depth
+    if patched == "stochastic_depth":
+        original = sd.stochastic_depth
 
-    def with_dropout(input, p, mode, training=True):
-        out = original(input, p, mode, training)
-        return F.dropout(out, 0.5) if training and gate[0] else out
+        def with_dropout(input, p, mode, training=True):
+            out = original(input, p, mode, training)
+            return F.dropout(out, 0.5) if training and gate[0] else out
 
-    monkeypatch.setattr(sd, "stochastic_depth", with_dropout)
+        monkeypatch.setattr(sd, "stochastic_depth", with_dropout)
+    else:
+
+        def empty(*args, **kwargs):  # reached in training mode only
+            out = torch.empty(*args, **kwargs)
+            return F.dropout(out.fill_(1.0), 0.5) * 0.5 if gate[0] else out
+
+        proxy = types.SimpleNamespace(empty=empty, jit=torch.jit)
+        monkeypatch.setattr(sd, "torch", proxy)
     _engine._FUNCTION_PLANS.clear()
     first = call()
     gate[0] = True
