@@ -459,8 +459,10 @@ class Run:
         counting = masks is not None and (not self.validated or self.checking is not None)
         counter = masks.counting(*self._module_names()) if counting and masks is not None else None
         kept = self.rechecking if self.checking is not None else None
-        if not self.validated and self.checking is None:  # a new plan's first chunk starts
-            # from the plan's flags, whatever the passes before it (layouts, checks) assigned
+        if not self.validated or self.checking is not None:  # a first chunk starts from the
+            # plan's flags, whatever the passes before it (layouts, checks) assigned
+            if kept is not None and kept.flags is not None:
+                kept.flags.arm()
             _set_flags_of(_twin_root(self.twin).modules(), self.planned)
         with (
             counter or contextlib.nullcontext() as counted,

@@ -1147,10 +1147,11 @@ class _Leftover(nn.Module):
         return self.head(self.drop(h))
 
 
-@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+@pytest.mark.parametrize("strategy", ["loop", "vmap", "replicate"])
 def test_a_flag_a_forward_leaves_set_does_not_carry_over(planned, strategy):
-    """Same seed, same numbers: every kept call starts from the flags the plan's first chunk
-    started from, not those the previous call's forward left."""
+    """Same seed, same numbers: every kept call starts from the flags the plan set, not those
+    the previous call's forward left (nor those its own checks left: a kept ``replicate`` plan
+    runs the examples-interact check's passes first, found by the fourth review)."""
     torch.manual_seed(0)
     model, x = _Leftover().eval(), _x()
     first = _samples(model, x, strategy=strategy)
