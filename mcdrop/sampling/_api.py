@@ -181,6 +181,13 @@ class MCDropout(SamplingWrapper):
         self.last_samples_per_pass: int | None = None  # after out-of-memory back-off
         self.last_sampling: SamplingRecord | None = None  # the last forward's plan
 
+    def __getstate__(self) -> dict[str, Any]:
+        """A copy (``copy.deepcopy``, ``pickle``, ``torch.save``) keeps no plan: the plans hold
+        twins of this model and a lock; the copy plans afresh on its first call."""
+        state = self.__dict__.copy()
+        state["_engine"] = None
+        return state
+
     def forward(
         self, *args: Any, **kwargs: Any
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:

@@ -566,3 +566,25 @@ def test_a_rate_in_a_long_container_changed_in_place_takes_effect(where):
     _, before, after, fresh = _kept_then_fresh(model, mutate, torch.randn(5, 4))
     assert not torch.equal(before, after)
     assert torch.equal(after, fresh)
+
+
+def test_a_wrapper_that_kept_a_plan_can_be_copied_and_pickled():
+    """``copy.deepcopy`` of a wrapper after a call failed (the kept plans hold a lock): a copy
+    keeps no plan, plans afresh, and draws what the original draws with the same seed."""
+    import io
+    import pickle
+
+    model, x = _net(), _x()
+    mc = mcdrop.MCDropout(model, n_samples=T, seed=SEED)
+    first = mc(x)
+    assert mc._engine is not None and mc._engine.kept
+    twin = copy.deepcopy(mc)
+    assert twin._engine is None and twin.model is not mc.model
+    assert torch.equal(twin(x), first) and torch.equal(mc(x), first)
+    buffer = io.BytesIO()
+    torch.save(mc, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert torch.equal(loaded(x), first)
+    assert torch.equal(pickle.loads(pickle.dumps(mc))(x), first)
+    assert mc._engine.kept  # the original keeps its plan
