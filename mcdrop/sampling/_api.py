@@ -184,7 +184,7 @@ class MCDropout(SamplingWrapper):
     def __getstate__(self) -> dict[str, Any]:
         """A copy (``copy.deepcopy``, ``pickle``, ``torch.save``) keeps no plan: the plans hold
         twins of this model and a lock; the copy plans afresh on its first call."""
-        state = self.__dict__.copy()
+        state = super().__getstate__()  # (nn.Module's: without a compiled call)
         state["_engine"] = None
         return state
 

@@ -658,6 +658,8 @@ class Run:
         """``plan``, or while its strategy is replicate and the examples of a pass interact, the
         next one (a replicated batch must not mix its samples); logged."""
         while plan.strategy == "replicate":
+            # from the plan's flags, whatever the passes before (shared masks' layouts) assigned
+            _set_flags_of(_twin_root(self.twin).modules(), self.planned)
             reason = rows_interact(self.eager, self.first)
             if not reason:
                 break

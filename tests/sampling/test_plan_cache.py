@@ -588,3 +588,10 @@ def test_a_wrapper_that_kept_a_plan_can_be_copied_and_pickled():
     assert torch.equal(loaded(x), first)
     assert torch.equal(pickle.loads(pickle.dumps(mc))(x), first)
     assert mc._engine.kept  # the original keeps its plan
+    mc.compile(backend="eager")  # nn.Module's own copies leave the compiled call out
+    copied = copy.deepcopy(mc)
+    with torch.no_grad():
+        copied.model.head.weight.mul_(2.0)
+    assert "_compiled_call_impl" not in vars(copied)
+    assert torch.allclose(copied(x), 2 * first - mc.model.head.bias)  # the copy's own model
+    assert torch.equal(pickle.loads(pickle.dumps(mc)).model.head.weight, model.head.weight)
