@@ -1213,7 +1213,7 @@ class _GatedLeftover(_Leftover):
 
 
 def test_auto_decides_the_same_whatever_the_layouts_cache_holds(planned):
-    """Found by the sixth review: with shared masks, the examples-interact check of ``auto``
+    """Found by the fifth review: with shared masks, the examples-interact check of ``auto``
     ran after the layouts' passes had left a flag set, so a first call (layouts found) picked
     another strategy than a later one (layouts cached), and the same seed gave other numbers."""
     from mcdrop.sampling import _shared
