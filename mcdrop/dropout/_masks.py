@@ -73,14 +73,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
-from mcdrop.dropout._probe import (
-    _ATEN,
-    _FUNCTIONAL,
-    _RNN,
-    _arg,
-    _rnn_packed,
-    dropout_call,
-)
+from mcdrop.dropout._probe import _ATEN, _FUNCTIONAL, _RNN, _arg, _rnn_packed, dropout_call
 
 __all__: list[str] = []
 

@@ -317,6 +317,11 @@ def _meta(tensor: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(tensor, device="meta")
 
 
+def _training_flag(name: str, module: nn.Module, on: set[str] | None) -> bool:
+    """The flag of a twin module: on for ``on`` (every module when None), never for norms."""
+    return (on is None or name in on) and not _is_norm(module)
+
+
 def _set_flags(modules: dict[str, nn.Module], on: set[str] | None) -> None:
     """Training flag of every twin module: on for ``on`` (what the model's ``train()`` switches
     on when None), never for norms."""
@@ -324,7 +329,7 @@ def _set_flags(modules: dict[str, nn.Module], on: set[str] | None) -> None:
         on = getattr(modules, "trained", None)
     shared = getattr(modules, "shared", None)
     for name, module in modules.items():
-        set_flag(module, (on is None or name in on) and not _is_norm(module))
+        set_flag(module, _training_flag(name, module, on))
         if shared is not None and shared[name]:
             module._buffers = OrderedDict(
                 (key, None if value is None else value.clone() if module.training else value)
@@ -1156,9 +1161,8 @@ def training_flips(twin: nn.Module, trained: set[str] | None) -> list[nn.Module]
     mode (as the model's ``train()`` sets it, norm layers in eval) does differently from the twin
     can only go through a read of one of their flags (:mod:`mcdrop.dropout._flags`)."""
     modules = _TwinModules(twin, None, trained)
-    on = modules.trained
     return [
         module
         for name, module in modules.items()
-        if module.training != (name in on and not _is_norm(module))
+        if module.training != _training_flag(name, module, modules.trained)
     ]

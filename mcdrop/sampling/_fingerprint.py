@@ -49,7 +49,6 @@ from mcdrop.dropout import CALL_HOOKS
 __all__: list[str] = []
 
 _PLAIN = frozenset({bool, int, float, complex, str, bytes, type(None)})
-_HOOKS = CALL_HOOKS
 _TENSORS = ("_parameters", "_buffers")
 _SKIPPED = frozenset(
     {
@@ -60,7 +59,7 @@ _SKIPPED = frozenset(
         "_state_dict_pre_hooks",
         "_load_state_dict_pre_hooks",
         "_load_state_dict_post_hooks",
-        *_HOOKS,
+        *CALL_HOOKS,
         *_TENSORS,
     }
 )
@@ -193,7 +192,7 @@ class _Walker:
                 refs.extend(v for v in vars(klass).values() if callable(v))
         state = module.__dict__
         values.append(tuple(state["_modules"]))
-        for name in _HOOKS:
+        for name in CALL_HOOKS:
             hooks = state.get(name)
             if hooks:
                 values.append((name, *hooks))  # handle ids: never reused

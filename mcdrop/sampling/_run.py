@@ -148,10 +148,8 @@ class Kept:
         made without one, ``detect_silent=False`` or ``scope='train_except_norm'``.)"""
         if self.trained is None:
             return True
-        root = getattr(self.twin.module, "_orig_mod", self.twin.module)
-        call = (probe_batch.args, probe_batch.kwargs)
         try:
-            return training_calls(root, self.train_set, call, _PROBE_SEED) == self.trained
+            return _training_calls(self.twin, self.train_set, probe_batch) == self.trained
         except Exception:
             return False
 
@@ -186,6 +184,12 @@ class Kept:
 
 def _twin_root(twin: Sampling) -> nn.Module:
     return getattr(twin.module, "_orig_mod", twin.module)  # (torch.compile's wrapper)
+
+
+def _training_calls(twin: Sampling, train_set: set[str] | None, batch: _Batch) -> Calls:
+    """The dropout calls of the twin in training mode on ``batch`` (the probe's examples), as a
+    kept plan compares them (:func:`mcdrop.dropout.training_calls`, always the same seed)."""
+    return training_calls(_twin_root(twin), train_set, (batch.args, batch.kwargs), _PROBE_SEED)
 
 
 def _flags_of(twin: Sampling) -> tuple[bool, ...]:
@@ -337,7 +341,7 @@ class Run:
         if self.calls is not None and AMBIGUOUS in self.calls:
             return None  # see mcdrop.dropout.MaskedDropout.counting
         modules = self.kept_modules
-        root = getattr(self.twin.module, "_orig_mod", self.twin.module)
+        root = _twin_root(self.twin)
         if modules is None:
             modules = dict(root.named_modules())
         _set_flags_of(modules.values(), self.planned)  # what the call's forward assigned, undone
@@ -346,10 +350,9 @@ class Run:
         o = self.engine.options
         probed = o.detect_silent and o.scope != "train_except_norm"  # as a new plan would be
         if trained is None and probed:
-            call = (self.probe_batch.args, self.probe_batch.kwargs)
             try:
                 self.kept_train_set = trained_modules(model)
-                trained = training_calls(root, self.kept_train_set, call, _PROBE_SEED)
+                trained = _training_calls(self.twin, self.kept_train_set, self.probe_batch)
             except Exception:  # training mode does not run: nothing to compare later calls to
                 return None
         masks = self.runner.masks
@@ -484,7 +487,7 @@ class Run:
             return self.kept_names
         modules = self.kept_modules
         if modules is None:
-            modules = dict(getattr(self.twin.module, "_orig_mod", self.twin.module).named_modules())
+            modules = dict(_twin_root(self.twin).named_modules())
         model = unwrap_compiled(self.engine.model)[0]
         self.kept_names = (
             {id(module): name for name, module in modules.items()},
@@ -569,7 +572,7 @@ class Run:
         """``"`module` (function) "``: the innermost module and the torch call that raised in a
         vmap pass of the probe's examples (random state forked, nothing kept); ``""`` when that
         pass runs or nothing names it."""
-        root = getattr(self.twin.module, "_orig_mod", self.twin.module)  # torch.compile's wrapper
+        root = _twin_root(self.twin)
         with culprit(dict(root.named_modules())) as mode:
             try:
                 with self.eager.forked():
