@@ -530,6 +530,8 @@ class MaskedDropout(PrivateRandom):
         self.passes = 0  # ... and the passes they came from
         self.names: Mapping[int, Any] = {}  # ... the modules that may make them
         self.originals: Mapping[int, str] = {}  # ... and those that never should
+        # called once, before the next call this mode answers (a late vmap enters there)
+        self.before_first: Callable[[], None] | None = None
 
     # -- passes and attribution ------------------------------------------------------------------
     def start_pass(
@@ -672,6 +674,9 @@ class MaskedDropout(PrivateRandom):
         kwargs = kwargs or {}
         if func not in _INTERCEPTED:
             return func(*args, **kwargs)
+        if self.before_first is not None:
+            enter, self.before_first = self.before_first, None
+            enter()
         tally = self.tally
         if func in _RANDOM or func in _PY_RANDOM:
             if tally is not None:

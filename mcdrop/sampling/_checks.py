@@ -118,7 +118,8 @@ class OutputChecks:
 
     def update(self, outs: Outputs) -> None:
         out = outs[0]
-        if self.check_variation and self.first is None:
+        own = self.check_variation and self.first is None  # the first sample is this chunk's
+        if own:
             self.first = out[:1]
         changed = None
         if out.is_floating_point() and out.numel():
@@ -129,7 +130,9 @@ class OutputChecks:
             flag = torch.isfinite(lo).all() & torch.isfinite(hi).all()
             for other in outs[1:]:
                 flag = flag & torch.isfinite(other).all()
-            if self.first is not None:
+            if own:  # lo <= the first sample <= hi: it differs from another iff lo != hi
+                changed = (lo != hi).any()
+            elif self.first is not None:
                 changed = (lo != hi).any() | (lo != self.first[0]).any()
         else:
             flag = _finite_flag(outs)

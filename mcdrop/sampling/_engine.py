@@ -127,24 +127,23 @@ class Engine:
         nor forked. Only where the dropout runs inside code mcdrop cannot reach (a compiled
         graph, TorchScript: :func:`global_stream`) does a seeded call seed them, as before.
         """
-        refuse_up_front(self.model, first, self.device)
         o = self.options
         shared = o.masks == "shared"
-        if shared:
-            check_shareable(self.model)
+        call_rows = None if n_examples is None else n_examples * o.sample_limit
+        # Taken before the twin is built: a model changed meanwhile leaves a kept plan whose
+        # fingerprint is not the model's, so the next call plans again.
+        plans = self.plans
+        mark = None if plans is None else self._fingerprint(first, call_rows)
+        kept = None if plans is None or mark is None or fresh else plans.take(mark)
+        if kept is None:  # (a kept plan's fingerprint holds what these refuse: devices, classes)
+            self._refuse(first)
         unreachable = None if shared else global_stream(self.model, o)
         if unreachable is None:
             seed = fresh_seed() if seed is None else seed
         else:
             warn_global_stream(unreachable)
         private = seed if unreachable is None else None
-        call_rows = None if n_examples is None else n_examples * o.sample_limit
         with sampling_rng(None if private is not None else seed, self.device):
-            # Taken before the twin is built: a model changed meanwhile leaves a kept plan whose
-            # fingerprint is not the model's, so the next call plans again.
-            plans = self.plans
-            mark = None if plans is None else self._fingerprint(first, call_rows)
-            kept = None if plans is None or mark is None or fresh else plans.take(mark)
             with torch.inference_mode():
                 first = first.to(self.device)
                 small = first.slice(0, min(2, first.size))
@@ -153,6 +152,7 @@ class Engine:
                     and (kept.flags is not None or kept.still_trains_alike(self.model, small))
                 ):
                     kept = None  # the twin is not what a new plan would make: plan afresh
+                    self._refuse(first)
                 if kept is not None:
                     yield Run.resumed(
                         self,
@@ -195,6 +195,13 @@ class Engine:
                 kept = None if mark is None else run.kept(mark)
                 if plans is not None and kept is not None:
                     plans.give_back(kept)
+
+    def _refuse(self, first: _Batch) -> None:
+        """Refuse what cannot be sampled at all (a meta model or input, an empty batch,
+        TorchScript with shared masks) before planning."""
+        refuse_up_front(self.model, first, self.device)
+        if self.options.masks == "shared":
+            check_shareable(self.model)
 
     def _fingerprint(self, first: _Batch, call_rows: int | None) -> Fingerprint | None:
         """None when the model's attributes cannot all be read (a TorchScript module's,

@@ -8,7 +8,8 @@ never changes the distribution of the results, only the speed and the memory:
 ``"vmap"``
     ``torch.func.vmap(..., randomness="different")`` over a dummy sample axis of size ``k``:
     everything computed before the first dropout is not batched by vmap, so it runs once for all
-    ``k`` samples (prefix sharing).
+    ``k`` samples (prefix sharing). With mcdrop's masks and no recording, vmap is entered only
+    at the first random call (:mod:`._late_vmap`): the prefix runs outside it, cheaper.
 ``"loop"``
     ``k`` separate passes: the reference, and the lowest memory.
 """
@@ -25,11 +26,17 @@ from torch.overrides import TorchFunctionMode
 
 from mcdrop.dropout import MaskedDropout, NoLayerSkip, OutOfPlaceDropout, keep_mask, out_of_place
 from mcdrop.sampling._inputs import _Batch, extract_outputs
+from mcdrop.sampling._late_vmap import Late, LateVmap
 
 __all__: list[str] = []
 
 Outputs = tuple[torch.Tensor, ...]
 Recorded = Callable[[], contextlib.AbstractContextManager[Any]]  # modes entered innermost
+
+
+def _modules(module: Callable[..., Any]) -> list[Any]:
+    """``module`` and, if it is a module, all of its submodules."""
+    return [module, *module.modules()] if isinstance(module, torch.nn.Module) else [module]
 
 
 class FastCPUDropout(TorchFunctionMode):
@@ -111,6 +118,10 @@ class Runner:
         self.out_of_place = out_of_place
         self.copy_inputs = copy_inputs
         self.masks = masks
+        # vmap entered at the first random call (._late_vmap): with mcdrop's masks, in eager code
+        self.late = masks is not None and not any(
+            isinstance(getattr(m, "_orig_mod", None), torch.nn.Module) for m in _modules(module)
+        )
         self.attributed = attributed
         self.no_layer_skip = no_layer_skip
         self.device = device
@@ -158,6 +169,8 @@ class Runner:
         recording = contextlib.nullcontext() if record is None else record()
         with autocast, fast, keep_layers, recording:
             if strategy == "vmap":
+                if record is None and self.late:
+                    return self._late_vmap(batch, k, first)
                 return self._vmap(batch, k, first)
             if strategy == "loop" or k == 1:
                 return self._loop(batch, k, first)
@@ -223,3 +236,19 @@ class Runner:
 
         samples = torch.arange(first, first + k, device=self.device)
         return tuple(torch.func.vmap(one, randomness="different")(samples))
+
+    def _late_vmap(self, batch: _Batch, k: int, first: int = 0) -> Outputs:
+        """:meth:`_vmap` with vmap entered at the pass's first random call
+        (:mod:`._late_vmap`): the same numbers, the prefix before it outside vmap."""
+        assert self.masks is not None
+        samples = torch.arange(first, first + k, device=self.device)
+        late = LateVmap(samples, lambda t: self._start(t, batch.size))
+        self.masks.before_first = late.enter
+        try:
+            return late.outputs(self.call(batch))
+        except Late:
+            pass  # vmap could not be entered there: the pass runs under vmap from the start
+        finally:
+            self.masks.before_first = None
+            late.leave()
+        return self._vmap(batch, k, first)

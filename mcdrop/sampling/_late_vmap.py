@@ -1,0 +1,110 @@
+"""vmap entered at the first random call: the prefix before it runs outside vmap.
+
+Under ``torch.func.vmap`` every operation goes through functorch's dispatch, even on tensors
+that are not batched: on a conv net whose only dropout is in its head, the unbatched prefix
+(the whole trunk) costs 5 to 20 % more than the same pass outside vmap. Nothing before the first
+random call can differ between samples, so :class:`LateVmap` runs the forward outside vmap and
+enters it (at the same level, with the same ``randomness="different"``) when
+:class:`mcdrop.dropout.MaskedDropout` is about to answer its first call: the operations before
+it are the same kernels on the same tensors, and everything from that call on is exactly what
+``vmap`` runs. The outputs leave vmap as ``vmap``'s own do.
+
+It is entered only where that is the same: on the thread that started the pass, at the
+functorch level it started at (a dropout inside the model's own ``vmap`` or ``grad`` is not),
+and not while dynamo traces (a compiled function of the model's would not enter it again when
+it runs); otherwise :class:`Late` is raised there and the caller runs the pass under ``vmap``
+from the start, as it does after a pass that entered nothing (no call answered that it saw
+run). Compiled twins (``compile=``, a model compiled by the user) always run under ``vmap``
+from the start. Built on functorch's own helpers for ``vmap`` (``torch._functorch.vmap``, PyTorch 2.13 to
+2.15).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch._C._functorch import (
+    _add_batch_dim,
+    _remove_batch_dim,
+    _vmap_decrement_nesting,
+    _vmap_increment_nesting,
+    maybe_current_level,
+)
+from torch._functorch.vmap import lazy_load_decompositions
+
+__all__: list[str] = []
+
+
+def _in_compiled_code() -> bool:
+    """Whether a function compiled by dynamo is running (its frame is on the stack): its
+    graph would not enter vmap again when it runs from its cache."""
+    frame: Any = sys._getframe(1)
+    while frame is not None:
+        if str(frame.f_globals.get("__name__", "")).startswith("torch._dynamo"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+class Late(BaseException):
+    """vmap cannot be entered where the first random call is made (another thread, inside a
+    transform of the model's own): the pass runs again under ``vmap`` from the start. A
+    ``BaseException``, so that the model's own ``except Exception`` does not swallow it."""
+
+
+class LateVmap:
+    """One pass of ``k`` samples whose vmap is entered at its first random call.
+
+    Parameters
+    ----------
+    samples : torch.Tensor
+        Shape ``(k,)``: the sample index of each of the pass's samples, batched by vmap once it
+        is entered.
+    start : callable
+        Called with the batched sample index, shape ``(1,)`` under vmap, when vmap is entered
+        (:meth:`mcdrop.dropout.MaskedDropout.start_pass`).
+    """
+
+    def __init__(self, samples: torch.Tensor, start: Callable[[torch.Tensor], None]) -> None:
+        self.samples = samples
+        self.start = start
+        self.thread = threading.get_ident()
+        self.outer = maybe_current_level()
+        self.level: int | None = None
+        self.refused = False
+
+    def enter(self) -> None:
+        """Enter vmap here (called once, before the pass's first random call is answered)."""
+        if (
+            threading.get_ident() != self.thread
+            or maybe_current_level() != self.outer
+            or torch.compiler.is_compiling()
+            or _in_compiled_code()
+        ):
+            self.refused = True
+            raise Late
+        lazy_load_decompositions()
+        self.level = _vmap_increment_nesting(len(self.samples), "different")
+        self.start(_add_batch_dim(self.samples, 0, self.level).reshape(1))
+
+    def outputs(self, outs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """The pass's outputs with the samples first, shape ``(k, ...)``, as ``vmap`` returns
+        them; then vmap is left. Raises :class:`Late` if entering was refused (and the model
+        caught it)."""
+        if self.refused or self.level is None:  # (None: no random call seen to run, which
+            raise Late  # compiled code may hide; vmap from the start decides what the pass is)
+        k = len(self.samples)
+        try:
+            return tuple(_remove_batch_dim(out, self.level, k, 0) for out in outs)
+        finally:
+            self.leave()
+
+    def leave(self) -> None:
+        """Leave vmap, if entered and not left (after an error in the pass)."""
+        if self.level is not None:
+            self.level = None
+            _vmap_decrement_nesting()

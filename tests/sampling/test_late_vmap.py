@@ -1,0 +1,227 @@
+"""vmap entered at the first random call (``mcdrop.sampling._late_vmap``): the numbers of
+``torch.func.vmap`` entered before the pass, the prefix outside vmap, and vmap from the start
+wherever it cannot be entered late (a dropout inside the model's own vmap, on another thread)."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import pytest
+import torch
+from strategy_models import DeepDropoutMLP, HeadDropout, TinyTransformer
+from torch import nn
+from torch._C._functorch import maybe_current_level
+from torch.nn import functional as F
+
+import mcdrop
+from mcdrop.dropout import MaskedDropout
+from mcdrop.dropout._twin import _twin
+from mcdrop.sampling._inputs import _Batch
+from mcdrop.sampling._strategies import Runner
+
+
+class NoisyPrefix(nn.Module):
+    """A random draw (not a dropout) before the dropout: vmap is entered there."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(6, 16)
+        self.drop = nn.Dropout(0.3)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.body(x)
+        return self.head(self.drop(h + 0.1 * torch.randn_like(h)))
+
+
+class Levels(nn.Module):
+    """Notes functorch's level before and after its dropout."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(6, 16)
+        self.drop = nn.Dropout(0.3)
+        self.head = nn.Linear(16, 3)
+        self.seen: list[object] = []
+
+    def forward(self, x):
+        h = self.body(x)
+        self.seen.append(maybe_current_level())
+        h = self.drop(h)
+        self.seen.append(maybe_current_level())
+        return self.head(h)
+
+
+class InnerVmap(nn.Module):
+    """Its dropout runs inside its own ``torch.func.vmap`` over the examples."""
+
+    def __init__(self, swallow: bool = False):
+        super().__init__()
+        self.body = nn.Linear(6, 16)
+        self.drop = nn.Dropout(0.3)
+        self.head = nn.Linear(16, 3)
+        self.swallow = swallow
+
+    def forward(self, x):
+        h = self.body(x)
+        if self.swallow:  # hostile: catches everything, mcdrop's own signal included
+            try:
+                h = torch.func.vmap(self.drop, randomness="different")(h)
+            except BaseException:
+                pass
+        else:
+            h = torch.func.vmap(self.drop, randomness="different")(h)
+        return self.head(h)
+
+
+@torch.compile(backend="eager")
+def _compiled_block(h: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    return F.dropout(torch.relu(h), p, training)
+
+
+class CompiledInside(nn.Module):
+    """Its dropout runs inside a function compiled by dynamo."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(6, 16)
+        self.drop = nn.Dropout(0.3)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.head(_compiled_block(self.body(x), 0.3, self.drop.training))
+
+
+class NoDropout(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class RaisesAfterDropout(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.drop = nn.Dropout(0.3)
+
+    def forward(self, x):
+        self.drop(x)
+        raise RuntimeError("after the dropout")
+
+
+def _runner(model: nn.Module, seed: int = 3) -> Runner:
+    twin = _twin(model.eval())
+    assert twin is not None
+    for module in twin.modules():
+        module.training = isinstance(module, nn.Dropout)
+    return Runner(
+        twin,
+        device=torch.device("cpu"),
+        amp=None,
+        n_outputs=1,
+        output_transform=None,
+        masks=MaskedDropout(seed),
+    )
+
+
+def _late_and_vmap(model: nn.Module, x: torch.Tensor, k: int = 7, first: int = 2):
+    batch = _Batch((x,), {}, None, x.shape[0])
+    with torch.inference_mode():
+        late = _runner(model).run("vmap", batch, k, first=first)
+        # a recorded chunk (a plan's first) runs under torch.func.vmap from the start
+        plain = _runner(model).run("vmap", batch, k, first=first, record=contextlib.nullcontext)
+    return late[0], plain[0]
+
+
+def _example(model: nn.Module) -> torch.Tensor:
+    torch.manual_seed(0)
+    if isinstance(model, TinyTransformer):
+        return torch.randn(5, 4, 16)
+    return torch.randn(5, 16 if isinstance(model, HeadDropout) else 6)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: HeadDropout(64),
+        DeepDropoutMLP,
+        TinyTransformer,
+        NoisyPrefix,
+        InnerVmap,
+        NoDropout,
+        lambda: InnerVmap(swallow=True),
+        CompiledInside,
+    ],
+    ids=[
+        "head",
+        "deep",
+        "transformer",
+        "noise",
+        "inner-vmap",
+        "none",
+        "inner-swallowed",
+        "compiled",
+    ],
+)
+def test_late_vmap_gives_the_numbers_of_vmap_from_the_start(make):
+    torch.manual_seed(1)
+    model = make()
+    x = _example(model)
+    for _ in range(2):  # (a compiled function: traced, then from its cache)
+        late, plain = _late_and_vmap(model, x)
+    assert late.shape == (7, *plain.shape[1:])
+    assert torch.equal(late, plain)
+    varied = bool((late.std(0) > 0).any())
+    assert varied is not isinstance(model, NoDropout)  # the masks differ between samples
+    assert maybe_current_level() is None  # vmap left
+
+
+def test_the_prefix_runs_outside_vmap_and_the_rest_inside():
+    model = Levels()
+    x = torch.randn(5, 6)
+    batch = _Batch((x,), {}, None, 5)
+    with torch.inference_mode():
+        runner = _runner(model)
+        runner.run("vmap", batch, 4)
+        late = list(runner.module.seen)
+        runner.module.seen.clear()
+        runner.run("vmap", batch, 4, record=contextlib.nullcontext)
+        plain = list(runner.module.seen)
+    assert late[0] is None and late[1] is not None
+    assert plain[0] is not None and plain[1] == plain[0] == late[1]
+
+
+def test_an_error_after_entering_leaves_vmap_and_the_next_pass_runs():
+    batch = _Batch((torch.randn(5, 6),), {}, None, 5)
+    runner = _runner(RaisesAfterDropout())
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="after the dropout"):
+        runner.run("vmap", batch, 4)
+    assert maybe_current_level() is None
+    assert runner.masks is not None and runner.masks.before_first is None
+    late, plain = _late_and_vmap(HeadDropout(32), torch.randn(5, 16))
+    assert torch.equal(late, plain)
+
+
+def test_a_kept_plans_calls_give_the_first_calls_numbers_on_many_threads():
+    torch.manual_seed(2)
+    model = HeadDropout(64).eval()
+    x = torch.randn(6, 16)
+    mc = mcdrop.MCDropout(model, n_samples=40, seed=5, progress=False)
+    first = mc(x)  # planned: its first chunk under torch.func.vmap from the start
+    assert mc._engine.kept and mc._engine.kept[0].plan.strategy == "vmap"
+    fresh = mcdrop.MCDropout(model, n_samples=40, seed=5, progress=False)(x)
+    results: list[torch.Tensor] = []
+
+    def call() -> None:
+        results.append(mc(x))
+
+    threads = [threading.Thread(target=call) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert torch.equal(first, fresh)
+    assert len(results) == 6 and all(torch.equal(r, first) for r in results)
