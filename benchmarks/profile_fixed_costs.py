@@ -4,8 +4,9 @@ For a benchmark family of ``bench_sampling.py`` (default: the conv net with drop
 head; CPU sizes and ``B = 32`` on the CPU, GPU sizes and ``B = 64`` on CUDA; ``T = 100``): one
 deterministic pass, and the parts of a first ``auto`` call measured one by one — building the
 twin, the training-mode probe (with FLOP counting), the sampling chunk of 100 samples (vmap for
-the conv net, replicate for PyTorch's fused transformer, both otherwise) plain, recorded (a new
-plan's first chunk also checks the sampling twin's dropout calls) and counted (a kept plan's
+the conv net, replicate for PyTorch's fused transformer, both otherwise) plain (a vmap chunk
+enters vmap at its first random call, :mod:`mcdrop.sampling._late_vmap`; also timed entering it
+from the start), recorded (a new plan's first chunk also checks the sampling twin's dropout calls) and counted (a kept plan's
 first chunk counts its calls), the examples-interact check (``auto`` before replicate) and the
 streaming statistics. Then the calls a server makes again and again on the same model, on the
 plans kept between calls: ``mcdrop.predict_with_uncertainty`` (and its first call, with nothing
@@ -24,6 +25,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import pstats
 import statistics
@@ -128,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     for strategy in strategies:
         parts[f"{strategy} chunk, 100 samples"] = lambda s=strategy: runner.run(s, b, 100)
+        if strategy == "vmap":  # the chunk enters vmap at its first random call (_late_vmap)
+            parts["  vmap from the start"] = lambda: runner.run(
+                "vmap", b, 100, record=contextlib.nullcontext
+            )
         parts[f"  the same, recorded ({strategy})"] = lambda s=strategy: recorded(s)
         parts[f"  the same, counted ({strategy})"] = lambda s=strategy: counted(s)
     mc = mcdrop.MCDropout(model, n_samples=100, seed=0, progress=False, amp=amp)

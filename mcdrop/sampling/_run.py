@@ -164,7 +164,9 @@ class Kept:
         if rebound is None:
             return False
         inner = unwrap_compiled(model)[0]
-        if self.trained is not None:
+        # (None: no class overrides train(), and the fingerprint holds the classes and their
+        # train(): still none does)
+        if self.trained is not None and self.train_set is not None:
             try:  # a new throwaway twin: one kept between calls holds what train() wrote
                 if trained_modules(inner) != self.train_set:
                     return False
