@@ -530,7 +530,8 @@ class MaskedDropout(PrivateRandom):
         self.passes = 0  # ... and the passes they came from
         self.names: Mapping[int, Any] = {}  # ... the modules that may make them
         self.originals: Mapping[int, str] = {}  # ... and those that never should
-        # called once, before the next call this mode answers (a late vmap enters there)
+        # while set, called before each call this mode answers (a late vmap enters vmap there,
+        # and unsets it; it raises where it cannot)
         self.before_first: Callable[[], None] | None = None
 
     # -- passes and attribution ------------------------------------------------------------------
@@ -675,8 +676,7 @@ class MaskedDropout(PrivateRandom):
         if func not in _INTERCEPTED:
             return func(*args, **kwargs)
         if self.before_first is not None:
-            enter, self.before_first = self.before_first, None
-            enter()
+            self.before_first()
         tally = self.tally
         if func in _RANDOM or func in _PY_RANDOM:
             if tally is not None:

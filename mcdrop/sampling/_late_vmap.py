@@ -11,22 +11,27 @@ it are the same kernels on the same tensors, and everything from that call on is
 
 It is entered only where that is the same: on the thread that started the pass, at the
 functorch level it started at (a dropout inside the model's own ``vmap`` or ``grad`` is not),
-and not while dynamo traces (a compiled function of the model's would not enter it again when
-it runs); otherwise :class:`Late` is raised there and the caller runs the pass under ``vmap``
-from the start, as it does after a pass that entered nothing (no call answered that it saw
-run). Compiled twins (``compile=``, a model compiled by the user) always run under ``vmap``
-from the start. Built on functorch's own helpers for ``vmap`` (``torch._functorch.vmap``, PyTorch 2.13 to
-2.15).
+outside code compiled by dynamo (traced, its graph would not enter vmap when it runs from its
+cache), and when PyTorch's global generators were not drawn from before it (a random op the
+mode never sees, ``torch.ops.aten.randn`` in an exported graph, would draw once for all the
+samples instead of once per sample). Otherwise :class:`Late` is raised there, at every further
+call the mode answers, and after the pass, and the caller runs the pass under ``vmap`` from the
+start, as it does after a pass that entered nothing (no answered call seen to run). Compiled
+twins (``compile=``, a model compiled by the user) always run under ``vmap`` from the start.
+
+Not seen: a random op with its own generator that the mode never sees
+(``torch.ops.aten.randn(..., generator=g)``) before the first random call it does see, and code
+that asks functorch whether it runs under vmap (``maybe_current_level()``) there: both run
+once, outside vmap.
 """
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Callable
-from typing import Any
 
 import torch
+from torch._C._dynamo.eval_frame import get_eval_frame_callback
 from torch._C._functorch import (
     _add_batch_dim,
     _remove_batch_dim,
@@ -39,15 +44,13 @@ from torch._functorch.vmap import lazy_load_decompositions
 __all__: list[str] = []
 
 
-def _in_compiled_code() -> bool:
-    """Whether a function compiled by dynamo is running (its frame is on the stack): its
-    graph would not enter vmap again when it runs from its cache."""
-    frame: Any = sys._getframe(1)
-    while frame is not None:
-        if str(frame.f_globals.get("__name__", "")).startswith("torch._dynamo"):
-            return True
-        frame = frame.f_back
-    return False
+def _global_state(device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The states of PyTorch's global generators on the CPU and on ``device``."""
+    states = [torch.default_generator.get_state()]
+    if device.type == "cuda" and torch.cuda.is_initialized():
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        states.append(torch.cuda.default_generators[index].get_state())
+    return tuple(states)
 
 
 class Late(BaseException):
@@ -69,27 +72,39 @@ class LateVmap:
         (:meth:`mcdrop.dropout.MaskedDropout.start_pass`).
     """
 
-    def __init__(self, samples: torch.Tensor, start: Callable[[torch.Tensor], None]) -> None:
+    def __init__(
+        self, samples: torch.Tensor, start: Callable[[torch.Tensor], None], device: torch.device
+    ) -> None:
         self.samples = samples
         self.start = start
+        self.device = device
         self.thread = threading.get_ident()
         self.outer = maybe_current_level()
+        self.drawn = _global_state(device)
         self.level: int | None = None
         self.refused = False
 
     def enter(self) -> None:
-        """Enter vmap here (called once, before the pass's first random call is answered)."""
-        if (
-            threading.get_ident() != self.thread
-            or maybe_current_level() != self.outer
-            or torch.compiler.is_compiling()
-            or _in_compiled_code()
-        ):
+        """Enter vmap here, before the pass's first random call is answered; raises
+        :class:`Late` where it cannot (see the module docstring), and again at every later call
+        once it has refused."""
+        if self.refused or not self._enterable():
             self.refused = True
             raise Late
         lazy_load_decompositions()
         self.level = _vmap_increment_nesting(len(self.samples), "different")
         self.start(_add_batch_dim(self.samples, 0, self.level).reshape(1))
+
+    def _enterable(self) -> bool:
+        if (
+            threading.get_ident() != self.thread
+            or maybe_current_level() != self.outer
+            or torch.compiler.is_compiling()
+            or get_eval_frame_callback() is not None  # running code compiled by dynamo
+        ):
+            return False
+        now = _global_state(self.device)
+        return len(now) == len(self.drawn) and all(map(torch.equal, now, self.drawn))
 
     def outputs(self, outs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         """The pass's outputs with the samples first, shape ``(k, ...)``, as ``vmap`` returns

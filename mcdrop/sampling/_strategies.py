@@ -240,15 +240,21 @@ class Runner:
     def _late_vmap(self, batch: _Batch, k: int, first: int = 0) -> Outputs:
         """:meth:`_vmap` with vmap entered at the pass's first random call
         (:mod:`._late_vmap`): the same numbers, the prefix before it outside vmap."""
-        assert self.masks is not None
+        masks = self.masks
+        assert masks is not None
         samples = torch.arange(first, first + k, device=self.device)
-        late = LateVmap(samples, lambda t: self._start(t, batch.size))
-        self.masks.before_first = late.enter
+        late = LateVmap(samples, lambda t: self._start(t, batch.size), self.device)
+
+        def enter() -> None:  # refused: raises again at every later call of the pass
+            late.enter()
+            masks.before_first = None
+
+        masks.before_first = enter
         try:
             return late.outputs(self.call(batch))
         except Late:
             pass  # vmap could not be entered there: the pass runs under vmap from the start
         finally:
-            self.masks.before_first = None
+            masks.before_first = None
             late.leave()
         return self._vmap(batch, k, first)

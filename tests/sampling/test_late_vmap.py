@@ -65,11 +65,11 @@ class InnerVmap(nn.Module):
 
     def forward(self, x):
         h = self.body(x)
-        if self.swallow:  # hostile: catches everything, mcdrop's own signal included
-            try:
+        if self.swallow:  # hostile: catches everything, mcdrop's own signal included, and
+            try:  # falls back to a dropout of its own
                 h = torch.func.vmap(self.drop, randomness="different")(h)
             except BaseException:
-                pass
+                h = self.drop(h)
         else:
             h = torch.func.vmap(self.drop, randomness="different")(h)
         return self.head(h)
@@ -91,6 +91,34 @@ class CompiledInside(nn.Module):
 
     def forward(self, x):
         return self.head(_compiled_block(self.body(x), 0.3, self.drop.training))
+
+
+class UnseenRandom(nn.Module):
+    """Random ops the mode never sees (an exported graph's aten calls, which draw from PyTorch's
+    global generator) before a dropout that changes almost nothing."""
+
+    def __init__(self, op: str):
+        super().__init__()
+        self.drop = nn.Dropout(0.001)
+        self.op = op
+
+    def forward(self, x):
+        if self.op == "randn":
+            h = x + torch.ops.aten.randn.default(list(x.shape))
+        else:
+            h = torch.ops.aten.native_dropout.default(x, 0.5, True)[0]
+        return self.drop(h)
+
+
+class Checkpointed(Levels):
+    """Its dropout runs inside ``torch.utils.checkpoint`` (a dynamo-disabled function)."""
+
+    def forward(self, x):
+        h = self.body(x)
+        self.seen.append(maybe_current_level())
+        h = torch.utils.checkpoint.checkpoint(self.drop, h, use_reentrant=False)
+        self.seen.append(maybe_current_level())
+        return self.head(h)
 
 
 class NoDropout(nn.Module):
@@ -192,6 +220,37 @@ def test_the_prefix_runs_outside_vmap_and_the_rest_inside():
         plain = list(runner.module.seen)
     assert late[0] is None and late[1] is not None
     assert plain[0] is not None and plain[1] == plain[0] == late[1]
+
+
+@pytest.mark.parametrize("op", ["randn", "native_dropout"])
+def test_random_ops_the_mode_never_sees_before_the_first_dropout_differ_between_samples(op):
+    # Under vmap from the start each sample draws its own (from PyTorch's global generator, as
+    # before); entered late they would run once, shared by every sample of the pass.
+    x = torch.ones(4, 256)
+    batch = _Batch((x,), {}, None, 4)
+    model = UnseenRandom(op)
+    with torch.inference_mode():
+        late = _runner(model).run("vmap", batch, 8)[0]
+        plain = _runner(model).run("vmap", batch, 8, record=contextlib.nullcontext)[0]
+    for out in (late, plain):
+        if op == "randn":  # N(0, 1) noise per sample: the spread across samples is about 1
+            assert 0.8 < float(out.std(0).mean()) < 1.2
+        else:  # two samples' masks agree on about half of the units (binomial, n = 1024)
+            assert 0.4 < float((out[0] != out[1]).double().mean()) < 0.6
+    assert maybe_current_level() is None
+
+
+def test_a_dropout_inside_checkpoint_enters_late_without_running_the_pass_again():
+    model = Checkpointed()
+    x = torch.randn(5, 6)
+    batch = _Batch((x,), {}, None, 5)
+    with torch.inference_mode():
+        runner = _runner(model)
+        late = runner.run("vmap", batch, 4)
+        seen = list(runner.module.seen)
+        plain = _runner(model).run("vmap", batch, 4, record=contextlib.nullcontext)
+    assert seen[0] is None and seen[1] is not None and len(seen) == 2  # one pass, vmap late
+    assert torch.equal(late[0], plain[0])
 
 
 def test_an_error_after_entering_leaves_vmap_and_the_next_pass_runs():
