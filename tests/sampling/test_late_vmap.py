@@ -21,28 +21,29 @@ from mcdrop.sampling._inputs import _Batch
 from mcdrop.sampling._strategies import Runner
 
 
-class NoisyPrefix(nn.Module):
-    """A random draw (not a dropout) before the dropout: vmap is entered there."""
+class Sandwich(nn.Module):
+    """A linear body, a dropout, a linear head; the subclasses' forwards differ."""
 
     def __init__(self):
         super().__init__()
         self.body = nn.Linear(6, 16)
         self.drop = nn.Dropout(0.3)
         self.head = nn.Linear(16, 3)
+
+
+class NoisyPrefix(Sandwich):
+    """A random draw (not a dropout) before the dropout: vmap is entered there."""
 
     def forward(self, x):
         h = self.body(x)
         return self.head(self.drop(h + 0.1 * torch.randn_like(h)))
 
 
-class Levels(nn.Module):
+class Levels(Sandwich):
     """Notes functorch's level before and after its dropout."""
 
     def __init__(self):
         super().__init__()
-        self.body = nn.Linear(6, 16)
-        self.drop = nn.Dropout(0.3)
-        self.head = nn.Linear(16, 3)
         self.seen: list[object] = []
 
     def forward(self, x):
@@ -53,14 +54,11 @@ class Levels(nn.Module):
         return self.head(h)
 
 
-class InnerVmap(nn.Module):
+class InnerVmap(Sandwich):
     """Its dropout runs inside its own ``torch.func.vmap`` over the examples."""
 
     def __init__(self, swallow: bool = False):
         super().__init__()
-        self.body = nn.Linear(6, 16)
-        self.drop = nn.Dropout(0.3)
-        self.head = nn.Linear(16, 3)
         self.swallow = swallow
 
     def forward(self, x):
@@ -80,14 +78,8 @@ def _compiled_block(h: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     return F.dropout(torch.relu(h), p, training)
 
 
-class CompiledInside(nn.Module):
+class CompiledInside(Sandwich):
     """Its dropout runs inside a function compiled by dynamo."""
-
-    def __init__(self):
-        super().__init__()
-        self.body = nn.Linear(6, 16)
-        self.drop = nn.Dropout(0.3)
-        self.head = nn.Linear(16, 3)
 
     def forward(self, x):
         return self.head(_compiled_block(self.body(x), 0.3, self.drop.training))
