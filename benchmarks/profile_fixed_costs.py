@@ -41,6 +41,7 @@ from bench_sampling import SIZES, build
 
 import mcdrop
 from mcdrop.dropout import MaskedDropout, _probe, trained_modules, training_calls
+from mcdrop.dropout._masks import keep_units
 from mcdrop.dropout._sites import _set_flags, _TwinModules
 from mcdrop.dropout._twin import _twin
 from mcdrop.sampling import _engine, _run
@@ -136,6 +137,17 @@ def main(argv: list[str] | None = None) -> int:
             )
         parts[f"  the same, recorded ({strategy})"] = lambda s=strategy: recorded(s)
         parts[f"  the same, counted ({strategy})"] = lambda s=strategy: counted(s)
+    if args.model == "conv":  # what prefix sharing cannot go below: the trunk once, the head
+        # on 100 x B rows, mcdrop's cheapest masks (one random byte per unit), no checks
+        generator = torch.Generator(device=device).manual_seed(0)
+        trunk, head = model.features, model.head[1]  # type: ignore[index, union-attr]
+
+        def by_hand() -> torch.Tensor:
+            h = trunk(x)
+            keep = keep_units((100, *h.shape), 0.5, device, generator)
+            return head((h * 2.0 * keep).flatten(0, 1))
+
+        parts["  by hand: trunk once, 100 heads"] = by_hand
     mc = mcdrop.MCDropout(model, n_samples=100, seed=0, progress=False, amp=amp)
     mc(x)
     assert mc._engine.kept  # the plan kept by the first call
