@@ -61,6 +61,7 @@ import contextlib
 import functools
 import math
 import sys
+import threading
 import types
 import zlib
 from collections import Counter
@@ -312,6 +313,19 @@ _PY_RANDOM = frozenset(
     )
     if hasattr(F, name)
 )
+# Fractional max pooling draws its random offsets with ``torch.rand`` when not given them (in
+# eval mode too), in the ``*_with_indices`` function that the others reach through dispatch
+# (which hands the mode the public function again): each runs as that one, under the mode.
+_FRACTIONAL: dict[Any, Callable[..., Any]] = {
+    func: getattr(F, f"fractional_max_pool{d}d_with_indices")
+    for d in (2, 3)
+    for func in (
+        getattr(F, f"fractional_max_pool{d}d", None),
+        getattr(F, f"_fractional_max_pool{d}d", None),
+        getattr(F, f"fractional_max_pool{d}d_with_indices", None),
+    )
+    if func is not None
+}
 
 
 # ``*_like`` ops given a generator have no vmap batching rule: vmap's fallback runs them once for
@@ -341,7 +355,7 @@ def _from_shape(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tor
 
 # Everything the mode answers; any other function runs as it is after one set lookup.
 _INTERCEPTED = frozenset(
-    [*_KINDS, *_PYTHON, F.scaled_dot_product_attention, *_RNN, *_RANDOM, *_PY_RANDOM]
+    [*_KINDS, *_PYTHON, F.scaled_dot_product_attention, *_RNN, *_RANDOM, *_PY_RANDOM, *_FRACTIONAL]
 )
 
 
@@ -351,6 +365,13 @@ def _device_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.device:
             return value.device
     device = kwargs.get("device")
     return torch.device(device) if device is not None else torch.get_default_device()
+
+
+class _Answering(threading.local):
+    depth = 0  # how many of mcdrop's modes are answering a call on this thread
+
+
+_ANSWERING = _Answering()
 
 
 class PrivateRandom(TorchFunctionMode):
@@ -407,12 +428,29 @@ class PrivateRandom(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
-        if func in _RANDOM:
-            return self.with_generator(func, args, kwargs)
-        if func in _PY_RANDOM:
+        if func not in _RANDOM and func not in _PY_RANDOM and func not in _FRACTIONAL:
+            return func(*args, **kwargs)
+        _ANSWERING.depth += 1
+        try:
+            if func in _RANDOM:
+                return self.with_generator(func, args, kwargs)
+            if func in _FRACTIONAL:
+                return self._fractional(func, args, kwargs)
             with self:
                 return _unchecked(func)(*args, **kwargs)
-        return func(*args, **kwargs)
+        finally:
+            _ANSWERING.depth -= 1
+
+    def _fractional(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Fractional max pooling with its offsets drawn under this mode (:data:`_FRACTIONAL`)."""
+        with self:
+            out, indices = _unchecked(_FRACTIONAL[func])(*args, **kwargs)
+        if func is _FRACTIONAL[func] or (
+            func.__name__.startswith("fractional")
+            and _arg(args, kwargs, 4, "return_indices", False)
+        ):
+            return out, indices
+        return out
 
 
 @functools.cache
@@ -622,7 +660,7 @@ class MaskedDropout(PrivateRandom):
         module of the twin, or of the user's model: then its name is marked); ``""`` when none
         is."""
         names, originals = self.names, self.originals
-        frame: Any = sys._getframe(2)
+        frame: Any = sys._getframe(3)  # (_answer, __torch_function__, its caller)
         for _ in range(48):
             if frame is None:
                 break
@@ -675,14 +713,23 @@ class MaskedDropout(PrivateRandom):
         kwargs = kwargs or {}
         if func not in _INTERCEPTED:
             return func(*args, **kwargs)
-        if self.before_first is not None:
-            self.before_first()
+        if self.before_first is not None and not _ANSWERING.depth:  # (not a call made by
+            self.before_first()  # another of mcdrop's modes answering one: a nested sampler)
+        _ANSWERING.depth += 1
+        try:
+            return self._answer(func, args, kwargs)
+        finally:
+            _ANSWERING.depth -= 1
+
+    def _answer(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         tally = self.tally
-        if func in _RANDOM or func in _PY_RANDOM:
+        if func in _RANDOM or func in _PY_RANDOM or func in _FRACTIONAL:
             if tally is not None:
                 tally[(self._caller(), func)] += 1
             if self.layouts is not None:
                 self._refuse_random(func)
+            if func in _FRACTIONAL:
+                return self._fractional(func, args, kwargs)
             if func in _PY_RANDOM:
                 with self:
                     return _unchecked(func)(*args, **kwargs)

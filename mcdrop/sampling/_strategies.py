@@ -31,6 +31,10 @@ from mcdrop.sampling._late_vmap import Late, LateVmap
 __all__: list[str] = []
 
 Outputs = tuple[torch.Tensor, ...]
+# Late vmap passes refused in a row before a runner stops trying (the prefix then runs once
+# again): another thread drawing from PyTorch's generators, a pipeline compiled around the call,
+# a model whose dropout runs inside a transform of its own.
+_MISSES = 3
 Recorded = Callable[[], contextlib.AbstractContextManager[Any]]  # modes entered innermost
 
 
@@ -122,6 +126,9 @@ class Runner:
         self.late = masks is not None and not any(
             isinstance(getattr(m, "_orig_mod", None), torch.nn.Module) for m in _modules(module)
         )
+        # Late passes refused in a row (shared by the copies a kept plan's calls make): after
+        # _MISSES, the passes run under vmap from the start (no prefix run twice).
+        self.misses = [0]
         self.attributed = attributed
         self.no_layer_skip = no_layer_skip
         self.device = device
@@ -169,7 +176,7 @@ class Runner:
         recording = contextlib.nullcontext() if record is None else record()
         with autocast, fast, keep_layers, recording:
             if strategy == "vmap":
-                if record is None and self.late:
+                if record is None and self.late and self.misses[0] < _MISSES:
                     return self._late_vmap(batch, k, first)
                 return self._vmap(batch, k, first)
             if strategy == "loop" or k == 1:
@@ -251,9 +258,11 @@ class Runner:
 
         masks.before_first = enter
         try:
-            return late.outputs(self.call(batch))
-        except Late:
-            pass  # vmap could not be entered there: the pass runs under vmap from the start
+            outs = late.outputs(self.call(batch))
+            self.misses[0] = 0
+            return outs
+        except Late:  # vmap could not be entered there: the pass runs under vmap from the start
+            self.misses[0] += 1
         finally:
             masks.before_first = None
             late.leave()

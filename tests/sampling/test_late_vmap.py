@@ -5,6 +5,7 @@ wherever it cannot be entered late (a dropout inside the model's own vmap, on an
 from __future__ import annotations
 
 import contextlib
+import copy
 import threading
 
 import pytest
@@ -276,3 +277,64 @@ def test_a_kept_plans_calls_give_the_first_calls_numbers_on_many_threads():
         t.join()
     assert torch.equal(first, fresh)
     assert len(results) == 6 and all(torch.equal(r, first) for r in results)
+
+
+class _Sub(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 6)
+        self.d = nn.Dropout(0.5)
+
+    def forward(self, x):
+        return self.d(self.a(x))
+
+
+class NestedSampler(Sandwich):
+    """Its forward calls another sampler (shared masks, on another model) before its dropout:
+    that sampler's own random draws reach this call's mode underneath."""
+
+    def __init__(self, sub: nn.Module):
+        super().__init__()
+        self.hidden = [mcdrop.MCDropout(sub, n_samples=4, seed=9, progress=False, masks="shared")]
+
+    def forward(self, x):
+        x = x + torch.tanh(self.body(x))[:, :6] + self.hidden[0](x).mean(0)
+        return self.head(self.drop(self.body(x)))
+
+
+def test_a_sampler_called_inside_the_forward_does_not_enter_this_calls_vmap():
+    torch.manual_seed(7)
+    sub = _Sub().eval()
+    torch.manual_seed(1)
+    model = NestedSampler(sub).eval()
+    x = torch.randn(5, 6)
+    options = {"n_samples": 12, "seed": 5, "strategy": "vmap", "progress": False}
+    mc = mcdrop.MCDropout(model, batch_budget=20, **options)  # 3 chunks: the later ones late
+    calls = [mc(x) for _ in range(3)]  # a new plan, then a kept one
+    whole = mcdrop.MCDropout(model, batch_budget=1000, **options)(x)  # one chunk, never late
+    assert all(torch.equal(c, whole) for c in calls)
+    assert float(whole.std(0).mean()) > 0.01
+
+
+def test_refused_passes_stop_trying_late_after_a_few():
+    # Every late pass of this model is refused (its prefix draws from PyTorch's generator, as
+    # another thread drawing from it would make any model's seem to): after 3 refusals in a row
+    # the passes run under vmap from the start, without running the prefix first.
+    x = torch.ones(4, 256)
+    batch = _Batch((x,), {}, None, 4)
+    runner = _runner(UnseenRandom("randn"))
+    tries: list[int] = []
+    real = runner._late_vmap
+
+    def late(*args):
+        tries.append(1)
+        return real(*args)
+
+    runner._late_vmap = late  # type: ignore[method-assign]
+    with torch.inference_mode():
+        for _ in range(6):
+            out = runner.run("vmap", batch, 4)[0]
+            assert 0.8 < float(out.std(0).mean()) < 1.2  # each sample its own noise
+    assert len(tries) == 3 and runner.misses[0] == 3
+    kept = copy.copy(runner)  # a kept plan's calls copy the runner: the count goes with it
+    assert kept.misses is runner.misses

@@ -7,6 +7,7 @@ while a seeded call samples neither perturbs it nor gets repeated numbers.
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -192,6 +193,42 @@ class _Stochastic(nn.Module):
             sample = torch.distributions.Gamma(torch.ones(3), torch.ones(3)).sample()
             return F.gumbel_softmax(logits, tau=1.0) + 0.01 * sample
         return logits
+
+
+class _FractionalPool(nn.Module):
+    """F.fractional_max_pool2d draws its pooling offsets with torch.rand inside Python, in eval
+    mode too, before the dropout."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.drop, self.out = (
+            nn.Conv2d(2, 4, 3, padding=1),
+            nn.Dropout(0.3),
+            nn.Linear(100, 3),
+        )
+
+    def forward(self, x):
+        h = F.fractional_max_pool2d(self.conv(x), 2, output_size=5)  # (8 - 2) / 4: random
+        return self.out(self.drop(h.flatten(1)))
+
+
+@pytest.mark.parametrize("strategy", ["loop", "replicate", "vmap"])
+def test_fractional_max_pooling_draws_from_mcdrops_generator(strategy):
+    torch.manual_seed(0)
+    model, x = _FractionalPool().eval(), torch.randn(4, 2, 8, 8)
+    mc = mcdrop.MCDropout(model, n_samples=8, seed=5, strategy=strategy, batch_budget=16)
+    first = mc(x)
+    state = torch.get_rng_state()
+    kept = mc(x)  # a kept plan (its vmap passes enter vmap late)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's stream: not drawn from
+    fresh = mcdrop.MCDropout(model, n_samples=8, seed=5, strategy=strategy, batch_budget=16)(x)
+    assert torch.equal(first, kept) and torch.equal(first, fresh)
+    # each sample pools at its own offsets: even without the dropout the samples would differ
+    with torch.inference_mode():
+        twin = copy.deepcopy(model)
+    twin.drop.p = 1e-9  # (about 1e-6 of a unit dropped in all: the rest is the pooling)
+    no_drop = mcdrop.MCDropout(twin, n_samples=8, seed=5, strategy=strategy)
+    assert no_drop(x).var(0).amax() > 0
 
 
 @pytest.mark.parametrize("strategy", ["loop", "replicate", "auto"])
