@@ -123,8 +123,8 @@ class Engine:
         stale (:class:`~._run.StalePlan`): the caller then runs the call again with ``fresh``.
 
         Every mask is drawn from mcdrop's own generators, keyed by ``seed`` (a fresh one from
-        the operating system when None): PyTorch's global generators are neither read, seeded
-        nor forked. Only where the dropout runs inside code mcdrop cannot reach (a compiled
+        the operating system when None): PyTorch's global generators are neither drawn from,
+        seeded nor forked. Only where the dropout runs inside code mcdrop cannot reach (a compiled
         graph, TorchScript: :func:`global_stream`) does a seeded call seed them, as before.
         """
         o = self.options
