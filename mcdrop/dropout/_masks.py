@@ -367,6 +367,11 @@ def _device_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.device:
     return torch.device(device) if device is not None else torch.get_default_device()
 
 
+def _offsets_given(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether a fractional max pooling call was given its random offsets (then it draws none)."""
+    return _arg(args, kwargs, 5, "_random_samples", None) is not None
+
+
 class _Answering(threading.local):
     depth = 0  # how many of mcdrop's modes are answering a call on this thread
 
@@ -428,7 +433,9 @@ class PrivateRandom(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
-        if func not in _RANDOM and func not in _PY_RANDOM and func not in _FRACTIONAL:
+        if (func not in _RANDOM and func not in _PY_RANDOM and func not in _FRACTIONAL) or (
+            func in _FRACTIONAL and _offsets_given(args, kwargs)
+        ):
             return func(*args, **kwargs)
         _ANSWERING.depth += 1
         try:
@@ -722,6 +729,8 @@ class MaskedDropout(PrivateRandom):
             _ANSWERING.depth -= 1
 
     def _answer(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if func in _FRACTIONAL and _offsets_given(args, kwargs):
+            return func(*args, **kwargs)  # no draw: the pooling is the caller's
         tally = self.tally
         if func in _RANDOM or func in _PY_RANDOM or func in _FRACTIONAL:
             if tally is not None:
@@ -759,6 +768,8 @@ class MaskedDropout(PrivateRandom):
     def _refuse_random(self, func: Any) -> None:
         site = self.stack[-1] if self.stack else ""
         name = getattr(func, "__qualname__", getattr(func, "__name__", repr(func)))
+        if "<locals>" in name:  # (a boolean dispatch: fractional max pooling)
+            name = getattr(func, "__name__", name)
         raise ValueError(
             f"Expected the sampling twin to draw random numbers only in recognised dropout with "
             f"masks='shared', but `{site or '<model>'}` (or a module inside it) calls {name}: "

@@ -231,6 +231,23 @@ def test_fractional_max_pooling_draws_from_mcdrops_generator(strategy):
     assert no_drop(x).var(0).amax() > 0
 
 
+def test_fractional_max_pooling_given_its_offsets_draws_nothing_and_shares_masks():
+    offsets = torch.rand(3, 2, 2)
+    model = nn.Sequential(
+        nn.FractionalMaxPool2d(2, output_size=4, _random_samples=offsets),
+        nn.Flatten(),
+        nn.Dropout(0.3),
+    ).eval()
+    x = torch.randn(3, 2, 9, 9)
+    shared = mcdrop.MCDropout(model, n_samples=4, seed=1, masks="shared")(x)  # nothing random
+    pooled = F.fractional_max_pool2d(x, 2, output_size=4, _random_samples=offsets).flatten(1)
+    kept = shared != 0  # each sample: the pooling as given, its dropped units zero, the rest
+    assert torch.allclose(shared[kept], (pooled / 0.7).expand_as(shared)[kept])  # scaled
+    model[0]._random_samples = None
+    with pytest.raises(ValueError, match="fractional_max_pool2d"):  # random offsets: refused
+        mcdrop.MCDropout(model, n_samples=4, seed=1, masks="shared")(x)
+
+
 @pytest.mark.parametrize("strategy", ["loop", "replicate", "auto"])
 def test_random_ops_inside_python_functions_draw_from_mcdrops_generator(strategy):
     """F.rrelu and F.gumbel_softmax draw inside Python; torch.distributions through
