@@ -1,13 +1,15 @@
 """vmap entered at the first random call: the prefix before it runs outside vmap.
 
 Under ``torch.func.vmap`` every operation goes through functorch's dispatch, even on tensors
-that are not batched: on a conv net whose only dropout is in its head, the unbatched prefix
-(the whole trunk) costs 5 to 20 % more than the same pass outside vmap. Nothing before the first
-random call can differ between samples, so :class:`LateVmap` runs the forward outside vmap and
-enters it (at the same level, with the same ``randomness="different"``) when
-:class:`mcdrop.dropout.MaskedDropout` is about to answer its first call: the operations before
-it are the same kernels on the same tensors, and everything from that call on is exactly what
-``vmap`` runs. The outputs leave vmap as ``vmap``'s own do.
+that are not batched, such as the trunk of a conv net whose only dropout is in its head (on the
+CPU its chunk of 100 samples took 1.27x one pass entered from the start, 1.215x entered late:
+``benchmarks/profile_fixed_costs.py``, docs/performance.rst). Nothing before the first random
+call can differ between samples, so :class:`LateVmap` runs the forward outside vmap and enters
+it (at the same level, with the same ``randomness="different"``) when
+:class:`mcdrop.dropout.MaskedDropout` is about to answer its first call (not one that another
+of mcdrop's modes makes while answering its own: a sampler called inside the forward): the
+operations before it are the same kernels on the same tensors, and everything from that call on
+is exactly what ``vmap`` runs. The outputs leave vmap as ``vmap``'s own do.
 
 It is entered only where that is the same: on the thread that started the pass, at the
 functorch level it started at (a dropout inside the model's own ``vmap`` or ``grad`` is not),
@@ -20,9 +22,11 @@ start, as it does after a pass that entered nothing (no answered call seen to ru
 twins (``compile=``, a model compiled by the user) always run under ``vmap`` from the start.
 
 Not seen: a random op with its own generator that the mode never sees
-(``torch.ops.aten.randn(..., generator=g)``) before the first random call it does see, and code
-that asks functorch whether it runs under vmap (``maybe_current_level()``) there: both run
-once, outside vmap.
+(``torch.ops.aten.randn(..., generator=g)``) before the first random call it does see, a draw
+from the global generators there that another thread undoes (``set_rng_state``) before that
+call, and code that asks functorch whether it runs under vmap (``maybe_current_level()``)
+there: these run once, outside vmap. The caller stops trying after a few refusals in a row
+(``Runner.misses``).
 """
 
 from __future__ import annotations
