@@ -251,7 +251,7 @@ class Plans:
 
     def give_back(self, kept: Kept) -> None:
         """Keep ``kept`` first; the plans of a changed model go (they hold its old parts)."""
-        if self.weak:
+        if self.weak and not kept.fingerprint.weak:
             kept = dataclasses.replace(kept, fingerprint=kept.fingerprint.weakened())
         mark = kept.fingerprint
         with self._lock:

@@ -79,11 +79,12 @@ class Fingerprint:
     """Plain values compared by value and objects compared by identity (held alive): those of
     the model (``model``) and those of the call (inputs, modes, the caller's key)."""
 
-    __slots__ = ("call", "model")
+    __slots__ = ("call", "model", "weak")
 
     def __init__(self, model: _Walker, call: _Walker) -> None:
         self.model = (model.values, model.refs)
         self.call = (call.values, call.refs)
+        self.weak = False
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -102,9 +103,12 @@ class Fingerprint:
         """The same fingerprint holding weak references to the objects that take one (modules,
         tensors, functions, classes) and the ids of the others: it keeps nothing alive. Equal to
         a fingerprint taken later only while every object it refers to lives."""
+        if self.weak:
+            return self
         weak = Fingerprint.__new__(Fingerprint)
         weak.model = (self.model[0], [_weak(x) for x in self.model[1]])
         weak.call = (self.call[0], [_weak(x) for x in self.call[1]])
+        weak.weak = True
         return weak
 
 
