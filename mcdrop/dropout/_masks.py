@@ -367,9 +367,12 @@ def _device_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.device:
     return torch.device(device) if device is not None else torch.get_default_device()
 
 
-def _offsets_given(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    """Whether a fractional max pooling call was given its random offsets (then it draws none)."""
-    return _arg(args, kwargs, 5, "_random_samples", None) is not None
+def _draws(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether the call draws random numbers that a mode of mcdrop's answers: a random op, a
+    Python function that draws inside, fractional max pooling not given its offsets."""
+    if func in _FRACTIONAL:
+        return _arg(args, kwargs, 5, "_random_samples", None) is None
+    return func in _RANDOM or func in _PY_RANDOM
 
 
 class _Answering(threading.local):
@@ -433,20 +436,23 @@ class PrivateRandom(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
-        if (func not in _RANDOM and func not in _PY_RANDOM and func not in _FRACTIONAL) or (
-            func in _FRACTIONAL and _offsets_given(args, kwargs)
-        ):
+        if not _draws(func, args, kwargs):
             return func(*args, **kwargs)
         _ANSWERING.depth += 1
         try:
-            if func in _RANDOM:
-                return self.with_generator(func, args, kwargs)
-            if func in _FRACTIONAL:
-                return self._fractional(func, args, kwargs)
-            with self:
-                return _unchecked(func)(*args, **kwargs)
+            return self._draw(func, args, kwargs)
         finally:
             _ANSWERING.depth -= 1
+
+    def _draw(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A random op (:func:`_draws`) answered from this mode's generators: given them, or
+        run under this mode (Python functions that draw inside)."""
+        if func in _RANDOM:
+            return self.with_generator(func, args, kwargs)
+        if func in _FRACTIONAL:
+            return self._fractional(func, args, kwargs)
+        with self:
+            return _unchecked(func)(*args, **kwargs)
 
     def _fractional(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Fractional max pooling with its offsets drawn under this mode (:data:`_FRACTIONAL`)."""
@@ -729,20 +735,15 @@ class MaskedDropout(PrivateRandom):
             _ANSWERING.depth -= 1
 
     def _answer(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if func in _FRACTIONAL and _offsets_given(args, kwargs):
-            return func(*args, **kwargs)  # no draw: the pooling is the caller's
         tally = self.tally
-        if func in _RANDOM or func in _PY_RANDOM or func in _FRACTIONAL:
+        if _draws(func, args, kwargs):
             if tally is not None:
                 tally[(self._caller(), func)] += 1
             if self.layouts is not None:
                 self._refuse_random(func)
-            if func in _FRACTIONAL:
-                return self._fractional(func, args, kwargs)
-            if func in _PY_RANDOM:
-                with self:
-                    return _unchecked(func)(*args, **kwargs)
-            return self.with_generator(func, args, kwargs)
+            return self._draw(func, args, kwargs)
+        if func in _FRACTIONAL:
+            return func(*args, **kwargs)  # given its offsets: no draw, the pooling is the caller's
         label, p = dropout_call(func, args, kwargs)
         if tally is not None:
             tally[(self._caller(), label, p)] += 1

@@ -17,7 +17,7 @@ never changes the distribution of the results, only the speed and the memory:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -38,9 +38,9 @@ _MISSES = 3
 Recorded = Callable[[], contextlib.AbstractContextManager[Any]]  # modes entered innermost
 
 
-def _modules(module: Callable[..., Any]) -> list[Any]:
+def _modules(module: Callable[..., Any]) -> Iterable[Any]:
     """``module`` and, if it is a module, all of its submodules."""
-    return [module, *module.modules()] if isinstance(module, torch.nn.Module) else [module]
+    return module.modules() if isinstance(module, torch.nn.Module) else [module]
 
 
 class FastCPUDropout(TorchFunctionMode):
