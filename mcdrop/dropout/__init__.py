@@ -77,7 +77,7 @@ from mcdrop.dropout._sites import (
     training_flips,
     user_stacklevel,
 )
-from mcdrop.dropout._twin import CALL_HOOKS, SAMPLING_LOCK, retwin, unwrap_compiled
+from mcdrop.dropout._twin import CALL_HOOKS, SAMPLING_LOCK, modules_of, retwin, unwrap_compiled
 
 __all__ = ["DropoutSite", "Scope", "dropout_enabled", "dropout_sites"]
 
@@ -114,6 +114,7 @@ __internal__ = [
     "training_flips",
     "trained_modules",
     "retwin",
+    "modules_of",
     "CALL_HOOKS",
     "FlagReads",
     "set_flag",

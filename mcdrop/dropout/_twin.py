@@ -29,6 +29,7 @@ import contextlib
 import copy
 import enum
 import functools
+import operator
 import threading
 import types
 import weakref
@@ -67,6 +68,9 @@ _OWN_DICTS = (
 _OWN_SETS = ("_non_persistent_buffers_set",)
 _HOOK_DICTS = frozenset(_OWN_DICTS[3:])
 _REGISTRIES = frozenset(_OWN_DICTS + _OWN_SETS)
+_TENSOR_DICTS = _OWN_DICTS[:2]
+_QUIET = _OWN_DICTS[3:] + _OWN_SETS  # registries that are usually empty
+_NOT_ATTRIBUTES = _REGISTRIES | {"training"}
 _PLAIN = frozenset({bool, int, float, str, type(None)})  # attribute values never looked into
 
 
@@ -219,21 +223,22 @@ def retwin(
     the attributes to rebuild next time, or None when the twin cannot be brought up to date
     (the module trees differ, a compiled submodule, a reference to a module of the model that
     cannot be redirected), with nothing reliable left in ``twins``."""
-    originals = dict(unwrap_compiled(model)[0].named_modules())
-    if originals.keys() != twins.keys():
+    originals = modules_of(unwrap_compiled(model)[0])
+    if len(originals) != len(twins):
         return None
-    memo = {id(original): twins[name] for name, original in originals.items()}
-    for name, original in originals.items():
-        twin = twins[name]
+    # By position, as both were walked: each module's children checked to be the twins of its
+    # original's (_reset), from the root down, pair every module with its twin as names would.
+    memo = {id(original): twin for original, twin in zip(originals, twins.values(), strict=True)}
+    for original, twin in zip(originals, twins.values(), strict=True):
         if type(twin) is not type(original) or type(original).__name__ == "OptimizedModule":
             return None
         if not _reset(twin, original, memo):
             return None
     rebinder = _Rebinder(memo)
-    for name, twin in twins.items():
+    for original, (name, twin) in zip(originals, twins.items(), strict=True):
         slotted = bool(_slots(type(twin)))
         if slotted:
-            _fill_slots(twin, originals[name])
+            _fill_slots(twin, original)
         known = None if rebound is None or slotted else rebound.get(name)
         if known != ():
             rebinder.module(name, twin, known)
@@ -241,35 +246,70 @@ def retwin(
         return None
     if rebound is not None:
         return rebound
-    return {name: _copied(originals[name], twin) for name, twin in twins.items()}
+    return {
+        name: _copied(original, twin)
+        for original, (name, twin) in zip(originals, twins.items(), strict=True)
+    }
+
+
+def modules_of(root: nn.Module) -> list[nn.Module]:
+    """``list(root.modules())`` (pre-order, each module once) without the qualified names that
+    ``named_modules`` builds: a fifth of its time, for the walks of every kept call."""
+    found: list[nn.Module] = []
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        found.append(module)
+        children = module.__dict__.get("_modules")
+        if children:
+            stack.extend(child for child in reversed(children.values()) if child is not None)
+    return found
 
 
 def _reset(twin: nn.Module, original: nn.Module, memo: dict[int, nn.Module]) -> bool:
     """The attributes of ``twin`` back to ``original``'s objects (as :func:`_fill` gives them),
     its registries its own, its children the twins of ``original``'s; False when a child is
-    not (a ``forward`` that replaced one)."""
+    not (a ``forward`` that replaced one). Runs on every module at every kept call: the usual
+    case (no attribute added, empty hook registries) is looked at in C, as sets and maps."""
     mine, theirs = twin.__dict__, original.__dict__
-    for attr in [a for a in mine if a not in theirs and a != "training"]:
-        del mine[attr]  # set by the twin's own forward
-    for attr, value in theirs.items():
-        if attr == "training":
-            continue
-        if attr == "_modules":
-            children = mine[attr]
-            if children.keys() != value.keys() or any(
-                c is not (None if v is None else memo.get(id(v)))
-                for c, v in zip(children.values(), value.values(), strict=True)
-            ):
-                return False
-        elif attr in _REGISTRIES:
-            own = mine.get(attr)
-            if not value and own is not None and not own:  # (most hook registries: empty)
-                continue
-            if not _same_registry(own, value):
-                mine[attr] = set(value) if isinstance(value, set) else OrderedDict(value)
-        elif mine.get(attr, _EMPTY) is not value:
+    extra = mine.keys() - theirs.keys()
+    for attr in extra:
+        if attr != "training":
+            del mine[attr]  # set by the twin's own forward
+    children, value = mine.get("_modules"), theirs.get("_modules")
+    if value is not None and (
+        children is None
+        or children.keys() != value.keys()
+        # (modules compare by identity; None is no module's id)
+        or (value and list(children.values()) != list(map(memo.get, map(id, value.values()))))
+    ):
+        return False
+    for attr in _TENSOR_DICTS:
+        _reset_registry(mine, attr, theirs.get(attr))
+    if any(map(theirs.get, _QUIET)) or any(map(mine.get, _QUIET)):  # (usually all empty)
+        for attr in _QUIET:
+            _reset_registry(mine, attr, theirs.get(attr))
+    for attr in theirs.keys() - _NOT_ATTRIBUTES:
+        value = theirs[attr]
+        if mine.get(attr, _EMPTY) is not value:
             mine[attr] = value
     return True
+
+
+def _reset_registry(mine: dict[str, Any], attr: str, value: Any) -> None:
+    """The twin's own copy of the registry ``value`` (None: the model has none), unless it holds
+    the same objects already."""
+    if value is None:
+        return
+    own = mine.get(attr)
+    if not value and own is not None and not own:
+        return
+    if not _same_registry(own, value):
+        mine[attr] = set(value) if isinstance(value, set) else OrderedDict(value)
 
 
 def _same_registry(own: Any, value: Any) -> bool:
@@ -278,7 +318,8 @@ def _same_registry(own: Any, value: Any) -> bool:
         return False
     if isinstance(value, set):
         return bool(own == value)
-    return all(own.get(k) is v for k, v in value.items())
+    # (in C; the same keys in another order misalign the values: a new copy, as it should be)
+    return own.keys() == value.keys() and all(map(operator.is_, own.values(), value.values()))
 
 
 def _fill_slots(new: nn.Module, module: nn.Module) -> None:

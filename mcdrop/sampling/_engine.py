@@ -137,7 +137,11 @@ class Engine:
         kept = None if plans is None or mark is None or fresh else plans.take(mark)
         if kept is None:  # (a kept plan's fingerprint holds what these refuse: devices, classes)
             self._refuse(first)
-        unreachable = None if shared else global_stream(self.model, o)
+        # (a kept plan's modules and options are those it was made with: its masks say)
+        if shared or (kept is not None and kept.runner.masks is not None):
+            unreachable = None
+        else:
+            unreachable = global_stream(self.model, o)
         if unreachable is None:
             seed = fresh_seed() if seed is None else seed
         else:

@@ -34,7 +34,9 @@ fingerprints costs one pass over lists; taking one costs about a microsecond per
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
+import operator
 import weakref
 from collections.abc import Hashable
 from typing import Any
@@ -44,7 +46,7 @@ from torch import nn
 from torch.nn.modules import module as _module
 from torch.utils._pytree import tree_flatten
 
-from mcdrop.dropout import CALL_HOOKS
+from mcdrop.dropout import CALL_HOOKS, modules_of
 
 __all__: list[str] = []
 
@@ -89,15 +91,15 @@ class Fingerprint:
     def __eq__(self, other: object) -> bool:
         return (
             isinstance(other, Fingerprint)
-            and _same(self.call, other.call)
-            and _same(self.model, other.model)
+            and _same(self.call, other.call, self.weak)
+            and _same(self.model, other.model, self.weak)
         )
 
     __hash__ = None  # type: ignore[assignment]
 
     def same_model(self, other: Fingerprint) -> bool:
         """Whether the model part is the same (another input signature may differ)."""
-        return _same(self.model, other.model)
+        return _same(self.model, other.model, self.weak)
 
     def weakened(self) -> Fingerprint:
         """The same fingerprint holding weak references to the objects that take one (modules,
@@ -153,12 +155,29 @@ def _is(x: Any, y: Any) -> bool:
     return x is y
 
 
-def _same(a: tuple[list[Hashable], list[Any]], b: tuple[list[Hashable], list[Any]]) -> bool:
-    """Equal values and the same objects; ``a`` may be a weakened fingerprint's."""
-    return (
-        len(a[1]) == len(b[1])
-        and a[0] == b[0]
-        and all(_is(x, y) for x, y in zip(a[1], b[1], strict=True))
+def _same(
+    a: tuple[list[Hashable], list[Any]], b: tuple[list[Hashable], list[Any]], weak: bool
+) -> bool:
+    """Equal values and the same objects; ``a`` may be a weakened fingerprint's (``weak``)."""
+    if len(a[1]) != len(b[1]) or a[0] != b[0]:
+        return False
+    if weak:
+        return all(_is(x, y) for x, y in zip(a[1], b[1], strict=True))
+    return all(map(operator.is_, a[1], b[1]))  # (in C)
+
+
+def _plain_items(items: tuple[Any, ...]) -> bool:
+    """Whether a tuple holds only plain values (then compared by value, types included: an
+    immutable tuple of them needs no identity)."""
+    return len(items) <= _MAX_ITEMS and _PLAIN.issuperset(map(type, items))
+
+
+@functools.lru_cache(maxsize=1024)
+def _own_classes(mro: tuple[type, ...]) -> tuple[type, ...]:
+    """The classes of an MRO whose functions the fingerprint holds: all but PyTorch's and
+    ``object`` (keyed by the MRO itself: a class whose bases were reassigned is looked up anew)."""
+    return tuple(
+        klass for klass in mro if not (klass.__module__.startswith("torch.") or klass is object)
     )
 
 
@@ -190,25 +209,35 @@ class _Walker:
             refs.append(getattr(cls, "forward", None))
             refs.append(getattr(cls, "train", None))
             # every function the user's classes define (a patched helper method changes one)
-            for klass in cls.__mro__:
-                if klass.__module__.startswith("torch.") or klass is object:
-                    continue
+            for klass in _own_classes(cls.__mro__):
                 refs.extend(v for v in vars(klass).values() if callable(v))
         state = module.__dict__
         values.append(tuple(state["_modules"]))
-        for name in CALL_HOOKS:
-            hooks = state.get(name)
-            if hooks:
-                values.append((name, *hooks))  # handle ids: never reused
+        if any(map(state.get, CALL_HOOKS)):  # (usually none: one pass in C)
+            for name in CALL_HOOKS:
+                hooks = state.get(name)
+                if hooks:
+                    values.append((name, *hooks))  # handle ids: never reused
         for name in _TENSORS:
-            for key, tensor in state.get(name, {}).items():
+            registry = state.get(name)
+            if registry:
+                for key, tensor in registry.items():
+                    values.append(key)
+                    self.tensor(tensor)
+        plain, value_of = _PLAIN, self.value
+        # The other attributes: the registries left out in C (a set, ordered as the dict's
+        # keys are for the same keys inserted in the same order; another order can only make
+        # two fingerprints of the same model differ, and every entry names its attribute).
+        for key in state.keys() - _SKIPPED:
+            value = state[key]
+            kind = type(value)
+            if kind in plain:  # (most attributes: what value() appends, in one entry)
+                values.append((key, kind, value))
+            elif kind is tuple and _plain_items(value):  # kernel sizes, strides, shapes
+                values.append((key, tuple, tuple(map(type, value)), value))
+            else:
                 values.append(key)
-                self.tensor(tensor)
-        for key, value in state.items():
-            if key in _SKIPPED:
-                continue
-            values.append(key)
-            self.value(value, 0)
+                value_of(value, 0)
 
     def tensor(self, tensor: torch.Tensor | None) -> None:
         if tensor is None:
@@ -278,10 +307,15 @@ def fingerprint(model: nn.Module, inputs: Any, key: Hashable) -> Fingerprint:
         hooks = getattr(_module, name, None)
         if hooks:
             walker.values.append((name, *hooks))
-    for module in model.modules():
+    for module in modules_of(model):
         walker.module(module)
     call.values.append(key)
     call.values.append(_modes())
+    args, kwargs = inputs
+    if not kwargs and all(type(arg) is torch.Tensor for arg in args):  # (most calls: no pytree)
+        call.values.append(("tensors", len(args)))
+        call.values.extend((a.shape, a.dtype, a.device, a.layout) for a in args)
+        return Fingerprint(walker, call)
     leaves, spec = tree_flatten(inputs)
     call.values.append(spec)
     for leaf in leaves:

@@ -33,6 +33,7 @@ from mcdrop.dropout import (
     Recording,
     Sampling,
     culprit,
+    modules_of,
     retwin,
     set_flag,
     trained_modules,
@@ -176,8 +177,12 @@ class Kept:
             self.flags.arm()
         _set_flags_of(self.modules.values(), self.planned)
         self.rebound["attributes"] = rebound
-        for original, module in zip(inner.modules(), self.modules.values(), strict=False):
-            if module.training and original._buffers:
+        # (the flags just set: a watched flag read through the module would be noted)
+        flags = self.planned if len(self.planned) == len(self.modules) else None
+        for i, (original, module) in enumerate(
+            zip(modules_of(inner), self.modules.values(), strict=False)
+        ):
+            if (module.training if flags is None else flags[i]) and original._buffers:
                 module._buffers = OrderedDict(
                     (k, None if v is None else v.clone()) for k, v in original._buffers.items()
                 )

@@ -122,8 +122,14 @@ class ClassificationAccumulator:
             )
         if self.outputs == "logits" and self.looks_like_probs is None and raw.numel():
             # min and max reductions: a comparison to a boolean tensor reduced by all() costs
-            # several times more on the CPU; NaN gives False either way.
-            self.looks_like_probs = (raw.amin() >= 0) & ((raw.sum(dim) - 1).abs().amax() <= atol)
+            # several times more on the CPU; NaN gives False either way. On the CPU, where
+            # reading a value waits for nothing, rows with a negative value need no sums.
+            nonnegative = raw.amin() >= 0
+            if raw.device.type == "cpu" and not bool(nonnegative):
+                self.looks_like_probs = nonnegative
+            else:
+                sums_off = (raw.sum(dim) - 1).abs().amax()
+                self.looks_like_probs = nonnegative & (sums_off <= atol)
         if self.outputs in ("logits", "binary_logits"):
             log_probs = F.log_softmax(raw, dim=dim)
             return log_probs.exp(), log_probs
@@ -152,12 +158,12 @@ class ClassificationAccumulator:
         probs, log_probs = self._probs(raw)
         dtype = _stat_dtype(probs.device)
         # -sum p log p, 0 at p = 0 (a logit of -inf, a masked class, gives log p = -inf)
+        # summed over the classes and the samples at once, in ``dtype``: (B, *S)
         if log_probs is None:
-            entropy = torch.special.entr(probs).sum(self._dim)
+            entropy_sum = torch.special.entr(probs).sum((0, self._dim), dtype=dtype)
         else:
             finite = log_probs.clamp_min(torch.finfo(log_probs.dtype).min)
-            entropy = (probs * finite).sum(self._dim).neg_()
-        entropy_sum = entropy.to(dtype).sum(0)  # (B, *S)
+            entropy_sum = (probs * finite).sum((0, self._dim), dtype=dtype).neg_()
         self.entropy_sum = (
             entropy_sum if self.entropy_sum is None else self.entropy_sum + entropy_sum
         )
@@ -168,7 +174,9 @@ class ClassificationAccumulator:
         if self.outputs == "binary_logits":
             winners = (raw > 0).squeeze(dim).long()
         else:
-            winners = (raw.to(torch.uint8) if raw.dtype == torch.bool else raw).argmax(dim)
+            # (max's indices: argmax's, the first of equal values, several times faster on the
+            # CPU along a short class dimension)
+            winners = (raw.to(torch.uint8) if raw.dtype == torch.bool else raw).max(dim).indices
         winners = winners.movedim(0, -1)  # (B, *S, k)
         if self.mode_counts is None:  # votes per class, class dimension last: (B, *S, C)
             shape = (*winners.shape[:-1], probs.shape[self._dim])

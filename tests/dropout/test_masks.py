@@ -306,3 +306,46 @@ def test_shared_masks_refuse_other_randomness():
     masks = MaskedDropout(0, {})
     with pytest.raises(ValueError, match="masks='independent'"):
         _run(masks, lambda: torch.rand(3, 3), torch.tensor([0]), 1)
+
+
+# -- independent masks at p = 0.5: one random bit a unit -----------------------------------------
+def test_half_rate_units_are_the_bits_of_the_drawn_words():
+    """At p = 0.5 a unit is one bit of a 64-bit draw (an eighth of the draws other rates take):
+    unit ``64 w + 8 s + k`` of a row is bit ``s`` of byte ``k`` of the row's word ``w``, checked
+    bit by bit against the words drawn from a generator in the same state (Python integers), and
+    ``keep_mask`` is the same mask."""
+    from mcdrop.dropout._masks import keep_mask, keep_units
+
+    cpu = torch.device("cpu")
+    shape = (3, 2, 70)  # two words a row, the second partly used
+    keep = keep_units(shape, 0.5, cpu, torch.Generator().manual_seed(5))
+    mask = keep_mask(shape, 0.5, cpu, torch.Generator().manual_seed(5))
+    words = torch.randint(
+        -(2**63), 2**63 - 1, (3, 2, 2), generator=torch.Generator().manual_seed(5)
+    ).tolist()
+    expected = [
+        [
+            [(words[a][b][u // 64] % 2**64 >> (8 * (u % 8) + (u % 64) // 8)) & 1 for u in range(70)]
+            for b in range(2)
+        ]
+        for a in range(3)
+    ]
+    assert keep.dtype == torch.uint8 and keep.tolist() == expected
+    assert torch.equal(mask, keep.bool())
+
+
+def test_half_rate_units_are_fair_and_independent():
+    """Each of a row's 128 positions is kept half the time (chi-squared over the positions), and
+    units that share a byte (8 apart), a word (1 and 63 apart) or neither (64 apart, the next
+    word) are independent (chi-squared tests of 2 x 2 tables, scipy)."""
+    from mcdrop.dropout._masks import keep_units
+
+    n = 20_000
+    keep = keep_units((n, 128), 0.5, torch.device("cpu"), torch.Generator().manual_seed(0))
+    kept = keep.sum(0).double()
+    statistic = float(((kept - n / 2) ** 2 / (n / 4)).sum())
+    assert sstats.chi2.sf(statistic, df=128) > 1e-4
+    for lag in (1, 8, 63, 64):
+        a, b = keep[:, : 128 - lag].flatten().long(), keep[:, lag:].flatten().long()
+        table = torch.zeros(2, 2).index_put_((a, b), torch.ones(len(a)), accumulate=True)
+        assert sstats.chi2_contingency(table.numpy()).pvalue > 1e-4, lag
