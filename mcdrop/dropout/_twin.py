@@ -210,7 +210,10 @@ def _fill(new: nn.Module, module: nn.Module) -> None:
 
 
 def retwin(
-    model: nn.Module, twins: dict[str, nn.Module], rebound: dict[str, tuple[str, ...]] | None
+    model: nn.Module,
+    twins: dict[str, nn.Module],
+    rebound: dict[str, tuple[str, ...]] | None,
+    originals: list[nn.Module] | None = None,
 ) -> dict[str, tuple[str, ...]] | None:
     """Set the modules ``twins`` (a twin of ``model`` built earlier, by name) back to what a new
     twin of ``model`` would hold now, keeping their training flags: attributes the model changed
@@ -222,8 +225,10 @@ def retwin(
     objects again). None: every attribute is looked into, as when the twin was built. Returns
     the attributes to rebuild next time, or None when the twin cannot be brought up to date
     (the module trees differ, a compiled submodule, a reference to a module of the model that
-    cannot be redirected), with nothing reliable left in ``twins``."""
-    originals = modules_of(unwrap_compiled(model)[0])
+    cannot be redirected), with nothing reliable left in ``twins``. ``originals``: the modules
+    of ``model`` (:func:`modules_of` of what it wraps), when the caller has walked them."""
+    if originals is None:
+        originals = modules_of(unwrap_compiled(model)[0])
     if len(originals) != len(twins):
         return None
     # By position, as both were walked: each module's children checked to be the twins of its

@@ -243,7 +243,8 @@ def _sample_all(
                 f"at {counts[0]} and batch {index} at {acc.count}; pass a fixed "
                 "`n_samples`, or a `batch_size` that puts all inputs in one batch."
             )
-        worst_se = max(worst_se, acc.max_standard_error())
+        if options.adaptive:  # (a reduction and a read of its value)
+            worst_se = max(worst_se, acc.max_standard_error())
         if batch.targets is None:
             target_parts = None
         elif target_parts is not None:

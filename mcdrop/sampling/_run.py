@@ -161,10 +161,11 @@ class Kept:
         buffers (never written to the model), its watched flags watched; False when a new plan
         is needed, as when the model's own ``train()`` now switches on other modules (it may
         read a global: ``if FREEZE: self.encoder.eval()``)."""
-        rebound = retwin(model, self.modules, self.rebound.get("attributes"))
+        inner = unwrap_compiled(model)[0]
+        originals = modules_of(inner)
+        rebound = retwin(model, self.modules, self.rebound.get("attributes"), originals)
         if rebound is None:
             return False
-        inner = unwrap_compiled(model)[0]
         # (None: no class overrides train(), and the fingerprint holds the classes and their
         # train(): still none does)
         if self.trained is not None and self.train_set is not None:
@@ -180,7 +181,7 @@ class Kept:
         # (the flags just set: a watched flag read through the module would be noted)
         flags = self.planned if len(self.planned) == len(self.modules) else None
         for i, (original, module) in enumerate(
-            zip(modules_of(inner), self.modules.values(), strict=False)
+            zip(originals, self.modules.values(), strict=True)  # (retwin: as many)
         ):
             if (module.training if flags is None else flags[i]) and original._buffers:
                 module._buffers = OrderedDict(

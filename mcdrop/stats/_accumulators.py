@@ -310,6 +310,8 @@ def result_from_state(
 
 def concat_states(states: list[dict[str, torch.Tensor]], device: torch.device) -> dict[str, Any]:
     """Join per-batch statistics along the example dimension (dim 1 for samples)."""
+    if len(states) == 1:  # (one batch: its own tensors, no copies)
+        return {key: value.to(device).contiguous() for key, value in states[0].items()}
     return {
         key: torch.cat([s[key].to(device) for s in states], 1 if key == "samples" else 0)
         for key in states[0]
