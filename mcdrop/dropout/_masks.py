@@ -500,7 +500,7 @@ def keep_mask(
     threshold = p * 256
     if len(shape) == 0 or threshold != int(threshold) or not bytes_under_vmap():
         return torch.rand(shape, dtype=torch.float32, **drawn).ge(p)
-    if p == 0.5:
+    if p == 0.5 and shape[-1] >= 64:  # (as keep_units)
         return _random_bits(shape, drawn).bool()
     return _random_bytes(shape, drawn).ge(int(threshold))
 
@@ -517,8 +517,8 @@ def keep_units(
     if len(shape) == 0 or threshold != c or not 1 <= c <= 255 or not bytes_under_vmap():
         return keep_mask(shape, p, device, generator)
     drawn = {"device": device, "generator": generator}
-    if c == 128:  # p = 0.5: one random bit per unit decides (an eighth of the draws)
-        return _random_bits(shape, drawn)
+    if c == 128 and shape[-1] >= 64:  # p = 0.5: one random bit per unit decides (rows of at
+        return _random_bits(shape, drawn)  # least a word: fewer draws, at most 2 bytes a unit)
     units = _random_bytes(shape, drawn)
     return units.clamp(c - 1, c).sub_(c - 1)  # byte >= c: 1, else 0
 

@@ -29,6 +29,7 @@ import contextlib
 import copy
 import enum
 import functools
+import itertools
 import operator
 import threading
 import types
@@ -261,13 +262,13 @@ def modules_of(root: nn.Module) -> list[nn.Module]:
     """``list(root.modules())`` (pre-order, each module once) without the qualified names that
     ``named_modules`` builds: a fifth of its time, for the walks of every kept call."""
     found: list[nn.Module] = []
-    seen: set[int] = set()
+    seen: set[nn.Module] = set()  # (by hash and equality, as named_modules' memo)
     stack = [root]
     while stack:
         module = stack.pop()
-        if id(module) in seen:
+        if module in seen:
             continue
-        seen.add(id(module))
+        seen.add(module)
         found.append(module)
         children = module.__dict__.get("_modules")
         if children:
@@ -323,8 +324,8 @@ def _same_registry(own: Any, value: Any) -> bool:
         return False
     if isinstance(value, set):
         return bool(own == value)
-    # (in C; the same keys in another order misalign the values: a new copy, as it should be)
-    return own.keys() == value.keys() and all(map(operator.is_, own.values(), value.values()))
+    # (in C: each of the model's entries against the twin's under the same key)
+    return all(map(operator.is_, map(own.get, value, itertools.repeat(_EMPTY)), value.values()))
 
 
 def _fill_slots(new: nn.Module, module: nn.Module) -> None:

@@ -127,7 +127,7 @@ class OutputChecks:
             # propagates into both). All finite iff both are; a sample differs from another
             # iff they differ, or differ from the first batch's first sample.
             lo, hi = torch.aminmax(out, dim=0)
-            flag = torch.isfinite(lo).all() & torch.isfinite(hi).all()
+            flag = torch.isfinite(torch.stack((lo, hi))).all()
             for other in outs[1:]:
                 flag = flag & torch.isfinite(other).all()
             if own:  # lo <= the first sample <= hi: it differs from another iff lo != hi

@@ -349,3 +349,30 @@ def test_half_rate_units_are_fair_and_independent():
         a, b = keep[:, : 128 - lag].flatten().long(), keep[:, lag:].flatten().long()
         table = torch.zeros(2, 2).index_put_((a, b), torch.ones(len(a)), accumulate=True)
         assert sstats.chi2_contingency(table.numpy()).pvalue > 1e-4, lag
+
+
+@pytest.mark.parametrize("last", [1, 7, 63])
+def test_half_rate_rows_shorter_than_a_word_take_a_byte_a_unit(last):
+    """Rows of fewer than 64 units (feature dropout's ``(N, C, 1, 1)`` masks) would draw as many
+    words with a bit a unit as with a byte a unit, and hold 8 bytes a unit: they take bytes,
+    checked against the words drawn from a generator in the same state (byte >= 128 keeps)."""
+    from mcdrop.dropout._masks import keep_mask, keep_units
+
+    cpu, shape = torch.device("cpu"), (500, last)
+    keep = keep_units(shape, 0.5, cpu, torch.Generator().manual_seed(2))
+    words = torch.randint(
+        -(2**63), 2**63 - 1, (500, (last + 7) // 8), generator=torch.Generator().manual_seed(2)
+    )
+    expected = words.view(torch.uint8)[:, :last] >= 128
+    assert torch.equal(keep.bool(), expected)
+    assert torch.equal(keep_mask(shape, 0.5, cpu, torch.Generator().manual_seed(2)), expected)
+    assert keep.untyped_storage().nbytes() <= 8 * ((last + 7) // 8) * 500
+
+
+@pytest.mark.parametrize("last", [64, 65, 130, 512])
+def test_half_rate_masks_hold_at_most_two_bytes_a_unit(last):
+    from mcdrop.dropout._masks import keep_units
+
+    keep = keep_units((300, last), 0.5, torch.device("cpu"), torch.Generator().manual_seed(1))
+    assert keep.shape == (300, last)
+    assert keep.untyped_storage().nbytes() <= 2 * keep.numel()

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import MLP
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import mcdrop
@@ -323,3 +325,29 @@ def test_include_and_exclude_patterns_must_match_a_module():
     with pytest.raises(ValueError, match="`exclude` pattern.*'dorp'"):
         mcdrop.predict_with_uncertainty(MLP().eval(), torch.randn(4, 6), exclude="dorp")
     assert mcdrop._validation.check_bool("x", np.True_) is True
+
+
+class _EqualByClass(nn.Module):
+    """Modules of this class compare equal to each other (hash by class): PyTorch's own walk
+    (``modules()``) keeps one of them."""
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+
+@given(st.lists(st.tuples(st.integers(0, 9), st.integers(0, 3)), min_size=1, max_size=25))
+@settings(max_examples=100, deadline=None)
+def test_modules_of_walks_as_modules_does(edges):
+    """``modules_of`` (the walks of every kept call) lists what ``list(root.modules())`` does:
+    pre-order, shared modules once, None children skipped, modules that compare equal once."""
+    from mcdrop.dropout import modules_of
+
+    nodes = [nn.Module() for _ in range(7)] + [_EqualByClass() for _ in range(3)]
+    for i, (parent, kind) in enumerate(edges):
+        child = None if kind == 0 else nodes[(parent + kind) % len(nodes)]
+        nodes[parent]._modules[f"c{i}"] = child  # (cycles too: each module is listed once)
+    assert modules_of(nodes[0]) == list(nodes[0].modules())
+    assert [id(m) for m in modules_of(nodes[0])] == [id(m) for m in nodes[0].modules()]

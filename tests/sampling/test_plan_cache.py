@@ -595,3 +595,41 @@ def test_a_wrapper_that_kept_a_plan_can_be_copied_and_pickled():
     assert "_compiled_call_impl" not in vars(copied)
     assert torch.allclose(copied(x), 2 * first - mc.model.head.bias)  # the copy's own model
     assert torch.equal(pickle.loads(pickle.dumps(mc)).model.head.weight, model.head.weight)
+
+
+class _SwapsItsParameters(nn.Module):
+    """A forward that, once per twin (an attribute of its own says when), registers its two
+    parameters again under each other's names: ``{p1: A, p2: B}`` becomes ``{p2: A, p1: B}``."""
+
+    def __init__(self):
+        super().__init__()
+        self.p1 = nn.Parameter(torch.full((4,), 1.0))
+        self.p2 = nn.Parameter(torch.full((4,), 10.0))
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not getattr(self, "_swapped", False):
+            a, b = self.p1, self.p2
+            del self.p1, self.p2
+            self.p2, self.p1 = a, b
+            self._swapped = True
+        return self.drop(x) * self.p1
+
+
+@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+def test_a_registry_the_twins_forward_permuted_is_taken_again_from_the_model(strategy):
+    """A kept call starts from the model's parameters under the model's names, even when the
+    twin's own forward re-registered the same objects under each other's names (a registry
+    checked by its keys as a set and its values by position was taken for the model's)."""
+    model, x = _SwapsItsParameters().eval(), torch.ones(3, 4)
+    mc = mcdrop.MCDropout(model, n_samples=8, seed=SEED, strategy=strategy)
+    mc(x)
+    second = mc(x)
+    assert mc._engine.plans_made == 1
+    assert torch.equal(second, _fresh_n(model, x, 8, strategy=strategy))
+    assert set(second.unique().tolist()) == {0.0, 20.0}  # p1 = 10 after the swap, scaled by 2
+    assert list(model._parameters) == ["p1", "p2"] and float(model.p1[0]) == 1.0
+
+
+def _fresh_n(model: nn.Module, x: torch.Tensor, n: int, **options) -> torch.Tensor:
+    return mcdrop.MCDropout(model, n_samples=n, seed=SEED, **options)(x)
