@@ -8,7 +8,8 @@ the conv net, replicate for PyTorch's fused transformer, both otherwise) plain (
 enters vmap at its first random call, :mod:`mcdrop.sampling._late_vmap`; also timed entering it
 from the start), recorded (a new plan's first chunk also checks the sampling twin's dropout calls) and counted (a kept plan's
 first chunk counts its calls), the examples-interact check (``auto`` before replicate) and the
-streaming statistics. Then the calls a server makes again and again on the same model, on the
+streaming statistics; on the conv net, its trunk alone and under a ``TorchFunctionMode`` that
+does nothing (what the mode that answers the dropout calls costs at least). Then the calls a server makes again and again on the same model, on the
 plans kept between calls: ``mcdrop.predict_with_uncertainty`` (and its first call, with nothing
 kept), ``MCDropout``'s ``predict_with_uncertainty(x)`` and ``MCDropout(x)``, and what every
 such call adds: the fingerprint (:mod:`mcdrop.sampling._fingerprint`) and the training-mode
@@ -35,6 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_sampling import SIZES, build
@@ -148,6 +150,13 @@ def main(argv: list[str] | None = None) -> int:
             return head((h * 2.0 * keep).flatten(0, 1))
 
         parts["  by hand: trunk once, 100 heads"] = by_hand
+
+        def under_a_mode() -> torch.Tensor:  # PyTorch calls a Python mode on every operation
+            with _DoNothing():
+                return trunk(x)
+
+        parts["  the trunk alone"] = lambda: trunk(x)
+        parts["  the trunk under a do-nothing mode"] = under_a_mode
     mc = mcdrop.MCDropout(model, n_samples=100, seed=0, progress=False, amp=amp)
     mc(x)
     assert mc._engine.kept  # the plan kept by the first call
@@ -215,6 +224,13 @@ def main(argv: list[str] | None = None) -> int:
         _host_profile(parts["predict_with_uncertainty"], args.cprofile, cuda)
         _host_profile(parts["MCDropout.predict_with_uncertainty"], args.cprofile, cuda)
     return 0
+
+
+class _DoNothing(TorchFunctionMode):
+    """A ``TorchFunctionMode`` that only calls each function: what any mode costs."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        return func(*args, **(kwargs or {}))
 
 
 def _probes_of(call: Callable[[], object], n: int) -> int:
