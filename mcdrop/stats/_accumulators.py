@@ -34,7 +34,7 @@ class Moments:
     def update(self, chunk: torch.Tensor) -> None:
         k = chunk.shape[0]
         chunk_mean = chunk.mean(0)
-        chunk_m2 = (chunk - chunk_mean).square().sum(0)
+        chunk_m2 = (chunk - chunk_mean).square_().sum(0)
         if self.mean is None or self.m2 is None:
             self.count, self.mean, self.m2 = k, chunk_mean, chunk_m2
             return
@@ -158,12 +158,13 @@ class ClassificationAccumulator:
         probs, log_probs = self._probs(raw)
         dtype = _stat_dtype(probs.device)
         # -sum p log p, 0 at p = 0 (a logit of -inf, a masked class, gives log p = -inf)
-        # summed over the classes and the samples at once, in ``dtype``: (B, *S)
+        # per sample, then over the samples in ``dtype`` (a sum with a dtype first casts its
+        # input: the small (k, B, *S) entropies, not the chunk): (B, *S)
         if log_probs is None:
-            entropy_sum = torch.special.entr(probs).sum((0, self._dim), dtype=dtype)
+            entropy_sum = torch.special.entr(probs).sum(self._dim).sum(0, dtype=dtype)
         else:
             finite = log_probs.clamp_min(torch.finfo(log_probs.dtype).min)
-            entropy_sum = (probs * finite).sum((0, self._dim), dtype=dtype).neg_()
+            entropy_sum = (probs * finite).sum(self._dim).sum(0, dtype=dtype).neg_()
         self.entropy_sum = (
             entropy_sum if self.entropy_sum is None else self.entropy_sum + entropy_sum
         )
