@@ -536,8 +536,10 @@ _LOW_BITS = 0x0101010101010101  # the lowest bit of each byte of a 64-bit word
 def _random_bits(shape: tuple[int, ...] | torch.Size, drawn: dict[str, Any]) -> torch.Tensor:
     """Uniform random bits of ``shape`` as 0/1 bytes, 64 from each 64-bit draw along the last
     dimension (unit ``64 w + 8 s + k`` of a row is bit ``s`` of byte ``k`` of its word ``w``):
-    a keep mask for ``p = 0.5`` from an eighth of the draws of :func:`_random_bytes`. On the
-    CPU, where drawing dominates, 2.5x faster for 64 units a row, 7x for 512."""
+    a keep mask for ``p = 0.5`` from an eighth of the draws of :func:`_random_bytes` (on the
+    CPU, where drawing dominates, 1.4x faster for 64 units a row, 2.9x for 512:
+    ``benchmarks/bench_masks.py``). Rows of fewer than 64 units are left to bytes: as many
+    words, and 8 bytes a unit here."""
     *lead, last = shape
     words = torch.randint(-(2**63), 2**63 - 1, (*lead, (last + 63) // 64, 1), **drawn)
     shifts = torch.arange(8, dtype=torch.int64, device=drawn["device"])
