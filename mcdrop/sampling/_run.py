@@ -178,16 +178,22 @@ class Kept:
             self.flags.arm()
         _set_flags_of(self.modules.values(), self.planned)
         self.rebound["attributes"] = rebound
-        # (the flags just set: a watched flag read through the module would be noted)
-        flags = self.planned if len(self.planned) == len(self.modules) else None
-        for i, (original, module) in enumerate(
-            zip(originals, self.modules.values(), strict=True)  # (retwin: as many)
-        ):
-            if (module.training if flags is None else flags[i]) and original._buffers:
-                module._buffers = OrderedDict(
-                    (k, None if v is None else v.clone()) for k, v in original._buffers.items()
-                )
+        _copy_buffers(originals, list(self.modules.values()), self.planned)
         return True
+
+
+def _copy_buffers(
+    originals: list[nn.Module], modules: list[nn.Module], planned: tuple[bool, ...]
+) -> None:
+    """The twin's ``modules`` that sample (their ``planned`` flags) with copies of the buffers of
+    their ``originals`` (the model's, as many, in the same order): never written to the model."""
+    # (the flags as planned, not read through the modules: a watched flag read is noted)
+    flags = planned if len(planned) == len(modules) else [m.training for m in modules]
+    for original, module, flag in zip(originals, modules, flags, strict=True):
+        if flag and original._buffers:
+            module._buffers = OrderedDict(
+                (k, None if v is None else v.clone()) for k, v in original._buffers.items()
+            )
 
 
 def _twin_root(twin: Sampling) -> nn.Module:
