@@ -29,7 +29,6 @@ import contextlib
 import copy
 import enum
 import functools
-import itertools
 import operator
 import threading
 import types
@@ -290,8 +289,8 @@ def _reset(twin: nn.Module, original: nn.Module, memo: dict[int, nn.Module]) -> 
     if value is not None and (
         children is None
         or children.keys() != value.keys()
-        # (modules compare by identity; None is no module's id)
-        or (value and list(children.values()) != list(map(memo.get, map(id, value.values()))))
+        # (by identity, not a class's __eq__; None is no module's id)
+        or not all(map(operator.is_, children.values(), map(memo.get, map(id, value.values()))))
     ):
         return False
     for attr in _TENSOR_DICTS:
@@ -324,8 +323,11 @@ def _same_registry(own: Any, value: Any) -> bool:
         return False
     if isinstance(value, set):
         return bool(own == value)
-    # (in C: each of the model's entries against the twin's under the same key)
-    return all(map(operator.is_, map(own.get, value, itertools.repeat(_EMPTY)), value.values()))
+    # (in C: the same keys in the same order, and the same objects; a registry the twin's
+    # forward reordered is not the model's: a module may iterate it)
+    return all(map(operator.eq, own, value)) and all(
+        map(operator.is_, own.values(), value.values())
+    )
 
 
 def _fill_slots(new: nn.Module, module: nn.Module) -> None:

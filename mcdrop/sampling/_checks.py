@@ -24,12 +24,13 @@ def rows_interact(runner: Runner, first: _Batch) -> str | None:
     graphs over the batch): replicating the batch would then mix the samples of its copies.
 
     Runs the sampling twin as it samples, with every dropout call at rate 0
-    (:class:`mcdrop.dropout.NoDropout`): the first two examples alone, then beside two others
-    (the next examples of the batch, or for a smaller batch the first ones reversed along their
-    last dimension: the same values in another example). ``None`` when their
-    outputs agree; :data:`INTERACT` when they differ and the first pass is repeatable;
-    :data:`RANDOM` when it is not (other randomness in the model: the check cannot tell); the
-    error, when the passes raise.
+    (:class:`mcdrop.dropout.NoDropout`): the first two examples alone, then between two others,
+    one before and one after them (the next examples of the batch, or for a smaller batch the
+    first ones reversed along their last dimension: the same values in another example; before
+    them, so that an output that depends on the batch's first row, ``z - z[:1]``, is seen).
+    ``None`` when their outputs agree; :data:`INTERACT` when they differ and the first pass is
+    repeatable; :data:`RANDOM` when it is not (other randomness in the model: the check cannot
+    tell); the error, when the passes raise.
     """
     alone, beside = _interaction_batches(first)
     try:
@@ -37,7 +38,7 @@ def rows_interact(runner: Runner, first: _Batch) -> str | None:
         with runner.forked():
             a = runner.run("loop", alone, 1, record=NoDropout)
             b = runner.run("loop", beside, 1, record=NoDropout)
-            if _outputs_agree(a, b, runner):
+            if _outputs_agree(a, b, runner, offset=1):
                 return None
             again = runner.run("loop", alone, 1, record=NoDropout)
     except torch.OutOfMemoryError:
@@ -48,9 +49,10 @@ def rows_interact(runner: Runner, first: _Batch) -> str | None:
 
 
 def _interaction_batches(first: _Batch) -> tuple[_Batch, _Batch]:
-    """The first (up to) two examples, and the same beside two companions: the next examples,
-    or where the batch has fewer, the first ones reversed along their last dimension (token ids
-    and masks keep their values; zero rows would leave a sum over the batch unchanged)."""
+    """The first (up to) two examples, and the same between two companions, one before them
+    and one after: the next examples, or where the batch has fewer, the first ones reversed
+    along their last dimension (token ids and masks keep their values; zero rows would leave a
+    sum over the batch unchanged)."""
     n = min(2, first.size)
     alone = first.slice(0, n)
     extra = min(2, first.size - n)
@@ -58,24 +60,26 @@ def _interaction_batches(first: _Batch) -> tuple[_Batch, _Batch]:
 
     def companions(t: torch.Tensor) -> torch.Tensor:
         mirrored = t[:n].flip(-1) if t.ndim > 1 else t[:n]
-        return torch.cat([t[: n + extra], mirrored.repeat(2, *[1] * (t.ndim - 1))[:pad]])
+        others = torch.cat([t[n : n + extra], mirrored.repeat(2, *[1] * (t.ndim - 1))[:pad]])
+        return torch.cat([others[:1], t[:n], others[1:]])
 
     beside = first.map_batched(companions)
     beside.size = n + 2
     return alone, beside
 
 
-def _outputs_agree(a: Outputs, b: Outputs, runner: Runner) -> bool:
-    """Whether ``a`` equals the first rows of ``b``. Kernels differ by batch size: a tolerance
-    relative to the largest output (small outputs are compared at their own scale), wider in
-    low precision. Detached: an output that requires grad is read without autograd's warning."""
+def _outputs_agree(a: Outputs, b: Outputs, runner: Runner, offset: int = 0) -> bool:
+    """Whether ``a`` equals the rows of ``b`` from ``offset`` on. Kernels differ by batch size:
+    a tolerance relative to the largest output (small outputs are compared at their own scale),
+    wider in low precision. Detached: an output that requires grad is read without autograd's
+    warning."""
     for x, y in zip(a, b, strict=True):
         low = runner.amp is not None or x.dtype in (torch.float16, torch.bfloat16)
         tol = 3e-2 if low else 1e-4
         rows = x.shape[1]
-        if x.shape[2:] != y.shape[2:]:
+        if x.shape[2:] != y.shape[2:] or y.shape[1] < offset + rows:
             return False
-        x, y = x.detach().double(), y[:, :rows].detach().double()
+        x, y = x.detach().double(), y[:, offset : offset + rows].detach().double()
         finite = torch.isfinite(x)
         scale = float(x[finite].abs().max()) if bool(finite.any()) else 0.0
         if not torch.allclose(x, y, rtol=tol, atol=tol * scale + 1e-30, equal_nan=True):

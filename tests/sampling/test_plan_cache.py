@@ -633,3 +633,62 @@ def test_a_registry_the_twins_forward_permuted_is_taken_again_from_the_model(str
 
 def _fresh_n(model: nn.Module, x: torch.Tensor, n: int, **options) -> torch.Tensor:
     return mcdrop.MCDropout(model, n_samples=n, seed=SEED, **options)(x)
+
+
+class _ReordersItsBuffers(nn.Module):
+    """A forward that uses its first buffer and moves it to the end of its registry: the same
+    keys and objects in another order (a module may build a list from ``self.buffers()``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.drop = nn.Dropout(0.5)
+        self.register_buffer("a", torch.full((64,), 1.0))
+        self.register_buffer("b", torch.full((64,), 10.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first = next(iter(self._buffers.values()))
+        self._buffers.move_to_end(next(iter(self._buffers)))
+        return self.drop(x) * first
+
+
+class _AllEqual(nn.Module):
+    def __init__(self, v: float):
+        super().__init__()
+        self.v = v
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.v
+
+    def __eq__(self, other: object) -> bool:  # every instance equal to every other
+        return isinstance(other, _AllEqual)
+
+    def __hash__(self) -> int:
+        return 0
+
+
+class _ReplacesItsChild(nn.Module):
+    """A forward that replaces its child by a new module of a class whose instances all compare
+    equal (1 and 2 in turn on the twin)."""
+
+    def __init__(self):
+        super().__init__()
+        self.drop, self.e = nn.Dropout(0.5), _AllEqual(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.e(self.drop(x))
+        self.e = _AllEqual(3.0 - self.e.v)
+        return y
+
+
+@pytest.mark.parametrize("model", [_ReordersItsBuffers, _ReplacesItsChild])
+def test_every_kept_call_starts_from_the_model_whatever_the_forward_did_to_the_twin(model):
+    """A registry the twin's forward reordered (same keys, same objects) and a child it replaced
+    by one that compares equal are the model's again at the next call: every kept call gives
+    the numbers of a fresh wrapper (they alternated when the registry was compared by key and
+    the children by ``==``)."""
+    model, x = model().eval(), torch.ones(2, 64)
+    mc = mcdrop.MCDropout(model, n_samples=3, seed=SEED, strategy="loop")
+    calls = [mc(x) for _ in range(4)]
+    fresh = mcdrop.MCDropout(model, n_samples=3, seed=SEED, strategy="loop")(x)
+    assert all(torch.equal(call, fresh) for call in calls[1:])
+    assert list(model._buffers) in (["a", "b"], [])

@@ -352,3 +352,39 @@ def test_the_examples_interact_check_leaves_the_callers_random_stream():
     before = torch.get_rng_state()
     assert "random" in (_rows_interact(runner, batch) or "")
     assert torch.equal(torch.get_rng_state(), before)
+
+
+class RelativeToFirstRow(nn.Module):
+    """Every output relative to the batch's first row: row 0 is 0 in every sample, and a
+    replicated batch would subtract the first copy's row 0 from every copy."""
+
+    def __init__(self, last: bool = False):
+        super().__init__()
+        self.lin, self.drop = nn.Linear(6, 3), nn.Dropout(0.3)
+        self.last = last
+
+    def forward(self, x):
+        z = self.lin(self.drop(x))
+        return z - (z[-1:] if self.last else z[:1])
+
+
+@pytest.mark.parametrize("last", [False, True])
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_outputs_that_depend_on_the_first_or_last_row_are_not_replicated(last, n):
+    """The examples-interact check puts a companion before the examples as well as after them:
+    one placed only after them left a dependence on the batch's first row unseen, and
+    ``auto`` replicated (row 0 was then not 0)."""
+    torch.manual_seed(0)
+    model, x = RelativeToFirstRow(last).eval(), torch.randn(n, 6)
+    with pytest.raises(ValueError, match="other than 'replicate'"):
+        mcdrop.MCDropout(model, n_samples=4, seed=0, strategy="replicate")(x)
+    if n == 1:  # relative to itself the output is constant: nothing to sample
+        return
+    mc = mcdrop.MCDropout(model, n_samples=50, seed=0)
+    samples = mc(x)
+    assert mc.last_strategy != "replicate"
+    row = 0 if not last else n - 1
+    assert torch.equal(samples[:, row], torch.zeros_like(samples[:, row]))  # as training mode
+    model.train()
+    with torch.no_grad():
+        assert bool((model(x)[row] == 0).all())
