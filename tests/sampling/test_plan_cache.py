@@ -692,3 +692,57 @@ def test_every_kept_call_starts_from_the_model_whatever_the_forward_did_to_the_t
     fresh = mcdrop.MCDropout(model, n_samples=3, seed=SEED, strategy="loop")(x)
     assert all(torch.equal(call, fresh) for call in calls[1:])
     assert list(model._buffers) in (["a", "b"], [])
+
+
+class _CountsItsCalls(nn.Module):
+    """A forward that counts its calls on itself and scales its first call's output by 2 (a
+    lazily initialised cache, a warm-up step): what it returns depends on the passes run on it
+    before."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.drop = nn.Linear(6, 3), nn.Dropout(0.5)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.drop(self.lin(x)) * (2.0 if self.calls == 1 else 1.0)
+
+
+class _SwapsItsBuffersOnce(nn.Module):
+    """A forward that swaps its two buffers once and says so on itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("u", torch.ones(4))
+        self.register_buffer("v", torch.full((4,), 5.0))
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not getattr(self, "_swapped", False):
+            u, v = self._buffers.pop("u"), self._buffers.pop("v")
+            self._buffers["v"], self._buffers["u"] = u, v
+            self._swapped = True
+        return self.drop(x) * self.u + self.v
+
+
+@pytest.mark.parametrize("strategy", ["vmap", "replicate", "loop"])
+@pytest.mark.parametrize("model", [_CountsItsCalls, _SwapsItsBuffersOnce])
+def test_a_first_call_starts_from_the_model_as_kept_calls_do(model, strategy):
+    """The passes before a new plan's first chunk (the training-mode probe, the examples-interact
+    check) and before a kept replicate plan's (its check again) leave nothing of what the
+    forward set on the twin: the first call gives the numbers of every later call (it sampled a
+    twin the probe had already counted or swapped), and the model is never written to."""
+    torch.manual_seed(0)
+    model = model().eval()
+    x = torch.randn(3, 6) if isinstance(model, _CountsItsCalls) else torch.ones(3, 4)
+    mc = mcdrop.MCDropout(model, n_samples=4, seed=SEED, strategy=strategy)
+    calls = [mc(x) for _ in range(3)]
+    assert mc._engine.plans_made == 1
+    assert all(torch.equal(call, calls[0]) for call in calls[1:])
+    assert torch.equal(
+        calls[0], mcdrop.MCDropout(model, n_samples=4, seed=SEED, strategy=strategy)(x)
+    )
+    assert getattr(model, "calls", 0) == 0 and not hasattr(model, "_swapped")
+    if isinstance(model, _SwapsItsBuffersOnce):  # each call's first pass swaps: u = 5, v = 1
+        assert set(calls[0].unique().tolist()) <= {1.0, 11.0}
