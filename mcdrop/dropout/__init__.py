@@ -77,16 +77,7 @@ from mcdrop.dropout._sites import (
     training_flips,
     user_stacklevel,
 )
-from mcdrop.dropout._twin import (
-    CALL_HOOKS,
-    SAMPLING_LOCK,
-    Built,
-    modules_of,
-    restore,
-    retwin,
-    snapshot,
-    unwrap_compiled,
-)
+from mcdrop.dropout._twin import CALL_HOOKS, SAMPLING_LOCK, modules_of, retwin, unwrap_compiled
 
 __all__ = ["DropoutSite", "Scope", "dropout_enabled", "dropout_sites"]
 
@@ -124,9 +115,6 @@ __internal__ = [
     "trained_modules",
     "retwin",
     "modules_of",
-    "Built",
-    "restore",
-    "snapshot",
     "CALL_HOOKS",
     "FlagReads",
     "set_flag",

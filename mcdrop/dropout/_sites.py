@@ -25,10 +25,8 @@ from mcdrop.dropout._masks import MaskedDropout, private_randomness
 from mcdrop.dropout._twin import (
     _REGISTRIES,
     SAMPLING_LOCK,
-    Built,
     Untwinned,
     _model_lock,
-    snapshot,
     twin_of,
     unwrap_compiled,
 )
@@ -967,9 +965,6 @@ class Sampling:
     sites: list[DropoutSite]
     trace: _probe.Trace
     pending: _Pending | None = None
-    # The twin's attributes as built, before any pass (mcdrop.dropout.snapshot): a first chunk
-    # starts from them. None: TorchScript, whose flags are switched on the model itself.
-    built: Built | None = None
 
     def recording(self) -> contextlib.AbstractContextManager[_probe.Recording]:
         """Hooks that record which dropout each pass of the first chunk makes (check pending)."""
@@ -1017,7 +1012,6 @@ def sampling_twin(
         return
     if warn:
         _warn_if_training(inner)
-    built = snapshot(twin)
     # Checked up front instead: a compiled model's first chunk would trace the recording into its
     # graph; PyTorch's transformer layers take their fused eval fast path except under the
     # recording, and the first chunk must compute what the others do.
@@ -1039,7 +1033,7 @@ def sampling_twin(
     )
     if compiled:  # same dynamo context (backend, options): graphs compiled once are reused
         twin = type(model)(twin, model.dynamo_ctx)  # type: ignore[call-arg]
-    yield Sampling(twin, sites, trace, pending, built)
+    yield Sampling(twin, sites, trace, pending)
 
 
 @contextlib.contextmanager

@@ -257,50 +257,6 @@ def retwin(
     }
 
 
-Built = list[tuple[nn.Module, dict[str, Any]]]
-
-
-def snapshot(root: nn.Module) -> Built:
-    """The attributes of every module of ``root`` (a twin), its registries copied: what
-    :func:`restore` puts back after passes whose ``forward`` changed them."""
-    built = []
-    for module in modules_of(root):
-        state = dict(module.__dict__)
-        for name in _REGISTRIES:
-            registry = state.get(name)
-            if isinstance(registry, set):
-                state[name] = set(registry)
-            elif isinstance(registry, dict):
-                state[name] = OrderedDict(registry)
-        built.append((module, state))
-    return built
-
-
-def restore(built: Built, flags: tuple[bool, ...]) -> None:
-    """Put back the attributes :func:`snapshot` took (training flags aside): what the passes
-    since (the training-mode probe, the checks before a first chunk) made the twin's own
-    ``forward`` set, delete or register on the twin goes, as a kept call's :func:`retwin`
-    takes it again from the model. The modules whose ``flags`` (as planned, in the same
-    order) are on get new copies of their buffers: they sample, and never share the model's."""
-    on = flags if len(flags) == len(built) else [m.training for m, _ in built]
-    for (module, saved), flag in zip(built, on, strict=True):
-        state = module.__dict__
-        for attr in state.keys() - saved.keys():
-            if attr != "training":
-                del state[attr]
-        for attr in saved.keys() - _NOT_ATTRIBUTES:
-            if state.get(attr, _EMPTY) is not saved[attr]:
-                state[attr] = saved[attr]
-        for attr in _REGISTRIES.intersection(saved):
-            value = saved[attr]
-            if not _same_registry(state.get(attr), value):
-                state[attr] = set(value) if isinstance(value, set) else OrderedDict(value)
-        if flag and saved.get("_buffers"):
-            state["_buffers"] = OrderedDict(
-                (k, None if v is None else v.clone()) for k, v in saved["_buffers"].items()
-            )
-
-
 def modules_of(root: nn.Module) -> list[nn.Module]:
     """``list(root.modules())`` (pre-order, each module once) without the qualified names that
     ``named_modules`` builds: a fifth of its time, for the walks of every kept call."""

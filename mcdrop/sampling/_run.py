@@ -34,10 +34,8 @@ from mcdrop.dropout import (
     Sampling,
     culprit,
     modules_of,
-    restore,
     retwin,
     set_flag,
-    snapshot,
     trained_modules,
     training_calls,
     training_flips,
@@ -264,10 +262,6 @@ class Run:
         self.engine = engine
         self.twin = twin
         self.planned = _flags_of(twin)  # the twin's flags as the plan set them
-        # the twin as built, put back before the first chunk (restore_next): what the passes
-        # before it made its forward change goes (as a kept call's refresh takes the model's)
-        self.built = twin.built
-        self.restore_next = True
         self.first = first
         self.probe_batch = probe_batch
         self.seeded = seeded
@@ -333,13 +327,9 @@ class Run:
                 run.masks = masks
                 run.runner.attributed = run.eager.attributed = attribution(masks, kept.twin)
         # What the fingerprint cannot see (a module-level flag, a patched function) may make the
-        # examples of a pass interact: a kept 'replicate' checks again (three small passes),
-        # from which its first chunk starts as from the refreshed twin.
-        run.built, run.restore_next = None, True
-        if kept.plan.strategy == "replicate":
-            run.built = snapshot(_twin_root(kept.twin))
-            if rows_interact(run.eager, first) == INTERACT:
-                raise StalePlan("the examples of a pass interact")
+        # examples of a pass interact: a kept 'replicate' checks again (three small passes).
+        if kept.plan.strategy == "replicate" and rows_interact(run.eager, first) == INTERACT:
+            raise StalePlan("the examples of a pass interact")
         run.validated = True
         run.samples_per_pass = None
         run.first_chunk_seconds = None
@@ -387,7 +377,7 @@ class Run:
             flags = watch_flags(training_flips(root, self.kept_train_set))
         return Kept(
             mark,
-            dataclasses.replace(self.twin, built=None),  # (a kept call refreshes from the model)
+            self.twin,
             self.plan,
             self.profile,
             self.measured_rows,
@@ -452,7 +442,6 @@ class Run:
                     break
                 self._adopt(plan)
             k = plans.samples_per_pass(batch.size, requested)
-            self.restore_next = True  # (another plan: from the twin as built)
             rewind()
         if timed and self.first_chunk_seconds is None:
             self.first_chunk_seconds = took
@@ -488,11 +477,7 @@ class Run:
         counter = masks.counting(*self._module_names()) if counting and masks is not None else None
         kept = self.rechecking if self.checking is not None else None
         if not self.validated or self.checking is not None:  # a first chunk starts from the
-            # twin as built and the plan's flags, whatever the passes before it (the probe,
-            # layouts, checks) changed; a retry after an out-of-memory error goes on from there
-            if self.restore_next and self.built is not None:
-                restore(self.built, self.planned)
-            self.restore_next = False
+            # plan's flags, whatever the passes before it (layouts, checks) assigned
             if kept is not None and kept.flags is not None:
                 kept.flags.arm()
             _set_flags_of(_twin_root(self.twin).modules(), self.planned)
