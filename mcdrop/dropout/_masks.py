@@ -486,8 +486,9 @@ def keep_mask(
 ) -> torch.Tensor:
     """Bernoulli(1 - p) keep mask, drawn from ``generator`` (PyTorch's global one when None).
     For rates that are multiples of 1/256 (0.5, 0.25, ...) one random byte per unit decides
-    exactly (eight from each 64-bit draw: about 3x cheaper than a float per unit); otherwise
-    ``rand >= p`` in float32, as PyTorch's own masks resolve rates."""
+    exactly (eight from each 64-bit draw: about 3x cheaper than a float per unit), at 0.5 one
+    random bit (:func:`_one_bit`); otherwise ``rand >= p`` in float32, as PyTorch's own masks
+    resolve rates."""
     # ``generator=`` only when given: dynamo cannot trace an explicit ``generator=None``
     drawn: dict[str, Any] = (
         {"device": device}
@@ -500,7 +501,7 @@ def keep_mask(
     threshold = p * 256
     if len(shape) == 0 or threshold != int(threshold) or not bytes_under_vmap():
         return torch.rand(shape, dtype=torch.float32, **drawn).ge(p)
-    if p == 0.5 and shape[-1] >= 64:  # (as keep_units)
+    if _one_bit(shape, p):
         return _random_bits(shape, drawn).bool()
     return _random_bytes(shape, drawn).ge(int(threshold))
 
@@ -509,7 +510,7 @@ def keep_units(
     shape: tuple[int, ...] | torch.Size, p: float, device: torch.device, generator: torch.Generator
 ) -> torch.Tensor:
     """:func:`keep_mask` as 0/1 values (the same draws, the same mask): ``uint8`` where one
-    random byte per unit decides, else ``bool``. Multiplying by the bytes is the cheaper way to
+    random byte or bit per unit decides, else ``bool``. Multiplying by the bytes is the cheaper way to
     apply the mask: on the CPU, comparing bytes to a threshold and converting a boolean mask to
     floats each cost 4 to 10x the clamp used here."""
     threshold = p * 256
@@ -517,8 +518,8 @@ def keep_units(
     if len(shape) == 0 or threshold != c or not 1 <= c <= 255 or not bytes_under_vmap():
         return keep_mask(shape, p, device, generator)
     drawn = {"device": device, "generator": generator}
-    if c == 128 and shape[-1] >= 64:  # p = 0.5: one random bit per unit decides (rows of at
-        return _random_bits(shape, drawn)  # least a word: fewer draws, at most 2 bytes a unit)
+    if _one_bit(shape, p):
+        return _random_bits(shape, drawn)
     units = _random_bytes(shape, drawn)
     return units.clamp(c - 1, c).sub_(c - 1)  # byte >= c: 1, else 0
 
@@ -531,6 +532,13 @@ def _random_bytes(shape: tuple[int, ...] | torch.Size, drawn: dict[str, Any]) ->
 
 
 _LOW_BITS = 0x0101010101010101  # the lowest bit of each byte of a 64-bit word
+
+
+def _one_bit(shape: tuple[int, ...] | torch.Size, p: float) -> bool:
+    """Whether one random bit per unit decides (:func:`_random_bits`): ``p = 0.5``, in rows of
+    at least a word (shorter rows would draw as many words as bytes take, and hold 8 bytes a
+    unit). The caller has ruled out what bytes cannot do (a scalar, vmap without byte views)."""
+    return p == 0.5 and shape[-1] >= 64
 
 
 def _random_bits(shape: tuple[int, ...] | torch.Size, drawn: dict[str, Any]) -> torch.Tensor:

@@ -281,8 +281,7 @@ def _reset(twin: nn.Module, original: nn.Module, memo: dict[int, nn.Module]) -> 
     not (a ``forward`` that replaced one). Runs on every module at every kept call: the usual
     case (no attribute added, empty hook registries) is looked at in C, as sets and maps."""
     mine, theirs = twin.__dict__, original.__dict__
-    extra = mine.keys() - theirs.keys()
-    for attr in extra:
+    for attr in mine.keys() - theirs.keys():
         if attr != "training":
             del mine[attr]  # set by the twin's own forward
     children, value = mine.get("_modules"), theirs.get("_modules")
@@ -311,8 +310,6 @@ def _reset_registry(mine: dict[str, Any], attr: str, value: Any) -> None:
     if value is None:
         return
     own = mine.get(attr)
-    if not value and own is not None and not own:
-        return
     if not _same_registry(own, value):
         mine[attr] = set(value) if isinstance(value, set) else OrderedDict(value)
 

@@ -73,6 +73,7 @@ _GLOBAL_HOOKS = (
     "_global_backward_hooks",
     "_global_backward_pre_hooks",
 )
+_signature = operator.attrgetter("shape", "dtype", "device", "layout")  # a tensor's, in C
 _DEPTH = 2  # containers and plain objects looked into, below a module attribute
 _MAX_ITEMS = 64  # a longer container is taken by identity (its contents may change unseen)
 
@@ -244,7 +245,7 @@ class _Walker:
             self.values.append(None)
             return
         self.refs.append(tensor)
-        self.values.append((tensor.shape, tensor.dtype, tensor.device, tensor.layout))
+        self.values.append(_signature(tensor))
 
     def value(self, value: Any, depth: int) -> None:
         kind = type(value)
@@ -314,13 +315,13 @@ def fingerprint(model: nn.Module, inputs: Any, key: Hashable) -> Fingerprint:
     args, kwargs = inputs
     if not kwargs and all(type(arg) is torch.Tensor for arg in args):  # (most calls: no pytree)
         call.values.append(("tensors", len(args)))
-        call.values.extend((a.shape, a.dtype, a.device, a.layout) for a in args)
+        call.values.extend(map(_signature, args))
         return Fingerprint(walker, call)
     leaves, spec = tree_flatten(inputs)
     call.values.append(spec)
     for leaf in leaves:
         if isinstance(leaf, torch.Tensor):
-            call.values.append((leaf.shape, leaf.dtype, leaf.device, leaf.layout))
+            call.values.append(_signature(leaf))
         elif type(leaf) in _PLAIN:
             call.values.append((type(leaf), leaf))
         else:
