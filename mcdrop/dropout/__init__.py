@@ -78,6 +78,7 @@ from mcdrop.dropout._sites import (
     user_stacklevel,
 )
 from mcdrop.dropout._twin import CALL_HOOKS, SAMPLING_LOCK, modules_of, retwin, unwrap_compiled
+from mcdrop.dropout._writes import ModelWriteError, guarding
 
 __all__ = ["DropoutSite", "Scope", "dropout_enabled", "dropout_sites"]
 
@@ -121,4 +122,6 @@ __internal__ = [
     "unwrap_compiled",
     "user_stacklevel",
     "watch_flags",
+    "ModelWriteError",
+    "guarding",
 ]

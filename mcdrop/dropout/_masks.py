@@ -75,6 +75,7 @@ from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
 from mcdrop.dropout._probe import _ATEN, _FUNCTIONAL, _RNN, _arg, _rnn_packed, dropout_call
+from mcdrop.dropout._writes import check_write
 
 __all__: list[str] = []
 
@@ -754,6 +755,7 @@ class MaskedDropout(PrivateRandom):
     # -- dispatch --------------------------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
+        check_write(func, args, kwargs)  # (nothing of the model is written: ._writes)
         if func not in _INTERCEPTED:
             return func(*args, **kwargs)
         if self.before_first is not None and not _ANSWERING.depth:  # (not a call made by

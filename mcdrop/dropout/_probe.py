@@ -27,6 +27,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry
 
+from mcdrop.dropout._writes import check_write
+
 __all__: list[str] = []
 
 # (function, label, default of its ``training`` argument)
@@ -548,6 +550,7 @@ class _Recorder(TorchFunctionMode):
                 self.layer_skips.add(where)
                 return ones
             self._random(where, "torch.rand")
+            check_write(func, args, kwargs)
             return func(*args, **kwargs)
         label, p, training = _dropout(func, args, kwargs)
         if label and p > 0.0 and not training:
@@ -580,6 +583,7 @@ class _Recorder(TorchFunctionMode):
                 call = out_of_place(func, args, kwargs)
                 if call is not None:
                     return self._out_of_place(key, *call)
+        check_write(func, args, kwargs)  # (nothing of the model is written: ._writes)
         return func(*args, **kwargs)
 
     def _out_of_place(

@@ -30,6 +30,7 @@ from mcdrop.dropout._twin import (
     twin_of,
     unwrap_compiled,
 )
+from mcdrop.dropout._writes import ModelWriteError, NoModelWrites, guarding
 
 __all__ = ["DropoutSite", "Scope", "dropout_enabled", "dropout_sites"]
 
@@ -368,14 +369,16 @@ def _run_probe(
     args, kwargs = probe.call
     guard = getattr(modules, "untwinned", None)
     try:
-        with SAMPLING_LOCK, probe.randomness(), torch.inference_mode():
+        with SAMPLING_LOCK, probe.randomness(), torch.inference_mode(), guarding(model):
             made = _probe.trace(modules, lambda: twin(*args, **kwargs), flops=flops, guard=guard)
+    except ModelWriteError:
+        raise
     except Exception as error:
         # The user's own error (a wrong input width, ...), as the whole batch in eval mode gives
         # it; the twin is discarded after this error, so its flags need no restoring.
         _set_flags(modules, set())
         full_args, full_kwargs = probe.batch or probe.call
-        with probe.randomness(), torch.inference_mode():
+        with probe.randomness(), torch.inference_mode(), guarding(model), NoModelWrites():
             twin(*full_args, **full_kwargs)
         if isinstance(model, torch.fx.GraphModule) and "Guard failed" in str(error):
             raise ValueError(

@@ -8,7 +8,7 @@ import os
 import torch
 from torch import nn
 
-from mcdrop.dropout import DropoutSite, NoDropout
+from mcdrop.dropout import DropoutSite, ModelWriteError, NoDropout
 from mcdrop.sampling._inputs import _Batch
 from mcdrop.sampling._strategies import Outputs, Runner
 
@@ -41,7 +41,7 @@ def rows_interact(runner: Runner, first: _Batch) -> str | None:
             if _outputs_agree(a, b, runner, offset=1):
                 return None
             again = runner.run("loop", alone, 1, record=NoDropout)
-    except torch.OutOfMemoryError:
+    except (torch.OutOfMemoryError, ModelWriteError):
         raise
     except Exception as error:
         return f"{type(error).__name__}: {error}"

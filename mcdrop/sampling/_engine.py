@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
-from mcdrop.dropout import Probe, check_sites, sampling_twin, user_stacklevel
+from mcdrop.dropout import Probe, check_sites, guarding, sampling_twin, user_stacklevel
 from mcdrop.sampling import _memory as memory
 from mcdrop.sampling import _planner as planner
 from mcdrop.sampling._fingerprint import Fingerprint, fingerprint
@@ -147,7 +147,8 @@ class Engine:
         else:
             warn_global_stream(unreachable)
         private = seed if unreachable is None else None
-        with sampling_rng(None if private is not None else seed, self.device):
+        # (no pass of the call writes into the model's tensors: mcdrop.dropout._writes)
+        with sampling_rng(None if private is not None else seed, self.device), guarding(self.model):
             with torch.inference_mode():
                 first = first.to(self.device)
                 small = first.slice(0, min(2, first.size))

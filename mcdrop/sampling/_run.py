@@ -30,6 +30,7 @@ from mcdrop.dropout import (
     DropoutSite,
     FlagReads,
     MaskedDropout,
+    ModelWriteError,
     Recording,
     Sampling,
     culprit,
@@ -430,6 +431,8 @@ class Run:
             except torch.OutOfMemoryError:
                 self._back_off(k, batch)
                 continue
+            except ModelWriteError:  # (no other plan or strategy writes less)
+                raise
             except Exception as error:
                 if self.checking is not None:
                     raise StalePlan(f"{type(error).__name__}: {error}") from error

@@ -18,7 +18,14 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
-from mcdrop.dropout import Layout, MaskedDropout, Sampling, infer_layouts, user_stacklevel
+from mcdrop.dropout import (
+    Layout,
+    MaskedDropout,
+    ModelWriteError,
+    Sampling,
+    infer_layouts,
+    user_stacklevel,
+)
 from mcdrop.sampling._inputs import _Batch
 from mcdrop.sampling._options import SamplingOptions
 from mcdrop.sampling._strategies import Runner
@@ -138,7 +145,7 @@ def _probe_layout(runner: Runner, batch: _Batch, what: str) -> dict[Any, Any]:
     try:
         with masks.probing() as records:
             runner.run("loop", batch, 1)
-    except torch.OutOfMemoryError:
+    except (torch.OutOfMemoryError, ModelWriteError):
         raise
     except (ValueError, TypeError, RuntimeError, IndexError) as error:
         if "masks=" in str(error):  # a refusal of shared masks: already explained
