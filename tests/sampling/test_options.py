@@ -48,6 +48,24 @@ def test_mcdropout_validates_once_at_construction():
         mcdrop.MCDropout(MLP(), samples=5)
 
 
+def test_mcdropout_calls_validate_their_overrides_every_call():
+    # The wrapper's own options are validated once and used again while a call's options are
+    # the same values of the same types: True is not 1, a new list is looked at again.
+    mc = mcdrop.MCDropout(MLP().eval(), n_samples=8, seed=1)
+    x = torch.randn(4, 6)
+    a, b = mc.predict_with_uncertainty(x), mc.predict_with_uncertainty(x)
+    torch.testing.assert_close(a.mean, b.mean, rtol=0, atol=0)
+    mc.predict_with_uncertainty(x, seed=1)
+    with pytest.raises(TypeError, match="`seed`.*True"):
+        mc.predict_with_uncertainty(x, seed=True)
+    with pytest.raises(TypeError, match="`keep_samples`"):
+        mc.predict_with_uncertainty(x, keep_samples=1)
+    c = mc.predict_with_uncertainty(x, seed=2)
+    assert c.n_samples == 8 and not torch.equal(c.mean, a.mean)
+    mc.options["seed"] = 2  # the wrapper's options changed in place: taken as they are now
+    torch.testing.assert_close(mc.predict_with_uncertainty(x).mean, c.mean, rtol=0, atol=0)
+
+
 @given(st.integers(min_value=0, max_value=2**63 - 1))
 def test_every_seed_in_range_is_accepted(seed):
     assert mcdrop.sampling._rng.seed_from(seed, None) == seed
