@@ -1080,7 +1080,9 @@ def dropout_enabled(
     Yields a twin of ``model``: new module objects sharing its parameters, buffers and hooks, with
     the sites of :func:`dropout_sites` in training mode and everything else (normalisation layers
     always) in eval mode. The model itself is never written to, so other threads may keep calling
-    it. TorchScript models cannot be twinned: their own flags are switched inside the block,
+    it; but the passes you run on the twin are yours: a ``forward`` that writes one of the shared
+    tensors in place writes the model's (mcdrop's own calls refuse it:
+    ``mcdrop.dropout.ModelWriteError``). TorchScript models cannot be twinned: their own flags are switched inside the block,
     under a per-model lock, restored on exit (with a warning).
 
     Parameters

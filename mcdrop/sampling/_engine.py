@@ -148,58 +148,60 @@ class Engine:
             warn_global_stream(unreachable)
         private = seed if unreachable is None else None
         # (no pass of the call writes into the model's tensors: mcdrop.dropout._writes)
-        with sampling_rng(None if private is not None else seed, self.device), guarding(self.model):
-            with torch.inference_mode():
-                first = first.to(self.device)
-                small = first.slice(0, min(2, first.size))
-                if kept is not None and not (
-                    kept.refresh(self.model)
-                    and (kept.flags is not None or kept.still_trains_alike(self.model, small))
-                ):
-                    kept = None  # the twin is not what a new plan would make: plan afresh
-                    self._refuse(first)
-                if kept is not None:
-                    yield Run.resumed(
-                        self,
-                        kept,
-                        first,
-                        small,
-                        seeded=seed is not None,
-                        call_rows=call_rows,
-                        masks_seed=private,
+        tensors = None if mark is None else mark.tensors()  # (else the guard walks the model)
+        with sampling_rng(None if private is not None else seed, self.device):
+            with guarding(self.model, tensors):
+                with torch.inference_mode():
+                    first = first.to(self.device)
+                    small = first.slice(0, min(2, first.size))
+                    if kept is not None and not (
+                        kept.refresh(self.model)
+                        and (kept.flags is not None or kept.still_trains_alike(self.model, small))
+                    ):
+                        kept = None  # the twin is not what a new plan would make: plan afresh
+                        self._refuse(first)
+                    if kept is not None:
+                        yield Run.resumed(
+                            self,
+                            kept,
+                            first,
+                            small,
+                            seeded=seed is not None,
+                            call_rows=call_rows,
+                            masks_seed=private,
+                        )
+                        assert plans is not None
+                        plans.give_back(kept)
+                        return
+                    self.plans_made += 1
+                    probe = Probe(
+                        (small.args, small.kwargs), (first.args, first.kwargs), private=private
                     )
-                    assert plans is not None
-                    plans.give_back(kept)
-                    return
-                self.plans_made += 1
-                probe = Probe(
-                    (small.args, small.kwargs), (first.args, first.kwargs), private=private
-                )
-                # Without compile (mcdrop's masks run eagerly), the sampling twin's check runs on
-                # the first chunk (Run).
-                with sampling_twin(
-                    self.model,
-                    o.scope,
-                    o.include,
-                    o.exclude,
-                    probe if o.detect_silent else None,
-                    defer=o.compile is None or shared,
-                ) as twin:
-                    check_sites(self.model, twin.sites)
-                    run = Run(
-                        self,
-                        twin,
-                        first,
-                        small,
-                        seeded=seed is not None,
-                        call_rows=call_rows,
-                        masks_seed=private,
-                        shared=shared,
-                    )
-                    yield run
-                kept = None if mark is None else run.kept(mark)
-                if plans is not None and kept is not None:
-                    plans.give_back(kept)
+                    # Without compile (mcdrop's masks run eagerly), the sampling twin's check runs on
+                    # the first chunk (Run).
+                    with sampling_twin(
+                        self.model,
+                        o.scope,
+                        o.include,
+                        o.exclude,
+                        probe if o.detect_silent else None,
+                        defer=o.compile is None or shared,
+                    ) as twin:
+                        check_sites(self.model, twin.sites)
+                        run = Run(
+                            self,
+                            twin,
+                            first,
+                            small,
+                            seeded=seed is not None,
+                            call_rows=call_rows,
+                            masks_seed=private,
+                            shared=shared,
+                        )
+                        yield run
+                    kept = None if mark is None else run.kept(mark)
+                    if plans is not None and kept is not None:
+                        plans.give_back(kept)
 
     def _refuse(self, first: _Batch) -> None:
         """Refuse what cannot be sampled at all (a meta model or input, an empty batch,

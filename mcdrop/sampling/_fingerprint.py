@@ -98,6 +98,11 @@ class Fingerprint:
 
     __hash__ = None  # type: ignore[assignment]
 
+    def tensors(self) -> list[torch.Tensor]:
+        """The model's tensors it holds (parameters, buffers, tensor attributes and tensors in
+        containers it looked into): none in a weakened fingerprint."""
+        return [x for x in self.model[1] if isinstance(x, torch.Tensor)]
+
     def same_model(self, other: Fingerprint) -> bool:
         """Whether the model part is the same (another input signature may differ)."""
         return _same(self.model, other.model, self.weak)

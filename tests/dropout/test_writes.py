@@ -51,6 +51,21 @@ def _writes(kind: str):  # type: ignore[no-untyped-def]
                 m.lin.bias.add_(1)
             elif kind == "attribute":
                 m.t.add_(1)
+            elif kind == "in a list":
+                m.tensors[0].add_(1)
+            elif kind == "init by keyword":
+                nn.init.normal_(tensor=m.n)
+            elif kind == "batch norm statistics":
+                F.batch_norm(m.lin.weight[:2], m.n, m.n + 1, training=True)
+            elif kind == "empty resize_":
+                m.empty.resize_(3)
+            elif kind == "sparse":
+                m.sparse.mul_(2)
+            elif kind == "custom op":
+                torch.ops.mcdrop_tests.bump(m.n)
+            elif kind == "torch function off":  # not seen before: found when the call ends
+                with torch._C.DisableTorchFunction():
+                    m.n.add_(1)
 
     return write
 
@@ -69,7 +84,19 @@ KINDS = [
     "positional inplace",
     "parameter",
     "attribute",
+    "in a list",
+    "init by keyword",
+    "batch norm statistics",
+    "empty resize_",
+    "sparse",
+    "custom op",
+    "torch function off",
 ]
+
+
+@torch.library.custom_op("mcdrop_tests::bump", mutates_args=("buf",))
+def _bump(buf: torch.Tensor) -> None:
+    buf.add_(1)
 
 
 class Writer(nn.Module):
@@ -82,7 +109,10 @@ class Writer(nn.Module):
         self.drop = nn.Dropout(0.5)
         self.head = nn.Linear(8, 3)
         self.register_buffer("n", torch.zeros(3))
+        self.register_buffer("empty", torch.zeros(0))
+        self.register_buffer("sparse", torch.eye(3).to_sparse())
         self.t = torch.zeros(3)
+        self.tensors = [torch.zeros(3)]
         self.write = _writes(kind)
         self.armed = True
 
@@ -94,15 +124,20 @@ class Writer(nn.Module):
 
 def _state(model: nn.Module) -> dict[str, tuple[torch.Tensor, int]]:
     tensors = dict(model.state_dict(keep_vars=True))
-    tensors.update({f"{n}.t": m.t for n, m in model.named_modules() if hasattr(m, "t")})
-    return {k: (v.detach().clone(), v._version) for k, v in tensors.items()}
+    for n, m in model.named_modules():
+        if isinstance(m, Writer):
+            tensors.update({f"{n}.t": m.t, f"{n}.tensors[0]": m.tensors[0]})
+    return {
+        k: ((v.to_dense() if v.is_sparse else v).detach().clone(), v._version)
+        for k, v in tensors.items()
+    }
 
 
 def _unchanged(model: nn.Module, before: dict[str, tuple[torch.Tensor, int]]) -> None:
     after = _state(model)
     assert after.keys() == before.keys()
     for key, (value, version) in before.items():
-        assert torch.equal(after[key][0], value), key
+        assert after[key][0].shape == value.shape and torch.equal(after[key][0], value), key
         assert after[key][1] == version, key
 
 
@@ -111,7 +146,17 @@ def _unchanged(model: nn.Module, before: dict[str, tuple[torch.Tensor, int]]) ->
 def test_a_forward_that_writes_its_own_tensors_is_refused_before_it_writes(kind, strategy):
     model = Writer(kind).eval()
     before = _state(model)
-    name = {"parameter": "lin.bias", "attribute": "t"}.get(kind, "n")
+    name = {
+        "parameter": "lin.bias",
+        "attribute": "t",
+        "in a list": r"tensors\[0\]",
+        "empty resize_": "empty",
+        "sparse": "sparse",
+    }.get(kind, "n")
+    if kind == "torch function off":  # written, and said so: not silent
+        with pytest.raises(ModelWriteError, match=rf"`{name}` was written in place by code"):
+            mcdrop.predict_with_uncertainty(model, X, n_samples=8, seed=0, strategy=strategy)
+        return
     with pytest.raises(ModelWriteError, match=rf"writes `{name}` in place") as info:
         mcdrop.predict_with_uncertainty(model, X, n_samples=8, seed=0, strategy=strategy)
     assert isinstance(info.value, ValueError)
@@ -220,3 +265,85 @@ def test_the_refusal_is_not_swallowed_by_a_forward_that_catches_errors():
         with pytest.raises(ModelWriteError, match="writes `n` in place"):
             call()
     _unchanged(model, before)
+
+
+def test_the_refusal_is_raised_in_place_of_an_error_it_led_to():
+    class FailsAfter(Writer):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            try:
+                self.write(self)
+                ok = True
+            except Exception:
+                ok = False
+            if not ok:
+                raise RuntimeError("state update failed")
+            return self.head(self.drop(self.lin(x)))
+
+    model = FailsAfter("add_").eval()
+    before = _state(model)
+    with pytest.raises(ModelWriteError, match="writes `n` in place") as info:
+        mcdrop.predict_with_uncertainty(model, X, n_samples=8, seed=0)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    _unchanged(model, before)
+
+
+def test_embedding_max_norm_renormalises_the_models_weight_and_is_refused():
+    # nn.Embedding(max_norm=...) rescales its weight in place in eval mode too (PyTorch's
+    # kernel, inside F.embedding): sampling would rescale the model's.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 8, max_norm=1.0), nn.Dropout(0.5), nn.Linear(8, 3))
+    with torch.no_grad():
+        model[0].weight.mul_(5)
+    model.eval()
+    before = _state(model)
+    ids = torch.randint(0, 10, (6,))
+    for call in (
+        lambda: mcdrop.predict_with_uncertainty(model, ids, n_samples=8, seed=0),
+        lambda: mcdrop.dropout_sites(model, example_inputs=ids),
+    ):
+        with pytest.raises(ModelWriteError, match=r"writes `0.weight` in place \(embedding\)"):
+            call()
+    _unchanged(model, before)
+
+
+def test_the_message_names_the_tensor_written_and_the_property_set():
+    class Views(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            flat = torch.zeros(6)
+            self.register_buffer("a", flat[:3])
+            self.register_buffer("b", flat[3:])
+            self.lin = nn.Linear(8, 3)
+            self.drop = nn.Dropout(0.5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.b.add_(1)  # the same memory as `a`: named `b`
+            return self.lin(self.drop(x))
+
+    with pytest.raises(ModelWriteError, match=r"writes `b` in place \(add_\)"):
+        mcdrop.predict_with_uncertainty(Views().eval(), X, n_samples=4, seed=0)
+
+    class Grad(Writer):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.lin.weight.grad = None
+            return self.head(self.drop(self.lin(x)))
+
+    with pytest.raises(ModelWriteError, match=r"writes `lin.weight` in place \(sets .grad\)"):
+        mcdrop.predict_with_uncertainty(Grad("add_").eval(), X, n_samples=4, seed=0)
+
+
+def test_objects_posing_as_functions_are_called_as_they_are():
+    from unittest import mock
+
+    from mcdrop.dropout._writes import written
+
+    class Named:
+        @property
+        def __name__(self) -> str:
+            raise RuntimeError("no name")
+
+    buffer = torch.zeros(3)
+    for func in (mock.Mock(), Named(), mock.Mock(__name__=123)):
+        assert written(func, (buffer,), {}) == []
+    assert written(torch.Tensor.add_, (buffer, 1), {})[0] is buffer
+    assert written(torch.add, (buffer, 1), {"out": buffer})[0] is buffer
