@@ -340,11 +340,13 @@ def _message(model: nn.Module, name: str, func: Any) -> str:
 
 def _written_message(model: nn.Module, name: str) -> str:
     return (
-        f"Expected the forward of `{type(model).__name__}` not to write into its own tensors "
-        f"while mcdrop samples it, but `{name}` was written in place by code mcdrop could not "
-        "stop before it ran (a C++ extension, a TorchScript submodule, another thread, torch "
-        "function dispatch disabled): the model now differs from before the call. Compute the "
-        "value out of place, or sample a copy of the model (`copy.deepcopy(model)`)."
+        f"Expected the tensors of `{type(model).__name__}` to stay as they were while mcdrop "
+        f"samples it, but `{name}` was written in place during the call by code mcdrop could "
+        "not stop before it ran: a C++ extension or TorchScript submodule in the forward, code "
+        "under torch._C.DisableTorchFunction, or another thread writing the model (a training "
+        "step) while it was sampled. The samples would mix the model before and after; compute "
+        "the value out of place in the forward, sample a copy of the model "
+        "(`copy.deepcopy(model)`), or do not update it during the call."
     )
 
 
