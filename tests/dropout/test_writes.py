@@ -246,46 +246,37 @@ def test_writes_to_activations_and_to_the_twins_own_copies_run():
     _unchanged(model, before)
 
 
-def test_the_refusal_is_not_swallowed_by_a_forward_that_catches_errors():
-    class Catches(Writer):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            try:
-                self.write(self)
-            except Exception:
-                pass
-            return self.head(self.drop(self.lin(x)))
+class Swallows(Writer):
+    """Catches the refusal of its write, then goes on (``fail=False``) or raises another error."""
 
-    model = Catches("add_").eval()
+    def __init__(self, fail: bool) -> None:
+        super().__init__("add_")
+        self.fail = fail
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        try:
+            self.write(self)
+        except Exception:
+            if self.fail:
+                raise RuntimeError("state update failed") from None
+        return self.head(self.drop(self.lin(x)))
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_a_refusal_the_forward_catches_is_raised_when_the_call_ends(fail):
+    # Nothing was written, but the samples would be those of a forward without the write (not
+    # the model's), or the error would be one the write's refusal led to: the refusal is raised.
+    model = Swallows(fail).eval()
     before = _state(model)
-    # The forward swallows the refusal: nothing was written, but the samples would be those of
-    # a forward without the write (not the model's): raised when the call ends.
     for call in (
         lambda: mcdrop.predict_with_uncertainty(model, X, n_samples=8, seed=0),
         lambda: mcdrop.MCDropout(model, n_samples=8, seed=0)(X),
         lambda: mcdrop.dropout_sites(model, example_inputs=X),
     ):
-        with pytest.raises(ModelWriteError, match="writes `n` in place"):
+        with pytest.raises(ModelWriteError, match="writes `n` in place") as info:
             call()
-    _unchanged(model, before)
-
-
-def test_the_refusal_is_raised_in_place_of_an_error_it_led_to():
-    class FailsAfter(Writer):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            try:
-                self.write(self)
-                ok = True
-            except Exception:
-                ok = False
-            if not ok:
-                raise RuntimeError("state update failed")
-            return self.head(self.drop(self.lin(x)))
-
-    model = FailsAfter("add_").eval()
-    before = _state(model)
-    with pytest.raises(ModelWriteError, match="writes `n` in place") as info:
-        mcdrop.predict_with_uncertainty(model, X, n_samples=8, seed=0)
-    assert isinstance(info.value.__cause__, RuntimeError)
+        if fail:
+            assert isinstance(info.value.__cause__, RuntimeError)
     _unchanged(model, before)
 
 
