@@ -18,17 +18,19 @@ What counts as a write: a function or method whose name ends in ``_`` (``add_``,
 ``index_put_``, ``t_``, ``requires_grad_``, ``nn.init.normal_``), the in-place operators (``+=``,
 ``x[i] = v``), setting a tensor property (``.data = ...``), an ``out=`` argument, ``inplace=True``
 of a functional, an operator whose schema marks an argument written (``torch.ops.aten.add_``,
-a custom op declared with ``mutates_args``), and the functionals whose kernels write their
-arguments: ``F.batch_norm`` and ``F.instance_norm`` updating running statistics,
-``F.embedding`` / ``F.embedding_bag`` with ``max_norm`` (which renormalise the weight).
+a custom op declared with ``mutates_args``), and the functionals and operators whose kernels
+write their arguments: ``F.batch_norm``, ``F.instance_norm``, ``torch.native_batch_norm`` and
+``torch.batch_norm_update_stats`` updating running statistics, ``F.embedding`` /
+``F.embedding_bag`` with ``max_norm`` (which renormalise the weight). Let through: cuDNN moving
+an RNN's weights into one flat buffer, values kept (``flatten_parameters()`` on CUDA).
 
 What the mode cannot stop before it runs (a write inside a C++ extension or a TorchScript
-submodule, through ``tensor.numpy()`` or the storage object, under
-``torch._C.DisableTorchFunction``, from another thread) is still not silent where it goes
-through a tensor's version counter: every tensor of the model has its version read when the call
-starts and again when it ends, and a change raises :class:`ModelWriteError` saying that the model
-was written. Not seen at all: a write through ``numpy()`` or the storage object, which leaves
-the version counter alone.
+submodule, ``Tensor.set_``, ``torch.utils.swap_tensors``, under
+``torch._C.DisableTorchFunction``, from another thread) is still not silent where it moves a
+tensor's version counter: every tensor of the model (as the call's fingerprint holds them, else
+as :func:`_held` finds them) has its version read when the call starts and again when it ends,
+and a change raises :class:`ModelWriteError` saying that the model was written. Not seen at all:
+a write through ``tensor.numpy()`` or the storage object, which leaves the counter alone.
 """
 
 from __future__ import annotations
@@ -36,11 +38,11 @@ from __future__ import annotations
 import contextlib
 import inspect
 import threading
+import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-import torch.utils
 from torch import nn
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
@@ -130,26 +132,51 @@ def _schema_writes(
     return lambda args, kwargs: [_arg(args, kwargs, i, n) for i, n in ordered]
 
 
-def _never(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
-    return []
-
-
 # Functionals whose kernels write their arguments (the mode sees the functional, not the
 # kernel's write): running statistics, and embeddings renormalised in place by ``max_norm``.
-_RENORM = ((1, "weight"),)
 _KERNEL_WRITES: dict[Any, Callable[[tuple[Any, ...], dict[str, Any]], list[Any]]] = {
     F.batch_norm: _if_flag((5, "training"), ((1, "running_mean"), (2, "running_var"))),
-    torch.batch_norm: _if_flag((5, "training"), ((3, "running_mean"), (4, "running_var"))),
     F.instance_norm: _if_flag(
         (5, "use_input_stats"), ((1, "running_mean"), (2, "running_var")), default=True
     ),
-    torch.instance_norm: _if_flag(
-        (5, "use_input_stats"), ((3, "running_mean"), (4, "running_var"))
-    ),
     F.embedding: lambda a, k: [_arg(a, k, 1, "weight")] if _arg(a, k, 3, "max_norm") else [],
     F.embedding_bag: lambda a, k: [_arg(a, k, 1, "weight")] if _arg(a, k, 3, "max_norm") else [],
-    torch.utils.swap_tensors: lambda a, k: [_arg(a, k, 0, "t1"), _arg(a, k, 1, "t2")],
 }
+# ... and the operators behind them, by name (``torch.native_batch_norm`` and
+# ``torch.ops.aten.native_batch_norm`` alike): their schemas mark no write.
+_STATISTICS = ((3, "running_mean"), (4, "running_var"))
+_OPERATOR_WRITES: dict[str, Callable[[tuple[Any, ...], dict[str, Any]], list[Any]]] = {
+    **{
+        name: _if_flag((5, "training"), _STATISTICS)
+        for name in (
+            "batch_norm",
+            "native_batch_norm",
+            "cudnn_batch_norm",
+            "miopen_batch_norm",
+            "_batch_norm_impl_index",
+            "_native_batch_norm_legit",
+        )
+    },
+    "instance_norm": _if_flag((5, "use_input_stats"), _STATISTICS),
+    "batch_norm_update_stats": lambda a, k: [
+        _arg(a, k, 1, "running_mean"),
+        _arg(a, k, 2, "running_var"),
+    ],
+    "_cudnn_rnn_flatten_weight": lambda a, k: [_arg(a, k, 0, "weight_arr")],
+}
+# Writes that keep the values: cuDNN's RNN weights moved into one flat buffer (an LSTM's
+# ``flatten_parameters()``, which forwards call on CUDA), allowed on the model's tensors.
+_KEEP_VALUES = frozenset({"_cudnn_rnn_flatten_weight"})
+
+
+def _operator_name(func: Any) -> str | None:
+    """The ATen name of a torch builtin or an operator (overload or packet); None otherwise."""
+    if isinstance(func, torch._ops.OpOverload):
+        return str(func._opname)
+    if isinstance(func, (torch._ops.OpOverloadPacket, types.BuiltinFunctionType)):
+        name = getattr(func, "__name__", None)
+        return name if isinstance(name, str) else None
+    return None
 
 
 def _how(func: Any) -> Any:
@@ -161,6 +188,9 @@ def _how(func: Any) -> Any:
     if known is not None:
         return known
     try:
+        name = _operator_name(func)
+        if name in _OPERATOR_WRITES:
+            return _OPERATOR_WRITES[name]
         schema = getattr(func, "_schema", None)
         if isinstance(schema, torch._C.FunctionSchema):  # an operator overload
             return _schema_writes([schema])
@@ -227,26 +257,87 @@ def check_write(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Non
     targets = written(func, args, kwargs)
     if targets:
         guard = getattr(_GUARD, "guard", None)
-        if guard is not None:
+        if guard is None:
+            return
+        if _operator_name(func) in _KEEP_VALUES:
+            guard.accept(targets)
+        else:
             guard.check(func, targets)
 
 
-def _held(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """The tensors ``module`` holds: parameters, buffers, tensor attributes, and tensors in
-    list, tuple and dict attributes (one level down)."""
-    for attr, value in vars(module).items():
-        if attr in ("_parameters", "_buffers"):
-            yield from ((k, t) for k, t in value.items() if t is not None)
-        elif isinstance(value, torch.Tensor):
-            yield attr, value
-        elif isinstance(value, (list, tuple)) and not attr.startswith("_"):
-            for i, item in enumerate(value):
-                if isinstance(item, torch.Tensor):
-                    yield f"{attr}[{i}]", item
-        elif isinstance(value, dict) and not attr.startswith("_"):
-            for key, item in value.items():
-                if isinstance(item, torch.Tensor):
-                    yield f"{attr}[{key!r}]", item
+_ATOMS = frozenset({bool, int, float, complex, str, bytes, type(None)})
+_REGISTRIES = frozenset(nn.Module().__dict__) - {"training"}
+_SEQUENCES = frozenset({tuple, list})
+_DEPTH = 2  # containers and plain objects looked into below a module attribute
+
+
+def _held(module: nn.Module, seen: set[int], out: list[Any], prefix: str | None = None) -> None:
+    """Append the tensors ``module`` holds to ``out`` (with ``prefix``, as ``(qualified name,
+    tensor)``): parameters (and their gradients), buffers, tensors in its other attributes, and
+    in lists, tuples, dicts and plain objects (a config, a namespace) below them, two levels
+    down. ``seen``: the ids of the containers looked into already (an object shared by several
+    modules is looked into once). Runs at every call: plain values are passed over in C."""
+    state = module.__dict__
+    named = prefix is not None
+    parameters = state.get("_parameters")
+    if parameters:
+        for key, tensor in parameters.items():
+            if tensor is not None:
+                out.append((f"{prefix}{key}", tensor) if named else tensor)
+                grad = tensor.grad
+                if grad is not None:
+                    out.append((f"{prefix}{key}.grad", grad) if named else grad)
+    buffers = state.get("_buffers")
+    if buffers:
+        for key, tensor in buffers.items():
+            if tensor is not None:
+                out.append((f"{prefix}{key}", tensor) if named else tensor)
+    if isinstance(module, torch.jit.ScriptModule):  # (its tensors live in C++)
+        for key, tensor in (
+            *module.named_parameters(recurse=False),
+            *module.named_buffers(recurse=False),
+        ):
+            out.append((f"{prefix}{key}", tensor) if named else tensor)
+    atoms = _ATOMS
+    for key in state.keys() - _REGISTRIES:
+        value = state[key]
+        kind = type(value)
+        if kind in atoms or (kind in _SEQUENCES and atoms.issuperset(map(type, value))):
+            continue  # (rates, flags, kernel sizes: most attributes)
+        _inside(value, 0, seen, out, f"{prefix}{key}" if named else None)
+
+
+def _inside(value: Any, depth: int, seen: set[int], out: list[Any], path: str | None) -> None:
+    if isinstance(value, torch.Tensor):
+        out.append(value if path is None else (path, value))
+        return
+    if depth >= _DEPTH or isinstance(value, (nn.Module, type)) or callable(value):
+        return
+    if isinstance(value, (list, tuple)):
+        if _ATOMS.issuperset(map(type, value)):  # (kernel sizes, strides: in C)
+            return
+        items: Any = ((f"[{i}]", item) for i, item in enumerate(value))
+    elif isinstance(value, dict):
+        items = ((f"[{key!r}]", item) for key, item in value.items())
+    else:
+        attrs = getattr(value, "__dict__", None)
+        if not isinstance(attrs, dict):
+            return
+        items = ((f".{key}", item) for key, item in attrs.items())
+    if id(value) in seen:
+        return
+    seen.add(id(value))
+    for name, item in items:
+        if type(item) not in _ATOMS:
+            _inside(item, depth + 1, seen, out, None if path is None else path + name)
+
+
+def _tensors_of(model: nn.Module) -> list[torch.Tensor]:
+    out: list[Any] = []
+    seen: set[int] = set()
+    for module in modules_of(model):
+        _held(module, seen, out)
+    return out
 
 
 def _version(tensor: torch.Tensor) -> int:
@@ -266,10 +357,9 @@ class _Guard:
     ) -> None:
         self.model = model
         self.outer = outer
-        if tensors is None:
-            tensors = [t for m in modules_of(model) for _, t in _held(m)]
-        self.tensors = tensors
-        self.versions = list(map(_version, tensors))
+        self.tensors = _tensors_of(model) if tensors is None else tensors
+        self.versions = list(map(_version, self.tensors))
+        self.accepted: set[int] = set()  # ids of tensors written with their values kept
         self._names: dict[int, str] | None = None
         self.refused: ModelWriteError | None = None  # raised again on leaving, if swallowed
 
@@ -279,13 +369,15 @@ class _Guard:
         if self._names is None:
             by_id: dict[int, str] = {}
             by_address: dict[int, str] = {}
+            seen: set[int] = set()
+            held: list[tuple[str, torch.Tensor]] = []
             for prefix, module in self.model.named_modules(remove_duplicate=False):
-                for key, tensor in _held(module):
-                    name = f"{prefix}.{key}" if prefix else key
-                    by_id.setdefault(id(tensor), name)
-                    address = _address(tensor)
-                    if address:
-                        by_address.setdefault(address, name)
+                _held(module, seen, held, f"{prefix}." if prefix else "")
+            for name, tensor in held:
+                by_id.setdefault(id(tensor), name)
+                address = _address(tensor)
+                if address:
+                    by_address.setdefault(address, name)
             self._names = {**{-a: n for a, n in by_address.items()}, **by_id}
         return self._names
 
@@ -302,10 +394,17 @@ class _Guard:
                     raise self.refused
             guard = guard.outer
 
+    def accept(self, targets: list[torch.Tensor]) -> None:
+        """``targets`` are written keeping their values (``_KEEP_VALUES``): not a change."""
+        guard: _Guard | None = self
+        while guard is not None:
+            guard.accepted.update(map(id, targets))
+            guard = guard.outer
+
     def changed(self) -> str | None:
         """The name of a tensor of the model whose version moved since the call started."""
         for tensor, version in zip(self.tensors, self.versions, strict=True):
-            if _version(tensor) != version:
+            if _version(tensor) != version and id(tensor) not in self.accepted:
                 return self.names().get(id(tensor), "<a tensor of the model>")
         return None
 

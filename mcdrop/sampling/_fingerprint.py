@@ -99,9 +99,12 @@ class Fingerprint:
     __hash__ = None  # type: ignore[assignment]
 
     def tensors(self) -> list[torch.Tensor]:
-        """The model's tensors it holds (parameters, buffers, tensor attributes and tensors in
-        containers it looked into): none in a weakened fingerprint."""
-        return [x for x in self.model[1] if isinstance(x, torch.Tensor)]
+        """The model's tensors it holds (parameters and their gradients, buffers, tensor
+        attributes and tensors in the containers it looked into or took whole): none in a
+        weakened fingerprint."""
+        tensors = [x for x in self.model[1] if isinstance(x, torch.Tensor)]
+        grads = [g for t in tensors if type(t) is nn.Parameter and (g := t.grad) is not None]
+        return tensors + grads if grads else tensors
 
     def same_model(self, other: Fingerprint) -> bool:
         """Whether the model part is the same (another input signature may differ)."""
@@ -303,6 +306,7 @@ class _Walker:
             self.values.append(("[*", items))
         else:
             self.values.append(_Unseen())
+            self.refs.extend(item for item in items if isinstance(item, torch.Tensor))
 
 
 def fingerprint(model: nn.Module, inputs: Any, key: Hashable) -> Fingerprint:

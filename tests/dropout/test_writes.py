@@ -7,6 +7,8 @@ its tensors' version counters (an in-place write bumps them even when it writes 
 from __future__ import annotations
 
 import copy
+import types
+import warnings
 
 import pytest
 import torch
@@ -56,13 +58,26 @@ def _writes(kind: str):  # type: ignore[no-untyped-def]
             elif kind == "init by keyword":
                 nn.init.normal_(tensor=m.n)
             elif kind == "batch norm statistics":
-                F.batch_norm(m.lin.weight[:2], m.n, m.n + 1, training=True)
+                F.batch_norm(m.one, m.n, m.n + 1, training=True)
             elif kind == "empty resize_":
                 m.empty.resize_(3)
             elif kind == "sparse":
                 m.sparse.mul_(2)
             elif kind == "custom op":
                 torch.ops.mcdrop_tests.bump(m.n)
+            elif kind == "native batch norm":  # (three channels, as the statistics)
+                torch.native_batch_norm(m.one, None, None, m.n, m.n + 1, True, 0.1, 0.1)
+            elif kind == "aten batch norm":
+                x = m.one
+                torch.ops.aten.native_batch_norm.default(x, None, None, m.n, m.n, True, 0.1, 0.1)
+            elif kind == "statistics update":
+                torch.batch_norm_update_stats(m.one, m.n, m.n + 1, 0.1)
+            elif kind == "in a namespace":
+                m.ns.counts["calls"].add_(1)
+            elif kind == "in a long list":
+                m.many[69].add_(1)
+            elif kind == "gradient":
+                m.lin.bias.grad.add_(1)
             elif kind == "torch function off":  # not seen before: found when the call ends
                 with torch._C.DisableTorchFunction():
                     m.n.add_(1)
@@ -90,6 +105,12 @@ KINDS = [
     "empty resize_",
     "sparse",
     "custom op",
+    "native batch norm",
+    "aten batch norm",
+    "statistics update",
+    "in a namespace",
+    "in a long list",
+    "gradient",
     "torch function off",
 ]
 
@@ -113,6 +134,10 @@ class Writer(nn.Module):
         self.register_buffer("sparse", torch.eye(3).to_sparse())
         self.t = torch.zeros(3)
         self.tensors = [torch.zeros(3)]
+        self.ns = types.SimpleNamespace(counts={"calls": torch.zeros(3)})
+        self.many = [torch.zeros(1) for _ in range(70)]
+        self.lin.bias.grad = torch.zeros(8)
+        self.one = torch.ones(2, 3)  # an input of three channels, as `n`
         self.write = _writes(kind)
         self.armed = True
 
@@ -127,6 +152,8 @@ def _state(model: nn.Module) -> dict[str, tuple[torch.Tensor, int]]:
     for n, m in model.named_modules():
         if isinstance(m, Writer):
             tensors.update({f"{n}.t": m.t, f"{n}.tensors[0]": m.tensors[0]})
+            tensors.update({f"{n}.ns": m.ns.counts["calls"], f"{n}.many": m.many[69]})
+            tensors[f"{n}.lin.bias.grad"] = m.lin.bias.grad
     return {
         k: ((v.to_dense() if v.is_sparse else v).detach().clone(), v._version)
         for k, v in tensors.items()
@@ -152,6 +179,9 @@ def test_a_forward_that_writes_its_own_tensors_is_refused_before_it_writes(kind,
         "in a list": r"tensors\[0\]",
         "empty resize_": "empty",
         "sparse": "sparse",
+        "in a namespace": r"ns.counts\['calls'\]",
+        "in a long list": r"many\[69\]",
+        "gradient": "lin.bias.grad",
     }.get(kind, "n")
     if kind == "torch function off":  # written, and said so: not silent
         with pytest.raises(
@@ -340,3 +370,66 @@ def test_objects_posing_as_functions_are_called_as_they_are():
         assert written(func, (buffer,), {}) == []
     assert written(torch.Tensor.add_, (buffer, 1), {})[0] is buffer
     assert written(torch.add, (buffer, 1), {"out": buffer})[0] is buffer
+
+
+@torch.library.custom_op("mcdrop_tests::_cudnn_rnn_flatten_weight", mutates_args=("weights",))
+def _flatten(weights: list[torch.Tensor]) -> None:
+    for w in weights:  # moved into new memory, values kept (as cuDNN flattens an RNN's weights)
+        w.set_(w.clone())
+
+
+@torch.library.custom_op("mcdrop_tests::moved", mutates_args=("weights",))
+def _moved(weights: list[torch.Tensor]) -> None:
+    for w in weights:
+        w.set_(w.clone())
+
+
+class Flattens(nn.Module):
+    """A forward that moves its layer's weights into new memory first, as an LSTM's
+    ``flatten_parameters()`` does on CUDA (through ``torch._cudnn_rnn_flatten_weight``)."""
+
+    def __init__(self, op: object) -> None:
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+        self.drop = nn.Dropout(0.5)
+        self.op = op
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.op([self.lin.weight, self.lin.bias])  # type: ignore[operator]
+        return self.lin(self.drop(x))
+
+
+def test_weights_moved_with_their_values_kept_as_cudnn_flattens_them_are_allowed():
+    torch.manual_seed(0)
+    model = Flattens(torch.ops.mcdrop_tests._cudnn_rnn_flatten_weight).eval()
+    plain = Flattens(lambda weights: None)
+    plain.load_state_dict(model.state_dict())
+    values = {k: v.clone() for k, v in model.state_dict().items()}
+    a = mcdrop.predict_with_uncertainty(model, X, n_samples=8, seed=0, strategy="loop")
+    b = mcdrop.predict_with_uncertainty(plain.eval(), X, n_samples=8, seed=0, strategy="loop")
+    torch.testing.assert_close(a.mean, b.mean, rtol=0, atol=0)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, values[key]), key
+    # Another operator that moves them is a write mcdrop does not know keeps the values.
+    other = Flattens(torch.ops.mcdrop_tests.moved).eval()
+    with pytest.raises(ModelWriteError, match="`lin.weight`"):
+        mcdrop.predict_with_uncertainty(other, X, n_samples=8, seed=0, strategy="loop")
+
+
+def test_a_traced_model_that_writes_its_buffer_is_found_when_the_call_ends():
+    class Counts(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(8, 3)
+            self.drop = nn.Dropout(0.5)
+            self.register_buffer("n", torch.zeros(3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.n.add_(1)
+            return self.lin(self.drop(x)) + self.n
+
+    with warnings.catch_warnings():  # (tracing; TorchScript: its own flags, PyTorch's RNG)
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(Counts().train(), X, check_trace=False).eval()
+        with pytest.raises(ModelWriteError, match="`n` was written in place during the call"):
+            mcdrop.predict_with_uncertainty(traced, X, n_samples=4, seed=0)
