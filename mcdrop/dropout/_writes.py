@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import operator
 import threading
 import types
 from collections.abc import Callable, Iterator
@@ -347,6 +348,16 @@ def _version(tensor: torch.Tensor) -> int:
         return -1
 
 
+def _versions(tensors: list[torch.Tensor]) -> list[int]:
+    try:
+        return list(map(_VERSION, tensors))  # (in C)
+    except Exception:
+        return list(map(_version, tensors))
+
+
+_VERSION = operator.attrgetter("_version")
+
+
 class _Guard:
     """One model's tensors and their versions as the call found them (and the guard it was
     entered inside); their names and memory addresses are looked up at the first write a pass
@@ -358,7 +369,7 @@ class _Guard:
         self.model = model
         self.outer = outer
         self.tensors = _tensors_of(model) if tensors is None else tensors
-        self.versions = list(map(_version, self.tensors))
+        self.versions = _versions(self.tensors)
         self.accepted: set[int] = set()  # ids of tensors written with their values kept
         self._names: dict[int, str] | None = None
         self.refused: ModelWriteError | None = None  # raised again on leaving, if swallowed
@@ -403,8 +414,11 @@ class _Guard:
 
     def changed(self) -> str | None:
         """The name of a tensor of the model whose version moved since the call started."""
-        for tensor, version in zip(self.tensors, self.versions, strict=True):
-            if _version(tensor) != version and id(tensor) not in self.accepted:
+        now = _versions(self.tensors)
+        if now == self.versions:
+            return None
+        for tensor, before, after in zip(self.tensors, self.versions, now, strict=True):
+            if after != before and id(tensor) not in self.accepted:
                 return self.names().get(id(tensor), "<a tensor of the model>")
         return None
 

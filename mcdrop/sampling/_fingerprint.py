@@ -82,11 +82,12 @@ class Fingerprint:
     """Plain values compared by value and objects compared by identity (held alive): those of
     the model (``model``) and those of the call (inputs, modes, the caller's key)."""
 
-    __slots__ = ("call", "model", "weak")
+    __slots__ = ("call", "held", "model", "weak")
 
     def __init__(self, model: _Walker, call: _Walker) -> None:
         self.model = (model.values, model.refs)
         self.call = (call.values, call.refs)
+        self.held = model.tensors
         self.weak = False
 
     def __eq__(self, other: object) -> bool:
@@ -99,12 +100,9 @@ class Fingerprint:
     __hash__ = None  # type: ignore[assignment]
 
     def tensors(self) -> list[torch.Tensor]:
-        """The model's tensors it holds (parameters and their gradients, buffers, tensor
-        attributes and tensors in the containers it looked into or took whole): none in a
-        weakened fingerprint."""
-        tensors = [x for x in self.model[1] if isinstance(x, torch.Tensor)]
-        grads = [g for t in tensors if type(t) is nn.Parameter and (g := t.grad) is not None]
-        return tensors + grads if grads else tensors
+        """The model's tensors it holds (parameters, buffers, tensor attributes and tensors in
+        the containers it looked into or took whole): none in a weakened fingerprint."""
+        return self.held
 
     def same_model(self, other: Fingerprint) -> bool:
         """Whether the model part is the same (another input signature may differ)."""
@@ -119,6 +117,7 @@ class Fingerprint:
         weak = Fingerprint.__new__(Fingerprint)
         weak.model = (self.model[0], [_weak(x) for x in self.model[1]])
         weak.call = (self.call[0], [_weak(x) for x in self.call[1]])
+        weak.held = []
         weak.weak = True
         return weak
 
@@ -205,6 +204,7 @@ class _Walker:
         self.values: list[Hashable] = []
         self.refs: list[Any] = []
         self.seen: dict[int, int] = {}  # id of a container or object looked into -> its index
+        self.tensors: list[torch.Tensor] = []  # the tensors among ``refs``
         self.classes: set[type] = set()
 
     def module(self, module: nn.Module) -> None:
@@ -253,6 +253,7 @@ class _Walker:
             self.values.append(None)
             return
         self.refs.append(tensor)
+        self.tensors.append(tensor)
         self.values.append(_signature(tensor))
 
     def value(self, value: Any, depth: int) -> None:
@@ -306,7 +307,9 @@ class _Walker:
             self.values.append(("[*", items))
         else:
             self.values.append(_Unseen())
-            self.refs.extend(item for item in items if isinstance(item, torch.Tensor))
+            held = [item for item in items if isinstance(item, torch.Tensor)]
+            self.refs.extend(held)
+            self.tensors.extend(held)
 
 
 def fingerprint(model: nn.Module, inputs: Any, key: Hashable) -> Fingerprint:
