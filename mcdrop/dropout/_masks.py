@@ -755,7 +755,9 @@ class MaskedDropout(PrivateRandom):
     # -- dispatch --------------------------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
-        check_write(func, args, kwargs)  # (nothing of the model is written: ._writes)
+        after = check_write(func, args, kwargs)  # (nothing of the model is written: ._writes)
+        if after is not None:
+            return after(func(*args, **kwargs))
         if func not in _INTERCEPTED:
             return func(*args, **kwargs)
         if self.before_first is not None and not _ANSWERING.depth:  # (not a call made by

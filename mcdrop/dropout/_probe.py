@@ -498,6 +498,14 @@ def _per_example(mask: Any) -> bool:
     return mask.numel() <= 1 or (mask.ndim >= 2 and all(d == 1 for d in mask.shape[1:]))
 
 
+def _checked(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``func(*args, **kwargs)``, unless it writes into the model being sampled
+    (:func:`mcdrop.dropout._writes.check_write`)."""
+    after = check_write(func, args, kwargs)
+    out = func(*args, **kwargs)
+    return out if after is None else after(out)
+
+
 class _Recorder(TorchFunctionMode):
     """Counts the dropout calls with an effective rate above zero, per innermost module (in all,
     and per pass of the root module: ``passes``), and the FLOPs done before the first call of
@@ -550,8 +558,7 @@ class _Recorder(TorchFunctionMode):
                 self.layer_skips.add(where)
                 return ones
             self._random(where, "torch.rand")
-            check_write(func, args, kwargs)
-            return func(*args, **kwargs)
+            return _checked(func, args, kwargs)
         label, p, training = _dropout(func, args, kwargs)
         if label and p > 0.0 and not training:
             self.dead[(where, label, p)] += 1
@@ -583,8 +590,7 @@ class _Recorder(TorchFunctionMode):
                 call = out_of_place(func, args, kwargs)
                 if call is not None:
                     return self._out_of_place(key, *call)
-        check_write(func, args, kwargs)  # (nothing of the model is written: ._writes)
-        return func(*args, **kwargs)
+        return _checked(func, args, kwargs)  # (nothing of the model is written: ._writes)
 
     def _out_of_place(
         self, key: Call, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]

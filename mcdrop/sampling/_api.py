@@ -258,19 +258,29 @@ class MCDropout(SamplingWrapper):
 
 
 def _same_options(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Whether two sets of keyword options are the same values of the same types (``True`` is
-    not ``1``: a boolean given where a number is expected must be refused again)."""
+    """Whether two sets of keyword options are the same values of the same types: plain values
+    and tuples of them by value (``True`` is not ``1``: a boolean given where a number is
+    expected must be refused again), functions, dtypes, devices and generators by identity.
+    Anything that can change in place (a list of module names, a dict of compile options) is
+    never taken for the same: it is validated again."""
     if a.keys() != b.keys():
         return False
-    for key, value in a.items():
-        other = b[key]
-        if value is other:
-            continue
-        if type(value) is not type(other):
-            return False
-        try:
-            if not (type(value) in (bool, int, float, str) and value == other):
-                return False
-        except Exception:
-            return False
-    return True
+    return all(_same_value(value, b[key]) for key, value in a.items())
+
+
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _same_value(value: Any, other: Any) -> bool:
+    kind = type(value)
+    if kind is not type(other):
+        return False
+    if kind in _PLAIN:
+        return bool(value == other)
+    if kind is tuple:  # (of plain values: compared item by item, types included)
+        return len(value) == len(other) and all(
+            type(v) in _PLAIN and _same_value(v, w) for v, w in zip(value, other, strict=True)
+        )
+    if value is other:
+        return callable(value) or isinstance(value, (torch.dtype, torch.device, torch.Generator))
+    return False

@@ -87,7 +87,7 @@ class Fingerprint:
     def __init__(self, model: _Walker, call: _Walker) -> None:
         self.model = (model.values, model.refs)
         self.call = (call.values, call.refs)
-        self.held = model.tensors
+        self.held: list[torch.Tensor] | None = None if model.partial else model.tensors
         self.weak = False
 
     def __eq__(self, other: object) -> bool:
@@ -99,10 +99,15 @@ class Fingerprint:
 
     __hash__ = None  # type: ignore[assignment]
 
-    def tensors(self) -> list[torch.Tensor]:
-        """The model's tensors it holds (parameters, buffers, tensor attributes and tensors in
-        the containers it looked into or took whole): none in a weakened fingerprint."""
-        return self.held
+    def tensors(self) -> list[torch.Tensor] | None:
+        """The model's tensors it walked (parameters and their gradients, buffers, tensor
+        attributes, tensors in the containers it looked into); None when it did not walk all of
+        them (a container too long to walk) or is weakened."""
+        held = self.held
+        if held is None:
+            return None
+        grads = [g for t in held if type(t) is nn.Parameter and (g := t.grad) is not None]
+        return held + grads if grads else held
 
     def same_model(self, other: Fingerprint) -> bool:
         """Whether the model part is the same (another input signature may differ)."""
@@ -117,7 +122,7 @@ class Fingerprint:
         weak = Fingerprint.__new__(Fingerprint)
         weak.model = (self.model[0], [_weak(x) for x in self.model[1]])
         weak.call = (self.call[0], [_weak(x) for x in self.call[1]])
-        weak.held = []
+        weak.held = None
         weak.weak = True
         return weak
 
@@ -205,6 +210,7 @@ class _Walker:
         self.refs: list[Any] = []
         self.seen: dict[int, int] = {}  # id of a container or object looked into -> its index
         self.tensors: list[torch.Tensor] = []  # the tensors among ``refs``
+        self.partial = False  # a container too long to walk: ``tensors`` are not all of them
         self.classes: set[type] = set()
 
     def module(self, module: nn.Module) -> None:
@@ -307,9 +313,7 @@ class _Walker:
             self.values.append(("[*", items))
         else:
             self.values.append(_Unseen())
-            held = [item for item in items if isinstance(item, torch.Tensor)]
-            self.refs.extend(held)
-            self.tensors.extend(held)
+            self.partial = True
 
 
 def fingerprint(model: nn.Module, inputs: Any, key: Hashable) -> Fingerprint:

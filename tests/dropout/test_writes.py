@@ -372,48 +372,93 @@ def test_objects_posing_as_functions_are_called_as_they_are():
     assert written(torch.add, (buffer, 1), {"out": buffer})[0] is buffer
 
 
-@torch.library.custom_op("mcdrop_tests::_cudnn_rnn_flatten_weight", mutates_args=("weights",))
-def _flatten(weights: list[torch.Tensor]) -> None:
-    for w in weights:  # moved into new memory, values kept (as cuDNN flattens an RNN's weights)
-        w.set_(w.clone())
-
-
-@torch.library.custom_op("mcdrop_tests::moved", mutates_args=("weights",))
-def _moved(weights: list[torch.Tensor]) -> None:
+def _flatten_on_the_cpu(weights, *args):  # type: ignore[no-untyped-def]
+    """What cuDNN's ``_cudnn_rnn_flatten_weight`` does (the weights moved into one new flat
+    buffer, values kept), as a CPU kernel for the test: on CUDA ``flatten_parameters()`` runs it."""
+    flat = torch.cat([w.detach().reshape(-1) for w in weights])
+    offset = 0
     for w in weights:
-        w.set_(w.clone())
+        w.set_(flat.untyped_storage(), offset, w.shape)
+        offset += w.numel()
+    return flat
+
+
+_ATEN_CPU = torch.library.Library("aten", "IMPL")
+_ATEN_CPU.impl("_cudnn_rnn_flatten_weight", _flatten_on_the_cpu, "CPU")
 
 
 class Flattens(nn.Module):
-    """A forward that moves its layer's weights into new memory first, as an LSTM's
-    ``flatten_parameters()`` does on CUDA (through ``torch._cudnn_rnn_flatten_weight``)."""
+    """A forward that moves its layer's weights into one flat buffer first, as an LSTM's
+    ``flatten_parameters()`` does on CUDA; then (``hidden``) writes one where mcdrop's mode cannot
+    see it."""
 
-    def __init__(self, op: object) -> None:
+    def __init__(self, hidden: bool = False) -> None:
         super().__init__()
         self.lin = nn.Linear(8, 8)
         self.drop = nn.Dropout(0.5)
-        self.op = op
+        self.hidden = hidden
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.op([self.lin.weight, self.lin.bias])  # type: ignore[operator]
+        torch._cudnn_rnn_flatten_weight(
+            [self.lin.weight, self.lin.bias], 0, 8, 0, 8, 0, 1, False, False
+        )
+        if self.hidden:
+            with torch.no_grad(), torch._C.DisableTorchFunction():
+                self.lin.bias.add_(1)
         return self.lin(self.drop(x))
 
 
 def test_weights_moved_with_their_values_kept_as_cudnn_flattens_them_are_allowed():
     torch.manual_seed(0)
-    model = Flattens(torch.ops.mcdrop_tests._cudnn_rnn_flatten_weight).eval()
-    plain = Flattens(lambda weights: None)
-    plain.load_state_dict(model.state_dict())
+    model = Flattens().eval()
+    plain = nn.Sequential()  # the same numbers without the move
+    plain.lin, plain.drop = copy.deepcopy(model.lin), nn.Dropout(0.5)
+    plain.forward = lambda x: plain.lin(plain.drop(x))  # type: ignore[method-assign]
     values = {k: v.clone() for k, v in model.state_dict().items()}
     a = mcdrop.predict_with_uncertainty(model, X, n_samples=8, seed=0, strategy="loop")
     b = mcdrop.predict_with_uncertainty(plain.eval(), X, n_samples=8, seed=0, strategy="loop")
     torch.testing.assert_close(a.mean, b.mean, rtol=0, atol=0)
     for key, value in model.state_dict().items():
         assert torch.equal(value, values[key]), key
-    # Another operator that moves them is a write mcdrop does not know keeps the values.
-    other = Flattens(torch.ops.mcdrop_tests.moved).eval()
-    with pytest.raises(ModelWriteError, match="`lin.weight`"):
-        mcdrop.predict_with_uncertainty(other, X, n_samples=8, seed=0, strategy="loop")
+    # A write after the move, which the mode does not see, is still found at the call's end.
+    hidden = Flattens(hidden=True).eval()
+    with pytest.raises(ModelWriteError, match="`lin.bias` was written in place during the call"):
+        mcdrop.predict_with_uncertainty(hidden, X, n_samples=8, seed=0, strategy="loop")
+
+
+@torch.library.custom_op("mcdrop_tests::batch_norm", mutates_args=())
+def _own_batch_norm(x: torch.Tensor, statistics: torch.Tensor) -> torch.Tensor:
+    return x - statistics.mean()
+
+
+@torch.library.custom_op("mcdrop_tests::_cudnn_rnn_flatten_weight", mutates_args=("weights",))
+def _own_flatten(weights: list[torch.Tensor]) -> None:
+    for w in weights:  # (changes the values: a write whatever its name)
+        w.add_(1)
+
+
+def test_another_librarys_operators_are_not_taken_for_atens_of_the_same_name():
+    class Own(nn.Module):
+        def __init__(self, flatten: bool) -> None:
+            super().__init__()
+            self.lin = nn.Linear(8, 8)
+            self.drop = nn.Dropout(0.5)
+            self.register_buffer("stats", torch.zeros(8))
+            self.flatten = flatten
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.flatten:
+                torch.ops.mcdrop_tests._cudnn_rnn_flatten_weight([self.lin.bias])
+            for i in range(6):  # (positions 3 to 5 of ATen's batch_norm: buffers, True)
+                x = torch.ops.mcdrop_tests.batch_norm(x, self.stats) + 0 * i
+            return self.lin(self.drop(x))
+
+    mcdrop.predict_with_uncertainty(Own(False).eval(), X, n_samples=4, seed=0)  # pure: runs
+    model = Own(True).eval()
+    before = _state(model)
+    with pytest.raises(ModelWriteError, match=r"writes `lin.bias` in place"):
+        mcdrop.predict_with_uncertainty(model, X, n_samples=4, seed=0)
+    _unchanged(model, before)
 
 
 def test_a_traced_model_that_writes_its_buffer_is_found_when_the_call_ends():
@@ -433,3 +478,70 @@ def test_a_traced_model_that_writes_its_buffer_is_found_when_the_call_ends():
         traced = torch.jit.trace(Counts().train(), X, check_trace=False).eval()
         with pytest.raises(ModelWriteError, match="`n` was written in place during the call"):
             mcdrop.predict_with_uncertainty(traced, X, n_samples=4, seed=0)
+
+
+ARMED = {"on": False}
+
+
+class HiddenWriter(nn.Module):
+    """Writes, once armed and where mcdrop's mode cannot see it, a parameter's gradient, a
+    tensor deep in a dict too long for the fingerprint to walk, or one in a set."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__()
+        self.lin = nn.Linear(8, 3)
+        self.drop = nn.Dropout(0.5)
+        self.lin.weight.grad = torch.zeros(3, 8)
+        if where == "long dict":  # (then no plan is kept: nothing the fingerprint cannot see)
+            self.big = {i: [torch.zeros(1)] for i in range(70)}
+        self.held = {torch.zeros(1)}
+        self.where = where
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (a global: nothing the fingerprint sees; in eval mode: in the sampling passes, not in
+        # the training-mode probe's, which has a guard of its own)
+        if ARMED["on"] and not self.training:
+            if self.where == "gradient":
+                target = self.lin.weight.grad
+            elif self.where == "set":
+                target = next(iter(self.held))
+            else:
+                target = self.big[65][0]
+            with torch.no_grad(), torch._C.DisableTorchFunction():
+                target.add_(1)
+        return self.lin(self.drop(x))
+
+
+@pytest.mark.parametrize("where", ["gradient", "long dict", "set"])
+def test_hidden_writes_on_a_kept_plan_are_found_wherever_the_tensor_is(where):
+    model = HiddenWriter(where).eval()
+    ARMED["on"] = False
+    mc = mcdrop.MCDropout(model, n_samples=4, seed=0, strategy="loop")
+    mc(X), mc(X)
+    assert mc._engine.plans_made == 1 or where == "long dict"  # (the second on the kept plan)
+    ARMED["on"] = True
+    name = {"gradient": "lin.weight.grad", "long dict": r"big\[65\]\[0\]", "set": r"held\[0\]"}
+    with pytest.raises(ModelWriteError, match=rf"`{name[where]}` was written in place"):
+        mc(X)
+    with pytest.raises(ModelWriteError, match="was written in place"):
+        mcdrop.predict_with_uncertainty(model, X, n_samples=4, seed=0, strategy="loop")
+    ARMED["on"] = False
+
+
+def test_a_tensor_in_a_set_or_as_a_dict_key_is_refused_before_it_is_written():
+    class Keys(Writer):
+        def __init__(self) -> None:
+            super().__init__("add_")
+            self.held = {torch.zeros(2)}
+            self.keyed = {torch.zeros(2): "a"}
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            next(iter(self.held if self.armed else self.keyed)).add_(1)
+            return self.head(self.drop(self.lin(x)))
+
+    model = Keys().eval()
+    with pytest.raises(ModelWriteError, match=r"writes `held\[0\]` in place"):
+        mcdrop.predict_with_uncertainty(model, X, n_samples=4, seed=0)
+    model.armed = False
+    with pytest.raises(ModelWriteError, match=r"writes `keyed.keys\(\)\[0\]` in place"):
+        mcdrop.predict_with_uncertainty(model, X, n_samples=4, seed=0)

@@ -66,6 +66,22 @@ def test_mcdropout_calls_validate_their_overrides_every_call():
     torch.testing.assert_close(mc.predict_with_uncertainty(x).mean, c.mean, rtol=0, atol=0)
 
 
+def test_a_list_option_changed_in_place_between_calls_is_read_again():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 16), nn.Dropout(0.5)
+    ).eval()
+    x = torch.randn(4, 6)
+    names = ["2"]
+    mc = mcdrop.MCDropout(net, n_samples=8, seed=0, exclude=names)
+    first = mc.predict_with_uncertainty(x)
+    names[0] = "4"  # now the other dropout is left out
+    for result in (mc.predict_with_uncertainty(x), mc.predict_with_uncertainty(x, exclude=names)):
+        expected = mcdrop.predict_with_uncertainty(net, x, n_samples=8, seed=0, exclude=["4"])
+        torch.testing.assert_close(result.mean, expected.mean, rtol=0, atol=0)
+        assert not torch.equal(result.mean, first.mean)
+
+
 @given(st.integers(min_value=0, max_value=2**63 - 1))
 def test_every_seed_in_range_is_accepted(seed):
     assert mcdrop.sampling._rng.seed_from(seed, None) == seed
