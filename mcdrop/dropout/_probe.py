@@ -27,7 +27,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry
 
-from mcdrop.dropout._writes import check_write
+from mcdrop.dropout._writes import _address, checked_call
 
 __all__: list[str] = []
 
@@ -255,7 +255,7 @@ def _span(tensor: torch.Tensor) -> _Span | None:
     """The bytes of its storage that ``tensor`` views; None when mcdrop cannot read them (a
     tensor subclass without storage) or it views none (no elements)."""
     try:
-        address = int(tensor.untyped_storage().data_ptr())
+        address = _address(tensor)
         if address == 0 or tensor.numel() == 0:
             return None
         size = tensor.element_size()
@@ -498,14 +498,6 @@ def _per_example(mask: Any) -> bool:
     return mask.numel() <= 1 or (mask.ndim >= 2 and all(d == 1 for d in mask.shape[1:]))
 
 
-def _checked(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """``func(*args, **kwargs)``, unless it writes into the model being sampled
-    (:func:`mcdrop.dropout._writes.check_write`)."""
-    after = check_write(func, args, kwargs)
-    out = func(*args, **kwargs)
-    return out if after is None else after(out)
-
-
 class _Recorder(TorchFunctionMode):
     """Counts the dropout calls with an effective rate above zero, per innermost module (in all,
     and per pass of the root module: ``passes``), and the FLOPs done before the first call of
@@ -558,7 +550,7 @@ class _Recorder(TorchFunctionMode):
                 self.layer_skips.add(where)
                 return ones
             self._random(where, "torch.rand")
-            return _checked(func, args, kwargs)
+            return checked_call(func, args, kwargs)
         label, p, training = _dropout(func, args, kwargs)
         if label and p > 0.0 and not training:
             self.dead[(where, label, p)] += 1
@@ -590,7 +582,7 @@ class _Recorder(TorchFunctionMode):
                 call = out_of_place(func, args, kwargs)
                 if call is not None:
                     return self._out_of_place(key, *call)
-        return _checked(func, args, kwargs)  # (nothing of the model is written: ._writes)
+        return checked_call(func, args, kwargs)  # (nothing of the model is written: ._writes)
 
     def _out_of_place(
         self, key: Call, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]

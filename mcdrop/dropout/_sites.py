@@ -1082,8 +1082,8 @@ def dropout_enabled(
     always) in eval mode. The model itself is never written to, so other threads may keep calling
     it; but the passes you run on the twin are yours: a ``forward`` that writes one of the shared
     tensors in place writes the model's (mcdrop's own calls refuse it:
-    ``mcdrop.dropout.ModelWriteError``). TorchScript models cannot be twinned: their own flags are switched inside the block,
-    under a per-model lock, restored on exit (with a warning).
+    ``mcdrop.dropout.ModelWriteError``). TorchScript models cannot be twinned: their own flags
+    are switched inside the block, under a per-model lock, restored on exit (with a warning).
 
     Parameters
     ----------

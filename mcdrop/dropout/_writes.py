@@ -134,6 +134,13 @@ def _schema_writes(
     return lambda args, kwargs: [_arg(args, kwargs, i, n) for i, n in ordered]
 
 
+def _renormalised(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
+    """The weight of an embedding given a ``max_norm`` (renormalised in place, any norm)."""
+    return (
+        [_arg(args, kwargs, 1, "weight")] if _arg(args, kwargs, 3, "max_norm") is not None else []
+    )
+
+
 # Functionals whose kernels write their arguments (the mode sees the functional, not the
 # kernel's write): running statistics, and embeddings renormalised in place by ``max_norm``.
 _KERNEL_WRITES: dict[Any, Callable[[tuple[Any, ...], dict[str, Any]], list[Any]]] = {
@@ -141,8 +148,8 @@ _KERNEL_WRITES: dict[Any, Callable[[tuple[Any, ...], dict[str, Any]], list[Any]]
     F.instance_norm: _if_flag(
         (5, "use_input_stats"), ((1, "running_mean"), (2, "running_var")), default=True
     ),
-    F.embedding: lambda a, k: [_arg(a, k, 1, "weight")] if _arg(a, k, 3, "max_norm") else [],
-    F.embedding_bag: lambda a, k: [_arg(a, k, 1, "weight")] if _arg(a, k, 3, "max_norm") else [],
+    F.embedding: _renormalised,
+    F.embedding_bag: _renormalised,
 }
 # ... and the operators behind them, by name (``torch.native_batch_norm`` and
 # ``torch.ops.aten.native_batch_norm`` alike): their schemas mark no write.
@@ -205,8 +212,6 @@ def _how(func: Any) -> Any:
         name = getattr(func, "__name__", "")
         if not isinstance(name, str):
             return None
-        if name == "__set__":  # a tensor property set (``.data = ...``): the tensor
-            return _first(None)
         if name in _IN_PLACE_OPERATORS or (name.endswith("_") and not name.endswith("__")):
             parameters = _parameters(func)
             return _first(parameters[0] if parameters else None)
@@ -532,12 +537,17 @@ def _raise_if_written(guard: _Guard, error: Exception | None) -> None:
         raise guard.refused from error
 
 
+def checked_call(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``func(*args, **kwargs)``, unless it writes into the model being sampled
+    (:func:`check_write`)."""
+    after = check_write(func, args, kwargs)
+    out = func(*args, **kwargs)
+    return out if after is None else after(out)
+
+
 class NoModelWrites(TorchFunctionMode):
     """Every call checked by :func:`check_write`: a pass that runs under none of mcdrop's modes
     that check it (PyTorch's own dropout, the model in eval mode) writes nothing of the model."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        kwargs = kwargs or {}
-        after = check_write(func, args, kwargs)
-        out = func(*args, **kwargs)
-        return out if after is None else after(out)
+        return checked_call(func, args, kwargs or {})
