@@ -329,6 +329,24 @@ def test_embedding_max_norm_renormalises_the_models_weight_and_is_refused():
     _unchanged(model, before)
 
 
+@pytest.mark.parametrize("max_norm", [None, 0.0, 1.0])
+def test_an_embedding_is_a_write_exactly_when_pytorch_renormalises_its_weight(max_norm):
+    from mcdrop.dropout._writes import written
+
+    weight = torch.randn(10, 4) * 5
+    ids = torch.tensor([1, 2])
+    version = weight._version
+    with torch.no_grad():
+        F.embedding(ids, weight, max_norm=max_norm)  # PyTorch itself: does it write the weight?
+    renormalised = weight._version != version
+    assert renormalised == (max_norm is not None)
+    for args, kwargs in (
+        ((ids, weight), {"max_norm": max_norm}),
+        ((ids, weight, None, max_norm), {}),
+    ):
+        assert [t is weight for t in written(F.embedding, args, kwargs)] == [True] * renormalised
+
+
 def test_the_message_names_the_tensor_written_and_the_property_set():
     class Views(nn.Module):
         def __init__(self) -> None:
